@@ -1,0 +1,481 @@
+"""Configuration dataclasses for ptycho_torch: one per concern, plain data, validated on creation.
+
+Every field has a default and a docstring-like comment; `__post_init__` checks values and raises
+`ConfigError` naming the field, what was given and what is allowed. `RunConfig` bundles the four
+sections a training run needs and round-trips through YAML (`load_run_config` / `save_run_config`).
+Dotted overrides (``execution.accum_steps=4``) go through `apply_overrides`, which type-checks them
+exactly like a YAML file.
+
+Configs are plain data (str, int, float, bool, None, lists), so they pickle to Ray workers and can be
+placed in a Ray Tune search space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Generic checking: types and allowed values come from the type hints.
+# --------------------------------------------------------------------------------------------
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return f"a list of {_describe(inner)}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Return `value` converted to type `tp`, or raise ConfigError naming `name`."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value in allowed and type(value) is type(allowed[allowed.index(value)]):
+            return value
+        # allow case-insensitive strings ("CSV" -> "csv")
+        if isinstance(value, str):
+            for a in allowed:
+                if isinstance(a, str) and a.lower() == value.lower():
+                    return a
+        raise ConfigError(f"{name}: got {value!r}; allowed values are {_describe(tp)}")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{name}: got {value!r}; expected {_describe(tp)}")
+    if origin in (list, tuple):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: got {value!r}; expected {_describe(tp)}")
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, inner, f"{name}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name}: got {value!r}; expected true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: got {value!r}; expected an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: got {value!r}; expected an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: got {value!r}; expected a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: got {value!r}; expected a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: got {value!r}; expected a string")
+    return value
+
+
+class _Section:
+    """Mixin: type-check every field against its hint, then run `_check`."""
+
+    section: typing.ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            qual = f"{self.section}.{f.name}" if self.section else f.name
+            object.__setattr__(self, f.name, _coerce(getattr(self, f.name), hints[f.name], qual))
+        self._check()
+
+    def _check(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def _fail(self, name: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.section}.{name}: {message}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Any:
+        """Build from a mapping; unknown keys are errors that list the known ones."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{cls.section}: unknown key(s) {', '.join(unknown)}; "
+                f"known keys are {', '.join(sorted(known))}"
+            )
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_docs(cls) -> dict[str, str]:
+        """Field name -> one-line description (from the `metadata['doc']` of each field)."""
+        return {f.name: f.metadata.get("doc", "") for f in fields(cls)}
+
+
+def _f(default: Any, doc: str) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Which scan to train on and how patterns are grouped and split."""
+
+    section: typing.ClassVar[str] = "data"
+
+    path: Optional[str] = _f(None, "scan file (.npz/.h5); `--data` sets it")
+    val_fraction: float = _f(0.1, "fraction of groups held out for validation (0 disables validation)")
+    n_groups: Optional[int] = _f(None, "number of training groups to draw (None = one per scan position)")
+    neighbor_count: int = _f(6, "gridsize>1: candidates (nearest neighbours) a group is drawn from")
+    max_patterns: Optional[int] = _f(None, "use only the first M patterns of the file (None = all)")
+
+    def _check(self) -> None:
+        if not 0.0 <= self.val_fraction < 1.0:
+            self._fail("val_fraction", f"got {self.val_fraction}; must be in [0, 1)")
+        if self.n_groups is not None and self.n_groups < 1:
+            self._fail("n_groups", f"got {self.n_groups}; must be >= 1 or null")
+        if self.neighbor_count < 1:
+            self._fail("neighbor_count", f"got {self.neighbor_count}; must be >= 1")
+        if self.max_patterns is not None and self.max_patterns < 1:
+            self._fail("max_patterns", f"got {self.max_patterns}; must be >= 1 or null")
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The network and the trainable physics parameters."""
+
+    section: typing.ClassVar[str] = "model"
+
+    N: Literal[32, 64, 128] = _f(64, "diffraction pattern / object patch size in pixels")
+    gridsize: int = _f(1, "patterns per group along one side (C = gridsize**2 channels)")
+    n_filters_scale: float = _f(1.0, "width multiplier: encoder filters are 32f, 64f, 128f (, 256f)")
+    probe_trainable: bool = _f(False, "refine the probe during training")
+    intensity_scale_trainable: bool = _f(True, "learn the scalar intensity scale s = exp(log_s)")
+
+    def _check(self) -> None:
+        if not 1 <= self.gridsize <= 4:
+            self._fail("gridsize", f"got {self.gridsize}; must be 1, 2, 3 or 4")
+        if self.n_filters_scale <= 0 or round(32 * self.n_filters_scale) < 1:
+            self._fail("n_filters_scale", f"got {self.n_filters_scale}; must give >= 1 filter "
+                       "(32 * n_filters_scale >= 1, e.g. 0.25 -> 8/16/32 filters)")
+
+    @property
+    def channels(self) -> int:
+        return self.gridsize * self.gridsize
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Section):
+    """Epochs, batch size and the loss terms."""
+
+    section: typing.ClassVar[str] = "training"
+
+    nepochs: int = _f(10, "training epochs")
+    batch_size: int = _f(16, "groups per optimisation step per device")
+    nll_weight: float = _f(1.0, "weight of the Poisson negative log-likelihood (photon counts)")
+    mae_weight: float = _f(0.0, "weight of the mean absolute error on normalised amplitudes")
+    tv_weight: float = _f(0.0, "weight of the total-variation penalty on the object patches")
+    eps: float = _f(1e-6, "floor added to the predicted counts inside the log (photons)")
+
+    def _check(self) -> None:
+        if self.nepochs < 1:
+            self._fail("nepochs", f"got {self.nepochs}; must be >= 1")
+        if self.batch_size < 1:
+            self._fail("batch_size", f"got {self.batch_size}; must be >= 1")
+        for name in ("nll_weight", "mae_weight", "tv_weight"):
+            if getattr(self, name) < 0:
+                self._fail(name, f"got {getattr(self, name)}; must be >= 0")
+        if self.nll_weight == 0 and self.mae_weight == 0:
+            self._fail("nll_weight", "nll_weight and mae_weight are both 0; the loss would be empty")
+        if self.eps <= 0:
+            self._fail("eps", f"got {self.eps}; must be > 0")
+
+
+@dataclass(frozen=True)
+class InferenceConfig(_Section):
+    """How reconstructions are stitched."""
+
+    section: typing.ClassVar[str] = "inference"
+
+    stitch_weight: Literal["probe", "mask"] = _f(
+        "probe", "stitching weight: |probe|^2 or a central disk mask of radius N/4")
+    weight_threshold: float = _f(
+        1e-3, "object pixels whose weight sum is below this fraction of the maximum are set to 0")
+    dtype: Literal["float32", "bfloat16"] = _f("float32", "network dtype during inference")
+
+    def _check(self) -> None:
+        if not 0 <= self.weight_threshold < 1:
+            self._fail("weight_threshold", f"got {self.weight_threshold}; must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class SimulationConfig(_Section):
+    """A synthetic scan: object, probe, scan pattern and photon dose (`ptycho-torch simulate`)."""
+
+    section: typing.ClassVar[str] = "simulation"
+
+    N: int = _f(64, "diffraction pattern size in pixels (even)")
+    object: str = _f("lines", "object generator: lines, dead_leaves, grf, or a path to a 2-D .npy image")
+    phase_object: Optional[str] = _f(None, "optional .npy image used as the phase (radians scaled to max_phase)")
+    max_phase: float = _f(1.5, "largest phase excursion of the object in radians")
+    min_amplitude: float = _f(0.5, "smallest object amplitude (amplitude spans [min_amplitude, 1])")
+    n_positions: int = _f(400, "number of scan positions (diffraction patterns)")
+    scan: Literal["raster", "spiral"] = _f("raster", "jittered raster or Fermat spiral")
+    overlap: float = _f(0.7, "linear overlap of neighbouring probe footprints, in [0, 1)")
+    jitter: float = _f(0.1, "raster jitter as a fraction of the scan step")
+    probe_diameter_px: Optional[float] = _f(None, "probe footprint diameter in pixels (None = N/2)")
+    probe_defocus: float = _f(0.0, "quadratic pupil phase at the aperture edge in radians (0 = in focus)")
+    probe_modes: int = _f(1, "incoherent probe modes")
+    nphotons: float = _f(1e6, "mean photons per diffraction pattern")
+    seed: int = _f(0, "random seed (object, positions, Poisson noise)")
+
+    def _check(self) -> None:
+        if self.N < 8 or self.N % 2:
+            self._fail("N", f"got {self.N}; must be even and >= 8")
+        if not 0 <= self.overlap < 1:
+            self._fail("overlap", f"got {self.overlap}; must be in [0, 1)")
+        if self.n_positions < 1:
+            self._fail("n_positions", f"got {self.n_positions}; must be >= 1")
+        if self.nphotons <= 0:
+            self._fail("nphotons", f"got {self.nphotons}; must be > 0")
+        if self.probe_modes < 1:
+            self._fail("probe_modes", f"got {self.probe_modes}; must be >= 1")
+        if not 0 <= self.jitter < 0.5:
+            self._fail("jitter", f"got {self.jitter}; must be in [0, 0.5)")
+        if not 0 < self.min_amplitude <= 1:
+            self._fail("min_amplitude", f"got {self.min_amplitude}; must be in (0, 1]")
+        if self.probe_diameter_px is not None and not 2 <= self.probe_diameter_px <= self.N:
+            self._fail("probe_diameter_px", f"got {self.probe_diameter_px}; must be in [2, N]")
+
+
+SchedulerName = Literal["Default", "Exponential", "MultiStage", "WarmupCosine", "ReduceLROnPlateau"]
+PrecisionName = Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true", "64"]
+LoggerName = Optional[Literal["csv", "tensorboard", "mlflow", "none"]]
+
+
+@dataclass(frozen=True)
+class PyTorchExecutionConfig(_Section):
+    """Every execution knob of a run; each one is consumed by the Trainer, a DataLoader or the
+    optimiser (see docs/configuration.md for where)."""
+
+    section: typing.ClassVar[str] = "execution"
+
+    # Trainer
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = _f(
+        "auto", "'auto' = cuda if available else cpu")
+    devices: Union[int, Literal["auto"]] = _f(1, "devices per node (Ray: workers per node)")
+    num_nodes: int = _f(1, "nodes (Ray: workers = devices * num_nodes)")
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = _f("auto", "distribution strategy")
+    deterministic: bool = _f(True, "deterministic algorithms; same seed -> same losses")
+    precision: PrecisionName = _f("32-true", "Lightning precision")
+    gradient_clip_val: Optional[float] = _f(None, "clip gradients at this value (None = off)")
+    gradient_clip_algorithm: Literal["norm", "value"] = _f("norm", "how gradients are clipped")
+    accum_steps: int = _f(1, "accumulate gradients over this many batches per optimiser step")
+    # DataLoader
+    num_workers: int = _f(0, "DataLoader worker processes (train, val and inference loaders)")
+    pin_memory: bool = _f(False, "DataLoader pin_memory")
+    persistent_workers: bool = _f(False, "keep DataLoader workers alive between epochs (needs num_workers > 0)")
+    prefetch_factor: Optional[int] = _f(None, "batches prefetched per worker (needs num_workers > 0)")
+    # Optimisation
+    learning_rate: float = _f(1e-3, "Adam learning rate")
+    scheduler: SchedulerName = _f("Default", "learning-rate schedule ('Default' = constant)")
+    scheduler_gamma: float = _f(0.9, "Exponential: lr *= gamma each epoch; MultiStage: lr *= gamma at each milestone")
+    scheduler_milestones: list[int] = _f([5, 8], "MultiStage: epochs at which lr is multiplied by scheduler_gamma")
+    warmup_epochs: int = _f(1, "WarmupCosine: linear warm-up epochs before the cosine decay")
+    min_lr_ratio: float = _f(0.01, "WarmupCosine: final lr as a fraction of learning_rate")
+    plateau_factor: float = _f(0.5, "ReduceLROnPlateau: lr *= factor when the monitored metric stalls")
+    plateau_patience: int = _f(2, "ReduceLROnPlateau: epochs without improvement before reducing")
+    # Checkpoints
+    enable_checkpointing: bool = _f(True, "save checkpoints (ModelCheckpoint, plus last.ckpt)")
+    checkpoint_save_top_k: int = _f(1, "best checkpoints kept (-1 = all)")
+    checkpoint_monitor_metric: str = _f("val_loss", "metric ranking checkpoints, early stopping, plateau")
+    checkpoint_mode: Literal["min", "max"] = _f("min", "whether the monitored metric should go down or up")
+    early_stop_patience: Optional[int] = _f(None, "stop after this many epochs without improvement (None = off)")
+    # Logging
+    enable_progress_bar: Optional[bool] = _f(None, "progress bar (None = only on a terminal)")
+    logger_backend: LoggerName = _f("csv", "metrics logger: csv, tensorboard, mlflow or none")
+    log_every_n_steps: int = _f(10, "how often step-level metrics are logged")
+    # Inference
+    inference_batch_size: Optional[int] = _f(None, "reconstruction batch size (None = training.batch_size)")
+    # Seeds
+    seed: int = _f(42, "seed for torch, numpy, python and DataLoader workers")
+
+    def _check(self) -> None:
+        if self.devices != "auto" and self.devices < 1:
+            self._fail("devices", f"got {self.devices}; must be >= 1 or 'auto'")
+        if self.num_nodes < 1:
+            self._fail("num_nodes", f"got {self.num_nodes}; must be >= 1")
+        if self.accum_steps < 1:
+            self._fail("accum_steps", f"got {self.accum_steps}; must be >= 1 (1 = no accumulation)")
+        if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
+            self._fail("gradient_clip_val", f"got {self.gradient_clip_val}; must be > 0 or null (off)")
+        if self.num_workers < 0:
+            self._fail("num_workers", f"got {self.num_workers}; must be >= 0")
+        if self.num_workers == 0 and self.persistent_workers:
+            self._fail("persistent_workers", "needs num_workers > 0 (torch refuses persistent "
+                       "workers without worker processes); set --num-workers or drop persistent_workers")
+        if self.num_workers == 0 and self.prefetch_factor is not None:
+            self._fail("prefetch_factor", "needs num_workers > 0 (torch refuses prefetch_factor "
+                       "without worker processes); set --num-workers or leave prefetch_factor null")
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
+            self._fail("prefetch_factor", f"got {self.prefetch_factor}; must be >= 1 or null")
+        if self.learning_rate <= 0:
+            self._fail("learning_rate", f"got {self.learning_rate}; must be > 0")
+        if not 0 < self.scheduler_gamma <= 1:
+            self._fail("scheduler_gamma", f"got {self.scheduler_gamma}; must be in (0, 1]")
+        if any(m < 1 for m in self.scheduler_milestones) or list(self.scheduler_milestones) != sorted(
+                set(self.scheduler_milestones)):
+            self._fail("scheduler_milestones", f"got {self.scheduler_milestones}; must be increasing epochs >= 1")
+        if self.warmup_epochs < 0:
+            self._fail("warmup_epochs", f"got {self.warmup_epochs}; must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            self._fail("min_lr_ratio", f"got {self.min_lr_ratio}; must be in [0, 1]")
+        if not 0 < self.plateau_factor < 1:
+            self._fail("plateau_factor", f"got {self.plateau_factor}; must be in (0, 1)")
+        if self.plateau_patience < 0:
+            self._fail("plateau_patience", f"got {self.plateau_patience}; must be >= 0")
+        if self.checkpoint_save_top_k < -1:
+            self._fail("checkpoint_save_top_k", f"got {self.checkpoint_save_top_k}; must be >= -1")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            self._fail("early_stop_patience", f"got {self.early_stop_patience}; must be >= 1 or null (off)")
+        if self.log_every_n_steps < 1:
+            self._fail("log_every_n_steps", f"got {self.log_every_n_steps}; must be >= 1")
+        if self.inference_batch_size is not None and self.inference_batch_size < 1:
+            self._fail("inference_batch_size", f"got {self.inference_batch_size}; must be >= 1 or null")
+        if self.logger_backend == "none":
+            object.__setattr__(self, "logger_backend", None)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "training": TrainingConfig,
+    "inference": InferenceConfig,
+    "execution": PyTorchExecutionConfig,
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All sections of one run. `RunConfig.from_dict(yaml.safe_load(open('run.yaml')))`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    execution: PyTorchExecutionConfig = field(default_factory=PyTorchExecutionConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RunConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(f"unknown section(s) {', '.join(unknown)}; "
+                              f"known sections are {', '.join(SECTIONS)}")
+        parts = {}
+        for name, sec in SECTIONS.items():
+            value = data.get(name) or {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a mapping of fields, got {value!r}")
+            parts[name] = sec.from_dict(value)
+        return cls(**parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    def replace(self, **sections: Any) -> "RunConfig":
+        return dataclasses.replace(self, **sections)
+
+    @property
+    def inference_batch_size(self) -> int:
+        return self.execution.inference_batch_size or self.training.batch_size
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return `config` with dotted overrides applied, e.g. {'execution.accum_steps': 4}.
+
+    Values are checked exactly as in a YAML file; an unknown section or field raises ConfigError.
+    """
+    data = config.to_dict()
+    for dotted, value in overrides.items():
+        section, _, name = dotted.partition(".")
+        if section not in SECTIONS or not name:
+            raise ConfigError(f"{dotted}: expected 'section.field' with section one of "
+                              f"{', '.join(SECTIONS)}")
+        known = {f.name for f in fields(SECTIONS[section])}
+        if name not in known:
+            raise ConfigError(f"{dotted}: unknown field; {section} has {', '.join(sorted(known))}")
+        data[section][name] = value
+    return RunConfig.from_dict(data)
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a run YAML file (any subset of sections/fields); missing fields take defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return RunConfig.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def save_run_config(config: RunConfig, path: str | Path) -> Path:
+    """Write the resolved config (every field) as YAML; the file is itself a valid --config."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return path

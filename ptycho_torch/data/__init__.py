@@ -1,0 +1,1 @@
+"""Scan data: the file contract, grouping, datasets and simulation."""

@@ -1,0 +1,1 @@
+"""Workflows: train, reconstruct, model bundles."""
