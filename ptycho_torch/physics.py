@@ -210,11 +210,14 @@ def poisson_nll(pred_amp: torch.Tensor, meas_amp: torch.Tensor, r: float, eps: f
 
     pred_amp: normalised predicted amplitude (B, C, N, N); meas_amp: measured amplitude X (sqrt counts)
     of the same shape; r: the dataset normalisation factor. lambda = (pred/r)^2 + eps, k = X^2;
-    L = mean_b sum_{c,x,y} (lambda - k log lambda) / mean(k).
+    L = mean_b sum_{c,x,y} (lambda - k log lambda - (k - k log k)) / mean(k).
+    The constant k - k log k (the saturated likelihood, with 0 log 0 = 0) changes no gradient; it
+    makes L >= 0 with L = 0 for a perfect fit, so losses read as a deviance and plot on a log axis.
     """
     lam = (pred_amp / r).square() + eps
     k = meas_amp.square()
-    per_sample = (lam - k * torch.log(lam)).flatten(1).sum(dim=1)
+    saturated = k - torch.xlogy(k, k)
+    per_sample = (lam - k * torch.log(lam) - saturated).flatten(1).sum(dim=1)
     return per_sample.mean() / k.mean().detach().clamp_min(1e-12)
 
 

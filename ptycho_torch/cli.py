@@ -1,0 +1,191 @@
+"""`ptycho-torch`: simulate, train, reconstruct, evaluate and demo on one machine (no Ray).
+
+Every command exits non-zero with one readable message on bad input; `--help` lists every flag with
+its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ptycho_torch.config import ConfigError, SimulationConfig
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError,
+                                                 FloatingPointError, KeyError)
+
+
+def setup_logging(verbose: bool = False, names: Sequence[str] = ("ptycho_torch",)) -> None:
+    """Our loggers print plain lines to stderr; Lightning's chatter is kept to warnings."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in names:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.propagate = False
+    if not verbose:
+        os.environ.setdefault("PTYCHO_QUIET_LIGHTNING", "1")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+
+
+def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
+    """Run a command; user errors become one line on stderr and exit status 2."""
+    try:
+        main(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ------------------------------------------------------------------ simulate
+
+def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    for f in fields(SimulationConfig):
+        default = f.default if f.default is not MISSING else None
+        parser.add_argument("--" + f.name.replace("_", "-"), dest="sim_" + f.name, default=default,
+                            type=str if f.name in ("object", "phase_object", "scan") else _number(f.name),
+                            help=f"{f.metadata.get('doc', '')} (default: {default!r})")
+
+
+def _number(name: str) -> Callable[[str], Any]:
+    ints = {"N", "n_positions", "probe_modes", "seed"}
+    return int if name in ints else float
+
+
+def simulation_config(args: argparse.Namespace) -> SimulationConfig:
+    return SimulationConfig(**{f.name: getattr(args, "sim_" + f.name) for f in fields(SimulationConfig)})
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from ptycho_torch.data.simulate import simulate_to_file
+
+    config = simulation_config(args)
+    path = simulate_to_file(config, args.out)
+    print(f"wrote {config.n_positions} patterns ({config.N}x{config.N}, {config.scan} scan, "
+          f"{config.nphotons:g} photons/pattern) to {path}")
+
+
+# ------------------------------------------------------------------ train
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ptycho_torch.cli_args import resolve_run_config
+    from ptycho_torch.workflows.train import train
+
+    if args.resume is not None:
+        run_dir = Path(args.resume)
+        if args.out is not None and Path(args.out) != run_dir:
+            raise ConfigError("--resume continues a run in its own directory; drop --out")
+        config = resolve_run_config(args, base_file=run_dir / "config.yaml")
+    else:
+        if args.out is None:
+            raise ConfigError("train needs --out RUN_DIR (or --resume RUN_DIR)")
+        run_dir = Path(args.out)
+        config = resolve_run_config(args)
+        if not config.data.path:
+            raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
+    result = train(config, run_dir, resume=args.resume is not None)
+    shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
+    print(f"trained {result.epochs_completed} epochs in {result.seconds:.1f} s {shown}; "
+          f"model bundle: {result.bundle_path}")
+
+
+# ------------------------------------------------------------------ reconstruct / evaluate
+
+def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from ptycho_torch.workflows.reconstruct import reconstruct
+
+    result = reconstruct(args.model, args.data, args.out, batch_size=args.inference_batch_size,
+                         device=args.device, renormalize=args.renormalize)
+    print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
+    if result.metrics:
+        print(json.dumps(_headline(result.metrics), indent=1))
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ptycho_torch.workflows.evaluate import evaluate
+
+    metrics = evaluate(Path(args.recon), Path(args.truth), Path(args.out) if args.out else None,
+                       plane_fit=args.plane_fit)
+    print(json.dumps(_headline(metrics), indent=1))
+
+
+# ------------------------------------------------------------------ demo
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from ptycho_torch.workflows.demo import run_demo
+
+    summary = run_demo(Path(args.out), epochs=args.epochs, n_positions=args.n_positions)
+    print(f"demo finished: {summary}")
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from ptycho_torch.cli_args import add_config_arguments
+
+    parser = argparse.ArgumentParser(prog="ptycho-torch", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="write a synthetic scan (NPZ or HDF5 by suffix)")
+    p.add_argument("--out", required=True, type=Path, help="output scan file (.npz/.h5)")
+    add_simulation_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train PtychoPINN with Lightning on this machine")
+    p.add_argument("--data", type=Path, default=None, help="scan file (.npz/.h5) (default: data.path of --config)")
+    p.add_argument("--out", type=Path, default=None, help="run directory to create (default: none; required)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its last.ckpt up to the configured epochs (default: off)")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("reconstruct", help="reconstruct a scan with a trained model")
+    p.add_argument("--model", required=True, type=Path, help="training run directory or model.pt")
+    p.add_argument("--data", required=True, type=Path, help="scan file (.npz/.h5)")
+    p.add_argument("--out", required=True, type=Path, help="reconstruction directory")
+    p.add_argument("--inference-batch-size", type=int, default=None,
+                   help="patterns per batch (default: the model's execution.inference_batch_size or batch_size)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--renormalize", action="store_true",
+                   help="compute the normalisation factor from this scan instead of the model's (default: off)")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("evaluate", help="compare a reconstruction with the ground truth")
+    p.add_argument("--recon", required=True, type=Path, help="object.npz of a reconstruction")
+    p.add_argument("--truth", required=True, type=Path, help="scan file with objectGuess, or an object .npy/.npz")
+    p.add_argument("--out", type=Path, default=None, help="metrics JSON (default: metrics.json next to --recon)")
+    p.add_argument("--plane-fit", action="store_true", help="also remove a linear phase ramp (default: off)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="simulate -> train -> reconstruct -> evaluate on built-in defaults")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs (default: 8)")
+    p.add_argument("--n-positions", type=int, default=400, help="scan positions (default: 400)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    return run_cli(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Command-line flags for run configs, shared by `ptycho-torch` and `ptycho-dist`.
+
+Every config field is settable as `--section.field VALUE` (e.g. `--execution.accum_steps 4`); the
+common ones also have upstream-style spellings (`--accumulate-grad-batches 4`, `--epochs 20`).
+Values are read as YAML scalars ("null", "0.5", "[5, 8]", "true") and then checked by the config
+dataclasses exactly like a config file. Precedence: CLI > --config file > defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptycho_torch.config import SECTIONS, ConfigError, RunConfig, apply_overrides, load_run_config
+
+# flag -> dotted field. Boolean fields listed in BOOL_ALIASES get --x/--no-x.
+ALIASES: dict[str, str] = {
+    "--N": "model.N",
+    "--gridsize": "model.gridsize",
+    "--n-filters-scale": "model.n_filters_scale",
+    "--probe-trainable": "model.probe_trainable",
+    "--epochs": "training.nepochs",
+    "--batch-size": "training.batch_size",
+    "--val-fraction": "data.val_fraction",
+    "--n-groups": "data.n_groups",
+    "--accelerator": "execution.accelerator",
+    "--devices": "execution.devices",
+    "--num-nodes": "execution.num_nodes",
+    "--strategy": "execution.strategy",
+    "--precision": "execution.precision",
+    "--gradient-clip-val": "execution.gradient_clip_val",
+    "--gradient-clip-algorithm": "execution.gradient_clip_algorithm",
+    "--accumulate-grad-batches": "execution.accum_steps",
+    "--num-workers": "execution.num_workers",
+    "--learning-rate": "execution.learning_rate",
+    "--scheduler": "execution.scheduler",
+    "--logger": "execution.logger_backend",
+    "--checkpoint-save-top-k": "execution.checkpoint_save_top_k",
+    "--early-stop-patience": "execution.early_stop_patience",
+    "--seed": "execution.seed",
+    "--inference-batch-size": "execution.inference_batch_size",
+}
+BOOL_ALIASES: dict[str, str] = {
+    "--deterministic": "execution.deterministic",
+    "--progress-bar": "execution.enable_progress_bar",
+}
+_PREFIX = "override:"
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _field_help(dotted: str) -> str:
+    section, name = dotted.split(".")
+    f = next(f for f in fields(SECTIONS[section]) if f.name == name)
+    default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    return f"{f.metadata.get('doc', '')} (sets {dotted}; default: {default!r})"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --config, the alias flags and one --section.field flag per config field."""
+    parser.add_argument("--config", type=Path, default=None,
+                        help="run YAML file with sections data/model/training/inference/execution "
+                             "(default: built-in defaults)")
+    group = parser.add_argument_group("common settings")
+    for flag, dotted in ALIASES.items():
+        group.add_argument(flag, dest=_PREFIX + dotted, type=_parse_value, default=argparse.SUPPRESS,
+                           metavar="VALUE", help=_field_help(dotted))
+    for flag, dotted in BOOL_ALIASES.items():
+        group.add_argument(flag, dest=_PREFIX + dotted, action=argparse.BooleanOptionalAction,
+                           default=argparse.SUPPRESS, help=_field_help(dotted))
+    every = parser.add_argument_group("every config field (--section.field VALUE)")
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            dotted = f"{section}.{f.name}"
+            if dotted == "data.path":
+                continue
+            every.add_argument(f"--{dotted}", dest=_PREFIX + dotted, type=_parse_value,
+                               default=argparse.SUPPRESS, metavar="VALUE", help=_field_help(dotted))
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The dotted overrides given on the command line (only flags the user actually passed)."""
+    return {k[len(_PREFIX):]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}
+
+
+def resolve_run_config(args: argparse.Namespace, base_file: Path | None = None) -> RunConfig:
+    """defaults <- base_file (e.g. a resumed run's config.yaml) <- --config <- CLI flags, plus --data."""
+    config = RunConfig()
+    if base_file is not None:
+        config = load_run_config(base_file)
+    if getattr(args, "config", None) is not None:
+        config = load_run_config(args.config)
+    overrides = cli_overrides(args)
+    if getattr(args, "data", None) is not None:
+        overrides["data.path"] = str(args.data)
+    try:
+        return apply_overrides(config, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"command line: {e}") from None

@@ -1,0 +1,85 @@
+"""Model bundles: one file with weights, configs, normalisation and versions.
+
+A bundle is a plain dict of tensors and builtins, so it loads with `torch.load(weights_only=True)`:
+    format        "ptycho-dist-bundle/1"
+    state_dict    the LightningModule state dict (network, probe, log_scale, norm_factor)
+    config        RunConfig.to_dict() of the run that trained it
+    norm_factor   float, r of the training data (SPEC 4.1)
+    probe_modes   int
+    versions      {"ptycho_dist", "torch", "lightning", "python"}
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptycho_torch import __version__
+from ptycho_torch.config import RunConfig
+from ptycho_torch.module import PtychoPINNModule
+
+BUNDLE_FORMAT = "ptycho-dist-bundle/1"
+BUNDLE_NAME = "model.pt"
+
+
+def versions() -> dict[str, str]:
+    import lightning
+
+    return {"ptycho_dist": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
+            "python": platform.python_version()}
+
+
+def save_bundle(module: PtychoPINNModule, config: RunConfig, path: str | Path) -> Path:
+    """Write the bundle of a trained module (weights moved to CPU) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "config": config.to_dict(),
+        "norm_factor": float(module.norm_factor),
+        "probe_modes": int(module.probe.shape[0]),
+        "versions": versions(),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(bundle, tmp)
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class LoadedBundle:
+    module: PtychoPINNModule  # in eval mode, on CPU
+    config: RunConfig
+    norm_factor: float
+    path: Path
+    versions: dict[str, Any]
+
+
+def resolve_bundle_path(path: str | Path) -> Path:
+    """Accept a run directory (containing model.pt) or the bundle file itself."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BUNDLE_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no model bundle at {path}; pass --model RUN_DIR (a training run "
+                                f"directory holding {BUNDLE_NAME}) or the bundle file")
+    return path
+
+
+def load_bundle(path: str | Path) -> LoadedBundle:
+    """Load a bundle (weights_only=True) and rebuild the module in eval mode on CPU."""
+    path = resolve_bundle_path(path)
+    bundle = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{path} is not a {BUNDLE_FORMAT} model bundle")
+    config = RunConfig.from_dict(bundle["config"])
+    module = PtychoPINNModule(config.model.to_dict(), config.training.to_dict(),
+                              config.execution.to_dict(), bundle["norm_factor"], bundle["probe_modes"])
+    module.load_state_dict(bundle["state_dict"])
+    module.eval()
+    return LoadedBundle(module, config, float(bundle["norm_factor"]), path, bundle.get("versions", {}))

@@ -1,0 +1,71 @@
+"""manifest.json of a run: versions, seed, hardware, data checksum, git revision, extras."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ptycho_torch.config import RunConfig
+from ptycho_torch.workflows.bundle import versions
+
+FULL_HASH_LIMIT = 1 << 30  # files up to 1 GiB are hashed whole; larger ones head + tail + size
+
+
+def file_checksum(path: Path) -> dict[str, Any]:
+    """sha256 of a data file (head/tail/size for files over 1 GiB, marked as such)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        if size <= FULL_HASH_LIMIT:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(chunk)
+            kind = "sha256"
+        else:
+            digest.update(fh.read(1 << 24))
+            fh.seek(size - (1 << 24))
+            digest.update(fh.read())
+            digest.update(str(size).encode())
+            kind = "sha256-head-tail-size"
+    return {"path": str(path.resolve()), "bytes": size, kind: digest.hexdigest()}
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def write_manifest(run_dir: Path, config: RunConfig, scan: Any, extra: dict[str, Any] | None = None) -> Path:
+    data_path = getattr(scan, "path", None)
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "seed": config.execution.seed,
+        "hardware": hardware(),
+        "data": file_checksum(Path(data_path)) if data_path and Path(data_path).is_file() else None,
+        "n_patterns": getattr(scan, "n_patterns", None),
+        "git_revision": git_revision(),
+        **(extra or {}),
+    }
+    path = Path(run_dir) / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+    return path

@@ -1,0 +1,228 @@
+"""Single-machine training: build the Lightning Trainer from the execution config, fit, save.
+
+`build_trainer` is the one place where PyTorchExecutionConfig becomes Trainer arguments, callbacks
+and loggers; the Ray adapter (ptycho_dist.train) calls the same function with Ray's strategy,
+environment and report callback as overrides, so there is no second copy of the training logic.
+
+A run directory holds:
+    config.yaml      the resolved RunConfig (itself a valid --config), written before training
+    checkpoints/     ModelCheckpoint output (best top-k and last.ckpt)
+    logs/version_k/  logger output (metrics.csv for the csv backend; one version per (re)start)
+    model.pt         the model bundle (see bundle.py)
+    manifest.json    versions, seed, hardware, data checksum, git revision, timings
+    loss.png         train / val loss per epoch
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from ptycho_torch.callbacks import EpochSummary, History, scalar_metrics
+from ptycho_torch.config import ConfigError, RunConfig, save_run_config
+from ptycho_torch.data.dataset import PtychoDataModule
+from ptycho_torch.module import PtychoPINNModule
+from ptycho_torch.workflows.bundle import BUNDLE_NAME, save_bundle
+from ptycho_torch.workflows.manifest import write_manifest
+
+log = logging.getLogger("ptycho_torch")
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def resolve_accelerator(accelerator: str) -> str:
+    """'auto' -> 'gpu' when CUDA is visible, else 'cpu'; a requested GPU that is absent is an error."""
+    if accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"execution.accelerator: {accelerator!r} requested but no CUDA device is "
+                          "visible on this machine; use --accelerator cpu (or auto)")
+    if accelerator == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("execution.accelerator: 'mps' requested but MPS is not available; use --accelerator cpu")
+    return "gpu" if accelerator == "cuda" else accelerator
+
+
+def monitored_metric(config: RunConfig) -> str:
+    """The monitored metric; a val_* metric falls back to train_* when validation is off."""
+    metric = config.execution.checkpoint_monitor_metric
+    if config.data.val_fraction == 0 and metric.startswith("val_"):
+        return "train_" + metric[len("val_"):]
+    return metric
+
+
+def build_logger(config: RunConfig, run_dir: Path) -> Any:
+    """The Lightning logger for `execution.logger_backend` (False when None)."""
+    backend = config.execution.logger_backend
+    if backend is None:
+        return False
+    if backend == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="logs")
+    if backend == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("execution.logger_backend: 'tensorboard' needs the tensorboard package; "
+                              "pip install 'ptycho-dist[tensorboard]' or use --logger csv") from None
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(save_dir=str(run_dir), name="logs")
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ConfigError("execution.logger_backend: 'mlflow' needs the mlflow package; "
+                          "pip install 'ptycho-dist[mlflow]' or use --logger csv") from None
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(experiment_name="ptycho-dist", run_name=run_dir.name,
+                        tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+
+
+def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
+    """History, EpochSummary, ModelCheckpoint (top-k by the monitored metric, plus last.ckpt) and
+    EarlyStopping."""
+    ex = config.execution
+    monitor = monitored_metric(config)
+    callbacks: list[Callback] = [History(), EpochSummary()]
+    if ex.enable_checkpointing:
+        callbacks.append(ModelCheckpoint(
+            dirpath=str(run_dir / CHECKPOINT_DIR), monitor=monitor, mode=ex.checkpoint_mode,
+            save_top_k=ex.checkpoint_save_top_k, save_last=True,
+            filename="epoch{epoch:03d}-" + monitor.replace("/", "_") + "{" + monitor + ":.5g}",
+            auto_insert_metric_name=False))
+    if ex.early_stop_patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=ex.checkpoint_mode,
+                                       patience=ex.early_stop_patience))
+    return callbacks
+
+
+def trainer_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Every Trainer argument derived from the execution and training configs."""
+    ex = config.execution
+    progress = ex.enable_progress_bar if ex.enable_progress_bar is not None else sys.stderr.isatty()
+    return {
+        "accelerator": resolve_accelerator(ex.accelerator),
+        "devices": ex.devices,
+        "num_nodes": ex.num_nodes,
+        "strategy": ex.strategy,
+        "deterministic": ex.deterministic,
+        "precision": ex.precision,
+        "gradient_clip_val": ex.gradient_clip_val,
+        "gradient_clip_algorithm": ex.gradient_clip_algorithm,
+        "accumulate_grad_batches": ex.accum_steps,
+        "max_epochs": config.training.nepochs,
+        "enable_checkpointing": ex.enable_checkpointing,
+        "enable_progress_bar": progress,
+        "logger": build_logger(config, run_dir),
+        "callbacks": build_callbacks(config, run_dir),
+        "log_every_n_steps": ex.log_every_n_steps,
+        "default_root_dir": str(run_dir),
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+    }
+
+
+def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Trainer:
+    """The Lightning Trainer of a run. `overrides` replace derived arguments (the Ray adapter passes
+    its strategy, plugins and devices); `extra_callbacks` are appended to the derived callbacks."""
+    if os.environ.get("PTYCHO_QUIET_LIGHTNING") == "1":
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    kwargs = trainer_kwargs(config, Path(run_dir))
+    kwargs["callbacks"] = kwargs["callbacks"] + list(overrides.pop("extra_callbacks", []))
+    kwargs.update(overrides)
+    if config.execution.strategy == "deepspeed" and "strategy" not in overrides:
+        raise ConfigError("execution.strategy: 'deepspeed' is only supported under ptycho-dist "
+                          "(Ray) with deepspeed installed; use auto, ddp or fsdp")
+    return L.Trainer(**kwargs)
+
+
+def build_module(config: RunConfig, datamodule: PtychoDataModule) -> PtychoPINNModule:
+    """A fresh module for the scan of `datamodule` (probe from the file, r from the data)."""
+    probe = torch.from_numpy(datamodule.scan.probe)
+    return PtychoPINNModule(config.model.to_dict(), config.training.to_dict(), config.execution.to_dict(),
+                            datamodule.norm_factor, probe.shape[0], probe, monitor=monitored_metric(config))
+
+
+def configure_threads() -> None:
+    """Respect OMP_NUM_THREADS for torch's intra-op pool (Ray sets it per worker)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit() and int(threads) > 0:
+        torch.set_num_threads(int(threads))
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    bundle_path: Path
+    metrics: dict[str, float]
+    epochs_completed: int
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    path = Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+    return path if path.is_file() else None
+
+
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
+    """Train on `config.data.path`, writing everything into `run_dir` (see module docstring).
+
+    With `resume=True`, continue from `run_dir/checkpoints/last.ckpt` (optimizer, scheduler and
+    epoch counter restored) up to `config.training.nepochs`.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = None
+    if resume:
+        ckpt_path = last_checkpoint(run_dir)
+        if ckpt_path is None:
+            raise FileNotFoundError(f"cannot resume: {run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT} does not "
+                                    "exist (was the run trained with checkpointing enabled?)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    configure_threads()
+    L.seed_everything(config.execution.seed, workers=True, verbose=False)
+    datamodule = PtychoDataModule(config)
+    save_run_config(config, run_dir / "config.yaml")
+    module = build_module(config, datamodule)
+    trainer = build_trainer(config, run_dir)
+    log.info("training on %d groups (%d for validation), r = %.4g, %s x %s on %s",
+             len(datamodule.train_groups), len(datamodule.val_groups or []), datamodule.norm_factor,
+             trainer.num_devices, trainer.num_nodes, trainer.accelerator.__class__.__name__)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    seconds = time.perf_counter() - start
+    return finish_run(config, run_dir, module, trainer, datamodule, seconds)
+
+
+def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, trainer: L.Trainer,
+               datamodule: PtychoDataModule, seconds: float) -> TrainResult:
+    """Write the bundle, manifest and loss plot of a finished fit (rank 0 only)."""
+    metrics = scalar_metrics(trainer)
+    bundle_path = run_dir / BUNDLE_NAME
+    history = next((cb.rows for cb in trainer.callbacks if isinstance(cb, History)), [])
+    if trainer.is_global_zero:
+        save_bundle(module, config, bundle_path)
+        write_manifest(run_dir, config, datamodule.scan, extra={
+            "final_metrics": metrics, "epochs_completed": trainer.current_epoch,
+            "fit_seconds": seconds, "norm_factor": datamodule.norm_factor,
+            "world_size": trainer.world_size})
+        if history:
+            from ptycho_torch.plots import save_loss_curves
+
+            save_loss_curves(history, run_dir / "loss.png")
+        (run_dir / "metrics.json").write_text(json.dumps(
+            {"final": metrics, "history": history}, indent=2, default=float))
+    return TrainResult(run_dir, bundle_path, metrics, trainer.current_epoch, seconds, history)

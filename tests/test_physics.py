@@ -1,0 +1,160 @@
+"""Physics conventions pinned against numpy oracles (SPEC 4)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ptycho_torch.data.grouping import make_groups
+from ptycho_torch.physics import (
+    extract_patches,
+    far_field,
+    fourier_shift,
+    group_offsets,
+    initial_log_scale,
+    normalization_factor,
+    overlap_constraint,
+    place_patches,
+    poisson_nll,
+    predicted_amplitude,
+)
+
+
+def smooth_object(H, W, seed=0):
+    rng = np.random.default_rng(seed)
+    spec = np.fft.fft2(rng.normal(size=(H, W)) + 1j * rng.normal(size=(H, W)))
+    ky, kx = np.meshgrid(np.fft.fftfreq(H), np.fft.fftfreq(W), indexing="ij")
+    field = np.fft.ifft2(spec * np.exp(-(kx**2 + ky**2) / (2 * 0.05**2)))
+    amp = 0.75 + 0.2 * field.real / np.abs(field.real).max()
+    phase = 1.0 * field.imag / np.abs(field.imag).max()
+    return torch.from_numpy((amp * np.exp(1j * phase)).astype(np.complex64))
+
+
+def disk_probe(N):
+    yy, xx = np.meshgrid(np.arange(N) - N / 2, np.arange(N) - N / 2, indexing="ij")
+    pupil = (yy**2 + xx**2) <= (N / 8) ** 2
+    probe = np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(pupil)))
+    return torch.from_numpy((probe / np.abs(probe).max()).astype(np.complex64))
+
+
+def test_far_field_matches_numpy():
+    rng = np.random.default_rng(1)
+    psi = (rng.normal(size=(3, 2, 32, 32)) + 1j * rng.normal(size=(3, 2, 32, 32))).astype(np.complex64)
+    ours = far_field(torch.from_numpy(psi)).numpy()
+    ref = np.fft.fftshift(np.fft.fft2(psi.astype(np.complex128), norm="ortho"), axes=(-2, -1))
+    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5
+    # DC lands on pixel N/2 for a constant field
+    dc = far_field(torch.ones(1, 1, 32, 32, dtype=torch.complex64)).abs()[0, 0]
+    assert torch.argmax(dc).item() == 16 * 32 + 16
+
+
+def test_fourier_shift_integer_is_roll_and_axes():
+    img = torch.zeros(16, 16)
+    img[3, 5] = 1.0  # row 3, column 5
+    out = fourier_shift(img, torch.tensor([2.0, 1.0])).real  # dx=2 (columns), dy=1 (rows)
+    assert torch.argmax(out).item() == 4 * 16 + 7
+    half = fourier_shift(img, torch.tensor([0.5, 0.0]))
+    back = fourier_shift(half, torch.tensor([-0.5, 0.0]))
+    assert torch.allclose(back.real, img, atol=1e-5)
+
+
+def test_extract_patch_axes_with_asymmetric_object():
+    """A patch at scan position (x, y) has object pixel (row y, column x) at its pixel (N/2, N/2)."""
+    N = 16
+    obj = torch.zeros(64, 80, dtype=torch.complex64)
+    obj[20, 50] = 1.0  # row 20 (y), column 50 (x)
+    obj[20, 53] = 2.0  # 3 columns to the right
+    patch = extract_patches(obj, torch.tensor([[50.0, 20.0]]), N)[0]
+    assert patch[N // 2, N // 2].real == pytest.approx(1.0, abs=1e-5)
+    assert patch[N // 2, N // 2 + 3].real == pytest.approx(2.0, abs=1e-5)
+    # a half-pixel step in x moves the content half a pixel left in the patch
+    p_half = extract_patches(smooth_object(64, 80), torch.tensor([[40.5, 30.0]]), N)[0]
+    p0 = extract_patches(smooth_object(64, 80), torch.tensor([[40.0, 30.0]]), N)[0]
+    p1 = extract_patches(smooth_object(64, 80), torch.tensor([[41.0, 30.0]]), N)[0]
+    inner = (slice(4, 12), slice(4, 12))
+    assert (p_half[inner] - 0.5 * (p0[inner] + p1[inner])).abs().max() < 0.02
+
+
+def test_stitching_ground_truth_patches_reproduces_object():
+    N, H, W = 32, 120, 140
+    obj = smooth_object(H, W, seed=3)
+    rng = np.random.default_rng(0)
+    xs, ys = np.meshgrid(np.arange(24, W - 24, 6.0), np.arange(24, H - 24, 6.0))
+    pos = torch.from_numpy(np.stack([xs.ravel(), ys.ravel()], 1) + rng.uniform(-1.5, 1.5, (xs.size, 2))).float()
+    probe = disk_probe(N)
+    weight = probe.abs().square().float() / probe.abs().square().max()
+    patches = extract_patches(obj, pos, N)
+    o_sum, w_sum = place_patches(patches[None], pos[None], (H, W), weight)
+    w = w_sum[0]
+    region = w > 0.05 * w.max()
+    rec = o_sum[0][region] / w[region]
+    truth = obj[region]
+    mse = (rec - truth).abs().square().mean().item()
+    psnr = 10 * math.log10(float(truth.abs().max()) ** 2 / mse)
+    assert psnr > 40, psnr
+
+
+def test_partial_canvases_add_up():
+    N, H, W = 16, 60, 60
+    obj = smooth_object(H, W)
+    pos = torch.tensor([[20.3, 20.0], [25.0, 31.7], [35.5, 28.2], [40.0, 40.0]])
+    patches = extract_patches(obj, pos, N)
+    wt = torch.ones(N, N)
+    full = place_patches(patches[None], pos[None], (H, W), wt)
+    a = place_patches(patches[None, :2], pos[None, :2], (H, W), wt)
+    b = place_patches(patches[None, 2:], pos[None, 2:], (H, W), wt)
+    assert torch.allclose(full[0], a[0] + b[0], atol=1e-5)
+    assert torch.allclose(full[1], a[1] + b[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("gridsize", [2, 3])
+def test_merge_extract_identity_for_patches_of_one_object(gridsize):
+    N = 16
+    obj = smooth_object(96, 96, seed=2)
+    xs, ys = np.meshgrid(np.arange(30, 66, 5.0), np.arange(30, 66, 5.0))
+    positions = np.stack([xs.ravel(), ys.ravel()], 1)
+    groups = make_groups(positions, gridsize)
+    pos = torch.from_numpy(positions[groups.indices]).float()  # (G, C, 2)
+    patches = torch.stack([extract_patches(obj, p, N) for p in pos])  # (G, C, N, N)
+    out = overlap_constraint(patches, group_offsets(pos))
+    assert (out - patches).abs().max() < 1e-4
+
+
+def test_channel_order_rows_then_columns():
+    positions = np.array([[10.0, 10.0], [20.0, 10.0], [10.0, 20.0], [20.0, 20.0]])[[3, 0, 2, 1]]
+    groups = make_groups(positions, 2)
+    for members in groups.indices:
+        p = positions[members]
+        # channel c -> row c // 2 (y), column c % 2 (x)
+        assert p[0, 1] == p[1, 1] < p[2, 1] == p[3, 1]
+        assert p[0, 0] < p[1, 0] and p[2, 0] < p[3, 0]
+
+
+def test_noiseless_nll_gradient_vanishes_at_truth():
+    N = 32
+    obj = smooth_object(N, N)[None, None]  # (1, 1, N, N)
+    probe = disk_probe(N)[None]
+    log_s = torch.tensor(initial_log_scale(probe))
+    true_amp = predicted_amplitude(obj, probe, log_s)
+    r = normalization_factor(float(true_amp.square().sum()), N)
+    X = true_amp / r  # noiseless "measured" amplitude in sqrt-photons
+    o = obj.clone().requires_grad_(True)
+    loss = poisson_nll(predicted_amplitude(o, probe, log_s), X, r, eps=1e-12)
+    (g_truth,) = torch.autograd.grad(loss, o)
+    o2 = (obj * 1.05).requires_grad_(True)
+    loss2 = poisson_nll(predicted_amplitude(o2, probe, log_s), X, r, eps=1e-12)
+    (g_off,) = torch.autograd.grad(loss2, o2)
+    assert g_truth.abs().max() < 1e-4 * g_off.abs().max()
+    assert loss2 > loss
+
+
+def test_initial_scale_reproduces_normalised_energy():
+    N = 32
+    probe = disk_probe(N)[None]
+    amp = predicted_amplitude(torch.ones(1, 1, N, N, dtype=torch.complex64), probe,
+                              torch.tensor(initial_log_scale(probe)))
+    assert amp.square().sum().item() == pytest.approx((N / 2) ** 2, rel=1e-4)
+    assert normalization_factor(4.0, 8) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="all zero"):
+        normalization_factor(0.0, 8)
