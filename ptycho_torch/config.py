@@ -114,7 +114,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     return value
 
 
-class _Section:
+class ConfigSection:
     """Mixin: type-check every field against its hint, then run `_check`."""
 
     section: typing.ClassVar[str] = ""
@@ -154,7 +154,7 @@ class _Section:
         return {f.name: f.metadata.get("doc", "") for f in fields(cls)}
 
 
-def _f(default: Any, doc: str) -> Any:
+def config_field(default: Any, doc: str) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
@@ -165,16 +165,16 @@ def _f(default: Any, doc: str) -> Any:
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     """Which scan to train on and how patterns are grouped and split."""
 
     section: typing.ClassVar[str] = "data"
 
-    path: Optional[str] = _f(None, "scan file (.npz/.h5); `--data` sets it")
-    val_fraction: float = _f(0.1, "fraction of groups held out for validation (0 disables validation)")
-    n_groups: Optional[int] = _f(None, "number of training groups to draw (None = one per scan position)")
-    neighbor_count: int = _f(6, "gridsize>1: candidates (nearest neighbours) a group is drawn from")
-    max_patterns: Optional[int] = _f(None, "use only the first M patterns of the file (None = all)")
+    path: Optional[str] = config_field(None, "scan file (.npz/.h5); `--data` sets it")
+    val_fraction: float = config_field(0.1, "fraction of groups held out for validation (0 disables validation)")
+    n_groups: Optional[int] = config_field(None, "number of training groups to draw (None = one per scan position)")
+    neighbor_count: int = config_field(6, "gridsize>1: candidates (nearest neighbours) a group is drawn from")
+    max_patterns: Optional[int] = config_field(None, "use only the first M patterns of the file (None = all)")
 
     def _check(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -188,16 +188,16 @@ class DataConfig(_Section):
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     """The network and the trainable physics parameters."""
 
     section: typing.ClassVar[str] = "model"
 
-    N: Literal[32, 64, 128] = _f(64, "diffraction pattern / object patch size in pixels")
-    gridsize: int = _f(1, "patterns per group along one side (C = gridsize**2 channels)")
-    n_filters_scale: float = _f(1.0, "width multiplier: encoder filters are 32f, 64f, 128f (, 256f)")
-    probe_trainable: bool = _f(False, "refine the probe during training")
-    intensity_scale_trainable: bool = _f(True, "learn the scalar intensity scale s = exp(log_s)")
+    N: Literal[32, 64, 128] = config_field(64, "diffraction pattern / object patch size in pixels")
+    gridsize: int = config_field(1, "patterns per group along one side (C = gridsize**2 channels)")
+    n_filters_scale: float = config_field(1.0, "width multiplier: encoder filters are 32f, 64f, 128f (, 256f)")
+    probe_trainable: bool = config_field(False, "refine the probe during training")
+    intensity_scale_trainable: bool = config_field(True, "learn the scalar intensity scale s = exp(log_s)")
 
     def _check(self) -> None:
         if not 1 <= self.gridsize <= 4:
@@ -212,17 +212,17 @@ class ModelConfig(_Section):
 
 
 @dataclass(frozen=True)
-class TrainingConfig(_Section):
+class TrainingConfig(ConfigSection):
     """Epochs, batch size and the loss terms."""
 
     section: typing.ClassVar[str] = "training"
 
-    nepochs: int = _f(10, "training epochs")
-    batch_size: int = _f(16, "groups per optimisation step per device")
-    nll_weight: float = _f(1.0, "weight of the Poisson negative log-likelihood (photon counts)")
-    mae_weight: float = _f(0.0, "weight of the mean absolute error on normalised amplitudes")
-    tv_weight: float = _f(0.0, "weight of the total-variation penalty on the object patches")
-    eps: float = _f(1e-6, "floor added to the predicted counts inside the log (photons)")
+    nepochs: int = config_field(10, "training epochs")
+    batch_size: int = config_field(16, "groups per optimisation step per device")
+    nll_weight: float = config_field(1.0, "weight of the Poisson negative log-likelihood (photon counts)")
+    mae_weight: float = config_field(0.0, "weight of the mean absolute error on normalised amplitudes")
+    tv_weight: float = config_field(0.0, "weight of the total-variation penalty on the object patches")
+    eps: float = config_field(1e-6, "floor added to the predicted counts inside the log (photons)")
 
     def _check(self) -> None:
         if self.nepochs < 1:
@@ -239,16 +239,16 @@ class TrainingConfig(_Section):
 
 
 @dataclass(frozen=True)
-class InferenceConfig(_Section):
+class InferenceConfig(ConfigSection):
     """How reconstructions are stitched."""
 
     section: typing.ClassVar[str] = "inference"
 
-    stitch_weight: Literal["probe", "mask"] = _f(
+    stitch_weight: Literal["probe", "mask"] = config_field(
         "probe", "stitching weight: |probe|^2 or a central disk mask of radius N/4")
-    weight_threshold: float = _f(
+    weight_threshold: float = config_field(
         1e-3, "object pixels whose weight sum is below this fraction of the maximum are set to 0")
-    dtype: Literal["float32", "bfloat16"] = _f("float32", "network dtype during inference")
+    dtype: Literal["float32", "bfloat16"] = config_field("float32", "network dtype during inference")
 
     def _check(self) -> None:
         if not 0 <= self.weight_threshold < 1:
@@ -256,25 +256,25 @@ class InferenceConfig(_Section):
 
 
 @dataclass(frozen=True)
-class SimulationConfig(_Section):
+class SimulationConfig(ConfigSection):
     """A synthetic scan: object, probe, scan pattern and photon dose (`ptycho-torch simulate`)."""
 
     section: typing.ClassVar[str] = "simulation"
 
-    N: int = _f(64, "diffraction pattern size in pixels (even)")
-    object: str = _f("lines", "object generator: lines, dead_leaves, grf, or a path to a 2-D .npy image")
-    phase_object: Optional[str] = _f(None, "optional .npy image used as the phase (radians scaled to max_phase)")
-    max_phase: float = _f(1.5, "largest phase excursion of the object in radians")
-    min_amplitude: float = _f(0.5, "smallest object amplitude (amplitude spans [min_amplitude, 1])")
-    n_positions: int = _f(400, "number of scan positions (diffraction patterns)")
-    scan: Literal["raster", "spiral"] = _f("raster", "jittered raster or Fermat spiral")
-    overlap: float = _f(0.7, "linear overlap of neighbouring probe footprints, in [0, 1)")
-    jitter: float = _f(0.1, "raster jitter as a fraction of the scan step")
-    probe_diameter_px: Optional[float] = _f(None, "probe footprint diameter in pixels (None = N/2)")
-    probe_defocus: float = _f(0.0, "quadratic pupil phase at the aperture edge in radians (0 = in focus)")
-    probe_modes: int = _f(1, "incoherent probe modes")
-    nphotons: float = _f(1e6, "mean photons per diffraction pattern")
-    seed: int = _f(0, "random seed (object, positions, Poisson noise)")
+    N: int = config_field(64, "diffraction pattern size in pixels (even)")
+    object: str = config_field("lines", "object generator: lines, dead_leaves, grf, or a path to a 2-D .npy image")
+    phase_object: Optional[str] = config_field(None, "optional .npy image used as the phase (radians scaled to max_phase)")
+    max_phase: float = config_field(1.5, "largest phase excursion of the object in radians")
+    min_amplitude: float = config_field(0.5, "smallest object amplitude (amplitude spans [min_amplitude, 1])")
+    n_positions: int = config_field(400, "number of scan positions (diffraction patterns)")
+    scan: Literal["raster", "spiral"] = config_field("raster", "jittered raster or Fermat spiral")
+    overlap: float = config_field(0.7, "linear overlap of neighbouring probe footprints, in [0, 1)")
+    jitter: float = config_field(0.1, "raster jitter as a fraction of the scan step")
+    probe_diameter_px: Optional[float] = config_field(None, "probe footprint diameter in pixels (None = N/2)")
+    probe_defocus: float = config_field(0.0, "quadratic pupil phase at the aperture edge in radians (0 = in focus)")
+    probe_modes: int = config_field(1, "incoherent probe modes")
+    nphotons: float = config_field(1e6, "mean photons per diffraction pattern")
+    seed: int = config_field(0, "random seed (object, positions, Poisson noise)")
 
     def _check(self) -> None:
         if self.N < 8 or self.N % 2:
@@ -301,51 +301,51 @@ LoggerName = Optional[Literal["csv", "tensorboard", "mlflow", "none"]]
 
 
 @dataclass(frozen=True)
-class PyTorchExecutionConfig(_Section):
+class PyTorchExecutionConfig(ConfigSection):
     """Every execution knob of a run; each one is consumed by the Trainer, a DataLoader or the
     optimiser (see docs/configuration.md for where)."""
 
     section: typing.ClassVar[str] = "execution"
 
     # Trainer
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = _f(
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = config_field(
         "auto", "'auto' = cuda if available else cpu")
-    devices: Union[int, Literal["auto"]] = _f(1, "devices per node (Ray: workers per node)")
-    num_nodes: int = _f(1, "nodes (Ray: workers = devices * num_nodes)")
-    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = _f("auto", "distribution strategy")
-    deterministic: bool = _f(True, "deterministic algorithms; same seed -> same losses")
-    precision: PrecisionName = _f("32-true", "Lightning precision")
-    gradient_clip_val: Optional[float] = _f(None, "clip gradients at this value (None = off)")
-    gradient_clip_algorithm: Literal["norm", "value"] = _f("norm", "how gradients are clipped")
-    accum_steps: int = _f(1, "accumulate gradients over this many batches per optimiser step")
+    devices: Union[int, Literal["auto"]] = config_field(1, "devices per node (Ray: workers per node)")
+    num_nodes: int = config_field(1, "nodes (Ray: workers = devices * num_nodes)")
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = config_field("auto", "distribution strategy")
+    deterministic: bool = config_field(True, "deterministic algorithms; same seed -> same losses")
+    precision: PrecisionName = config_field("32-true", "Lightning precision")
+    gradient_clip_val: Optional[float] = config_field(None, "clip gradients at this value (None = off)")
+    gradient_clip_algorithm: Literal["norm", "value"] = config_field("norm", "how gradients are clipped")
+    accum_steps: int = config_field(1, "accumulate gradients over this many batches per optimiser step")
     # DataLoader
-    num_workers: int = _f(0, "DataLoader worker processes (train, val and inference loaders)")
-    pin_memory: bool = _f(False, "DataLoader pin_memory")
-    persistent_workers: bool = _f(False, "keep DataLoader workers alive between epochs (needs num_workers > 0)")
-    prefetch_factor: Optional[int] = _f(None, "batches prefetched per worker (needs num_workers > 0)")
+    num_workers: int = config_field(0, "DataLoader worker processes (train, val and inference loaders)")
+    pin_memory: bool = config_field(False, "DataLoader pin_memory")
+    persistent_workers: bool = config_field(False, "keep DataLoader workers alive between epochs (needs num_workers > 0)")
+    prefetch_factor: Optional[int] = config_field(None, "batches prefetched per worker (needs num_workers > 0)")
     # Optimisation
-    learning_rate: float = _f(1e-3, "Adam learning rate")
-    scheduler: SchedulerName = _f("Default", "learning-rate schedule ('Default' = constant)")
-    scheduler_gamma: float = _f(0.9, "Exponential: lr *= gamma each epoch; MultiStage: lr *= gamma at each milestone")
-    scheduler_milestones: list[int] = _f([5, 8], "MultiStage: epochs at which lr is multiplied by scheduler_gamma")
-    warmup_epochs: int = _f(1, "WarmupCosine: linear warm-up epochs before the cosine decay")
-    min_lr_ratio: float = _f(0.01, "WarmupCosine: final lr as a fraction of learning_rate")
-    plateau_factor: float = _f(0.5, "ReduceLROnPlateau: lr *= factor when the monitored metric stalls")
-    plateau_patience: int = _f(2, "ReduceLROnPlateau: epochs without improvement before reducing")
+    learning_rate: float = config_field(1e-3, "Adam learning rate")
+    scheduler: SchedulerName = config_field("Default", "learning-rate schedule ('Default' = constant)")
+    scheduler_gamma: float = config_field(0.9, "Exponential: lr *= gamma each epoch; MultiStage: lr *= gamma at each milestone")
+    scheduler_milestones: list[int] = config_field([5, 8], "MultiStage: epochs at which lr is multiplied by scheduler_gamma")
+    warmup_epochs: int = config_field(1, "WarmupCosine: linear warm-up epochs before the cosine decay")
+    min_lr_ratio: float = config_field(0.01, "WarmupCosine: final lr as a fraction of learning_rate")
+    plateau_factor: float = config_field(0.5, "ReduceLROnPlateau: lr *= factor when the monitored metric stalls")
+    plateau_patience: int = config_field(2, "ReduceLROnPlateau: epochs without improvement before reducing")
     # Checkpoints
-    enable_checkpointing: bool = _f(True, "save checkpoints (ModelCheckpoint, plus last.ckpt)")
-    checkpoint_save_top_k: int = _f(1, "best checkpoints kept (-1 = all)")
-    checkpoint_monitor_metric: str = _f("val_loss", "metric ranking checkpoints, early stopping, plateau")
-    checkpoint_mode: Literal["min", "max"] = _f("min", "whether the monitored metric should go down or up")
-    early_stop_patience: Optional[int] = _f(None, "stop after this many epochs without improvement (None = off)")
+    enable_checkpointing: bool = config_field(True, "save checkpoints (ModelCheckpoint, plus last.ckpt)")
+    checkpoint_save_top_k: int = config_field(1, "best checkpoints kept (-1 = all)")
+    checkpoint_monitor_metric: str = config_field("val_loss", "metric ranking checkpoints, early stopping, plateau")
+    checkpoint_mode: Literal["min", "max"] = config_field("min", "whether the monitored metric should go down or up")
+    early_stop_patience: Optional[int] = config_field(None, "stop after this many epochs without improvement (None = off)")
     # Logging
-    enable_progress_bar: Optional[bool] = _f(None, "progress bar (None = only on a terminal)")
-    logger_backend: LoggerName = _f("csv", "metrics logger: csv, tensorboard, mlflow or none")
-    log_every_n_steps: int = _f(10, "how often step-level metrics are logged")
+    enable_progress_bar: Optional[bool] = config_field(None, "progress bar (None = only on a terminal)")
+    logger_backend: LoggerName = config_field("csv", "metrics logger: csv, tensorboard, mlflow or none")
+    log_every_n_steps: int = config_field(10, "how often step-level metrics are logged")
     # Inference
-    inference_batch_size: Optional[int] = _f(None, "reconstruction batch size (None = training.batch_size)")
+    inference_batch_size: Optional[int] = config_field(None, "reconstruction batch size (None = training.batch_size)")
     # Seeds
-    seed: int = _f(42, "seed for torch, numpy, python and DataLoader workers")
+    seed: int = config_field(42, "seed for torch, numpy, python and DataLoader workers")
 
     def _check(self) -> None:
         if self.devices != "auto" and self.devices < 1:
@@ -393,7 +393,7 @@ class PyTorchExecutionConfig(_Section):
             object.__setattr__(self, "logger_backend", None)
 
 
-SECTIONS: dict[str, type[_Section]] = {
+SECTIONS: dict[str, type[ConfigSection]] = {
     "data": DataConfig,
     "model": ModelConfig,
     "training": TrainingConfig,

@@ -1,0 +1,41 @@
+"""`ptycho-dist`: train, tune, reconstruct and demo on Ray (embedded local Ray or a cluster).
+
+Each command's flags are defined next to its implementation (`add_parser` in ptycho_dist.train,
+.tune, .inference, .demo); this module only assembles them and turns user errors into one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from typing import Sequence
+
+from ptycho_torch.cli import run_cli, setup_logging
+
+COMMANDS = ("train", "tune", "reconstruct", "demo")
+MODULES = {"train": "ptycho_dist.train", "tune": "ptycho_dist.tune",
+           "reconstruct": "ptycho_dist.inference", "demo": "ptycho_dist.demo"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptycho-dist", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and Ray's own logs (default: off)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        if importlib.util.find_spec(MODULES[name]) is None:  # command not built yet
+            continue
+        importlib.import_module(MODULES[name]).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, names=("ptycho_torch", "ptycho_dist"))
+    return run_cli(args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

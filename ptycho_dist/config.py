@@ -1,0 +1,48 @@
+"""Configuration of the Ray layer: where Ray runs and how runs are stored (RayConfig).
+
+Plain frozen dataclasses validated on creation with messages naming the field, like
+ptycho_torch.config (they reuse its checking machinery). Sweep settings (SweepConfig) live here too.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from ptycho_torch.config import ConfigSection, config_field
+
+
+@dataclass(frozen=True)
+class RayConfig(ConfigSection):
+    """Ray cluster, run storage and fault tolerance for `ptycho-dist` commands."""
+
+    section: typing.ClassVar[str] = "ray"
+
+    address: Optional[str] = config_field(None, "None = start an embedded local Ray; 'auto' or ray://... = join a cluster "
+                                      "(RAY_ADDRESS is honoured when this is None)")
+    num_cpus: Optional[int] = config_field(None, "CPUs of the embedded local Ray (None = all of this machine)")
+    storage_path: Optional[str] = config_field(None, "where runs and checkpoints go: a local or shared path or "
+                                           "s3:// / gs:// URI (None = ./ray_runs)")
+    name: Optional[str] = config_field(None, "run name under storage_path (None = train-<timestamp>)")
+    max_failures: int = config_field(0, "worker-group restarts allowed; a restart resumes from the last checkpoint")
+    cpus_per_worker: float = config_field(1.0, "CPUs reserved by each training worker")
+    gpus_per_worker: float = config_field(1.0, "GPUs reserved by each worker when the accelerator is a GPU")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = config_field(
+        "PACK", "how workers are placed on nodes")
+    worker_start_timeout_s: float = config_field(60.0, "fail if the worker group cannot start within this time")
+    include_dashboard: Optional[bool] = config_field(None, "dashboard of the embedded Ray (bound to 127.0.0.1); "
+                                                 "None = on (Tune needs it for clean early stopping)")
+    verbose: bool = config_field(False, "show Ray's own logs (default: kept quiet)")
+
+    def _check(self) -> None:
+        if self.num_cpus is not None and self.num_cpus < 1:
+            self._fail("num_cpus", f"got {self.num_cpus}; must be >= 1 or null")
+        if self.max_failures < -1:
+            self._fail("max_failures", f"got {self.max_failures}; must be >= 0 (or -1 = unlimited)")
+        if self.cpus_per_worker <= 0:
+            self._fail("cpus_per_worker", f"got {self.cpus_per_worker}; must be > 0")
+        if self.gpus_per_worker < 0:
+            self._fail("gpus_per_worker", f"got {self.gpus_per_worker}; must be >= 0")
+        if self.worker_start_timeout_s <= 0:
+            self._fail("worker_start_timeout_s", f"got {self.worker_start_timeout_s}; must be > 0")
