@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
 from ptycho_torch.data.contract import ScanData, read_scan
@@ -70,7 +70,7 @@ class PtychoDataModule(L.LightningDataModule):
     """Train/val split of the groups of one scan.
 
     The split is a seeded permutation of the groups (`execution.seed`), so every process of a
-    distributed run sees the same split; Lightning shards the train set per rank.
+    distributed run sees the same split; each rank then reads its shard (DistributedSampler).
     """
 
     def __init__(self, config: RunConfig, scan: ScanData | None = None, norm_factor: float | None = None) -> None:
@@ -107,10 +107,21 @@ class PtychoDataModule(L.LightningDataModule):
         return self.val_groups is not None
 
     def _loader(self, groups: Groups, shuffle: bool) -> DataLoader:
+        """A loader whose order depends only on (seed, epoch, rank, world size).
+
+        The sampler is always a DistributedSampler (one replica on a single device), so a run on
+        one process, a 1-worker Ray run and a resumed run see the same batches: Lightning calls
+        `set_epoch` on it each epoch, and the permutation is drawn from seed + epoch.
+        """
+        dataset = GroupDataset(self.scan, groups, self.norm_factor)
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
+                                     seed=self.config.execution.seed, drop_last=False)
         return DataLoader(
-            GroupDataset(self.scan, groups, self.norm_factor),
+            dataset,
             batch_size=self.config.training.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=False,
             **dataloader_kwargs(self.config.execution),
         )

@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ptycho_torch.config import RunConfig
 from ptycho_torch.data.contract import ScanData, read_scan
 from ptycho_torch.data.dataset import GroupDataset, dataloader_kwargs, dataset_norm_factor
 from ptycho_torch.data.grouping import Groups, make_groups
@@ -66,6 +67,13 @@ def inference_groups(scan: ScanData, gridsize: int) -> Groups:
     return make_groups(scan.positions, gridsize, rng=None)
 
 
+def inference_loader(scan: ScanData, groups: Groups, config: RunConfig, batch_size: int | None = None) -> DataLoader:
+    """Loader of raw amplitudes (norm factor 1) in scan order; batch size defaults to the run's
+    `inference_batch_size`, DataLoader knobs come from the execution config."""
+    return DataLoader(GroupDataset(scan, groups, 1.0), batch_size=batch_size or config.inference_batch_size,
+                      shuffle=False, **dataloader_kwargs(config.execution))
+
+
 def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarray, scan: ScanData,
                          metadata: dict[str, Any]) -> dict[str, Any]:
     """Write object.npz, amplitude.png, phase.png and, with a ground truth, metrics.json."""
@@ -106,8 +114,7 @@ def reconstruct(model: str | Path, data: str | Path, out_dir: str | Path, *, bat
     if renormalize:
         predictor.norm_factor = dataset_norm_factor(scan)
     groups = inference_groups(scan, predictor.gridsize)
-    loader = DataLoader(GroupDataset(scan, groups, 1.0), batch_size=batch_size or config.inference_batch_size,
-                        shuffle=False, **dataloader_kwargs(config.execution))
+    loader = inference_loader(scan, groups, config, batch_size)
     acc = StitchAccumulator(scan.object_shape, stitch_weight(predictor.probe, config.inference.stitch_weight))
     seed_channel = torch.from_numpy(groups.seed_channel)
     start = time.perf_counter()

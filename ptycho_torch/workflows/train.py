@@ -171,6 +171,7 @@ class TrainResult:
     epochs_completed: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    trainer: L.Trainer | None = None  # the Trainer that ran (for inspection; None when not kept)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -225,4 +226,4 @@ def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, train
             save_loss_curves(history, run_dir / "loss.png")
         (run_dir / "metrics.json").write_text(json.dumps(
             {"final": metrics, "history": history}, indent=2, default=float))
-    return TrainResult(run_dir, bundle_path, metrics, trainer.current_epoch, seconds, history)
+    return TrainResult(run_dir, bundle_path, metrics, trainer.current_epoch, seconds, history, trainer)

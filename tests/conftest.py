@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny simulated scans (N=32) and a tiny run configuration, built once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ptycho_torch.config import DataConfig, ModelConfig, RunConfig, SimulationConfig, TrainingConfig
+
+
+def simulate(path: Path, **overrides) -> Path:
+    from ptycho_torch.data.simulate import simulate_to_file
+
+    settings = {"N": 32, "n_positions": 64, "seed": 0, "nphotons": 1e5}
+    settings.update(overrides)
+    return simulate_to_file(SimulationConfig(**settings), path)
+
+
+@pytest.fixture(scope="session")
+def tiny_scan(tmp_path_factory) -> Path:
+    """64 patterns, 32x32, with objectGuess."""
+    return simulate(tmp_path_factory.mktemp("scan") / "tiny.npz")
+
+
+@pytest.fixture(scope="session")
+def small_scan(tmp_path_factory) -> Path:
+    """200 patterns, 32x32, with objectGuess."""
+    return simulate(tmp_path_factory.mktemp("scan") / "small.npz", n_positions=200)
+
+
+def tiny_config(scan: Path, **sections) -> RunConfig:
+    """N=32, 8/16 filters, batch 16, 2 epochs, 25% validation, csv logs, no progress bar."""
+    config = RunConfig(data=DataConfig(path=str(scan), val_fraction=0.25),
+                       model=ModelConfig(N=32, n_filters_scale=0.25),
+                       training=TrainingConfig(nepochs=2, batch_size=16))
+    from ptycho_torch.config import apply_overrides
+
+    base = {"execution.enable_progress_bar": False}
+    base.update(sections)
+    return apply_overrides(config, base)

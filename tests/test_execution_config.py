@@ -1,0 +1,338 @@
+"""Every field of PyTorchExecutionConfig has an effect on what training really builds or does.
+
+`EFFECTS` maps each field to a check that trains (or builds) with a non-default value and inspects
+the real Lightning Trainer, DataLoader, optimiser, scheduler or files. The parametrised test over
+`fields(PyTorchExecutionConfig)` fails for a field without a check, so a new knob cannot be added
+without proving its effect.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy
+
+from ptycho_torch.config import ConfigError, PyTorchExecutionConfig
+from ptycho_torch.data.contract import read_scan
+from ptycho_torch.module import WarmupCosine
+from ptycho_torch.workflows.reconstruct import inference_groups, inference_loader
+from ptycho_torch.workflows.train import TrainResult, build_trainer, resolve_accelerator, train
+
+from conftest import tiny_config
+
+_CACHE: dict[tuple, TrainResult] = {}
+
+
+@pytest.fixture(scope="module")
+def scan(tiny_scan) -> Path:
+    return tiny_scan
+
+
+def fit(scan: Path, tmp: Path, **overrides) -> TrainResult:
+    """Train the tiny config with dotted overrides (cached per distinct overrides)."""
+    key = tuple(sorted((k, repr(v)) for k, v in overrides.items()))
+    if key not in _CACHE:
+        run_dir = tmp / f"run{len(_CACHE)}"
+        _CACHE[key] = train(tiny_config(scan, **overrides), run_dir)
+    return _CACHE[key]
+
+
+def lrs(result: TrainResult) -> list[float]:
+    return [row["lr"] for row in result.history]
+
+
+def losses(result: TrainResult) -> list[float]:
+    return [row["train_loss"] for row in result.history]
+
+
+class GradRecorder(Callback):
+    """Records every parameter gradient right after each optimiser step's clipping."""
+
+    def __init__(self) -> None:
+        self.max_abs: list[float] = []
+        self.norms: list[float] = []
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            self.max_abs.append(max(float(g.abs().max()) for g in grads))
+            self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+# ---------------------------------------------------------------------------------- checks
+
+def check_accelerator(scan, tmp):
+    assert resolve_accelerator("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
+    trainer = build_trainer(tiny_config(scan, **{"execution.accelerator": "cpu"}), tmp / "acc")
+    assert type(trainer.accelerator).__name__ == "CPUAccelerator"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="execution.accelerator.*--accelerator cpu"):
+            build_trainer(tiny_config(scan, **{"execution.accelerator": "gpu"}), tmp / "acc2")
+
+
+def check_devices(scan, tmp):
+    trainer = build_trainer(tiny_config(scan, **{"execution.devices": 2, "execution.accelerator": "cpu"}),
+                            tmp / "dev")
+    assert trainer.num_devices == 2
+
+
+def check_num_nodes(scan, tmp):
+    trainer = build_trainer(tiny_config(scan, **{"execution.num_nodes": 2, "execution.accelerator": "cpu"}),
+                            tmp / "nodes")
+    assert trainer.num_nodes == 2
+
+
+def check_strategy(scan, tmp):
+    trainer = build_trainer(tiny_config(scan, **{"execution.strategy": "ddp", "execution.accelerator": "cpu"}),
+                            tmp / "strat")
+    assert isinstance(trainer.strategy, DDPStrategy)
+    with pytest.raises(ConfigError, match="deepspeed"):
+        build_trainer(tiny_config(scan, **{"execution.strategy": "deepspeed"}), tmp / "ds")
+
+
+def check_deterministic(scan, tmp):
+    a = train(tiny_config(scan), tmp / "det_a")
+    b = train(tiny_config(scan), tmp / "det_b")
+    assert losses(a) == losses(b)
+    assert torch.are_deterministic_algorithms_enabled()
+    build_trainer(tiny_config(scan, **{"execution.deterministic": False}), tmp / "nondet")
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def check_precision(scan, tmp):
+    result = fit(scan, tmp, **{"execution.precision": "bf16-mixed", "training.nepochs": 1})
+    assert result.trainer.precision == "bf16-mixed"
+    assert math.isfinite(losses(result)[0])
+
+
+def check_gradient_clip_val(scan, tmp):
+    recorder = GradRecorder()
+    config = tiny_config(scan, **{"execution.gradient_clip_val": 1e-3, "training.nepochs": 1})
+    trainer = build_trainer(config, tmp / "clip", extra_callbacks=[recorder])
+    assert trainer.gradient_clip_val == 1e-3
+    _fit_with(trainer, config)
+    assert recorder.norms and max(recorder.norms) <= 1e-3 * (1 + 1e-4)
+
+
+def check_gradient_clip_algorithm(scan, tmp):
+    recorder = GradRecorder()
+    config = tiny_config(scan, **{"execution.gradient_clip_val": 1e-4,
+                                  "execution.gradient_clip_algorithm": "value", "training.nepochs": 1})
+    trainer = build_trainer(config, tmp / "clipv", extra_callbacks=[recorder])
+    _fit_with(trainer, config)
+    assert max(recorder.max_abs) <= 1e-4 * (1 + 1e-5)
+    assert max(recorder.norms) > 1e-4  # a norm clip would have kept the norm at 1e-4
+
+
+def check_accum_steps(scan, tmp):
+    """Accumulation and clipping together: 3 batches per epoch with accum 2 -> 2 optimiser steps."""
+    recorder = GradRecorder()
+    config = tiny_config(scan, **{"execution.accum_steps": 2, "execution.gradient_clip_val": 1e-3,
+                                  "training.nepochs": 1})
+    trainer = build_trainer(config, tmp / "accum", extra_callbacks=[recorder])
+    assert trainer.accumulate_grad_batches == 2
+    _fit_with(trainer, config)
+    n_batches = trainer.num_training_batches
+    assert n_batches == 3
+    assert trainer.global_step == math.ceil(n_batches / 2) == len(recorder.norms)
+    assert max(recorder.norms) <= 1e-3 * (1 + 1e-4)
+
+
+def _fit_with(trainer: L.Trainer, config) -> None:
+    from ptycho_torch.data.dataset import PtychoDataModule
+    from ptycho_torch.workflows.train import build_module
+
+    L.seed_everything(config.execution.seed, workers=True, verbose=False)
+    dm = PtychoDataModule(config)
+    trainer.fit(build_module(config, dm), datamodule=dm)
+
+
+def _loader_checks(scan, tmp, attr, value, **extra):
+    overrides = {"execution.num_workers": 1, **extra}
+    result = fit(scan, tmp, **overrides, **{"training.nepochs": 1})
+    loaders = [result.trainer.train_dataloader, result.trainer.val_dataloaders]
+    config = tiny_config(scan, **overrides)
+    s = read_scan(scan)
+    loaders.append(inference_loader(s, inference_groups(s, 1), config))
+    for loader in loaders:
+        assert getattr(loader, attr) == value, (attr, loader)
+
+
+def check_num_workers(scan, tmp):
+    _loader_checks(scan, tmp, "num_workers", 1)
+
+
+def check_pin_memory(scan, tmp):
+    _loader_checks(scan, tmp, "pin_memory", True, **{"execution.pin_memory": True})
+
+
+def check_persistent_workers(scan, tmp):
+    _loader_checks(scan, tmp, "persistent_workers", True, **{"execution.persistent_workers": True})
+    with pytest.raises(ConfigError, match="persistent_workers.*num_workers"):
+        PyTorchExecutionConfig(persistent_workers=True)
+
+
+def check_prefetch_factor(scan, tmp):
+    _loader_checks(scan, tmp, "prefetch_factor", 3, **{"execution.prefetch_factor": 3})
+    with pytest.raises(ConfigError, match="prefetch_factor.*num_workers"):
+        PyTorchExecutionConfig(prefetch_factor=2)
+
+
+def check_learning_rate(scan, tmp):
+    result = fit(scan, tmp, **{"execution.learning_rate": 3e-3})
+    assert result.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(3e-3)
+    assert lrs(result) == pytest.approx([3e-3, 3e-3])
+
+
+def check_scheduler(scan, tmp):
+    result = fit(scan, tmp, **{"execution.scheduler": "Exponential", "training.nepochs": 3})
+    assert lrs(result) == pytest.approx([1e-3, 0.9e-3, 0.81e-3])
+    default = fit(scan, tmp, **{"training.nepochs": 3})
+    assert lrs(default) == pytest.approx([1e-3] * 3)
+
+
+def check_scheduler_gamma(scan, tmp):
+    result = fit(scan, tmp, **{"execution.scheduler": "Exponential", "execution.scheduler_gamma": 0.5,
+                               "training.nepochs": 3})
+    assert lrs(result) == pytest.approx([1e-3, 0.5e-3, 0.25e-3])
+
+
+def check_scheduler_milestones(scan, tmp):
+    result = fit(scan, tmp, **{"execution.scheduler": "MultiStage", "execution.scheduler_milestones": [2],
+                               "execution.scheduler_gamma": 0.1, "training.nepochs": 3})
+    assert lrs(result) == pytest.approx([1e-3, 1e-3, 1e-4])
+
+
+def _warmup_cosine(warmup, min_ratio, epochs=4):
+    f = WarmupCosine(warmup, epochs, min_ratio)
+    return [1e-3 * f(e) for e in range(epochs)]
+
+
+def check_warmup_epochs(scan, tmp):
+    result = fit(scan, tmp, **{"execution.scheduler": "WarmupCosine", "execution.warmup_epochs": 2,
+                               "training.nepochs": 4})
+    assert lrs(result) == pytest.approx(_warmup_cosine(2, 0.01))
+    assert lrs(result)[0] < lrs(result)[1] < 1e-3 + 1e-12
+
+
+def check_min_lr_ratio(scan, tmp):
+    result = fit(scan, tmp, **{"execution.scheduler": "WarmupCosine", "execution.warmup_epochs": 0,
+                               "execution.min_lr_ratio": 0.5, "training.nepochs": 4})
+    assert lrs(result) == pytest.approx(_warmup_cosine(0, 0.5))
+    assert lrs(result)[-1] == pytest.approx(0.5e-3)
+
+
+def _plateau(scan, tmp, **extra):
+    # mode 'max' on a decreasing loss: the metric never "improves", so the plateau logic fires
+    return fit(scan, tmp, **{"execution.scheduler": "ReduceLROnPlateau", "execution.checkpoint_mode": "max",
+                             "training.nepochs": 4, **extra})
+
+
+def check_plateau_factor(scan, tmp):
+    result = _plateau(scan, tmp, **{"execution.plateau_factor": 0.25, "execution.plateau_patience": 0})
+    assert lrs(result) == pytest.approx([1e-3, 0.25e-3, 0.0625e-3, 0.015625e-3])
+
+
+def check_plateau_patience(scan, tmp):
+    result = _plateau(scan, tmp, **{"execution.plateau_factor": 0.5, "execution.plateau_patience": 1})
+    assert lrs(result) == pytest.approx([1e-3, 1e-3, 0.5e-3, 0.5e-3])
+
+
+def _checkpoints(result: TrainResult) -> list[Path]:
+    return sorted(p for p in (result.run_dir / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
+
+
+def check_enable_checkpointing(scan, tmp):
+    off = fit(scan, tmp, **{"execution.enable_checkpointing": False, "training.nepochs": 1})
+    assert not any(isinstance(c, ModelCheckpoint) for c in off.trainer.callbacks)
+    assert not (off.run_dir / "checkpoints").exists()
+    on = fit(scan, tmp)
+    assert (on.run_dir / "checkpoints" / "last.ckpt").is_file() and _checkpoints(on)
+
+
+def check_checkpoint_save_top_k(scan, tmp):
+    result = fit(scan, tmp, **{"execution.checkpoint_save_top_k": 2, "training.nepochs": 3})
+    assert len(_checkpoints(result)) == 2
+    assert len(_checkpoints(fit(scan, tmp, **{"training.nepochs": 3}))) == 1
+
+
+def check_checkpoint_monitor_metric(scan, tmp):
+    result = fit(scan, tmp, **{"execution.checkpoint_monitor_metric": "train_nll"})
+    ckpt = result.trainer.checkpoint_callback
+    assert ckpt.monitor == "train_nll"
+    assert all("train_nll" in p.name for p in _checkpoints(result))
+
+
+def check_checkpoint_mode(scan, tmp):
+    result = fit(scan, tmp, **{"execution.checkpoint_mode": "max", "training.nepochs": 3})
+    ckpt = result.trainer.checkpoint_callback
+    assert ckpt.mode == "max"
+    worst = max(row["val_loss"] for row in result.history)
+    assert float(ckpt.best_model_score) == pytest.approx(worst, rel=1e-6)
+
+
+def check_early_stop_patience(scan, tmp):
+    result = fit(scan, tmp, **{"execution.early_stop_patience": 1, "execution.checkpoint_mode": "max",
+                               "training.nepochs": 5})
+    assert any(isinstance(c, EarlyStopping) and c.patience == 1 for c in result.trainer.callbacks)
+    assert len(result.history) == 2  # epoch 0 sets the best, epoch 1 does not beat it -> stop
+
+
+def check_enable_progress_bar(scan, tmp):
+    on = build_trainer(tiny_config(scan, **{"execution.enable_progress_bar": True}), tmp / "pb1")
+    off = build_trainer(tiny_config(scan, **{"execution.enable_progress_bar": False}), tmp / "pb0")
+    assert on.progress_bar_callback is not None and off.progress_bar_callback is None
+
+
+def check_logger_backend(scan, tmp):
+    csv = fit(scan, tmp, **{"training.nepochs": 1})
+    assert list(csv.run_dir.glob("logs/version_*/metrics.csv"))
+    none = fit(scan, tmp, **{"execution.logger_backend": None, "training.nepochs": 1})
+    assert none.trainer.logger is None and not (none.run_dir / "logs").exists()
+    tb = fit(scan, tmp, **{"execution.logger_backend": "tensorboard", "training.nepochs": 1})
+    assert list(tb.run_dir.glob("logs/version_*/events.out.tfevents.*"))
+    mlf = fit(scan, tmp, **{"execution.logger_backend": "mlflow", "training.nepochs": 1})
+    assert type(mlf.trainer.logger).__name__ == "MLFlowLogger" and (mlf.run_dir / "mlruns").is_dir()
+
+
+def check_log_every_n_steps(scan, tmp):
+    trainer = build_trainer(tiny_config(scan, **{"execution.log_every_n_steps": 3}), tmp / "les")
+    assert trainer.log_every_n_steps == 3
+
+
+def check_inference_batch_size(scan, tmp):
+    s = read_scan(scan)
+    config = tiny_config(scan, **{"execution.inference_batch_size": 7})
+    assert inference_loader(s, inference_groups(s, 1), config).batch_size == 7
+    assert inference_loader(s, inference_groups(s, 1), tiny_config(scan)).batch_size == 16
+
+
+def check_seed(scan, tmp):
+    a = fit(scan, tmp, **{"execution.seed": 1, "training.nepochs": 1})
+    b = fit(scan, tmp, **{"execution.seed": 2, "training.nepochs": 1})
+    assert losses(a) != losses(b)
+    c = train(tiny_config(scan, **{"execution.seed": 1, "training.nepochs": 1}), tmp / "seed_again")
+    assert losses(c) == losses(a)
+
+
+EFFECTS: dict[str, Callable[[Path, Path], None]] = {
+    name[len("check_"):]: fn for name, fn in globals().items() if name.startswith("check_")
+}
+
+
+@pytest.mark.parametrize("name", [f.name for f in fields(PyTorchExecutionConfig)])
+def test_every_execution_field_has_an_effect(name, scan, tmp_path):
+    assert name in EFFECTS, (f"execution.{name} has no test of its effect: add check_{name} to "
+                             "tests/test_execution_config.py")
+    EFFECTS[name](scan, tmp_path)
+
+
+def test_no_check_for_a_field_that_does_not_exist():
+    assert set(EFFECTS) <= {f.name for f in fields(PyTorchExecutionConfig)}

@@ -1,0 +1,158 @@
+"""Single-machine training, resume, reconstruction and the ptycho-torch CLI, end to end."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ptycho_torch.cli import main
+from ptycho_torch.cli_args import ALIASES
+from ptycho_torch.config import SECTIONS, load_run_config
+from ptycho_torch.workflows.bundle import load_bundle
+from ptycho_torch.workflows.reconstruct import reconstruct
+from ptycho_torch.workflows.train import train
+
+from conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_scan, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    return train(tiny_config(tiny_scan, **{"training.nepochs": 3}), run_dir)
+
+
+def test_run_directory_holds_everything(trained):
+    run = trained.run_dir
+    for name in ("config.yaml", "model.pt", "manifest.json", "loss.png", "metrics.json", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    bundle = torch.load(run / "model.pt", weights_only=True)
+    assert bundle["format"] == "ptycho-dist-bundle/1" and bundle["norm_factor"] > 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["seed"] == 42 and manifest["data"]["sha256"] and manifest["versions"]["torch"]
+    assert manifest["epochs_completed"] == 3
+    assert load_run_config(run / "config.yaml") == load_bundle(run).config
+    losses = [row["train_loss"] for row in trained.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
+def test_reconstruction_files_and_frame(trained, tiny_scan, tmp_path):
+    result = reconstruct(trained.run_dir, tiny_scan, tmp_path / "recon")
+    with np.load(tmp_path / "recon" / "object.npz") as f:
+        obj, weight = f["object"], f["weight"]
+        truth_shape = np.load(tiny_scan)["objectGuess"].shape
+        assert obj.shape == weight.shape == truth_shape and obj.dtype == np.complex64
+        assert json.loads(str(f["metadata"]))["n_patterns"] == 64
+    assert (weight > 0).mean() > 0.3 and np.all(obj[weight == 0] == 0)
+    for name in ("amplitude.png", "phase.png", "metrics.json"):
+        assert (tmp_path / "recon" / name).is_file(), name
+    assert result.patterns_per_second > 0
+
+
+def test_resume_equals_uninterrupted_run(tiny_scan, tmp_path):
+    full = train(tiny_config(tiny_scan, **{"training.nepochs": 4}), tmp_path / "full")
+    part = tmp_path / "part"
+    train(tiny_config(tiny_scan, **{"training.nepochs": 2}), part)
+    assert main(["train", "--resume", str(part), "--epochs", "4", "--no-progress-bar"]) == 0
+    resumed = json.loads((part / "metrics.json").read_text())["history"]
+    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
+    for a, b in zip(full.history, resumed):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6, rel=1e-6)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6, rel=1e-6)
+    assert load_run_config(part / "config.yaml").training.nepochs == 4
+
+
+def test_cli_precedence_cli_over_file_over_defaults(tiny_scan, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"N": 32, "n_filters_scale": 0.25},
+                                   "training": {"nepochs": 1, "batch_size": 32},
+                                   "execution": {"learning_rate": 0.01, "accum_steps": 2}}))
+    out = tmp_path / "run"
+    rc = main(["train", "--config", str(cfg), "--data", str(tiny_scan), "--out", str(out),
+               "--learning-rate", "0.02", "--execution.gradient_clip_val", "0.5", "--no-progress-bar"])
+    assert rc == 0
+    resolved = load_run_config(out / "config.yaml")
+    assert resolved.execution.learning_rate == 0.02  # CLI beats file
+    assert resolved.execution.accum_steps == 2  # file beats default
+    assert resolved.execution.gradient_clip_val == 0.5
+    assert resolved.execution.scheduler == "Default"  # default
+    # the resolved file is itself a valid --config
+    assert main(["train", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"),
+                 "--no-progress-bar"]) == 0
+    assert load_run_config(tmp_path / "again" / "config.yaml") == resolved
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--execution.bogus", "1"], "unrecognized arguments"),
+    (["--scheduler", "Cosine"], "execution.scheduler: got 'Cosine'; allowed values are"),
+    (["--accumulate-grad-batches", "0"], "execution.accum_steps"),
+    (["--num-workers", "0", "--execution.persistent_workers", "true"], "persistent_workers: needs num_workers > 0"),
+    (["--epochs", "two"], "training.nepochs: got 'two'; expected an integer"),
+])
+def test_cli_rejects_bad_settings_with_one_line(argv, message, tiny_scan, tmp_path, capsys):
+    try:
+        rc = main(["train", "--data", str(tiny_scan), "--out", str(tmp_path / "r"), *argv])
+    except SystemExit as e:  # argparse errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err
+    assert "Traceback" not in err
+
+
+def test_config_file_with_unknown_key_names_it(tiny_scan, tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("execution:\n  acum_steps: 4\n")
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_scan), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key(s) acum_steps" in err and "accum_steps" in err
+
+
+def test_help_documents_every_flag_with_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ALIASES:
+        assert flag in text
+    for section, cls in SECTIONS.items():
+        for f in fields(cls):
+            if f"{section}.{f.name}" != "data.path":
+                assert f"--{section}.{f.name}" in text
+    assert text.count("default:") >= sum(len(fields(c)) for c in SECTIONS.values())
+
+
+def test_missing_data_and_bad_scan_file(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2
+    assert "--data" in capsys.readouterr().err
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, diffraction=np.ones((4, 32, 32), np.float32))
+    assert main(["train", "--data", str(bad), "--out", str(tmp_path / "r2"), "--N", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "probeGuess" in err and "xcoords" in err and "Traceback" not in err
+
+
+def test_n_mismatch_is_reported(tiny_scan, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_scan), "--out", str(tmp_path / "r"), "--N", "64"]) == 2
+    assert "--N 32" in capsys.readouterr().err
+
+
+def test_gridsize2_trains_and_reconstructs(tiny_scan, tmp_path):
+    result = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "training.nepochs": 1}), tmp_path / "g2")
+    assert np.isfinite(result.metrics["train_loss"])
+    recon = reconstruct(result.run_dir, tiny_scan, tmp_path / "g2recon")
+    assert np.isfinite(recon.object).all() and recon.object.any()
+
+
+@pytest.mark.parametrize("N", [32, 64, 128])
+def test_network_shapes_and_ranges(N):
+    from ptycho_torch.model import PtychoNet, filter_counts
+
+    net = PtychoNet(N, 4, 0.25)
+    amp, phase = net.forward_amp_phase(torch.rand(2, 4, N, N))
+    assert amp.shape == phase.shape == (2, 4, N, N)
+    assert 0 < amp.min() and amp.max() < 1 and phase.abs().max() < np.pi
+    assert filter_counts(64, 0.25) == [8, 16, 32] and filter_counts(64, 1.0) == [32, 64, 128]
+    assert len(filter_counts(N, 1.0)) == {32: 2, 64: 3, 128: 4}[N]
