@@ -1,0 +1,261 @@
+"""PNG figures: object amplitude/phase, reconstruction vs truth, FRC, loss curves, sweep curves.
+
+matplotlib is imported inside each function and figures are drawn on the Agg canvas through the
+object-oriented API (`matplotlib.figure.Figure`), never through pyplot: no global figure state, no
+GUI backend, safe in worker processes; a figure is released when the function returns. Every
+function writes one PNG (parents created) and returns its path.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ptycho_torch.metrics import FRC_17, FRC_HALF, align_pair, scanned_region
+
+DPI = 110
+LOSS_COLUMNS = ("train_loss", "train_loss_epoch", "val_loss", "val_loss_epoch")
+
+
+def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.5, 4.5)) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    fig.clear()
+    return path
+
+
+def _limits(values: np.ndarray) -> tuple[float, float]:
+    """Robust colour limits (0.5 / 99.5 percentiles) of the finite values; a tiny span is widened."""
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(x) for x in np.percentile(v, [0.5, 99.5]))
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def _show(fig: Any, ax: Any, img: np.ndarray, title: str, cmap: str, label: str,
+          limits: tuple[float, float] | None = None, origin: tuple[int, int] = (0, 0)) -> None:
+    """imshow with masked pixels (NaN) in light grey, a colourbar labelled `label`, axes in px of the
+    full image (`origin` = (y0, x0) of a cropped `img`)."""
+    import matplotlib
+
+    cm = matplotlib.colormaps[cmap].with_extremes(bad="lightgrey")
+    lo, hi = limits if limits is not None else _limits(img)
+    (y0, x0), (h, w) = origin, img.shape
+    im = ax.imshow(np.ma.masked_invalid(img), cmap=cm, vmin=lo, vmax=hi, interpolation="nearest",
+                   extent=(x0 - 0.5, x0 + w - 0.5, y0 + h - 0.5, y0 - 0.5))
+    ax.set_title(title)
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    fig.colorbar(im, ax=ax, label=label, shrink=0.85)
+
+
+def _phase_cmap(lo: float, hi: float) -> tuple[str, tuple[float, float]]:
+    """Cyclic 'twilight' over (-pi, pi] when the phase spans more than pi, else 'viridis'."""
+    return ("twilight", (-math.pi, math.pi)) if hi - lo > math.pi else ("viridis", (lo, hi))
+
+
+def save_complex_images(obj: np.ndarray, out_dir: str | Path, prefix: str = "",
+                        weight: np.ndarray | None = None, weight_threshold: float = 0.0) -> tuple[Path, Path]:
+    """Write `{prefix}amplitude.png` and `{prefix}phase.png` of a complex object (H, W).
+
+    Pixels where `weight` (H, W) <= weight_threshold * max(weight) (i.e. never seen by the scan with
+    the default 0) are shown grey and excluded from the colour limits. The phase is shown with the
+    global offset removed (arg of the mean over the shown pixels set to 0), in radians.
+    """
+    obj = np.asarray(obj)
+    if obj.ndim != 2:
+        raise ValueError(f"obj must be a complex image (H, W), got shape {obj.shape}")
+    shown = np.ones(obj.shape, dtype=bool) if weight is None else scanned_region(weight, weight_threshold)
+    if weight is not None and not shown.any():
+        shown = np.ones(obj.shape, dtype=bool)
+    total = np.sum(obj[shown])
+    rotated = obj * np.exp(-1j * np.angle(total)) if abs(total) > 0 else obj
+    amp = np.where(shown, np.abs(obj), np.nan)
+    phase = np.where(shown, np.angle(rotated), np.nan)
+    out_dir = Path(out_dir)
+    paths = []
+    fig, ax = _figure()
+    _show(fig, ax[0, 0], amp, "object amplitude |O|", "gray", "amplitude (transmission, unitless)")
+    paths.append(_save(fig, out_dir / f"{prefix}amplitude.png"))
+    fig, ax = _figure()
+    cmap, lim = _phase_cmap(*_limits(phase))
+    _show(fig, ax[0, 0], phase, "object phase arg O (global offset removed)", cmap, "phase (rad)", lim)
+    paths.append(_save(fig, out_dir / f"{prefix}phase.png"))
+    return paths[0], paths[1]
+
+
+def save_comparison(recon: np.ndarray, truth: np.ndarray, path: str | Path, weight: np.ndarray | None = None,
+                    plane_fit: bool = False, weight_threshold: float = 0.1, erode_px: int = 0) -> Path:
+    """2x3 grid over the scanned region: rows amplitude / phase; columns truth, recon, recon - truth.
+
+    recon, truth: (H, W) complex in the same pixel frame. The reconstruction is phase-aligned (and
+    ramp-corrected with `plane_fit`) and amplitude-scaled as in `metrics.evaluate_reconstruction`;
+    truth and recon share colour limits; pixels outside the region are grey.
+    """
+    p = align_pair(recon, truth, weight, plane_fit, weight_threshold, erode_px)
+
+    def masked(x: np.ndarray) -> np.ndarray:
+        return np.where(p.mask, x, np.nan)
+
+    def show(ax: Any, img: np.ndarray, title: str, cmap: str, label: str, lim: tuple[float, float]) -> None:
+        _show(fig, ax, img, title, cmap, label, lim, origin=(p.bbox[0], p.bbox[2]))
+
+    fig, ax = _figure(2, 3, size=(14, 8.5))
+    amp_lim = _limits(masked(p.truth_amp))
+    show(ax[0, 0], masked(p.truth_amp), "truth amplitude", "gray", "amplitude (unitless)", amp_lim)
+    show(ax[0, 1], masked(p.recon_amp), f"recon amplitude (x{p.amplitude_scale:.3g})", "gray",
+          "amplitude (unitless)", amp_lim)
+    d_amp = masked(p.recon_amp - p.truth_amp)
+    m = float(np.nanmax(np.abs(d_amp))) or 1.0
+    show(ax[0, 2], d_amp, "amplitude difference", "RdBu_r", "recon - truth (unitless)", (-m, m))
+    ph_lim = _limits(masked(p.truth_phase))
+    show(ax[1, 0], masked(p.truth_phase), "truth phase", "viridis", "phase (rad)", ph_lim)
+    show(ax[1, 1], masked(p.recon_phase), f"recon phase (offset {p.phase_offset_rad:+.2f} rad"
+          + (", ramp removed)" if plane_fit else ")"), "viridis", "phase (rad)", ph_lim)
+    d_ph = masked(p.recon_phase - p.truth_phase)
+    m = float(np.nanmax(np.abs(d_ph))) or 1.0
+    show(ax[1, 2], d_ph, "phase difference (wrapped)", "RdBu_r", "recon - truth (rad)", (-m, m))
+    fig.suptitle(f"reconstruction vs ground truth ({int(p.mask.sum())} px in the scanned region)")
+    return _save(fig, path)
+
+
+def save_frc_plot(frc_result: Mapping[str, Any], path: str | Path, title: str = "Fourier ring correlation") -> Path:
+    """FRC curve (from `metrics.frc`) against frequency (cycles/px) with the 0.5 and 1/7 thresholds."""
+    freq = np.asarray(frc_result["freq"], dtype=float)
+    curve = np.asarray(frc_result["curve"], dtype=float)
+    fig, ax = _figure(size=(6.5, 4.5))
+    a = ax[0, 0]
+    a.plot(freq, curve, color="C0", lw=1.5, label="FRC")
+    for thr, key, color, name in ((FRC_HALF, "half", "C1", "0.5"), (FRC_17, "17", "C2", "1/7")):
+        a.axhline(thr, color=color, ls="--", lw=1, label=f"threshold {name}")
+        f = frc_result.get(f"threshold_{key}")
+        if f is not None and frc_result.get(f"crossed_{key}", True):
+            a.axvline(f, color=color, ls=":", lw=1,
+                      label=f"{name}: {f:.3f} cycles/px ({1 / f:.1f} px)")
+        elif f is not None:
+            a.plot([], [], " ", label=f"{name}: not reached (resolution <= {1 / f:.1f} px)")
+    a.set_xlim(0, max(0.5, float(freq.max()) if freq.size else 0.5))
+    a.set_ylim(min(-0.1, float(np.nanmin(curve)) if curve.size else 0.0), 1.05)
+    a.set_xlabel("spatial frequency (cycles/pixel)")
+    a.set_ylabel("correlation")
+    a.set_title(title)
+    a.grid(alpha=0.3)
+    a.legend(fontsize="small", loc="lower left")
+    return _save(fig, path)
+
+
+def _rows_from(metrics: str | Path | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
+               ) -> list[dict[str, float]]:
+    """Rows {column: float} from a metrics.csv path, a column dict, or a list of row dicts."""
+    def num(v: Any) -> float:
+        try:
+            return float(v) if v not in ("", None) else math.nan
+        except (TypeError, ValueError):
+            return math.nan
+
+    if isinstance(metrics, (str, Path)):
+        with open(metrics, newline="") as fh:
+            return [{k: num(v) for k, v in row.items() if k is not None} for row in csv.DictReader(fh)]
+    if isinstance(metrics, Mapping):
+        cols = {k: list(v) for k, v in metrics.items()}
+        lengths = {len(v) for v in cols.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"metric columns have different lengths: { {k: len(v) for k, v in cols.items()} }")
+        n = lengths.pop() if lengths else 0
+        return [{k: num(v[i]) for k, v in cols.items()} for i in range(n)]
+    return [{k: num(v) for k, v in row.items()} for row in metrics]
+
+
+def save_loss_curves(metrics: str | Path | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
+                     path: str | Path, title: str = "training loss") -> Path:
+    """Per-epoch train/val loss from a Lightning CSVLogger metrics.csv (path), a dict of columns, or
+    a list of row dicts (e.g. the History callback's rows).
+
+    Rows are sparse (NaN/empty where a metric was not logged); for each of train_loss, val_loss (and
+    their *_epoch variants) the last logged value of each epoch is plotted. Without an `epoch`
+    column, rows are taken as consecutive epochs. The y axis is logarithmic when every value is > 0.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    rows = _rows_from(metrics)
+    columns = sorted({k for r in rows for k in r})
+    series: dict[str, dict[float, float]] = {}
+    for i, row in enumerate(rows):
+        epoch = row.get("epoch", math.nan)
+        epoch = float(i) if math.isnan(epoch) and "epoch" not in columns else epoch
+        if math.isnan(epoch):
+            continue
+        for col in LOSS_COLUMNS:
+            v = row.get(col, math.nan)
+            if not math.isnan(v):
+                series.setdefault(col, {})[epoch] = v
+    if not series:
+        raise ValueError(f"no loss values to plot: expected columns {LOSS_COLUMNS} with an epoch; got {columns}")
+    fig, ax = _figure(size=(6.5, 4.5))
+    a = ax[0, 0]
+    every: list[float] = []
+    for col in (c for c in LOSS_COLUMNS if c in series):
+        by_epoch = series[col]
+        epochs = sorted(by_epoch)
+        vals = [by_epoch[e] for e in epochs]
+        every += vals
+        a.plot(epochs, vals, marker="o" if len(epochs) < 30 else None, ms=3, label=col)
+    if min(every) > 0:
+        a.set_yscale("log")
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss" + (" (log scale)" if min(every) > 0 else ""))
+    a.set_title(title)
+    a.grid(alpha=0.3, which="both")
+    a.legend()
+    return _save(fig, path)
+
+
+def save_trial_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
+                      metric_name: str, title: str | None = None) -> Path:
+    """One line per sweep trial: curves maps trial name -> (epochs, values) of `metric_name`.
+
+    NaN values are skipped; the y axis is logarithmic when every value is > 0; the legend is shown
+    for up to 20 trials.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _figure(size=(7.5, 4.8))
+    a = ax[0, 0]
+    every: list[float] = []
+    for name, (epochs, values) in curves.items():
+        e, v = np.asarray(epochs, dtype=float), np.asarray(values, dtype=float)
+        if e.shape != v.shape:
+            raise ValueError(f"trial {name!r}: {e.size} epochs but {v.size} values")
+        ok = np.isfinite(v) & np.isfinite(e)
+        every += v[ok].tolist()
+        a.plot(e[ok], v[ok], lw=1.2, label=str(name))
+    if every and min(every) > 0:
+        a.set_yscale("log")
+    a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    a.set_xlabel("epoch")
+    a.set_ylabel(metric_name)
+    a.set_title(title or f"{metric_name} per trial ({len(curves)} trials)")
+    a.grid(alpha=0.3, which="both")
+    if 0 < len(curves) <= 20:
+        a.legend(fontsize="small", ncols=2 if len(curves) > 8 else 1)
+    return _save(fig, path)
