@@ -53,13 +53,18 @@ def losses(result: TrainResult) -> list[float]:
 
 
 class GradRecorder(Callback):
-    """Records every parameter gradient right after each optimiser step's clipping."""
+    """Records the gradients each optimiser step used (after Lightning's clipping): they are still
+    in place at the end of the batch that triggered the step."""
 
     def __init__(self) -> None:
         self.max_abs: list[float] = []
         self.norms: list[float] = []
+        self._step = 0
 
-    def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._step:
+            return  # still accumulating
+        self._step = trainer.global_step
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         if grads:
             self.max_abs.append(max(float(g.abs().max()) for g in grads))
@@ -100,7 +105,7 @@ def check_strategy(scan, tmp):
 def check_deterministic(scan, tmp):
     a = train(tiny_config(scan), tmp / "det_a")
     b = train(tiny_config(scan), tmp / "det_b")
-    assert losses(a) == losses(b)
+    assert losses(a) == pytest.approx(losses(b), rel=1e-6, abs=0)
     assert torch.are_deterministic_algorithms_enabled()
     build_trainer(tiny_config(scan, **{"execution.deterministic": False}), tmp / "nondet")
     assert not torch.are_deterministic_algorithms_enabled()
@@ -237,12 +242,14 @@ def _plateau(scan, tmp, **extra):
 
 def check_plateau_factor(scan, tmp):
     result = _plateau(scan, tmp, **{"execution.plateau_factor": 0.25, "execution.plateau_patience": 0})
-    assert lrs(result) == pytest.approx([1e-3, 0.25e-3, 0.0625e-3, 0.015625e-3])
+    # epoch 0 sets the best; every later epoch is "worse" and reduces at once (patience 0)
+    assert lrs(result) == pytest.approx([1e-3, 1e-3, 0.25e-3, 0.0625e-3])
 
 
 def check_plateau_patience(scan, tmp):
     result = _plateau(scan, tmp, **{"execution.plateau_factor": 0.5, "execution.plateau_patience": 1})
-    assert lrs(result) == pytest.approx([1e-3, 1e-3, 0.5e-3, 0.5e-3])
+    # two bad epochs (1 and 2) are needed before the first reduction with patience 1
+    assert lrs(result) == pytest.approx([1e-3, 1e-3, 1e-3, 0.5e-3])
 
 
 def _checkpoints(result: TrainResult) -> list[Path]:
@@ -299,7 +306,8 @@ def check_logger_backend(scan, tmp):
     tb = fit(scan, tmp, **{"execution.logger_backend": "tensorboard", "training.nepochs": 1})
     assert list(tb.run_dir.glob("logs/version_*/events.out.tfevents.*"))
     mlf = fit(scan, tmp, **{"execution.logger_backend": "mlflow", "training.nepochs": 1})
-    assert type(mlf.trainer.logger).__name__ == "MLFlowLogger" and (mlf.run_dir / "mlruns").is_dir()
+    assert type(mlf.trainer.logger).__name__ == "MLFlowLogger"
+    assert (mlf.run_dir / "mlruns" / "mlflow.db").stat().st_size > 0
 
 
 def check_log_every_n_steps(scan, tmp):
@@ -319,7 +327,8 @@ def check_seed(scan, tmp):
     b = fit(scan, tmp, **{"execution.seed": 2, "training.nepochs": 1})
     assert losses(a) != losses(b)
     c = train(tiny_config(scan, **{"execution.seed": 1, "training.nepochs": 1}), tmp / "seed_again")
-    assert losses(c) == losses(a)
+    assert losses(c) == pytest.approx(losses(a), rel=1e-6, abs=0)
+    assert losses(a) != pytest.approx(losses(b), rel=1e-3)
 
 
 EFFECTS: dict[str, Callable[[Path, Path], None]] = {

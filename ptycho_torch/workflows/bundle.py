@@ -29,7 +29,7 @@ BUNDLE_NAME = "model.pt"
 def versions() -> dict[str, str]:
     import lightning
 
-    return {"ptycho_dist": __version__, "torch": torch.__version__, "lightning": lightning.__version__,
+    return {"ptycho_dist": __version__, "torch": str(torch.__version__), "lightning": str(lightning.__version__),
             "python": platform.python_version()}
 
 

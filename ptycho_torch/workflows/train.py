@@ -86,8 +86,11 @@ def build_logger(config: RunConfig, run_dir: Path) -> Any:
                           "pip install 'ptycho-dist[mlflow]' or use --logger csv") from None
     from lightning.pytorch.loggers import MLFlowLogger
 
+    # a local SQLite store under the run directory (recent MLflow refuses new file stores)
+    store = (run_dir / "mlruns").resolve()
+    store.mkdir(parents=True, exist_ok=True)
     return MLFlowLogger(experiment_name="ptycho-dist", run_name=run_dir.name,
-                        tracking_uri=(run_dir / "mlruns").resolve().as_uri())
+                        tracking_uri=f"sqlite:///{store / 'mlflow.db'}", artifact_location=store.as_uri())
 
 
 def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
