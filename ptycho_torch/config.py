@@ -13,6 +13,7 @@ placed in a Ray Tune search space.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -110,6 +111,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
         raise ConfigError(f"{name}: got {value!r}; expected a string")
     return value
 
@@ -271,7 +274,9 @@ class SimulationConfig(ConfigSection):
     overlap: float = config_field(0.7, "linear overlap of neighbouring probe footprints, in [0, 1)")
     jitter: float = config_field(0.1, "raster jitter as a fraction of the scan step")
     probe_diameter_px: Optional[float] = config_field(None, "probe footprint diameter in pixels (None = N/2)")
-    probe_defocus: float = config_field(0.0, "quadratic pupil phase at the aperture edge in radians (0 = in focus)")
+    probe_defocus: float = config_field(8.0, "quadratic pupil phase at the aperture edge in radians; a "
+                                        "defocused probe breaks the twin-image ambiguity of a real, symmetric focus "
+                                        "(0 = in focus)")
     probe_modes: int = config_field(1, "incoherent probe modes")
     nphotons: float = config_field(1e6, "mean photons per diffraction pattern")
     seed: int = config_field(0, "random seed (object, positions, Poisson noise)")
