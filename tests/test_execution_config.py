@@ -16,6 +16,7 @@ from typing import Callable
 import lightning as L
 import pytest
 import torch
+from conftest import tiny_config
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -24,8 +25,6 @@ from ptycho_torch.data.contract import read_scan
 from ptycho_torch.module import WarmupCosine
 from ptycho_torch.workflows.reconstruct import inference_groups, inference_loader
 from ptycho_torch.workflows.train import TrainResult, build_trainer, resolve_accelerator, train
-
-from conftest import tiny_config
 
 _CACHE: dict[tuple, TrainResult] = {}
 

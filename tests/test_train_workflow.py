@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 
 from ptycho_torch.cli import main
 from ptycho_torch.cli_args import ALIASES
@@ -16,8 +17,6 @@ from ptycho_torch.config import SECTIONS, load_run_config
 from ptycho_torch.workflows.bundle import load_bundle
 from ptycho_torch.workflows.reconstruct import reconstruct
 from ptycho_torch.workflows.train import train
-
-from conftest import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -182,11 +182,13 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> TrainResult:
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
+          callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train on `config.data.path`, writing everything into `run_dir` (see module docstring).
 
     With `resume=True`, continue from `run_dir/checkpoints/last.ckpt` (optimizer, scheduler and
-    epoch counter restored) up to `config.training.nepochs`.
+    epoch counter restored) up to `config.training.nepochs`. `callbacks` are extra Lightning
+    callbacks (e.g. benchmark timers), appended after the derived ones.
     """
     run_dir = Path(run_dir)
     ckpt_path = None
@@ -201,7 +203,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> Tr
     datamodule = PtychoDataModule(config)
     save_run_config(config, run_dir / "config.yaml")
     module = build_module(config, datamodule)
-    trainer = build_trainer(config, run_dir)
+    trainer = build_trainer(config, run_dir, extra_callbacks=list(callbacks))
     log.info("training on %d groups (%d for validation), r = %.4g, %s x %s on %s",
              len(datamodule.train_groups), len(datamodule.val_groups or []), datamodule.norm_factor,
              trainer.num_devices, trainer.num_nodes, trainer.accelerator.__class__.__name__)
@@ -212,8 +214,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False) -> Tr
 
 
 def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, trainer: L.Trainer,
-               datamodule: PtychoDataModule, seconds: float) -> TrainResult:
-    """Write the bundle, manifest and loss plot of a finished fit (rank 0 only)."""
+               datamodule: PtychoDataModule, seconds: float, extra: dict[str, Any] | None = None) -> TrainResult:
+    """Write the bundle, manifest and loss plot of a finished fit (rank 0 only). `extra` entries are
+    added to manifest.json (the Ray adapter records world size, start epoch and replica checksums)."""
     metrics = scalar_metrics(trainer)
     bundle_path = run_dir / BUNDLE_NAME
     history = next((cb.rows for cb in trainer.callbacks if isinstance(cb, History)), [])
@@ -222,7 +225,7 @@ def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, train
         write_manifest(run_dir, config, datamodule.scan, extra={
             "final_metrics": metrics, "epochs_completed": trainer.current_epoch,
             "fit_seconds": seconds, "norm_factor": datamodule.norm_factor,
-            "world_size": trainer.world_size})
+            "world_size": trainer.world_size, **(extra or {})})
         if history:
             from ptycho_torch.plots import save_loss_curves
 

@@ -1,0 +1,261 @@
+"""Execution config + RayConfig -> Ray Train's ScalingConfig, RunConfig, CheckpointConfig, FailureConfig.
+
+Pure functions of plain data (no worker is started), so a bad request fails in the driver with one
+message before Ray reserves anything: `plan_scaling` checks the request against the cluster's
+resources (`ClusterResources.from_ray()`, or a hand-written one in tests) and collects every problem.
+
+Mapping (SPEC 6):
+    workers             = execution.devices * execution.num_nodes   (one process per GPU or CPU slot)
+    use_gpu             = accelerator gpu/cuda, or 'auto' on a cluster that has GPUs
+    resources_per_worker = {CPU: ray.cpus_per_worker, GPU: ray.gpus_per_worker if use_gpu}
+    placement_strategy  = ray.placement_strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD)
+    strategy            'auto'/'ddp' -> RayDDPStrategy, 'fsdp' -> RayFSDPStrategy,
+                        'deepspeed' -> RayDeepSpeedStrategy (needs the deepspeed package)
+    CheckpointConfig    num_to_keep = checkpoint_save_top_k (-1 -> keep all), scored by the monitored
+                        metric in checkpoint_mode order; Ray always keeps the latest one as well
+    FailureConfig       max_failures = ray.max_failures, controller_failure_limit = 0
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping
+
+from ptycho_dist.config import RayConfig
+from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
+
+DEFAULT_STORAGE = "ray_runs"
+START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+_EPS = 1e-9  # resource arithmetic tolerance (Ray resources are floats)
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    """Logical resources Ray can schedule: totals and one mapping per alive node ({'CPU': 2.0, ...})."""
+
+    total: Mapping[str, float]
+    nodes: tuple[Mapping[str, float], ...]
+
+    @classmethod
+    def from_ray(cls) -> "ClusterResources":
+        """Read the connected Ray cluster (`ray.cluster_resources()` and `ray.nodes()`)."""
+        import ray
+
+        nodes = tuple(dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive", False))
+        return cls(dict(ray.cluster_resources()), nodes)
+
+    @classmethod
+    def single_node(cls, cpus: float, gpus: float = 0.0) -> "ClusterResources":
+        node = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
+        return cls(dict(node), (node,))
+
+    @property
+    def cpus(self) -> float:
+        return float(self.total.get("CPU", 0.0))
+
+    @property
+    def gpus(self) -> float:
+        return float(self.total.get("GPU", 0.0))
+
+
+@dataclass(frozen=True)
+class ScalingPlan:
+    """What the Ray run will reserve and how each worker's Trainer is set up."""
+
+    num_workers: int
+    use_gpu: bool
+    accelerator: str  # 'gpu' or 'cpu': the Lightning accelerator inside each worker
+    strategy: str  # 'ddp', 'fsdp' or 'deepspeed'
+    cpus_per_worker: float
+    gpus_per_worker: float
+    placement_strategy: str
+
+    @property
+    def resources_per_worker(self) -> dict[str, float]:
+        res = {"CPU": self.cpus_per_worker}
+        if self.use_gpu:
+            res["GPU"] = self.gpus_per_worker
+        return res
+
+    @property
+    def torch_threads(self) -> int:
+        """Intra-op threads per worker: the CPUs it reserved (at least 1)."""
+        return max(1, int(self.cpus_per_worker + _EPS))
+
+    def scaling_config(self) -> Any:
+        from ray.train import ScalingConfig
+
+        return ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu,
+                             resources_per_worker=self.resources_per_worker,
+                             placement_strategy=self.placement_strategy)
+
+
+def num_workers(execution: PyTorchExecutionConfig) -> int:
+    """Ray workers = devices per node x nodes; 'auto' devices is refused (Ray needs a number)."""
+    if execution.devices == "auto":
+        raise ConfigError("execution.devices: 'auto' cannot be used with Ray (it would mean one worker per "
+                          "visible device of the driver); give an explicit --devices (workers per node)")
+    return int(execution.devices) * execution.num_nodes
+
+
+def _slots(node: Mapping[str, float], per_worker: Mapping[str, float]) -> int:
+    """How many workers needing `per_worker` fit on one node."""
+    counts = [math.floor(node.get(k, 0.0) / v + _EPS) for k, v in per_worker.items() if v > 0]
+    return min(counts) if counts else 0
+
+
+def _request(execution: PyTorchExecutionConfig, ray_config: RayConfig,
+             resources: ClusterResources | None) -> tuple[ScalingPlan, list[str]]:
+    """The plan and the problems that do not depend on where workers go (None = cluster unknown)."""
+    problems: list[str] = []
+    try:
+        workers = num_workers(execution)
+    except ConfigError as e:
+        problems.append(str(e))
+        workers = execution.num_nodes
+    acc = execution.accelerator
+    if acc == "mps":
+        problems.append("execution.accelerator: 'mps' is not supported with Ray; use --accelerator cpu")
+    wants_gpu = acc in ("gpu", "cuda")
+    gpus = resources.gpus if resources is not None else 0.0
+    if wants_gpu and resources is not None and gpus <= 0:
+        problems.append(f"execution.accelerator: {acc!r} requested but the Ray cluster has no GPUs "
+                        f"({resources.cpus:g} CPUs, 0 GPUs); use --accelerator cpu (or auto)")
+    use_gpu = wants_gpu or (acc == "auto" and gpus > 0)
+    if use_gpu and ray_config.gpus_per_worker <= 0:
+        problems.append(f"ray.gpus_per_worker: {ray_config.gpus_per_worker:g} with a GPU accelerator; "
+                        "set --gpus-per-worker > 0 (e.g. 1) or use --accelerator cpu")
+    strategy = "ddp" if execution.strategy == "auto" else execution.strategy
+    if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        problems.append("execution.strategy: 'deepspeed' needs the deepspeed package on the driver and "
+                        "every worker (pip install deepspeed); or use --strategy ddp or fsdp")
+    plan = ScalingPlan(workers, use_gpu, "gpu" if use_gpu else "cpu", strategy,
+                       float(ray_config.cpus_per_worker), float(ray_config.gpus_per_worker),
+                       ray_config.placement_strategy)
+    return plan, problems
+
+
+def check_request(execution: PyTorchExecutionConfig, ray_config: RayConfig) -> None:
+    """The checks that need no cluster (devices='auto', mps, deepspeed missing): run them before
+    starting Ray, so such mistakes fail in well under a second."""
+    _, problems = _request(execution, ray_config, None)
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def plan_scaling(execution: PyTorchExecutionConfig, ray_config: RayConfig,
+                 resources: ClusterResources) -> ScalingPlan:
+    """Validate the request against `resources` and return the plan; raise ConfigError listing every
+    problem (which flag to change, what was asked, what the cluster has)."""
+    plan, problems = _request(execution, ray_config, resources)
+    if not problems:
+        problems = _placement_problems(plan, execution, resources)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return plan
+
+
+def _placement_problems(plan: ScalingPlan, execution: PyTorchExecutionConfig,
+                        resources: ClusterResources) -> list[str]:
+    n = plan.num_workers
+    ask = f"{n} workers (--devices {execution.devices} x --num-nodes {execution.num_nodes})"
+    problems = []
+    need_cpu = n * plan.cpus_per_worker
+    if need_cpu > resources.cpus + _EPS:
+        problems.append(f"{ask} x {plan.cpus_per_worker:g} CPUs each (--cpus-per-worker) = {need_cpu:g} CPUs, "
+                        f"but the Ray cluster has {resources.cpus:g} CPUs; lower --devices, --num-nodes or "
+                        "--cpus-per-worker (or give the embedded Ray more with --num-cpus)")
+    if plan.use_gpu:
+        need_gpu = n * plan.gpus_per_worker
+        if need_gpu > resources.gpus + _EPS:
+            problems.append(f"{ask} x {plan.gpus_per_worker:g} GPUs each = {need_gpu:g} GPUs, but the Ray "
+                            f"cluster has {resources.gpus:g} GPUs; lower --devices or --num-nodes")
+    if problems:
+        return problems
+    slots = [_slots(node, plan.resources_per_worker) for node in resources.nodes]
+    fits = {"PACK": sum(slots), "SPREAD": sum(slots), "STRICT_PACK": max(slots, default=0),
+            "STRICT_SPREAD": sum(1 for s in slots if s > 0)}[plan.placement_strategy]
+    if fits < n:
+        per_node = ", ".join(f"{{{', '.join(f'{k}: {node.get(k, 0):g}' for k in plan.resources_per_worker)}}}"
+                             for node in resources.nodes)
+        problems.append(f"{ask} with {plan.resources_per_worker} each cannot be placed "
+                        f"({plan.placement_strategy}): only {fits} fit on the nodes [{per_node}]; "
+                        "lower --devices/--num-nodes or --cpus-per-worker, or change --placement-strategy")
+    return problems
+
+
+def strategy_class(name: str) -> type:
+    """The Ray Lightning strategy class for 'ddp', 'fsdp' or 'deepspeed' (imported lazily)."""
+    from ray.train import lightning as rl
+
+    classes = {"ddp": "RayDDPStrategy", "fsdp": "RayFSDPStrategy", "deepspeed": "RayDeepSpeedStrategy"}
+    if name not in classes:
+        raise ConfigError(f"execution.strategy: {name!r} has no Ray equivalent; use ddp, fsdp or deepspeed")
+    return getattr(rl, classes[name])
+
+
+# ------------------------------------------------------------------ storage and run names
+
+def is_uri(path: str) -> bool:
+    """True for 's3://bucket/x', 'gs://…', 'file:///…' (anything with a scheme)."""
+    return "://" in path
+
+
+def storage_path(ray_config: RayConfig) -> str:
+    """Absolute local path (default ./ray_runs) or the URI unchanged."""
+    raw = ray_config.storage_path or DEFAULT_STORAGE
+    return raw if is_uri(raw) else str(Path(raw).expanduser().resolve())
+
+
+def run_name(ray_config: RayConfig, now: datetime | None = None) -> str:
+    """`ray.name`, or train-YYYYmmdd-HHMMSS."""
+    if ray_config.name:
+        if "/" in ray_config.name or ray_config.name in (".", ".."):
+            raise ConfigError(f"ray.name: {ray_config.name!r} must be a plain directory name (no '/')")
+        return ray_config.name
+    return (now or datetime.now()).strftime("train-%Y%m%d-%H%M%S")
+
+
+# ------------------------------------------------------------------ Ray configs
+
+def checkpoint_config(config: RunConfig) -> Any:
+    """Ray's checkpoint retention from the execution config (top-k by the monitored metric)."""
+    from ray.train import CheckpointConfig
+
+    from ptycho_torch.workflows.train import monitored_metric
+
+    ex = config.execution
+    keep = None if ex.checkpoint_save_top_k == -1 else max(1, ex.checkpoint_save_top_k)
+    return CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=monitored_metric(config),
+                            checkpoint_score_order=ex.checkpoint_mode)
+
+
+def failure_config(ray_config: RayConfig) -> Any:
+    """Worker-group restarts = max_failures; the controller itself never retries (fail fast)."""
+    from ray.train import FailureConfig
+
+    return FailureConfig(max_failures=ray_config.max_failures, controller_failure_limit=0)
+
+
+def run_config(config: RunConfig, ray_config: RayConfig, name: str) -> Any:
+    """Ray Train RunConfig: storage_path (absolute) / name, checkpoints, failures, log level."""
+    from ray.train import LoggingConfig
+    from ray.train import RunConfig as RayRunConfig
+
+    if ray_config.max_failures != 0 and not config.execution.enable_checkpointing:
+        raise ConfigError("ray.max_failures: restarts resume from the latest checkpoint, but "
+                          "execution.enable_checkpointing is false; enable checkpointing or set --max-failures 0")
+    return RayRunConfig(name=name, storage_path=storage_path(ray_config),
+                        checkpoint_config=checkpoint_config(config), failure_config=failure_config(ray_config),
+                        logging_config=LoggingConfig(log_level="INFO" if ray_config.verbose else "WARNING"))
+
+
+def set_worker_start_timeout(ray_config: RayConfig) -> None:
+    """Make an unplaceable worker group raise (ControllerError) after worker_start_timeout_s instead of
+    retrying forever; Ray propagates this variable from the driver to the controller."""
+    os.environ[START_TIMEOUT_ENV] = f"{ray_config.worker_start_timeout_s:g}"

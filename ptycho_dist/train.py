@@ -1,0 +1,339 @@
+"""Distributed training: the same LightningModule and DataModule as `ptycho-torch train`, run by a Ray
+Train `TorchTrainer` (Train V2) with one worker per device.
+
+Run directory = `storage_path/name/` (a local or shared path, or a URI such as s3://…). It holds Ray's
+files (checkpoint_*/checkpoint.ckpt, checkpoint_manager_snapshot.json) next to the files of a
+`ptycho-torch train` run: config.yaml, ray.yaml (the `ray:` section used), logs/, model.pt,
+manifest.json, metrics.json and loss.png. So `ptycho-torch reconstruct --model storage_path/name` works
+unchanged.
+
+Checkpointing decision: Lightning's own ModelCheckpoint is switched off under Ray; Ray's checkpoints
+(`RayTrainReportCallback`: a full Lightning checkpoint.ckpt after every training epoch, with optimizer,
+scheduler, epoch counter, the History callback and the hyperparameters incl. the normalisation factor)
+replace it. Ray keeps `checkpoint_save_top_k` of them ranked by the monitored metric, plus always the
+latest, and only Ray's checkpoints survive a worker-group restart or can be found by `--resume`. Writing
+a second copy from rank 0 would double the I/O and would not work on object-store URIs.
+
+Resuming: a restarted worker group (`max_failures`) and `--resume NAME` both reach
+`ray.train.get_checkpoint()` (Ray restores its checkpoint list from the run directory) and continue
+from its checkpoint.ckpt; the epoch counter and the loss history continue, never restart at 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from ptycho_dist.config import RayConfig
+from ptycho_dist.scaling import (
+    ClusterResources,
+    check_request,
+    is_uri,
+    plan_scaling,
+    run_config,
+    run_name,
+    set_worker_start_timeout,
+    storage_path,
+    strategy_class,
+)
+from ptycho_dist.session import ray_session
+from ptycho_torch.config import ConfigError, RunConfig, apply_overrides
+
+log = logging.getLogger("ptycho_dist")
+
+RAY_FILE = "ray.yaml"  # the `ray:` section of a run, next to config.yaml
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_FILE = "checkpoint.ckpt"  # inside each Ray checkpoint directory (RayTrainReportCallback)
+
+
+@dataclass
+class DistTrainResult:
+    """What a distributed run produced. `run_dir` is a local path or a URI."""
+
+    run_dir: str
+    bundle_path: str
+    metrics: dict[str, float]  # final epoch-level metrics (rank 0)
+    history: list[dict[str, float]]  # one row per epoch: {'epoch', 'train_loss', 'val_loss', 'lr', ...}
+    epochs_completed: int
+    start_epoch: int  # epoch the last worker group started at (> 0 after a restart or --resume)
+    fit_seconds: float  # Trainer.fit of the last worker group (s)
+    wall_seconds: float  # driver time incl. worker start-up and teardown (s)
+    world_size: int
+    replica_checksums: list[str] = field(default_factory=list)  # sha256 of each rank's final weights
+    replica_nodes: list[str] = field(default_factory=list)  # Ray node id of each rank
+    ray_result: Any = None  # ray.train.Result
+
+
+# ------------------------------------------------------------------ worker side
+
+class _StartEpoch(Callback):
+    """Remembers the epoch the fit starts at (non-zero when resumed from a checkpoint)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch = int(trainer.current_epoch)
+
+
+def state_checksum(module: torch.nn.Module) -> str:
+    """sha256 over every (name, bytes) of the state dict, in name order."""
+    digest = hashlib.sha256()
+    for name, value in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _gather(value: Any) -> list[Any]:
+    """`value` (picklable) of every rank, in rank order; [value] outside a process group."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+# Harmless warnings every worker would print each run (kept with verbose=True)
+_WORKER_WARNINGS = (
+    ".*LeafSpec.*is deprecated.*",  # lightning 2.6 x torch 2.13
+    ".*smaller than the logging interval.*",  # small datasets
+    ".*when logging on epoch level in distributed setting.*",  # 'lr' is the same on every rank
+)
+
+
+def _quiet_worker(verbose: bool) -> None:
+    """Our progress lines on stderr (forwarded to the driver by Ray); Ray's and Lightning's INFO chatter
+    off unless verbose. Root at WARNING also silences Ray Train's per-report INFO line, which is logged
+    under a file-path logger name that LoggingConfig(log_level) does not filter (Ray 2.60)."""
+    from ptycho_torch.cli import setup_logging
+
+    setup_logging(verbose)
+    if not verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+        for pattern in _WORKER_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """Body of every Ray Train worker (built by `fit_distributed`). Keys of `loop_config`:
+    config (RunConfig.to_dict()), run_dir (path or URI), strategy ('ddp'|'fsdp'|'deepspeed'),
+    accelerator ('cpu'|'gpu'), threads (torch intra-op threads), verbose (bool), callbacks (extra
+    picklable Lightning callbacks, e.g. for tests and benchmarks). Returns a summary on rank 0."""
+    import ray
+    import ray.train
+    from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+
+    from ptycho_torch.data.dataset import PtychoDataModule
+    from ptycho_torch.workflows.train import build_module, build_trainer, finish_run
+
+    _quiet_worker(bool(loop_config.get("verbose")))
+    config = RunConfig.from_dict(loop_config["config"])
+    torch.set_num_threads(int(loop_config.get("threads", 1)))
+    rank = ray.train.get_context().get_world_rank()
+    target = str(loop_config["run_dir"])
+    staging = Path(tempfile.mkdtemp(prefix="ptycho-dist-run-")) if is_uri(target) else None
+    run_dir = staging or Path(target)
+
+    L.seed_everything(config.execution.seed, workers=True, verbose=False)
+    datamodule = PtychoDataModule(config)
+    module = build_module(config, datamodule)
+    # Ray's checkpoints replace Lightning's ModelCheckpoint (module docstring)
+    no_lightning_ckpt = config.replace(execution=dataclasses.replace(config.execution, enable_checkpointing=False))
+    start = _StartEpoch()
+    reporting: Callback = RayTrainReportCallback() if config.execution.enable_checkpointing else _MetricsReport()
+    trainer = build_trainer(
+        no_lightning_ckpt, run_dir, strategy=strategy_class(loop_config["strategy"])(),
+        plugins=[RayLightningEnvironment()], devices="auto", num_nodes=1,
+        accelerator=loop_config["accelerator"],
+        extra_callbacks=[start, reporting, *loop_config.get("callbacks", [])])
+    trainer = prepare_trainer(trainer)
+
+    checkpoint = ray.train.get_checkpoint()
+    t0 = time.perf_counter()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(Path(ckpt_dir) / CHECKPOINT_FILE))
+    else:
+        trainer.fit(module, datamodule=datamodule)
+    seconds = time.perf_counter() - t0
+    ranks = _gather({"checksum": state_checksum(module), "node_id": ray.get_runtime_context().get_node_id()})
+    checksums, nodes = [r["checksum"] for r in ranks], [r["node_id"] for r in ranks]
+    result = finish_run(config, run_dir, module, trainer, datamodule, seconds,
+                        extra={"ray": {"world_size": trainer.world_size, "start_epoch": start.epoch,
+                                       "replica_checksums": checksums, "replica_nodes": nodes}})
+    if staging is not None:
+        if rank == 0:
+            _upload(staging, target)
+        shutil.rmtree(staging, ignore_errors=True)
+    if rank != 0:
+        return None
+    return {"metrics": result.metrics, "history": result.history, "epochs_completed": result.epochs_completed,
+            "start_epoch": start.epoch, "fit_seconds": seconds, "world_size": trainer.world_size,
+            "replica_checksums": checksums, "replica_nodes": nodes}
+
+
+class _MetricsReport(Callback):
+    """Reports epoch metrics to Ray without a checkpoint (execution.enable_checkpointing false)."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import ray.train
+
+        from ptycho_torch.callbacks import scalar_metrics
+
+        ray.train.report({**scalar_metrics(trainer), "epoch": trainer.current_epoch})
+
+
+# ------------------------------------------------------------------ run-directory files (path or URI)
+
+def _fs(location: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(location)
+
+
+def write_run_file(location: str, name: str, text: str) -> None:
+    """Write `location/name` (local directory or URI), creating the directory."""
+    if not is_uri(location):
+        Path(location).mkdir(parents=True, exist_ok=True)
+        Path(location, name).write_text(text)
+        return
+    fs, path = _fs(location)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{name}") as fh:
+        fh.write(text.encode())
+
+
+def read_run_file(location: str, name: str) -> str | None:
+    """The text of `location/name`, or None when it does not exist."""
+    if not is_uri(location):
+        path = Path(location, name)
+        return path.read_text() if path.is_file() else None
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(location)
+    if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(f"{path}/{name}") as fh:
+        return fh.read().decode()
+
+
+def _upload(local_dir: Path, uri: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = _fs(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(str(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+
+# ------------------------------------------------------------------ driver side
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The first ConfigError / FileNotFoundError / FloatingPointError inside a Ray training failure."""
+    from ptycho_torch.cli import USER_ERRORS
+
+    failures = getattr(error, "worker_failures", None) or {}
+    for failure in [*failures.values(), getattr(error, "controller_failure", None)]:
+        seen = 0
+        while failure is not None and seen < 10:
+            if isinstance(failure, USER_ERRORS):
+                return failure
+            failure = getattr(failure, "cause", None) or failure.__cause__
+            seen += 1
+    return None
+
+
+def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = False,
+                    callbacks: Sequence[Callback] = (), ray_callbacks: Sequence[Any] = ()) -> DistTrainResult:
+    """Train with Ray Train on `ray_config`'s cluster (embedded local Ray when no address).
+
+    The run directory is storage_path/name. `resume=True` continues the named run from its latest
+    Ray checkpoint up to `config.training.nepochs`; without it an existing run of that name is an
+    error. `callbacks` are extra picklable Lightning callbacks added on every worker; `ray_callbacks` are
+    Ray Train callbacks added to the run (a sweep trial passes Tune's TuneReportCallback).
+    Raises ConfigError before any worker starts when the request cannot fit the cluster.
+    """
+    from ray.train import ControllerError, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    if not config.data.path:
+        raise ConfigError("data.path: no scan file given; pass --data SCAN.npz")
+    if not is_uri(config.data.path):
+        data = Path(config.data.path).expanduser().resolve()
+        if not data.is_file():
+            raise FileNotFoundError(f"scan file {config.data.path} does not exist")
+        config = apply_overrides(config, {"data.path": str(data)})
+    check_request(config.execution, ray_config)
+    name = run_name(ray_config)
+    location = f"{storage_path(ray_config).rstrip('/')}/{name}"
+    ray_config = dataclasses.replace(ray_config, name=name)
+    exists = read_run_file(location, CONFIG_FILE) is not None
+    if resume and not exists:
+        raise FileNotFoundError(f"cannot resume: no run {name!r} under {storage_path(ray_config)} "
+                                f"({location}/{CONFIG_FILE} does not exist); check --name/--storage-path")
+    if exists and not resume:
+        raise ConfigError(f"ray.name: a run {name!r} already exists at {location}; continue it with "
+                          f"--resume {name} or choose another --name")
+    ray_run_config = run_config(config, ray_config, name)
+    if ray_callbacks:
+        ray_run_config.callbacks = [*(ray_run_config.callbacks or []), *ray_callbacks]
+    set_worker_start_timeout(ray_config)
+    wall = time.perf_counter()
+    with ray_session(ray_config):
+        plan = plan_scaling(config.execution, ray_config, ClusterResources.from_ray())
+        write_run_file(location, CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_run_file(location, RAY_FILE, yaml.safe_dump({"ray": ray_config.to_dict()}, sort_keys=False))
+        log.info("%s run %r: %d worker(s) x %s, %s on %s, storage %s", "resuming" if resume else "starting",
+                 name, plan.num_workers, plan.resources_per_worker, plan.strategy, plan.accelerator, location)
+        loop_config = {"config": config.to_dict(), "run_dir": location, "strategy": plan.strategy,
+                       "accelerator": plan.accelerator, "threads": plan.torch_threads,
+                       "verbose": ray_config.verbose, "callbacks": list(callbacks)}
+        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+                               scaling_config=plan.scaling_config(), run_config=ray_run_config)
+        try:
+            result = trainer.fit()
+        except TrainingFailedError as e:
+            user = _user_error(e)
+            if user is not None:
+                raise user from None
+            failure = getattr(e, "controller_failure", None)
+            if isinstance(e, ControllerError) and type(failure).__name__ == "WorkerGroupStartupTimeoutError":
+                import ray
+
+                free = ray.available_resources()
+                raise ConfigError(
+                    f"the Ray worker group ({plan.num_workers} workers x {plan.resources_per_worker}) did not "
+                    f"start within {ray_config.worker_start_timeout_s:g} s (--worker-start-timeout): the cluster "
+                    f"has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free now (other jobs hold "
+                    "the rest); wait for them, or lower --devices, --num-nodes or --cpus-per-worker") from None
+            raise
+    summary = result.return_value or {}
+    return DistTrainResult(
+        run_dir=location, bundle_path=f"{location}/model.pt", metrics=summary.get("metrics", {}),
+        history=summary.get("history", []), epochs_completed=int(summary.get("epochs_completed", 0)),
+        start_epoch=int(summary.get("start_epoch", 0)), fit_seconds=float(summary.get("fit_seconds", 0.0)),
+        wall_seconds=time.perf_counter() - wall, world_size=int(summary.get("world_size", plan.num_workers)),
+        replica_checksums=list(summary.get("replica_checksums", [])),
+        replica_nodes=list(summary.get("replica_nodes", [])), ray_result=result)
+
+
+def add_parser(subparsers: Any) -> None:
+    """`ptycho-dist train` (flags and config resolution live in ptycho_dist.train_cli)."""
+    from ptycho_dist.train_cli import add_train_parser
+
+    add_train_parser(subparsers)

@@ -1,0 +1,170 @@
+"""`ptycho-dist train`: flags, config resolution (with a `ray:` YAML section) and the command.
+
+Flags: everything `ptycho-torch train` takes (`--data`, `--out`, `--config`, `--epochs`, execution
+flags, every `--section.field`), plus the Ray ones (`--address`, `--storage-path`, `--name`,
+`--max-failures`, `--cpus-per-worker`, `--gpus-per-worker`, `--num-cpus`, `--placement-strategy`,
+`--worker-start-timeout`) and `--resume NAME`.
+
+The run YAML given to `--config` may carry a `ray:` section (any RayConfig field) next to the
+data/model/training/inference/execution sections; ptycho-dist takes it out before the rest goes to
+RunConfig, so `ptycho-torch` stays strict about unknown sections:
+
+    execution: {devices: 2, num_nodes: 1}
+    ray: {storage_path: /shared/runs, name: big-run, max_failures: 2, cpus_per_worker: 4}
+
+Precedence (lowest first): defaults <- the resumed run's config.yaml / ray.yaml <- --config <- flags.
+`--out DIR` is shorthand for `--storage-path parent(DIR) --name basename(DIR)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptycho_dist.config import RayConfig
+from ptycho_torch.config import ConfigError, RunConfig, apply_overrides
+
+# flag -> (RayConfig field, argparse type)
+RAY_FLAGS: dict[str, tuple[str, Any]] = {
+    "--address": ("address", str),
+    "--storage-path": ("storage_path", str),
+    "--name": ("name", str),
+    "--max-failures": ("max_failures", int),
+    "--cpus-per-worker": ("cpus_per_worker", float),
+    "--gpus-per-worker": ("gpus_per_worker", float),
+    "--num-cpus": ("num_cpus", int),
+    "--placement-strategy": ("placement_strategy", str.upper),
+    "--worker-start-timeout": ("worker_start_timeout_s", float),
+}
+
+
+def _ray_default(name: str) -> Any:
+    f = next(f for f in fields(RayConfig) if f.name == name)
+    return f.default if f.default is not MISSING else None
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from ptycho_torch.cli_args import add_config_arguments
+
+    p = subparsers.add_parser("train", help="train PtychoPINN on Ray (one worker per device, DDP)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=None, help="scan file (.npz/.h5) every worker can read "
+                   "(default: data.path of --config)")
+    p.add_argument("--out", type=Path, default=None, help="run directory; same as --storage-path "
+                   "parent --name basename (default: --storage-path/--name)")
+    p.add_argument("--resume", default=None, metavar="NAME",
+                   help="continue the run NAME under --storage-path (or a run directory) from its latest "
+                        "checkpoint up to the configured epochs (default: off)")
+    ray = p.add_argument_group("Ray (the `ray:` section of --config)")
+    docs = RayConfig.field_docs()
+    for flag, (name, kind) in RAY_FLAGS.items():
+        ray.add_argument(flag, dest="ray:" + name, type=kind, default=None, metavar=name.upper(),
+                         help=f"{docs[name]} (sets ray.{name}; default: {_ray_default(name)!r})")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_train)
+    return p
+
+
+def split_dist_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a run YAML; return (run sections, `ray:` section)."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
+    ray = data.pop("ray", None) or {}
+    if not isinstance(ray, dict):
+        raise ConfigError(f"{path}: ray: expected a mapping of fields, got {ray!r}")
+    return data, ray
+
+
+def load_dist_config(path: Path) -> tuple[RunConfig, RayConfig]:
+    """A run YAML with an optional `ray:` section -> (RunConfig, RayConfig)."""
+    run, ray = split_dist_yaml(Path(path))
+    try:
+        return RunConfig.from_dict(run), RayConfig.from_dict(ray)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _text_config(text: str | None, where: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    return data
+
+
+def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig, bool]:
+    """(RunConfig, RayConfig, resume) from the flags; see the module docstring for precedence."""
+    from ptycho_dist.scaling import storage_path
+    from ptycho_dist.train import CONFIG_FILE, RAY_FILE, read_run_file
+    from ptycho_torch.cli_args import cli_overrides
+
+    file_run, file_ray = split_dist_yaml(args.config) if args.config is not None else (None, {})
+    cli_ray = {k[len("ray:"):]: v for k, v in vars(args).items() if k.startswith("ray:") and v is not None}
+    if getattr(args, "verbose", False):
+        cli_ray["verbose"] = True
+    if args.resume is not None and args.out is not None:
+        raise ConfigError("--resume continues a run in its own directory; drop --out")
+    if args.out is not None:
+        out = Path(args.out)
+        for key, value in (("storage_path", str(out.parent)), ("name", out.name)):
+            if cli_ray.get(key, value) != value:
+                raise ConfigError(f"--out {out} contradicts --{key.replace('_', '-')} {cli_ray[key]}; give one")
+            cli_ray[key] = value
+    run_data: dict[str, Any] | None = file_run
+    ray_data: dict[str, Any] = {}
+    resume = args.resume is not None
+    if resume:
+        target = Path(args.resume)
+        if "/" in args.resume or (target / CONFIG_FILE).is_file():  # a run directory
+            cli_ray.update(storage_path=str(target.resolve().parent), name=target.resolve().name)
+        else:
+            cli_ray["name"] = args.resume
+        probe = RayConfig.from_dict({**file_ray, **cli_ray})
+        location = f"{storage_path(probe).rstrip('/')}/{probe.name}"
+        saved = read_run_file(location, CONFIG_FILE)
+        if saved is None:
+            raise FileNotFoundError(f"cannot resume: no run {probe.name!r} at {location} "
+                                    f"({CONFIG_FILE} missing); check --resume and --storage-path")
+        stored_ray = _text_config(read_run_file(location, RAY_FILE), RAY_FILE).get("ray") or {}
+        # where Ray runs now is a property of this invocation, not of the stored run
+        ray_data = {k: v for k, v in stored_ray.items() if k not in ("address", "num_cpus", "verbose")}
+        if run_data is None:
+            run_data = _text_config(saved, CONFIG_FILE)
+    try:
+        config = RunConfig.from_dict(run_data) if run_data is not None else RunConfig()
+    except ConfigError as e:
+        raise ConfigError(f"{args.config or CONFIG_FILE + ' of the resumed run'}: {e}") from None
+    ray_config = RayConfig.from_dict({**ray_data, **file_ray, **cli_ray})  # errors name ray.<field>
+    overrides = cli_overrides(args)
+    if args.data is not None:
+        overrides["data.path"] = str(args.data)
+    try:
+        config = apply_overrides(config, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"command line: {e}") from None
+    return config, ray_config, resume
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ptycho_dist.train import fit_distributed
+
+    config, ray_config, resume = resolve_dist_configs(args)
+    if not config.data.path:
+        raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
+    result = fit_distributed(config, ray_config, resume=resume)
+    shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
+    print(f"trained {result.epochs_completed} epochs on {result.world_size} Ray worker(s) in "
+          f"{result.wall_seconds:.1f} s (fit {result.fit_seconds:.1f} s) {shown}; "
+          f"model bundle: {result.bundle_path}")
+    print(f"reconstruct with: ptycho-torch reconstruct --model {result.run_dir} --data SCAN --out RECON_DIR")
