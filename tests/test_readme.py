@@ -36,9 +36,10 @@ def block(marker: str) -> list[str]:
 
 
 def all_cli_commands() -> list[list[str]]:
-    """Every ptycho-torch / ptycho-dist command in any fenced block or inline code of the README."""
+    """Every ptycho-torch / ptycho-dist command in the README's fenced blocks (inline snippets in the
+    prose show flags, not whole commands)."""
     found = []
-    for text in re.findall(r"```\w*\n(.*?)```", README, re.S) + re.findall(r"`([^`\n]+)`", README):
+    for text in re.findall(r"```\w*\n(.*?)```", README, re.S):
         for line in text.splitlines():
             words = shlex.split(line.strip()) if "ptycho-" in line else []
             if words and Path(words[0]).name in ("ptycho-torch", "ptycho-dist") and len(words) > 2:
