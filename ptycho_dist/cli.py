@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from typing import Sequence
 
@@ -24,8 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and Ray's own logs (default: off)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        if importlib.util.find_spec(MODULES[name]) is None:  # command not built yet
-            continue
         importlib.import_module(MODULES[name]).add_parser(sub)
     return parser
 

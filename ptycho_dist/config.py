@@ -6,11 +6,14 @@ ptycho_torch.config (they reuse its checking machinery). Sweep settings (SweepCo
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import math
 import typing
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from ptycho_torch.config import ConfigSection, config_field
+from ptycho_torch.config import ConfigError, ConfigSection, RunConfig, config_field
 
 
 @dataclass(frozen=True)
@@ -46,3 +49,309 @@ class RayConfig(ConfigSection):
             self._fail("gpus_per_worker", f"got {self.gpus_per_worker}; must be >= 0")
         if self.worker_start_timeout_s <= 0:
             self._fail("worker_start_timeout_s", f"got {self.worker_start_timeout_s}; must be > 0")
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps (`ptycho-dist tune`): the sweep YAML file
+# --------------------------------------------------------------------------------------------
+
+# Metrics the LightningModule logs once per epoch (the *_mae / *_tv terms only with a non-zero weight,
+# val_* only with validation), any of which a sweep can rank trials by.
+SWEEP_METRICS: tuple[str, ...] = (
+    *(f"{split}_{term}" for split in ("val", "train") for term in ("loss", "nll", "mae", "tv")), "lr")
+# Search-space entry kinds: `field: {kind: values}`.
+SPACE_KINDS: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint")
+# Fields a sweep may not search, and what to do instead.
+NOT_SEARCHABLE: dict[str, str] = {
+    "data.path": "the scan comes from --data (or data.path of the run config)",
+    "execution.devices": "the workers of each trial are set by workers_per_trial",
+    "execution.num_nodes": "the workers of each trial are set by workers_per_trial",
+}
+_MAX_COMBINATIONS_CHECKED = 512
+
+
+def _fail_sweep(key: str, message: str) -> typing.NoReturn:
+    raise ConfigError(f"sweep.{key}: {message}")
+
+
+@dataclass(frozen=True)
+class SweepScheduler(ConfigSection):
+    """Which trial scheduler stops bad trials (the `scheduler:` mapping of a sweep file)."""
+
+    section: typing.ClassVar[str] = "sweep.scheduler"
+
+    name: Literal["asha", "fifo"] = config_field(
+        "asha", "asha = asynchronous successive halving (stops bad trials early); fifo = run every trial to the end")
+    max_epochs: Optional[int] = config_field(
+        None, "asha: epochs of a trial that is never stopped; sets training.nepochs of every trial "
+              "(None = training.nepochs of the run config)")
+    grace_period: int = config_field(1, "asha: epochs every trial runs before it can be stopped")
+    reduction_factor: float = config_field(
+        4.0, "asha: rungs at grace_period * reduction_factor^k epochs; at each rung only the best "
+             "1/reduction_factor of the trials seen there continue")
+
+    def _check(self) -> None:
+        if self.max_epochs is not None and self.max_epochs < 1:
+            self._fail("max_epochs", f"got {self.max_epochs}; must be >= 1 or null")
+        if self.grace_period < 1:
+            self._fail("grace_period", f"got {self.grace_period}; must be >= 1")
+        if self.max_epochs is not None and self.grace_period > self.max_epochs:
+            self._fail("grace_period", f"got {self.grace_period}; must be <= max_epochs ({self.max_epochs})")
+        if self.reduction_factor <= 1:
+            self._fail("reduction_factor", f"got {self.reduction_factor}; must be > 1 (e.g. 2, 3 or 4)")
+
+
+@dataclass(frozen=True)
+class SweepSearch(ConfigSection):
+    """How trial configurations are chosen (the `search:` mapping of a sweep file)."""
+
+    section: typing.ClassVar[str] = "sweep.search"
+
+    name: Literal["random", "grid", "optuna"] = config_field(
+        "random", "random = grid entries expanded, distributions sampled (Ray's variant generator); grid = "
+                  "the same but every space entry must be a grid; optuna = Optuna's TPE sampler "
+                  "(pip install 'ptycho-dist[optuna]'; no grid entries)")
+    seed: Optional[int] = config_field(None, "seed of the random sampling / of Optuna (None = not reproducible)")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _normalise_entry(dotted: str, entry: Any) -> dict[str, list[Any]]:
+    """One space entry -> {kind: [values]}; raises ConfigError naming the field."""
+    key = f"space.{dotted}"
+    if not isinstance(entry, dict) or len(entry) != 1:
+        _fail_sweep(key, f"got {entry!r}; expected a mapping with exactly one of {', '.join(SPACE_KINDS)}, "
+                         "e.g. {grid: [1, 2]} or {loguniform: [1.0e-4, 1.0e-2]} (fixed values belong in the "
+                         "run config)")
+    ((kind, values),) = entry.items()
+    if kind not in SPACE_KINDS:
+        _fail_sweep(key, f"unknown kind {kind!r}; use one of {', '.join(SPACE_KINDS)}")
+    if kind in ("grid", "choice"):
+        if not isinstance(values, list) or not values:
+            _fail_sweep(key, f"{kind} needs a non-empty list of values, got {values!r}")
+        return {kind: list(values)}
+    if not isinstance(values, list) or len(values) != 2 or not all(_number(v) for v in values):
+        _fail_sweep(key, f"{kind} needs [low, high] (two numbers), got {values!r}")
+    low, high = values
+    if kind == "randint":
+        if not all(isinstance(v, int) or float(v).is_integer() for v in values):
+            _fail_sweep(key, f"randint needs integer bounds [low, high), got {values!r}")
+        low, high = int(low), int(high)
+    if low >= high:
+        _fail_sweep(key, f"{kind} [{low}, {high}]: low must be < high"
+                         + (" (high is exclusive: randint [1, 4] draws 1, 2 or 3)" if kind == "randint" else ""))
+    if kind == "loguniform" and low <= 0:
+        _fail_sweep(key, f"loguniform [{low}, {high}]: low must be > 0 (sampled on a log scale)")
+    if kind != "randint":
+        low, high = float(low), float(high)
+    return {kind: [low, high]}
+
+
+def _section_fields(section: str) -> list[str]:
+    from ptycho_torch.config import SECTIONS
+
+    return sorted(f.name for f in dataclasses.fields(SECTIONS[section]))
+
+
+def _is_int_field(dotted: str) -> bool:
+    from ptycho_torch.config import SECTIONS
+
+    section, name = dotted.split(".")
+    return typing.get_type_hints(SECTIONS[section]).get(name) is int
+
+
+@dataclass(frozen=True)
+class SweepConfig(ConfigSection):
+    """A hyper-parameter sweep over run-config fields (`ptycho-dist tune --sweep SWEEP.yaml`).
+
+    `space` maps dotted config field names to one search entry each: `{grid: [...]}`,
+    `{choice: [...]}`, `{uniform: [low, high]}`, `{loguniform: [low, high]}` or `{randint: [low, high)}`.
+    Checks that need the run config (value types, metric availability) are in `check_against`.
+    """
+
+    section: typing.ClassVar[str] = "sweep"
+
+    metric: str = config_field("val_loss", "metric that ranks trials (and that ASHA compares): one the module "
+                                           "logs every epoch, e.g. val_loss, val_nll, train_loss")
+    mode: Literal["min", "max"] = config_field("min", "whether the metric should go down (min) or up (max)")
+    num_samples: int = config_field(1, "repeats of the grid (random/grid search) or number of trials (optuna)")
+    scheduler: Any = config_field(None, "trial scheduler: {name: asha|fifo, max_epochs, grace_period, "
+                                        "reduction_factor} (None = asha with defaults)")
+    search: Any = config_field(None, "search algorithm: {name: random|grid|optuna, seed} (None = random)")
+    space: Any = config_field(None, "dotted field name -> {grid|choice: [values]} or "
+                                    "{uniform|loguniform|randint: [low, high]}")
+    workers_per_trial: int = config_field(1, "Ray Train workers of each trial (sets execution.devices; "
+                                             "execution.num_nodes = 1)")
+    cpus_per_worker: float = config_field(1.0, "CPUs reserved by each training worker")
+    gpus_per_worker: float = config_field(1.0, "GPUs reserved by each worker when the accelerator is a GPU")
+    max_concurrent_trials: Optional[int] = config_field(
+        None, "trials running at once (None = as many as the cluster's CPUs/GPUs fit)")
+    max_failures: int = config_field(0, "times an errored trial is retried (it continues from its latest "
+                                        "checkpoint); -1 = unlimited")
+    storage_path: Optional[str] = config_field(None, "where the Ray Tune experiment and every trial's "
+                                                     "training run go: a path or URI (None = the --out directory)")
+    name: Optional[str] = config_field(None, "sweep name: the experiment directory under storage_path; "
+                                             "--name overrides (None = sweep-<timestamp>)")
+
+    def _check(self) -> None:
+        scheduler = self.scheduler
+        if scheduler is None or isinstance(scheduler, str):
+            scheduler = {} if scheduler is None else {"name": scheduler}
+        if isinstance(scheduler, dict):
+            scheduler = SweepScheduler.from_dict(scheduler)
+        if not isinstance(scheduler, SweepScheduler):
+            self._fail("scheduler", f"got {scheduler!r}; expected a mapping such as {{name: asha, max_epochs: 8}}")
+        search = self.search
+        if search is None or isinstance(search, str):
+            search = {} if search is None else {"name": search}
+        if isinstance(search, dict):
+            search = SweepSearch.from_dict(search)
+        if not isinstance(search, SweepSearch):
+            self._fail("search", f"got {search!r}; expected a mapping such as {{name: grid}}")
+        object.__setattr__(self, "scheduler", scheduler)
+        object.__setattr__(self, "search", search)
+        object.__setattr__(self, "space", self._normalised_space())
+
+        if self.metric not in SWEEP_METRICS:
+            self._fail("metric", f"got {self.metric!r}; the module logs {', '.join(SWEEP_METRICS)} "
+                                 "(val_* need data.val_fraction > 0, *_mae / *_tv a non-zero loss weight)")
+        if self.num_samples < 1:
+            self._fail("num_samples", f"got {self.num_samples}; must be >= 1")
+        if self.workers_per_trial < 1:
+            self._fail("workers_per_trial", f"got {self.workers_per_trial}; must be >= 1")
+        if self.cpus_per_worker <= 0:
+            self._fail("cpus_per_worker", f"got {self.cpus_per_worker}; must be > 0")
+        if self.gpus_per_worker < 0:
+            self._fail("gpus_per_worker", f"got {self.gpus_per_worker}; must be >= 0")
+        if self.max_concurrent_trials is not None and self.max_concurrent_trials < 1:
+            self._fail("max_concurrent_trials", f"got {self.max_concurrent_trials}; must be >= 1 or null")
+        if self.max_failures < -1:
+            self._fail("max_failures", f"got {self.max_failures}; must be >= 0 (or -1 = unlimited)")
+        if self.name is not None and ("/" in self.name or self.name in ("", ".", "..")):
+            self._fail("name", f"got {self.name!r}; must be a plain directory name (no '/')")
+        for dotted, entry in self.space.items():
+            (kind,) = entry
+            if search.name == "grid" and kind != "grid":
+                self._fail(f"space.{dotted}", f"{kind} with search grid: every entry of a grid search must be "
+                                              "{grid: [...]}; use search: {name: random} to sample distributions")
+            if search.name == "optuna" and kind == "grid":
+                self._fail(f"space.{dotted}", "grid is not supported with search optuna (Optuna samples "
+                                              "points); use {choice: [...]} or search: {name: grid}")
+            if dotted == "training.nepochs" and scheduler.name == "asha":
+                self._fail(f"space.{dotted}", "ASHA sets training.nepochs of every trial to scheduler.max_epochs; "
+                                              "search it with scheduler: {name: fifo}")
+
+    def _normalised_space(self) -> dict[str, dict[str, list[Any]]]:
+        from ptycho_torch.config import SECTIONS
+
+        space = self.space if self.space is not None else {}
+        if not isinstance(space, dict) or not space:
+            self._fail("space", f"got {space!r}; expected a non-empty mapping of dotted config fields to search "
+                                "entries, e.g. execution.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}")
+        out: dict[str, dict[str, list[Any]]] = {}
+        for dotted, entry in space.items():
+            section, _, name = str(dotted).partition(".")
+            if section not in SECTIONS or not name:
+                self._fail(f"space.{dotted}", f"expected 'section.field' with section one of {', '.join(SECTIONS)}")
+            if name not in _section_fields(section):
+                self._fail(f"space.{dotted}", f"unknown field {name!r} of section {section}; "
+                                              f"{section} has {', '.join(_section_fields(section))}")
+            if dotted in NOT_SEARCHABLE:
+                self._fail(f"space.{dotted}", f"cannot be searched: {NOT_SEARCHABLE[dotted]}")
+            out[str(dotted)] = _normalise_entry(str(dotted), entry)
+        return out
+
+    # ---------------------------------------------------------------- with the run config
+
+    @property
+    def is_asha(self) -> bool:
+        return self.scheduler.name == "asha"
+
+    def epochs_per_trial(self, base: RunConfig) -> int:
+        """Epochs of a trial that runs to the end: scheduler.max_epochs (ASHA) or training.nepochs."""
+        if self.is_asha and self.scheduler.max_epochs is not None:
+            return self.scheduler.max_epochs
+        return base.training.nepochs
+
+    def trial_config(self, base: RunConfig, params: dict[str, Any]) -> RunConfig:
+        """The full RunConfig of one trial: `base` + the sampled dotted `params`, with
+        execution.devices = workers_per_trial, execution.num_nodes = 1 and, under ASHA,
+        training.nepochs = scheduler.max_epochs."""
+        from ptycho_torch.config import apply_overrides
+
+        fixed: dict[str, Any] = {"execution.devices": self.workers_per_trial, "execution.num_nodes": 1}
+        if self.is_asha:
+            fixed["training.nepochs"] = self.epochs_per_trial(base)
+        return apply_overrides(base, {**params, **fixed})
+
+    def check_against(self, base: RunConfig) -> None:
+        """Check the sweep against the run config before any trial starts; raise one ConfigError that
+        lists every problem: value types and ranges (each grid/choice value and the range ends are
+        applied to `base` with apply_overrides), combinations of discrete values, metric availability
+        and ASHA's epochs."""
+        problems: list[str] = []
+
+        def attempt(params: dict[str, Any], what: str) -> bool:
+            try:
+                self.trial_config(base, params)
+            except ConfigError as e:
+                problems.append(f"sweep.{what}: {e}")
+                return False
+            return True
+
+        ok = attempt({}, "workers_per_trial")
+        discrete: dict[str, list[Any]] = {}
+        lows: dict[str, Any] = {}
+        for dotted, entry in self.space.items():
+            ((kind, values),) = entry.items()
+            if kind in ("grid", "choice"):
+                good = [attempt({dotted: v}, f"space.{dotted}: {kind} value {v!r}") for v in values]
+                ok &= all(good)
+                discrete[dotted] = values
+                continue
+            low, high = values
+            probes = [low, high - 1] if kind == "randint" else [low, math.nextafter(low, high), high]
+            hint = " (an integer field: use randint or grid)" if kind != "randint" and _is_int_field(dotted) else ""
+            good = [attempt({dotted: v}, f"space.{dotted}: {kind} [{low}, {high}]{hint} sample {v!r}")
+                    for v in probes]
+            ok &= all(good)
+            lows[dotted] = low
+        if ok and discrete:  # cross-field checks (e.g. persistent_workers needs num_workers > 0)
+            for i, combo in enumerate(itertools.product(*discrete.values())):
+                if i >= _MAX_COMBINATIONS_CHECKED:
+                    break
+                params = {**lows, **dict(zip(discrete, combo))}
+                if not attempt(params, f"space: the combination {params}"):
+                    break
+        problems += self._metric_problems(base)
+        if self.is_asha and self.grace_period_exceeds(base):
+            problems.append(f"sweep.scheduler.grace_period: {self.scheduler.grace_period} epochs is more than the "
+                            f"{self.epochs_per_trial(base)} epochs of a trial (training.nepochs); lower grace_period "
+                            "or set scheduler.max_epochs")
+        if problems:
+            raise ConfigError("invalid sweep:\n  - " + "\n  - ".join(problems))
+
+    def grace_period_exceeds(self, base: RunConfig) -> bool:
+        return self.scheduler.grace_period > self.epochs_per_trial(base)
+
+    def _values_of(self, dotted: str, base: RunConfig) -> list[Any]:
+        """The base value of a field, or the swept values/range ends when the sweep searches it."""
+        if dotted in self.space:
+            ((_, values),) = self.space[dotted].items()
+            return list(values)
+        section, name = dotted.split(".")
+        return [getattr(getattr(base, section), name)]
+
+    def _metric_problems(self, base: RunConfig) -> list[str]:
+        split, _, term = self.metric.partition("_")
+        problems = []
+        if split == "val" and not all(v and v > 0 for v in self._values_of("data.val_fraction", base)):
+            problems.append(f"sweep.metric: {self.metric} needs validation, but data.val_fraction is 0 (in the run "
+                            f"config or the space); set data.val_fraction > 0 or use train_{term}")
+        weights = {"mae": "training.mae_weight", "tv": "training.tv_weight"}
+        if term in weights and not all(v and v > 0 for v in self._values_of(weights[term], base)):
+            problems.append(f"sweep.metric: {self.metric} is only logged when {weights[term]} > 0 (in every trial); "
+                            "set it in the run config or rank by val_loss")
+        return problems

@@ -1,0 +1,433 @@
+"""`ptycho-dist tune`: sweep training settings with Ray Tune, each trial a Ray Train run.
+
+    ptycho-dist tune --config run.yaml --sweep sweep.yaml --data SCAN --out DIR [--name NAME]
+    ptycho-dist tune --out DIR --resume NAME            # continue an interrupted sweep
+
+The sweep file (`SweepConfig`, docs/sweeps.md) names the metric, the scheduler (ASHA by default), the
+search (random, grid or Optuna), the search space over dotted run-config fields and the resources of
+a trial. Everything is checked before Ray starts. Each trial is `ptycho_dist.sweep_trial.run_trial`:
+its own TorchTrainer with `workers_per_trial` workers running the same worker loop as
+`ptycho-dist train`, reporting every epoch to Tune so ASHA can stop bad trials early.
+
+Where things go (storage_path defaults to DIR):
+    storage_path/NAME/          the Tune experiment (state for --resume, one directory per trial) and
+    storage_path/NAME/runs/ID/  each trial's training run (checkpoints, model bundle), ID = trial id
+    DIR/trials.csv              every trial: its values, status, epochs, last and best metric, ...
+    DIR/best_config.yaml        the best trial's full RunConfig (a valid --config for train)
+    DIR/best/                   the best trial's run files (model.pt, config.yaml, manifest.json, ...)
+    DIR/trials.png              the metric per epoch of every trial
+
+Resume: `--resume NAME` restores the experiment with Tuner.restore: finished trials (completed or
+stopped by the scheduler) are kept, unfinished and errored ones run again and continue from their
+latest training checkpoint, and trials not started yet start. The run config and sweep are read from
+the experiment (`ptycho_sweep.yaml`); giving different ones is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ptycho_dist.config import RayConfig, SweepConfig
+from ptycho_torch.config import ConfigError, RunConfig, apply_overrides, load_run_config, save_run_config
+
+log = logging.getLogger("ptycho_dist")
+
+SPEC_FILE = "ptycho_sweep.yaml"  # in the experiment directory: the base config and the sweep
+TRIALS_CSV = "trials.csv"
+BEST_CONFIG = "best_config.yaml"
+BEST_DIR = "best"
+TRIALS_PNG = "trials.png"
+_EPS = 1e-9
+_ANY_SWEEP = SweepConfig(space={"model.gridsize": {"grid": [1]}})  # storage defaults when resuming without --sweep
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced (paths are local, except `experiment` which may be a URI)."""
+
+    name: str
+    experiment: str
+    out_dir: Path
+    metric: str
+    trials: list[Any]  # sweep_report.TrialRecord, in trial-id order
+    table: str  # the printed summary
+    complete: bool  # False when the sweep was interrupted (resume it with --resume NAME)
+    best: Any = None  # the best TrialRecord (None if no trial completed)
+    best_config: RunConfig | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # trials.csv, best_config.yaml, best/, trials.png
+
+
+# ------------------------------------------------------------------ sweep files
+
+def sweep_config_from_dict(data: dict[str, Any] | None, where: str = "sweep") -> SweepConfig:
+    """A SweepConfig from a mapping (a parsed sweep YAML); errors name the key."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sweep keys, got {type(data).__name__}")
+    return SweepConfig.from_dict(data or {})
+
+
+def load_sweep_config(path: str | Path) -> SweepConfig:
+    """Read and check a sweep YAML file (see docs/sweeps.md)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"sweep file {path} is not valid YAML: {e}") from None
+    try:
+        return sweep_config_from_dict(data, str(path))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def default_sweep_name(now: datetime | None = None) -> str:
+    return (now or datetime.now()).strftime("sweep-%Y%m%d-%H%M%S")
+
+
+# ------------------------------------------------------------------ Tune objects
+
+def param_space(sweep: SweepConfig) -> dict[str, Any]:
+    """The Tune search space: one domain per dotted field."""
+    from ray import tune
+
+    make = {"grid": tune.grid_search, "choice": tune.choice, "uniform": lambda v: tune.uniform(*v),
+            "loguniform": lambda v: tune.loguniform(*v), "randint": lambda v: tune.randint(*v)}
+    return {dotted: make[kind](values) for dotted, entry in sweep.space.items() for kind, values in entry.items()}
+
+
+def has_module(name: str) -> bool:
+    """Whether an optional package is importable (patched in tests)."""
+    return importlib.util.find_spec(name) is not None
+
+
+def _check_optuna(sweep: SweepConfig) -> None:
+    if sweep.search.name == "optuna" and not has_module("optuna"):
+        raise ConfigError("sweep.search: optuna needs the optuna package; pip install 'ptycho-dist[optuna]' "
+                          "(or use search: {name: random})")
+
+
+def search_algorithm(sweep: SweepConfig, concurrency: int) -> Any:
+    """Ray's variant generator (random / grid) or OptunaSearch, seeded by search.seed, running at most
+    `concurrency` trials at once. (TuneConfig.max_concurrent_trials alone is ignored, with a warning,
+    for a variant generator passed as search_alg: its own max_concurrent must be set.)"""
+    if sweep.search.name == "optuna":
+        _check_optuna(sweep)
+        from ray.tune.search import ConcurrencyLimiter
+        from ray.tune.search.optuna import OptunaSearch
+
+        return ConcurrencyLimiter(OptunaSearch(seed=sweep.search.seed), max_concurrent=concurrency)
+    from ray.tune.search import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=sweep.search.seed, max_concurrent=concurrency)
+
+
+def scheduler(sweep: SweepConfig, base: RunConfig) -> Any:
+    """ASHA on the epochs_completed axis, or FIFO. ASHA never stops a trial just for reaching
+    max_epochs (stop_last_trials=False), so a finished trial always writes its model bundle."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from ptycho_dist.sweep_trial import EPOCHS_KEY
+
+    if not sweep.is_asha:
+        return FIFOScheduler()
+    s = sweep.scheduler
+    return ASHAScheduler(time_attr=EPOCHS_KEY, max_t=sweep.epochs_per_trial(base), grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, stop_last_trials=False)
+
+
+def trial_ray_config(sweep: SweepConfig, ray_config: RayConfig) -> RayConfig:
+    """The RayConfig a trial's training run gets (resources per worker; fail fast on start-up)."""
+    return RayConfig(cpus_per_worker=sweep.cpus_per_worker, gpus_per_worker=sweep.gpus_per_worker,
+                     worker_start_timeout_s=ray_config.worker_start_timeout_s, verbose=ray_config.verbose)
+
+
+def concurrent_trials(sweep: SweepConfig, plan: Any, resources: Any) -> int:
+    """How many trials run at once: sweep.max_concurrent_trials, or as many as the cluster fits; an
+    explicit value that does not fit is an error (the extra trials would wait for workers and fail)."""
+    per_trial = {k: plan.num_workers * v for k, v in plan.resources_per_worker.items() if v > 0}
+    fits = min(int(math.floor(resources.total.get(k, 0.0) / v + _EPS)) for k, v in per_trial.items())
+    asked = sweep.max_concurrent_trials
+    if asked is None:
+        return max(1, fits)
+    if asked > fits:
+        need = ", ".join(f"{asked * v:g} {k}" for k, v in per_trial.items())
+        have = ", ".join(f"{resources.total.get(k, 0.0):g} {k}" for k in per_trial)
+        raise ConfigError(f"sweep.max_concurrent_trials: {asked} trials x {plan.num_workers} worker(s) x "
+                          f"{plan.resources_per_worker} need {need}, but the Ray cluster has {have}; lower "
+                          f"max_concurrent_trials to {max(fits, 1)} (or workers_per_trial / cpus_per_worker)")
+    return asked
+
+
+# ------------------------------------------------------------------ the experiment spec (for --resume)
+
+def _location(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
+
+
+def _storage(sweep: SweepConfig, out_dir: Path, storage_path: str | None) -> str:
+    from ptycho_dist.scaling import is_uri
+
+    raw = storage_path or sweep.storage_path or str(out_dir)
+    return raw if is_uri(raw) else str(Path(raw).expanduser().resolve())
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, f"{prefix}{k}.")
+        elif x != y:
+            out.append(f"{prefix}{k} ({y!r} in the sweep, {x!r} now)")
+    return out
+
+
+def _read_spec(experiment: str) -> dict[str, Any] | None:
+    from ptycho_dist.train import read_run_file
+
+    text = read_run_file(experiment, SPEC_FILE)
+    return None if text is None else yaml.safe_load(text)
+
+
+def _resume_spec(experiment: str, name: str, base: RunConfig | None,
+                 sweep: SweepConfig | None) -> tuple[RunConfig, SweepConfig]:
+    """The stored base config and sweep of `experiment`; a different base or sweep given now is an error."""
+    stored = _read_spec(experiment)
+    if stored is None:
+        raise FileNotFoundError(f"cannot resume: no sweep {name!r} at {experiment} ({SPEC_FILE} missing); "
+                                "check --resume, --out and the sweep's storage_path")
+    stored_base, stored_sweep = RunConfig.from_dict(stored["base"]), SweepConfig.from_dict(stored["sweep"])
+    for what, now, then, flag in (("run config", base, stored_base, "--config/--data"),
+                                  ("sweep", sweep, stored_sweep, "--sweep")):
+        if now is None:
+            continue
+        ignore = {"name", "storage_path"} if what == "sweep" else set()
+        diff = _differences({k: v for k, v in now.to_dict().items() if k not in ignore},
+                            {k: v for k, v in then.to_dict().items() if k not in ignore})
+        if diff:
+            raise ConfigError(f"--resume {name}: the {what} differs from the one the sweep started with: "
+                              f"{'; '.join(diff[:8])}; drop {flag} to resume with the stored one, or start a "
+                              "new sweep with --name")
+    return stored_base, stored_sweep
+
+
+# ------------------------------------------------------------------ running
+
+def _progress_callbacks(sweep: SweepConfig, full_epochs: int) -> list[Any]:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from ptycho_dist.sweep_report import ProgressLog
+
+    # the CSV/JSON loggers feed ResultGrid's per-epoch dataframes; added explicitly because
+    # TUNE_DISABLE_AUTO_CALLBACK_LOGGERS (quiet mode) would drop them
+    return [CSVLoggerCallback(), JsonLoggerCallback(), ProgressLog(sweep.metric, full_epochs)]
+
+
+def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir: str | Path, *,
+              ray_config: RayConfig | None = None, name: str | None = None, resume: bool = False,
+              storage_path: str | None = None) -> SweepResult:
+    """Run (or with `resume=True` continue) a sweep and write its results into `out_dir`.
+
+    `base_config` is the run config every trial starts from (its data.path is the scan); `sweep` the
+    sweep. When resuming, both may be None (the experiment's stored ones are used). `ray_config` says
+    where Ray runs (embedded local Ray by default, dashboard on); `name` overrides sweep.name;
+    `storage_path` overrides sweep.storage_path (default: `out_dir`). Raises ConfigError (before Ray
+    starts, where possible) for a sweep that cannot run.
+    """
+    from ptycho_dist.scaling import ClusterResources, check_request, is_uri, plan_scaling
+    from ptycho_dist.session import ray_session
+    from ptycho_dist.train import write_run_file
+
+    out_dir = Path(out_dir).expanduser().resolve()
+    ray_config = ray_config or RayConfig()
+    if resume:
+        name = name or (sweep.name if sweep else None)
+        if not name:
+            raise ConfigError("--resume needs the sweep NAME")
+        experiment = _location(_storage(sweep or _ANY_SWEEP, out_dir, storage_path), name)
+        base, sweep = _resume_spec(experiment, name, base_config, sweep)
+    else:
+        if base_config is None or sweep is None:
+            raise ConfigError("a new sweep needs a run config and a sweep (--config and --sweep)")
+        base, sweep = _with_data_path(base_config), sweep
+        sweep.check_against(base)
+        name = name or sweep.name or default_sweep_name()
+        experiment = _location(_storage(sweep, out_dir, storage_path), name)
+        if _read_spec(experiment) is not None or (not is_uri(experiment) and Path(experiment).exists()):
+            raise ConfigError(f"sweep.name: a sweep {name!r} already exists at {experiment}; continue it with "
+                              f"--resume {name} or choose another --name")
+    _check_optuna(sweep)
+    sweep = dataclasses.replace(sweep, name=name)
+    probe = sweep.trial_config(base, {})
+    trial_ray = trial_ray_config(sweep, ray_config)
+    check_request(probe.execution, trial_ray)
+    if sweep.is_asha and ray_config.include_dashboard is False and not ray_config.address:
+        log.warning("the Ray dashboard is off: ASHA's early stopping can hang without it (ray#54305); "
+                    "keep ray.include_dashboard on")
+    full_epochs = sweep.epochs_per_trial(base)
+    spec = {"base": base.to_dict(), "sweep": sweep.to_dict(), "experiment": experiment,
+            "worker_start_timeout_s": ray_config.worker_start_timeout_s, "verbose": ray_config.verbose}
+
+    with ray_session(ray_config):
+        from ray import tune
+
+        from ptycho_dist.sweep_trial import trainable, trial_dirname
+
+        plan = plan_scaling(probe.execution, trial_ray, ClusterResources.from_ray())
+        concurrency = concurrent_trials(sweep, plan, ClusterResources.from_ray())
+        if resume:
+            if not tune.Tuner.can_restore(experiment):
+                raise FileNotFoundError(f"cannot resume: {experiment} holds no Tune experiment state")
+            log.info("resuming sweep %r at %s", name, experiment)
+            tuner = tune.Tuner.restore(experiment, trainable=trainable(spec), resume_unfinished=True,
+                                       resume_errored=True)
+        else:
+            write_run_file(experiment, SPEC_FILE, yaml.safe_dump(
+                {"base": spec["base"], "sweep": spec["sweep"], "out_dir": str(out_dir)}, sort_keys=False))
+            log.info("sweep %r: %s search, %s scheduler, %d trial(s) at once x %d worker(s) x %s; experiment %s",
+                     name, sweep.search.name, sweep.scheduler.name, concurrency, plan.num_workers,
+                     plan.resources_per_worker, experiment)
+            tuner = tune.Tuner(
+                trainable(spec), param_space=param_space(sweep),
+                tune_config=tune.TuneConfig(
+                    metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                    search_alg=search_algorithm(sweep, concurrency), scheduler=scheduler(sweep, base),
+                    trial_name_creator=trial_dirname,
+                    trial_dirname_creator=trial_dirname),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=experiment.rsplit("/", 1)[0],
+                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                    callbacks=_progress_callbacks(sweep, full_epochs), verbose=1 if ray_config.verbose else 0))
+        result_grid = tuner.fit()
+    return write_results(result_grid, base, sweep, experiment, out_dir)
+
+
+def _with_data_path(config: RunConfig) -> RunConfig:
+    """data.path made absolute (every trial process resolves it the same way); it must exist."""
+    from ptycho_dist.scaling import is_uri
+
+    if not config.data.path:
+        raise ConfigError("data.path: no scan file given; pass --data SCAN (or data.path in --config)")
+    if is_uri(config.data.path):
+        return config
+    path = Path(config.data.path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"scan file {config.data.path} does not exist")
+    return apply_overrides(config, {"data.path": str(path)})
+
+
+def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experiment: str,
+                  out_dir: Path) -> SweepResult:
+    """trials.csv, trials.png, best_config.yaml and best/ in `out_dir` from a Tune ResultGrid."""
+    from ptycho_dist import sweep_report as report
+
+    full_epochs = sweep.epochs_per_trial(base)
+    records = report.collect_trials(result_grid, sweep.metric, sweep.mode, full_epochs, experiment)
+    analysis = getattr(result_grid, "_experiment_analysis", None)
+    statuses = {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
+    for r in records:
+        if statuses.get(r.trial_id, "TERMINATED") not in ("TERMINATED", "ERROR") and r.status != "error":
+            r.status = "unfinished"
+    complete = all(r.status != "unfinished" for r in records)
+    keys = list(sweep.space)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {TRIALS_CSV: report.write_trials_csv(records, keys, sweep.metric, out_dir / TRIALS_CSV)}
+    if any(r.curve for r in records):
+        files[TRIALS_PNG] = report.save_curves(records, keys, sweep.metric, out_dir / TRIALS_PNG)
+    best = report.choose_best(records, sweep.mode) if complete else None
+    table = report.format_table(records, keys, sweep.metric, sweep.mode, best)
+    result = SweepResult(name=str(sweep.name), experiment=experiment, out_dir=out_dir, metric=sweep.metric,
+                         trials=records, table=table,
+                         complete=complete, best=best, files=files)
+    if not complete:
+        log.warning("sweep %r was interrupted; continue it with: ptycho-dist tune --out %s --resume %s",
+                    sweep.name, out_dir, sweep.name)
+        return result
+    if best is None:
+        errors = [f"{r.trial_id}: {r.error}" for r in records if r.error]
+        raise ValueError(f"no trial of sweep {sweep.name!r} completed its {full_epochs} epochs "
+                         f"({len(records)} trials; see {files[TRIALS_CSV]})"
+                         + (f"; first error: {errors[0]}" if errors else ""))
+    result.best_config = sweep.trial_config(base, best.params)
+    files[BEST_CONFIG] = save_run_config(result.best_config, out_dir / BEST_CONFIG)
+    files[BEST_DIR] = report.copy_run(best.run_dir, out_dir / BEST_DIR)
+    return result
+
+
+# ------------------------------------------------------------------ command line
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`ptycho-dist tune`."""
+    p = subparsers.add_parser("tune", help="sweep training settings with Ray Tune (each trial a Ray Train run)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--config", type=Path, default=None,
+                   help="run YAML every trial starts from (default: built-in defaults; on --resume: the "
+                        "sweep's stored one)")
+    p.add_argument("--sweep", type=Path, default=None,
+                   help="sweep YAML: metric, mode, scheduler, search, space, resources (see docs/sweeps.md; "
+                        "required for a new sweep)")
+    p.add_argument("--data", type=Path, default=None, help="scan file (.npz/.h5) every worker can read "
+                   "(default: data.path of --config)")
+    p.add_argument("--out", type=Path, required=True, help="results directory: trials.csv, best_config.yaml, "
+                   "best/model.pt, trials.png; also the default storage_path of the experiment")
+    p.add_argument("--name", default=None, help="sweep name: the experiment directory under the storage path "
+                   "(default: name: of the sweep file, else sweep-<timestamp>)")
+    p.add_argument("--resume", default=None, metavar="NAME",
+                   help="continue the interrupted sweep NAME (default: start a new sweep)")
+    p.add_argument("--storage-path", default=None, help="where the experiment and the trials' runs go: path "
+                   "or URI (default: storage_path of the sweep file, else --out)")
+    p.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' (default: an embedded "
+                   "local Ray, or RAY_ADDRESS)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
+    p.add_argument("--worker-start-timeout", type=float, default=RayConfig().worker_start_timeout_s,
+                   help="a trial fails if its workers cannot start within this many seconds (default: %(default)s)")
+    p.set_defaults(func=cmd_tune)
+    return p
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    """Run or resume a sweep and print its table and where the results are."""
+    ray_config = RayConfig(address=args.address, num_cpus=args.num_cpus,
+                           worker_start_timeout_s=args.worker_start_timeout,
+                           verbose=bool(getattr(args, "verbose", False)))
+    sweep = load_sweep_config(args.sweep) if args.sweep is not None else None
+    resume = args.resume is not None
+    if resume and args.name is not None and args.name != args.resume:
+        raise ConfigError(f"--name {args.name} contradicts --resume {args.resume}; give one")
+    if not resume and sweep is None:
+        raise ConfigError("tune needs --sweep SWEEP.yaml (or --resume NAME to continue a sweep)")
+    name = args.resume if resume else args.name
+    base: RunConfig | None = None
+    if args.config is not None:
+        base = load_run_config(args.config)
+    elif resume and args.data is not None:  # check --data against the sweep's own scan
+        experiment = _location(_storage(sweep or _ANY_SWEEP, Path(args.out).resolve(), args.storage_path), name)
+        stored = _read_spec(experiment)
+        base = RunConfig.from_dict(stored["base"]) if stored else None
+    elif not resume:
+        base = RunConfig()
+    if base is not None and args.data is not None:
+        base = apply_overrides(base, {"data.path": str(Path(args.data).expanduser().resolve())})
+    result = run_sweep(base, sweep, args.out, ray_config=ray_config, name=name, resume=resume,
+                       storage_path=args.storage_path)
+    print(result.table)
+    for label, path in result.files.items():
+        print(f"{label:>16}: {path}")
+    if not result.complete:
+        print(f"sweep interrupted; continue with: ptycho-dist tune --out {args.out} --resume {result.name}")
+        sys.exit(130)
+    print(f"best trial {result.best.trial_id}: {result.best.params}, {result.metric} = {result.best.last_value:.6g}")
+    print(f"train it longer with: ptycho-dist train --config {result.files[BEST_CONFIG]} --out RUN_DIR")

@@ -1,0 +1,271 @@
+"""`ptycho-dist reconstruct` (Ray Data) against the local reconstruction loop.
+
+One local Ray (4 logical CPUs, no dashboard) for the module; tiny N=32 bundles trained once.
+The simulated scan is split into three files (npz, h5, npz), each keeping objectGuess.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import simulate, tiny_config
+
+from ptycho_dist.inference import (
+    BatchPredictor,
+    CanvasSum,
+    add_parser,
+    compact_subsets,
+    partial_canvas,
+    reconstruct_distributed,
+)
+from ptycho_dist.scan_source import Block, NpzDiffraction, id_blocks, open_scan_source, read_block
+from ptycho_torch.config import ConfigError, apply_overrides
+from ptycho_torch.data.contract import ScanValidationError, read_scan, validate_scan, write_scan
+from ptycho_torch.data.dataset import GroupDataset
+from ptycho_torch.stitching import StitchAccumulator, stitch_weight
+from ptycho_torch.workflows.reconstruct import (
+    PatchPredictor,
+    inference_groups,
+    inference_loader,
+    reconstruct,
+)
+from ptycho_torch.workflows.train import train
+
+pytestmark = pytest.mark.ray
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scans(tmp_path_factory) -> dict[str, object]:
+    """merged.npz (90 patterns) and the same patterns split into part0.npz, part1.h5, part2.npz."""
+    d = tmp_path_factory.mktemp("dist_scans")
+    merged = simulate(d / "merged.npz", n_positions=90)
+    scan = read_scan(merged)
+    parts = []
+    for i, idx in enumerate(np.array_split(np.arange(scan.n_patterns), 3)):
+        parts.append(write_scan(d / f"part{i}.{'h5' if i == 1 else 'npz'}", **scan.subset(idx).arrays()))
+    return {"dir": d, "merged": merged, "parts": parts}
+
+
+@pytest.fixture(scope="module")
+def bundles(scans, tmp_path_factory) -> dict[int, Path]:
+    """Tiny trained bundles (1 epoch) for gridsize 1 and 2."""
+    out = {}
+    for g in (1, 2):
+        config = apply_overrides(tiny_config(scans["merged"]), {
+            "training.nepochs": 1, "model.gridsize": g, "execution.logger_backend": None,
+            "execution.enable_checkpointing": False})
+        out[g] = train(config, tmp_path_factory.mktemp(f"run_g{g}")).bundle_path
+    return out
+
+
+def _local_per_file(bundle: Path, files: list[Path], canvas_hw: tuple[int, int], batch: int = 16):
+    """Oracle built from the local loop's pieces: each file grouped on its own, sums added up."""
+    pred = PatchPredictor(bundle)
+    config = pred.config
+    acc = StitchAccumulator(canvas_hw, stitch_weight(pred.probe, config.inference.stitch_weight))
+    for path in files:
+        scan = read_scan(path)
+        groups = inference_groups(scan, pred.gridsize)
+        seed = torch.from_numpy(groups.seed_channel)
+        for b in inference_loader(scan, groups, config, batch):
+            patches = pred(b["amp"])
+            rows, ch = torch.arange(len(patches)), seed[b["index"]]
+            acc.add(patches[rows, ch], b["positions"][rows, ch])
+    return acc.result(config.inference.weight_threshold)
+
+
+# ------------------------------------------------------------------ equivalence with the local loop
+
+def test_split_files_equal_local_on_merged_file(ray_local, scans, bundles, tmp_path):
+    from ptycho_dist.cli import main
+
+    d = scans["dir"]
+    out = tmp_path / "dist"
+    assert main(["reconstruct", "--model", str(bundles[1].parent), "--data", str(d / "part*"),
+                 "--out", str(out), "--concurrency", "2", "--batch-size", "8", "--block-size", "7"]) == 0
+    local = reconstruct(bundles[1], scans["merged"], tmp_path / "local", progress=False)
+    with np.load(out / "object.npz") as z:
+        obj, weight, x = z["object"], z["weight"], z["xcoords"]
+        meta = json.loads(str(z["metadata"]))
+    assert obj.shape == local.object.shape
+    assert np.abs(obj - local.object).max() < TOL
+    assert np.abs(weight - local.weight).max() < TOL * local.weight.max()
+    np.testing.assert_array_equal(x, read_scan(scans["merged"]).xcoords)  # global order = file order
+    assert meta["engine"] == "ray_data" and meta["concurrency"] == 2 and meta["n_blocks"] == 13
+    assert meta["patterns_per_second"] > 0 and len(meta["data"]) == 3
+    for name in ("amplitude.png", "phase.png", "metrics.json"):
+        assert (out / name).is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["truth"] == str(scans["parts"][0].resolve())
+
+
+def test_renormalize_equals_local_renormalize(ray_local, scans, bundles, tmp_path):
+    dist = reconstruct_distributed(bundles[1], scans["parts"], tmp_path / "dist", concurrency=1,
+                                   renormalize=True, progress=False)
+    local = reconstruct(bundles[1], scans["merged"], tmp_path / "local", renormalize=True, progress=False)
+    assert np.abs(dist.object - local.object).max() < TOL
+    with np.load(tmp_path / "dist" / "object.npz") as z:
+        r_dist = json.loads(str(z["metadata"]))["norm_factor"]
+    with np.load(tmp_path / "local" / "object.npz") as z:
+        r_local = json.loads(str(z["metadata"]))["norm_factor"]
+    assert r_dist == pytest.approx(r_local, rel=1e-8)  # float64 sums in another order
+
+
+def test_gridsize2_equals_local(ray_local, scans, bundles, tmp_path):
+    # one file, blocks of 8: partners of a block's patterns are read from outside the block
+    dist = reconstruct_distributed(bundles[2], scans["merged"], tmp_path / "one", concurrency=2,
+                                   block_size=8, batch_size=8, progress=False)
+    local = reconstruct(bundles[2], scans["merged"], tmp_path / "local", progress=False)
+    assert np.abs(dist.object - local.object).max() < TOL
+    # three files: groups are formed per file (never across files), as the per-file oracle does
+    multi = reconstruct_distributed(bundles[2], scans["parts"], tmp_path / "multi", concurrency=2,
+                                    block_size=8, progress=False)
+    obj, weight = _local_per_file(bundles[2], scans["parts"], multi.object.shape)
+    assert np.abs(multi.object - obj).max() < TOL
+    assert np.abs(multi.weight - weight).max() < TOL * weight.max()
+
+
+# ------------------------------------------------------------------ the predictor without Ray
+
+def test_predictor_on_one_batch_without_ray_equals_patch_predictor(scans, bundles):
+    source = open_scan_source(scans["parts"], gridsize=1)
+    rows = read_block(source.file_rows(), Block(1, 3, 20))  # rows 3..19 of part1.h5
+    assert rows["amp"].shape == (17, 1, 32, 32) and rows["index"][0] == source.files[1].offset + 3
+    predictor = BatchPredictor(bundles[1], canvas_hw=source.canvas_hw)
+    patches = predictor.predict(rows)
+    expected = PatchPredictor(bundles[1])(rows["amp"])[:, 0]
+    torch.testing.assert_close(patches, expected, rtol=0, atol=0)
+    # __call__: one partial canvas that adds up to what the local accumulator builds
+    out = predictor(rows)
+    total = CanvasSum(source.canvas_hw, predictor.weight, source.n_patterns)
+    total.add_batch(out)
+    local = StitchAccumulator(source.canvas_hw, predictor.weight)
+    local.add(patches, torch.from_numpy(np.stack([rows["x"], rows["y"]], 1).astype(np.float32)))
+    torch.testing.assert_close(total.acc.obj_sum, local.obj_sum, rtol=0, atol=1e-6)
+    torch.testing.assert_close(total.acc.w_sum, local.w_sum, rtol=0, atol=1e-6)
+    with pytest.raises(RuntimeError, match="arrived twice"):
+        total.add_batch(out)
+    bf16 = BatchPredictor(bundles[1], canvas_hw=source.canvas_hw, dtype="bfloat16").predict(rows)
+    assert bf16.dtype == torch.complex64 and (bf16 - patches).abs().max() < 0.1
+
+
+def test_gridsize2_rows_hold_the_local_groups(scans):
+    scan = read_scan(scans["parts"][1])
+    source = open_scan_source([scans["parts"][1]], gridsize=2)
+    rows = read_block(source.file_rows(), Block(0, 10, 20))
+    groups = inference_groups(scan, 2)
+    items = [GroupDataset(scan, groups, 1.0)[i] for i in range(10, 20)]
+    np.testing.assert_array_equal(rows["amp"], np.stack([it["amp"].numpy() for it in items]))
+    np.testing.assert_array_equal(rows["seed_channel"], groups.seed_channel[10:20])
+    np.testing.assert_array_equal(rows["x"], scan.xcoords[10:20])
+
+
+def test_scattered_batches_split_into_small_partial_canvases():
+    rng = np.random.default_rng(0)
+    N, canvas = 32, (400, 400)
+    weight = stitch_weight(torch.ones(N, N, dtype=torch.complex64))
+    compact = np.stack([np.arange(16) * 3.0 + 20.5, np.full(16, 40.25)], 1)  # one raster row
+    assert len(compact_subsets(compact, N)) == 1
+    scattered = rng.uniform(N / 2 + 1, 400 - N / 2 - 1, size=(16, 2))  # random scan order
+    parts = compact_subsets(scattered, N)
+    assert len(parts) > 1 and sorted(np.concatenate(parts).tolist()) == list(range(16))
+    patches = torch.polar(torch.rand(16, N, N), torch.rand(16, N, N))
+    total = CanvasSum(canvas, weight, 16)
+    for sel in parts:
+        y0, x0, c = partial_canvas(patches[torch.from_numpy(sel)], scattered[sel], canvas, weight)
+        assert c.shape[1] * c.shape[2] <= len(sel) * N * N
+        total.add(y0, x0, c, sel)
+    local = StitchAccumulator(canvas, weight)
+    local.add(patches, torch.from_numpy(scattered.astype(np.float32)))
+    torch.testing.assert_close(total.acc.obj_sum, local.obj_sum, rtol=0, atol=1e-5)
+    torch.testing.assert_close(total.acc.w_sum, local.w_sum, rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------ reading
+
+def test_id_blocks_never_cross_files(scans):
+    source = open_scan_source(scans["parts"], gridsize=1)  # 30 + 30 + 30 patterns
+    rows = source.file_rows()
+    assert id_blocks(np.arange(25, 65), rows) == [Block(0, 25, 30), Block(1, 0, 30), Block(2, 0, 5)]
+    assert id_blocks(np.array([89, 88, 0]), rows) == [Block(0, 0, 1), Block(2, 28, 30)]
+
+
+def test_npz_rows_are_read_by_offset(scans, tmp_path):
+    full = read_scan(scans["parts"][0]).diffraction
+    lazy = NpzDiffraction(scans["parts"][0], "diffraction")
+    assert not lazy.compressed and lazy.shape == full.shape
+    np.testing.assert_array_equal(lazy.diffraction_block(4, 11), full[4:11])
+    idx = np.array([25, 3, 3, 0, 29, 17])
+    np.testing.assert_array_equal(lazy.diffraction_rows(idx), full[idx])
+    arrays = dict(np.load(scans["parts"][0], allow_pickle=False))
+    arrays["diffraction"][5, 1, 1] = np.nan
+    np.savez_compressed(tmp_path / "bad.npz", **arrays)
+    packed = NpzDiffraction(tmp_path / "bad.npz", "diffraction")
+    assert packed.compressed
+    np.testing.assert_array_equal(packed.diffraction_rows(idx), arrays["diffraction"][idx])
+    with pytest.raises(ScanValidationError, match="NaN"):
+        validate_scan({**arrays, "diffraction": packed})
+    with pytest.raises(ScanValidationError, match="NaN"):
+        open_scan_source(tmp_path / "bad.npz", gridsize=1)
+    assert open_scan_source(tmp_path / "bad.npz", gridsize=1, validate=False).n_patterns == 30
+
+
+# ------------------------------------------------------------------ errors and CLI
+
+def _run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    from ptycho_dist.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err.strip()
+
+
+def test_clear_errors(ray_local, scans, bundles, tmp_path, capsys):
+    model = str(bundles[1].parent)
+    out = str(tmp_path / "out")
+    code, err = _run_cli(["reconstruct", "--model", model, "--data", str(tmp_path / "none*.h5"), "--out", out], capsys)
+    assert code == 2 and "no files match" in err and len(err.splitlines()) == 1
+    small = simulate(tmp_path / "n16.npz", N=16, n_positions=16)
+    code, err = _run_cli(["reconstruct", "--model", model, "--data", str(small), "--out", out], capsys)
+    assert code == 2 and "trained on 32x32 patterns" in err and "16x16" in err
+    code, err = _run_cli(["reconstruct", "--model", model, "--data", str(scans["parts"][0]), str(small),
+                          "--out", out], capsys)
+    assert code == 2 and "different sizes" in err
+    arrays = read_scan(scans["parts"][2]).arrays()
+    other = write_scan(tmp_path / "other_probe.npz", **{**arrays, "probe": arrays["probe"] * 1.5})
+    code, err = _run_cli(["reconstruct", "--model", model, "--data", str(scans["parts"][0]), str(other),
+                          "--out", out], capsys)
+    assert code == 2 and "different probes" in err
+    code, err = _run_cli(["reconstruct", "--model", str(tmp_path), "--data", str(scans["merged"]),
+                          "--out", out], capsys)
+    assert code == 2 and "no model bundle" in err
+    with pytest.raises(ConfigError, match="do not fit"):
+        reconstruct_distributed(bundles[1], scans["merged"], out, concurrency=64, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_documents_every_flag_with_default():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    p = add_parser(parser.add_subparsers())
+    for action in p._actions:
+        if action.option_strings and action.dest != "help":
+            assert "default" in action.help or "required" in action.help, action.option_strings
+    args = p.parse_args(["--model", "m", "--data", "a.h5", "b.npz", "--out", "o"])
+    assert args.data == ["a.h5", "b.npz"] and args.concurrency is None and args.num_cpus_per_actor == 1.0
