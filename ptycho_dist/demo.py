@@ -55,9 +55,13 @@ def run_demo(out: Path, *, epochs: int = 20, n_positions: int = 1000, sweep_epoc
 
     ray_config = RayConfig(num_cpus=num_cpus, storage_path=str(out / "runs"), name="train")
     with ray_session(ray_config):
-        config = apply_overrides(demo_run_config(scan, epochs), {
+        single = demo_run_config(scan, epochs)
+        # batch_size is per worker: split the single-machine batch so the global batch (and so the
+        # number of optimisation steps per epoch) matches `ptycho-torch demo`.
+        config = apply_overrides(single, {
             "execution.devices": workers, "execution.accelerator": "cpu",
-            "execution.enable_progress_bar": False})
+            "execution.enable_progress_bar": False,
+            "training.batch_size": max(1, single.training.batch_size // workers)})
         t = _step(2, f"training with {workers} Ray workers for {epochs} epochs")
         trained = fit_distributed(config, ray_config)
         timings["train_s"] = time.perf_counter() - t

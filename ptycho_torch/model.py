@@ -4,12 +4,13 @@ Upstream layout: for N = 64 the encoder has 3 blocks of (conv3x3 + ReLU) x 2 + m
 32f, 64f, 128f filters (f = n_filters_scale); N = 32 uses 2 blocks, N = 128 adds a 256f block.
 The decoders mirror the encoder with nearest-neighbour upsampling. Input x (B, C, N, N) float32
 (normalised amplitudes); output complex object patches O = a * exp(i phi) (B, C, N, N) complex64 with
-a = sigmoid(.) in (0, 1) and phi = pi * tanh(.) in (-pi, pi).
+a = sigmoid(.) in (0, 1) and phi the raw decoder output in radians. The phase is deliberately not
+bounded with pi * tanh(.) (upstream's choice): the global phase is invisible to the loss, so it drifts,
+and once it reaches +-pi the tanh saturates and the phase decoder stops learning (measured: a flat
+reconstruction after 20 epochs). exp(i phi) wraps the phase anyway.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -62,10 +63,10 @@ class PtychoNet(nn.Module):
         self.phase_decoder = Decoder(filters, channels)
 
     def forward_amp_phase(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return amplitude (0, 1) and phase (-pi, pi), each (B, C, N, N) float32."""
+        """Return amplitude in (0, 1) and phase in radians (unbounded), each (B, C, N, N) float32."""
         features = self.encoder(x)  # (B, F_last, N / 2^k, N / 2^k)
         amp = torch.sigmoid(self.amplitude_decoder(features).float())
-        phase = math.pi * torch.tanh(self.phase_decoder(features).float())
+        phase = self.phase_decoder(features).float()
         return amp, phase
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

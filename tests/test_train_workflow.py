@@ -152,6 +152,6 @@ def test_network_shapes_and_ranges(N):
     net = PtychoNet(N, 4, 0.25)
     amp, phase = net.forward_amp_phase(torch.rand(2, 4, N, N))
     assert amp.shape == phase.shape == (2, 4, N, N)
-    assert 0 < amp.min() and amp.max() < 1 and phase.abs().max() < np.pi
+    assert 0 < amp.min() and amp.max() < 1 and torch.isfinite(phase).all()
     assert filter_counts(64, 0.25) == [8, 16, 32] and filter_counts(64, 1.0) == [32, 64, 128]
     assert len(filter_counts(N, 1.0)) == {32: 2, 64: 3, 128: 4}[N]
