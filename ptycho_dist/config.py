@@ -108,8 +108,8 @@ class SweepSearch(ConfigSection):
     section: typing.ClassVar[str] = "sweep.search"
 
     name: Literal["random", "grid", "optuna"] = config_field(
-        "random", "random = grid entries expanded, distributions sampled (Ray's variant generator); grid = "
-                  "the same but every space entry must be a grid; optuna = Optuna's TPE sampler "
+        "random", "random / grid = Ray's variant generator: grid entries expanded exhaustively, distributions "
+                  "sampled once per grid point and repeat (the two names are synonyms); optuna = Optuna's TPE sampler "
                   "(pip install 'ptycho-dist[optuna]'; no grid entries)")
     seed: Optional[int] = config_field(None, "seed of the random sampling / of Optuna (None = not reproducible)")
 
@@ -233,9 +233,6 @@ class SweepConfig(ConfigSection):
             self._fail("name", f"got {self.name!r}; must be a plain directory name (no '/')")
         for dotted, entry in self.space.items():
             (kind,) = entry
-            if search.name == "grid" and kind != "grid":
-                self._fail(f"space.{dotted}", f"{kind} with search grid: every entry of a grid search must be "
-                                              "{grid: [...]}; use search: {name: random} to sample distributions")
             if search.name == "optuna" and kind == "grid":
                 self._fail(f"space.{dotted}", "grid is not supported with search optuna (Optuna samples "
                                               "points); use {choice: [...]} or search: {name: grid}")

@@ -248,7 +248,7 @@ def save_trial_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float
             raise ValueError(f"trial {name!r}: {e.size} epochs but {v.size} values")
         ok = np.isfinite(v) & np.isfinite(e)
         every += v[ok].tolist()
-        a.plot(e[ok], v[ok], lw=1.2, label=str(name))
+        a.plot(e[ok], v[ok], lw=1.2, marker="o" if ok.sum() < 30 else None, ms=3, label=str(name))
     if every and min(every) > 0:
         a.set_yscale("log")
     a.xaxis.set_major_locator(MaxNLocator(integer=True))

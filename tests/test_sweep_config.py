@@ -37,7 +37,7 @@ max_concurrent_trials: 2
 space:
   execution.gradient_clip_val: {grid: [0.5, 1.0]}
   execution.accum_steps: {grid: [1, 2]}
-  model.n_filters_scale: {grid: [0.25, 0.5]}
+  execution.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}   # also choice, uniform, randint
 """
 CLIP = {"execution.gradient_clip_val": {"grid": [0.5, 1.0]}}
 
@@ -63,6 +63,9 @@ def test_spec_example_loads_with_defaults(tmp_path):
     assert sweep.space["execution.accum_steps"] == {"grid": [1, 2]}
     assert sweep.max_concurrent_trials == 2 and sweep.cpus_per_worker == 1.0 and sweep.storage_path is None
     sweep.check_against(RunConfig())
+    space = param_space(sweep)  # a grid search that also samples a distribution at every grid point
+    assert space["execution.accum_steps"] == {"grid_search": [1, 2]}
+    assert type(space["execution.learning_rate"]).__name__ == "Float"
     assert SweepConfig.from_dict(sweep.to_dict()) == sweep  # stored in the experiment for --resume
     # defaults: asha, random search, val_loss/min
     plain = _sweep()
@@ -110,8 +113,6 @@ def test_trial_config_sets_workers_and_asha_epochs():
     # search / space conflicts
     ({"space": CLIP, "search": {"name": "optuna"}}, ["sweep.space.execution.gradient_clip_val",
                                                      "grid is not supported with search optuna"]),
-    ({"space": {"execution.learning_rate": {"loguniform": [1e-4, 1e-2]}}, "search": {"name": "grid"}},
-     ["sweep.space.execution.learning_rate", "every entry of a grid search"]),
     ({"space": {"training.nepochs": {"grid": [2, 4]}}}, ["sweep.space.training.nepochs", "scheduler.max_epochs"]),
     ({"space": {"execution.devices": {"grid": [1, 2]}}}, ["sweep.space.execution.devices", "workers_per_trial"]),
     ({"space": {"data.path": {"grid": ["a.npz"]}}}, ["sweep.space.data.path", "--data"]),
