@@ -77,10 +77,19 @@ def test_every_readme_command_is_accepted_by_the_real_parser():
 def test_single_machine_commands_run(tmp_path):
     for line in block("readme:usage"):
         if "ptycho-dist" in line:
-            continue  # the Ray commands run in the demo test below
+            continue  # the Ray commands run in the test below
         result = run_literal(line, tmp_path)
         assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
     assert (tmp_path / "recon" / "metrics.json").is_file()
+
+
+@pytest.mark.ray
+def test_distributed_commands_run(tmp_path):
+    lines = block("readme:usage")
+    for line in [lines[0]] + [line for line in lines if "ptycho-dist" in line]:  # simulate, then Ray
+        result = run_literal(line, tmp_path)
+        assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
+    assert (tmp_path / "recon_ray" / "object.npz").is_file()
 
 
 @pytest.mark.ray
