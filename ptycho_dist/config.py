@@ -195,21 +195,20 @@ class SweepConfig(ConfigSection):
     name: Optional[str] = config_field(None, "sweep name: the experiment directory under storage_path; "
                                              "--name overrides (None = sweep-<timestamp>)")
 
+    def _subsection(self, key: str, kind: type, example: str) -> Any:
+        """The `key:` entry as a `kind` section: None -> defaults, a bare name -> {name: ...}."""
+        value = getattr(self, key)
+        if value is None or isinstance(value, str):
+            value = {} if value is None else {"name": value}
+        if isinstance(value, dict):
+            value = kind.from_dict(value)
+        if not isinstance(value, kind):
+            self._fail(key, f"got {value!r}; expected a mapping such as {example}")
+        return value
+
     def _check(self) -> None:
-        scheduler = self.scheduler
-        if scheduler is None or isinstance(scheduler, str):
-            scheduler = {} if scheduler is None else {"name": scheduler}
-        if isinstance(scheduler, dict):
-            scheduler = SweepScheduler.from_dict(scheduler)
-        if not isinstance(scheduler, SweepScheduler):
-            self._fail("scheduler", f"got {scheduler!r}; expected a mapping such as {{name: asha, max_epochs: 8}}")
-        search = self.search
-        if search is None or isinstance(search, str):
-            search = {} if search is None else {"name": search}
-        if isinstance(search, dict):
-            search = SweepSearch.from_dict(search)
-        if not isinstance(search, SweepSearch):
-            self._fail("search", f"got {search!r}; expected a mapping such as {{name: grid}}")
+        scheduler = self._subsection("scheduler", SweepScheduler, "{name: asha, max_epochs: 8}")
+        search = self._subsection("search", SweepSearch, "{name: grid}")
         object.__setattr__(self, "scheduler", scheduler)
         object.__setattr__(self, "search", search)
         object.__setattr__(self, "space", self._normalised_space())
