@@ -1,0 +1,154 @@
+"""Reconstruction quality for a fixed CPU training budget, gridsize 1 vs 2 (issue: the foundation).
+
+One run simulates one scan (lines object, N=64 by default, >= 400 positions, 1e6 photons per
+pattern, defocused probe, Poisson noise), then for each gridsize trains PtychoPINN with
+`ptycho_torch.workflows.train.train` until the wall-clock budget is spent (Lightning's Timer
+callback stops the run at the first step past the budget; the epoch count is set high enough never to
+stop it first), reconstructs the whole scan with `ptycho_torch.workflows.reconstruct.reconstruct` and
+evaluates the stitched object against the ground truth (phase offset removed, amplitude scale
+matched, inside the scanned region).
+
+Per gridsize it records: amplitude and phase SSIM / PSNR, FRC 0.5 and 1/7 resolution (px), the
+epochs and optimisation steps the budget bought, seconds of training and of reconstruction. Writes
+benchmarks/results/quality.json and the "## Reconstruction quality" section of docs/benchmarks.md.
+
+    .venv/bin/python benchmarks/quality.py [--budget-minutes 20] [--gridsizes 1 2] [--n-filters-scale 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Timer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+SECTION = "## Reconstruction quality"
+HEADLINE = ("phase_ssim", "phase_psnr", "amplitude_ssim", "amplitude_psnr", "frc_half_resolution_px",
+            "frc_17_resolution_px")
+
+
+def simulate(args: argparse.Namespace, out: Path) -> Path:
+    from ptycho_torch.config import SimulationConfig
+    from ptycho_torch.data.simulate import simulate_to_file
+
+    sim = SimulationConfig(N=args.N, object="lines", n_positions=args.positions, nphotons=args.nphotons,
+                           seed=args.seed)
+    return simulate_to_file(sim, out / "scan.npz")
+
+
+def run_config(args: argparse.Namespace, scan: Path, gridsize: int) -> Any:
+    from ptycho_torch.config import DataConfig, ModelConfig, PyTorchExecutionConfig, RunConfig, TrainingConfig
+
+    return RunConfig(
+        data=DataConfig(path=str(scan), val_fraction=0.1),
+        model=ModelConfig(N=args.N, gridsize=gridsize, n_filters_scale=args.n_filters_scale),
+        training=TrainingConfig(nepochs=100_000, batch_size=args.batch_size),
+        execution=PyTorchExecutionConfig(learning_rate=args.learning_rate, seed=args.seed,
+                                         enable_progress_bar=False, logger_backend="csv"))
+
+
+def one_gridsize(args: argparse.Namespace, scan: Path, gridsize: int, work: Path) -> dict[str, Any]:
+    from ptycho_torch.workflows.reconstruct import reconstruct
+    from ptycho_torch.workflows.train import train
+
+    budget_s = args.budget_minutes * 60.0
+    timer = Timer(duration=timedelta(seconds=budget_s), interval="step")
+    start = time.perf_counter()
+    trained = train(run_config(args, scan, gridsize), work / f"run_g{gridsize}", callbacks=[timer])
+    train_s = time.perf_counter() - start
+    steps = int(trained.trainer.global_step) if trained.trainer is not None else None
+    start = time.perf_counter()
+    recon = reconstruct(trained.run_dir, scan, work / f"recon_g{gridsize}", progress=False)
+    recon_s = time.perf_counter() - start
+    metrics = recon.metrics or {}
+    row = {"gridsize": gridsize, "epochs": trained.epochs_completed, "steps": steps,
+           "train_s": train_s, "reconstruct_s": recon_s, "final_val_loss": trained.metrics.get("val_loss"),
+           **{k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def section(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    lines = [SECTION, "",
+             f"`benchmarks/quality.py --budget-minutes {s['budget_minutes']:g}`, {result['date']}, "
+             f"{result['machine']['cpu_count']} CPU cores (shared with other work), torch "
+             f"{result['machine']['torch']}. Lines object, N={s['N']}, {s['positions']} positions, "
+             f"{s['nphotons']:.0e} photons per pattern, n_filters_scale={s['n_filters_scale']}, batch "
+             f"{s['batch_size']}, lr {s['learning_rate']:g}, training stopped by wall clock after "
+             f"{s['budget_minutes']:g} min per gridsize. Metrics of the stitched object inside the scanned "
+             "region (phase offset removed, amplitude scale matched).", "",
+             "| gridsize | epochs | steps | train s | reconstruct s | phase SSIM | phase PSNR dB | "
+             "amplitude SSIM | amplitude PSNR dB | FRC 0.5 px | FRC 1/7 px |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        def f(key: str, fmt: str = ".3f", r: dict[str, Any] = r) -> str:
+            return format(r[key], fmt) if key in r else "n/a"
+        lines.append(f"| {r['gridsize']} | {r['epochs']} | {r['steps']} | {r['train_s']:.0f} | "
+                     f"{r['reconstruct_s']:.1f} | {f('phase_ssim')} | {f('phase_psnr', '.1f')} | "
+                     f"{f('amplitude_ssim')} | {f('amplitude_psnr', '.1f')} | "
+                     f"{f('frc_half_resolution_px', '.1f')} | {f('frc_17_resolution_px', '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(text: str) -> None:
+    """Create or replace only our section of docs/benchmarks.md."""
+    doc = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
+    DOCS.write_text(doc.rstrip("\n") + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-minutes", type=float, default=20.0,
+                        help="wall-clock training budget per gridsize in minutes (default: 20)")
+    parser.add_argument("--gridsizes", type=int, nargs="+", default=[1, 2], help="default: 1 2")
+    parser.add_argument("--N", type=int, default=64, help="pattern size (default: 64)")
+    parser.add_argument("--positions", type=int, default=512, help="scan positions (default: 512)")
+    parser.add_argument("--nphotons", type=float, default=1e6, help="photons per pattern (default: 1e6)")
+    parser.add_argument("--n-filters-scale", type=float, default=0.5, help="network width (default: 0.5)")
+    parser.add_argument("--batch-size", type=int, default=16, help="groups per step (default: 16)")
+    parser.add_argument("--learning-rate", type=float, default=2e-3, help="default: 2e-3")
+    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("PTYCHO_QUIET_LIGHTNING", "1")
+    print(f"training budget: {args.budget_minutes:g} min per gridsize, gridsizes {args.gridsizes}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="ptycho-quality-") as tmp:
+        work = Path(tmp)
+        scan = simulate(args, work)
+        runs = [one_gridsize(args, scan, g, work) for g in args.gridsizes]
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "settings": {k: getattr(args, k) for k in ("budget_minutes", "N", "positions", "nphotons",
+                                                   "n_filters_scale", "batch_size", "learning_rate", "seed")},
+        "runs": runs,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    text = section(result)
+    print(text)
+    if not args.no_docs:
+        write_docs(text)
+
+
+if __name__ == "__main__":
+    main()
