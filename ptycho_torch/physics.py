@@ -54,13 +54,16 @@ def fourier_shift(img: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
     dimensions of img. Returns complex64 (...,H,W). Integer shifts are exact circular rolls.
     """
     H, W = img.shape[-2:]
-    ky = _frequencies(H, img.device)[:, None]  # (H, 1) cycles/pixel
-    kx = _frequencies(W, img.device)[None, :]  # (1, W)
+    return torch.fft.ifft2(torch.fft.fft2(img.to(torch.complex64)) * _shift_ramp(shift_xy, H, W, img.device))
+
+
+def _shift_ramp(shift_xy: torch.Tensor, H: int, W: int, device: torch.device) -> torch.Tensor:
+    """The Fourier phase ramp (..., H, W) complex64 that translates by shift_xy (..., 2) = (dx, dy)."""
+    ky = _frequencies(H, device)[:, None]  # (H, 1) cycles/pixel
+    kx = _frequencies(W, device)[None, :]  # (1, W)
     dx = shift_xy[..., 0, None, None].to(torch.float32)
     dy = shift_xy[..., 1, None, None].to(torch.float32)
-    ramp = torch.exp(-2j * math.pi * (ky * dy + kx * dx))  # (..., H, W)
-    spectrum = torch.fft.fft2(img.to(torch.complex64))
-    return torch.fft.ifft2(spectrum * ramp)
+    return torch.exp(-2j * math.pi * (ky * dy + kx * dx))
 
 
 def _split_positions(positions: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,8 +120,10 @@ def place_patches(
     if (corner.min() < 0) or (corner[..., 0].max() + N > W) or (corner[..., 1].max() + N > H):
         raise ValueError(f"patch positions fall outside the {H}x{W} canvas; positions must satisfy "
                          f"N/2 <= x <= W - N/2 and N/2 <= y <= H - N/2 (N={N})")
-    shifted = fourier_shift(patches, frac)  # back into the integer grid
-    w_shift = fourier_shift(weight.expand(B, K, N, N), frac).real.clamp_min(0)
+    # back into the integer grid: one ramp for both, and the weight's spectrum computed once
+    ramp = _shift_ramp(frac, N, N, patches.device)  # (B, K, N, N)
+    shifted = torch.fft.ifft2(torch.fft.fft2(patches.to(torch.complex64)) * ramp)
+    w_shift = torch.fft.ifft2(torch.fft.fft2(weight.to(torch.complex64)) * ramp).real.clamp_min(0)
     offsets = (torch.arange(B, device=patches.device) * (H * W))[:, None, None, None]
     flat_idx = (idx + offsets).reshape(-1)
     obj_sum = torch.zeros(B * H * W, dtype=torch.complex64, device=patches.device)

@@ -294,3 +294,30 @@ def test_lazy_hdf5_reads_in_dataloader_workers(tmp_path):
     rows = torch.cat(list(loader))[:, 0].numpy()
     np.testing.assert_array_equal(rows, a["diffraction"])
     scan.close()
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batched_hdf5_loading_equals_per_item_loading(tmp_path, tiny_scan, shuffle):
+    """The DataLoader fetches a batch with one read (GroupDataset.__getitems__); the samples equal the
+    per-item ones, for scan-order (inference) and shuffled (training) batches, NPZ and HDF5 alike."""
+    from torch.utils.data import DataLoader
+
+    from ptycho_torch.data.dataset import GroupDataset
+    from ptycho_torch.data.grouping import make_groups
+
+    npz = read_scan(tiny_scan)
+    h5 = read_scan(write_scan(tmp_path / "scan.h5", diffraction=npz.diffraction, probe=npz.probe,
+                              xcoords=npz.xcoords, ycoords=npz.ycoords))
+    assert h5.diffraction is None  # lazy
+    for gridsize in (1, 2):
+        groups = make_groups(npz.positions, gridsize, rng=np.random.default_rng(0))
+        per_item = GroupDataset(npz, groups, 2.0)
+        batched = GroupDataset(h5, groups, 2.0)
+        order = np.random.default_rng(1).permutation(len(groups)) if shuffle else np.arange(len(groups))
+        samples = batched.__getitems__(order[:7].tolist())
+        for i, sample in zip(order[:7], samples):
+            expected = per_item[int(i)]
+            for key in expected:
+                torch.testing.assert_close(sample[key], expected[key], rtol=0, atol=0)
+        batch = next(iter(DataLoader(batched, batch_size=5, shuffle=False)))
+        assert batch["x"].shape == (5, gridsize**2, npz.N, npz.N)

@@ -37,8 +37,18 @@ class GroupDataset(Dataset):
         return len(self.groups)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self._sample(i, self.scan.diffraction_rows(self.groups.indices[i]))
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A whole batch from one read of its rows (the DataLoader calls this when it exists): one
+        HDF5 call per batch instead of one per pattern."""
+        rows = self.scan.diffraction_rows(self.groups.indices[np.asarray(indices, dtype=np.int64)])  # (B, C, N, N)
+        return [self._sample(i, amp) for i, amp in zip(indices, rows)]
+
+    def _sample(self, i: int, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """Group i from its amplitudes rows (C, N, N)."""
         members = self.groups.indices[i]  # (C,)
-        amp = torch.from_numpy(np.ascontiguousarray(self.scan.diffraction_rows(members), dtype=np.float32))
+        amp = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
         pos = torch.from_numpy(self._positions[members])  # (C, 2)
         return {
             "x": amp * self.norm_factor,
