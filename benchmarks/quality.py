@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import re
 import tempfile
 import time
 from datetime import timedelta
@@ -30,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from docs_page import write_section
 from lightning.pytorch.callbacks import Timer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Reconstruction quality"
 HEADLINE = ("phase_ssim", "phase_psnr", "amplitude_ssim", "amplitude_psnr", "frc_half_resolution_px",
             "frc_17_resolution_px")
@@ -104,14 +103,6 @@ def section(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(text: str) -> None:
-    """Create or replace only our section of docs/benchmarks.md."""
-    doc = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    doc = pattern.sub(lambda _: text + "\n", doc) if pattern.search(doc) else doc.rstrip("\n") + "\n\n" + text
-    DOCS.write_text(doc.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=20.0,
@@ -147,7 +138,7 @@ def main() -> None:
     text = section(result)
     print(text)
     if not args.no_docs:
-        write_docs(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

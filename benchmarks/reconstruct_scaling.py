@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -36,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from docs_page import DOCS, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruct_scaling.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Reconstruction scaling"
 
 
@@ -352,18 +351,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str) -> None:
-    """Create or replace only our section of docs/benchmarks.md."""
-    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patterns", type=int, default=20000, help="patterns for the N=32 throughput case (default: 20000)")
@@ -406,7 +393,7 @@ def main() -> None:
     result["load_end"] = os.getloadavg()[0]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2, default=str))
-    write_docs(markdown(result))
+    write_section(SECTION, markdown(result))
     print(f"wrote {RESULTS} and the '{SECTION}' section of {DOCS} in {result['total_seconds']:.0f} s")
 
 

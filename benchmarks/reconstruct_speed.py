@@ -32,15 +32,15 @@ import argparse
 import json
 import os
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from docs_page import DOCS, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruct_speed.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Reconstruction speed (single machine)"
 TARGET = 0.8  # whole reconstruct / bare network, patterns/s
 PARTS = {"load_bundle": "bundle load", "read_validate": "read + validate", "groups": "grouping + set-up",
@@ -309,18 +309,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str) -> None:
-    """Create or replace only our section of docs/benchmarks.md."""
-    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patterns", type=int, default=10000, help="scan positions to reconstruct (default: 10000)")
@@ -391,7 +379,7 @@ def main() -> None:
     args.results.write_text(json.dumps(result, indent=2, default=str))
     section = markdown(result)
     if not args.no_docs:
-        write_docs(section)
+        write_section(SECTION, section)
     print(section)
     print(f"wrote {args.results}" + ("" if args.no_docs else f" and the '{SECTION}' section of {DOCS}")
           + f" in {result['total_seconds']:.0f} s")

@@ -27,18 +27,17 @@ import json
 import logging
 import os
 import platform
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from docs_page import write_section
 from lightning.pytorch.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "train_scaling.json"
-DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Training scaling"
 
 
@@ -144,18 +143,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str) -> None:
-    """Create or replace only our section of docs/benchmarks.md."""
-    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--N", type=int, default=64, help="pattern size (default: 64)")
@@ -211,7 +198,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     section = markdown(result)
-    write_docs(section)
+    write_section(SECTION, section)
     print(section)
 
 
