@@ -61,7 +61,8 @@ def run_demo(out: Path, *, epochs: int = 40, n_positions: int = 1000, sweep_epoc
         config = apply_overrides(single, {
             "execution.devices": workers, "execution.accelerator": "cpu",
             "execution.enable_progress_bar": False,
-            "training.batch_size": max(1, single.training.batch_size // workers)})
+            "training.batch_size": max(1, single.training.batch_size // workers),
+            "execution.inference_batch_size": 64})
         t = _step(2, f"training with {workers} Ray workers for {epochs} epochs")
         trained = fit_distributed(config, ray_config)
         timings["train_s"] = time.perf_counter() - t

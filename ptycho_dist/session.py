@@ -28,6 +28,44 @@ def quiet_ray_environment(verbose: bool = False) -> None:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
 
 
+# Lines Ray's processes stream to the driver that are benign for our workloads and would otherwise
+# print on every run, in red: Train's and Data's restartable actors get their constructor arguments
+# through the object store (ray-project/ray#53727), and the raylet counts the worker processes that
+# trials, Train controllers and Data actors start together on a small machine. `-v` shows them.
+BENIGN_RAY_LINES: tuple[str, ...] = (
+    "has constructor arguments in the object store and max_restarts > 0",
+    "PYTHON worker processes have been started on node",
+)
+
+
+def filter_benign_ray_lines() -> bool:
+    """Drop BENIGN_RAY_LINES from what Ray prints on the driver (call before ray.init).
+
+    Wraps `ray._private.worker.print_to_stdstream` (Ray 2.60), the one function through which both
+    the streamed worker logs and the raylet's warnings reach the driver's console. Returns whether
+    the filter is in place (False, changing nothing, when that private hook is not there); calling
+    it again does not wrap twice.
+    """
+    try:
+        from ray._private import worker
+    except ImportError:
+        return False
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        return False
+    if getattr(original, "ptycho_filtered", False):
+        return True
+
+    def print_to_stdstream(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        lines = [line for line in data.get("lines", []) if not any(b in line for b in BENIGN_RAY_LINES)]
+        if lines:
+            original({**data, "lines": lines}, *args, **kwargs)
+
+    print_to_stdstream.ptycho_filtered = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = print_to_stdstream
+    return True
+
+
 def cluster_resources() -> dict[str, float]:
     import ray
 
@@ -57,6 +95,8 @@ def ray_session(config: RayConfig, **init_kwargs: Any) -> Iterator[dict[str, Any
         kwargs.update(num_cpus=config.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
         where = "embedded local Ray"
     kwargs.update(init_kwargs)
+    if not config.verbose:
+        filter_benign_ray_lines()
     ray.init(**kwargs)
     try:
         resources = cluster_resources()

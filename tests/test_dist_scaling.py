@@ -230,3 +230,24 @@ def test_bad_ray_section_names_the_file_and_field(tmp_path):
     with pytest.raises(ConfigError, match="bad.yaml: ray: unknown key"):
         load_dist_config(cfg)
     assert isinstance(RunConfig.from_dict({}), RunConfig)
+
+
+def test_benign_ray_lines_are_dropped_on_the_driver_and_others_kept(capsys, monkeypatch):
+    """The filter wraps the function through which Ray prints worker logs and raylet warnings."""
+    from ray._private import worker
+
+    from ptycho_dist.session import BENIGN_RAY_LINES, filter_benign_ray_lines
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored afterwards
+    monkeypatch.setattr(worker, "_worker_logs_enabled", True)
+    assert filter_benign_ray_lines() and filter_benign_ray_lines()  # idempotent: wrapped once
+    noise = f"[2026-11-29 E 1 2] core_worker.cc:2465: Actor ... {BENIGN_RAY_LINES[0]}. See ..."
+    worker.print_to_stdstream({"lines": [noise, "epoch 1/3 val_loss=1.0"], "pid": 1, "is_err": True},
+                              ignore_prefix=False)
+    worker.print_to_stdstream({"lines": [f"WARNING: 8 {BENIGN_RAY_LINES[1]}: abc"], "pid": "raylet",
+                               "is_err": False}, ignore_prefix=False)
+    worker.print_to_stdstream({"lines": ["Traceback (most recent call last):"], "pid": 2, "is_err": True},
+                              ignore_prefix=False)
+    out, err = capsys.readouterr()
+    assert "epoch 1/3 val_loss=1.0" in err and "Traceback (most recent call last):" in err
+    assert not any(b in out + err for b in BENIGN_RAY_LINES)
