@@ -190,10 +190,7 @@ class CanvasSum:
                                "retried Ray Data task produced duplicate output")
         self.seen[index] = True
         c = torch.from_numpy(np.array(canvas, dtype=np.float32))  # a writable copy of a Ray buffer
-        h, w = c.shape[-2:]
-        self.acc.obj_sum[y0:y0 + h, x0:x0 + w] += torch.complex(c[0], c[1])
-        self.acc.w_sum[y0:y0 + h, x0:x0 + w] += c[2]
-        self.acc.count += len(index)
+        self.acc.add_partial(y0, x0, torch.complex(c[0], c[1]), c[2], len(index))
         return len(index)
 
     def add_batch(self, batch: dict[str, np.ndarray]) -> int:

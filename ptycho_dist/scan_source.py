@@ -44,10 +44,12 @@ from ptycho_torch.data.contract import (
     NPZ_SUFFIXES,
     ScanData,
     ScanValidationError,
+    canvas_shape,
     read_scan,
     validate_scan,
 )
 from ptycho_torch.data.grouping import Groups
+from ptycho_torch.data.validation import check_positions
 
 log = logging.getLogger("ptycho_dist")
 
@@ -212,7 +214,7 @@ class ScanFile:
     """One scan file of a reconstruction input, opened without loading its patterns.
 
     probe (P, N, N) complex64; xcoords, ycoords (M,) float64 object pixels; object_shape (H, W) of
-    its objectGuess or the smallest canvas holding its patches (as ScanData.object_shape); `reader`
+    its objectGuess or the smallest canvas holding its patches (contract.canvas_shape); `reader`
     reads diffraction rows (ScanData for HDF5, NpzDiffraction for NPZ).
     """
 
@@ -232,12 +234,6 @@ class ScanFile:
     def positions(self) -> np.ndarray:
         """(M, 2) float64 (x, y) object pixels."""
         return np.stack([self.xcoords, self.ycoords], axis=1)
-
-
-def _canvas_of(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> tuple[int, int]:
-    """The smallest canvas holding every patch (the rule of ScanData.object_shape)."""
-    half = N // 2
-    return (int(np.floor(ycoords.max())) + half, int(np.floor(xcoords.max())) + half)
 
 
 def _open_h5(path: Path, validate: bool) -> tuple[dict[str, Any], Any]:
@@ -284,24 +280,16 @@ def _open_npz(path: Path, validate: bool) -> tuple[dict[str, Any], Any]:
 
 
 def _basic_problems(header: dict[str, Any], shape_hw: tuple[int, int]) -> list[str]:
-    """Checks that matter for correctness even without full validation (cheap: positions only)."""
-    problems = []
+    """What must hold even without full validation (cheap: shapes and positions only)."""
     M, N, shape = header["M"], header["N"], tuple(header["shape"])
     if len(shape) != 3 or shape[1] != shape[2] or shape[1] % 2:
         return [f"diffraction: expected (M, N, N) with even N, found shape {shape}"]
-    for key in ("xcoords", "ycoords"):
-        if len(header[key]) != M:
-            problems.append(f"{key}: expected length M = {M} (one per diffraction pattern), found "
-                            f"{len(header[key])}")
-        elif not np.isfinite(header[key]).all():
-            problems.append(f"{key}: expected finite positions")
-    if problems:
-        return problems
-    H, W = shape_hw
-    fx, fy = np.floor(header["xcoords"]), np.floor(header["ycoords"])
-    if fx.min() < N // 2 or fy.min() < N // 2 or fx.max() > W - N // 2 or fy.max() > H - N // 2:
-        problems.append(f"positions: patches fall outside the {H}x{W} object frame; expected "
-                        f"{N // 2} <= floor(x) <= {W - N // 2} and {N // 2} <= floor(y) <= {H - N // 2}")
+    problems = [f"{key}: expected {M} finite positions (one per diffraction pattern), found "
+                f"{len(header[key])}" + ("" if len(header[key]) != M else " with NaN or Inf")
+                for key in ("xcoords", "ycoords")
+                if len(header[key]) != M or not np.isfinite(header[key]).all()]
+    if not problems:
+        check_positions({k: header[k] for k in ("xcoords", "ycoords")}, N // 2, shape_hw, problems)
     return problems
 
 
@@ -321,8 +309,8 @@ def open_scan_file(path: Path, file_id: int, offset: int, *, validate: bool = Tr
                                    f"'{path.suffix}'; convert it or rename it"], str(path))
     obj = header["object_guess"]
     shape = tuple(int(s) for s in np.shape(obj)) if obj is not None else \
-        _canvas_of(header["xcoords"], header["ycoords"], header["N"])
-    problems = _basic_problems(header, shape)
+        canvas_shape(header["xcoords"], header["ycoords"], header["N"])
+    problems = [] if validate else _basic_problems(header, shape)  # validation checked all of it
     if problems:
         raise ScanValidationError(problems, str(path))
     return ScanFile(path=path, file_id=file_id, offset=offset, n_patterns=header["M"], N=header["N"],

@@ -4,7 +4,7 @@ The canvas is in the scan's pixel frame: object[y, x] is the object at scan coor
 frame of `objectGuess`. Each patch is placed at its absolute position (sub-pixel by a Fourier shift)
 with weight w (|probe|^2 by default, or a central disk), accumulating sum(w * O) and sum(w); the
 object is their ratio where sum(w) exceeds `threshold * max(sum(w))`. Partial accumulators over
-disjoint sets of patches add up (`StitchAccumulator.merge`), so patches can stream in batches.
+disjoint sets of patches add up (`StitchAccumulator.add_partial`), so patches can stream in batches.
 """
 
 from __future__ import annotations
@@ -48,14 +48,16 @@ class StitchAccumulator:
         self.w_sum += w[0].cpu()
         self.count += len(patches)
 
-    def merge(self, other: "StitchAccumulator") -> "StitchAccumulator":
-        """Add another accumulator's sums (partial canvases from other workers) into this one."""
-        if other.canvas_hw != self.canvas_hw:
-            raise ValueError(f"cannot merge canvases of shape {other.canvas_hw} and {self.canvas_hw}")
-        self.obj_sum += other.obj_sum
-        self.w_sum += other.w_sum
-        self.count += other.count
-        return self
+    def add_partial(self, y0: int, x0: int, obj_sum: torch.Tensor, w_sum: torch.Tensor, count: int) -> None:
+        """Add the sums of a partial canvas (h, w) whose pixel (0, 0) is canvas pixel (y0, x0):
+        obj_sum complex, w_sum real, over `count` patches (e.g. from another worker)."""
+        h, w = obj_sum.shape[-2:]
+        if y0 < 0 or x0 < 0 or y0 + h > self.canvas_hw[0] or x0 + w > self.canvas_hw[1]:
+            raise ValueError(f"a {h}x{w} partial canvas at (y0={y0}, x0={x0}) does not fit the "
+                             f"{self.canvas_hw[0]}x{self.canvas_hw[1]} canvas")
+        self.obj_sum[y0:y0 + h, x0:x0 + w] += obj_sum
+        self.w_sum[y0:y0 + h, x0:x0 + w] += w_sum
+        self.count += count
 
     def result(self, threshold: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
         """(object (H, W) complex64, weight (H, W) float32); object is 0 where weight is too small."""

@@ -224,6 +224,14 @@ def test_npz_rows_are_read_by_offset(scans, tmp_path):
     with pytest.raises(ScanValidationError, match="NaN"):
         open_scan_source(tmp_path / "bad.npz", gridsize=1)
     assert open_scan_source(tmp_path / "bad.npz", gridsize=1, validate=False).n_patterns == 30
+    # without validation the patterns are trusted, but positions and shapes are still checked
+    arrays = dict(np.load(scans["parts"][0], allow_pickle=False))
+    np.savez(tmp_path / "off.npz", **{**arrays, "xcoords": arrays["xcoords"] - 1000.0})
+    with pytest.raises(ScanValidationError, match="xcoords: .* patches fall outside"):
+        open_scan_source(tmp_path / "off.npz", gridsize=1, validate=False)
+    np.savez(tmp_path / "short.npz", **{**arrays, "ycoords": arrays["ycoords"][:-1]})
+    with pytest.raises(ScanValidationError, match="ycoords: expected 30 finite positions"):
+        open_scan_source(tmp_path / "short.npz", gridsize=1, validate=False)
 
 
 # ------------------------------------------------------------------ errors and CLI

@@ -42,9 +42,16 @@ from ptycho_torch.data.validation import (
     parse_metadata,
 )
 
-__all__ = ["ScanValidationError", "ScanData", "read_scan", "validate_scan", "write_scan"]
+__all__ = ["ScanValidationError", "ScanData", "canvas_shape", "read_scan", "validate_scan", "write_scan"]
 
 log = logging.getLogger(__name__)
+
+
+def canvas_shape(xcoords: np.ndarray, ycoords: np.ndarray, N: int) -> tuple[int, int]:
+    """(H, W) of the smallest canvas holding every N x N patch at positions (x, y) object pixels:
+    H = floor(max y) + N/2 (physics.place_patches needs floor(y) - N/2 + N <= H)."""
+    half = N // 2
+    return (int(np.floor(ycoords.max())) + half, int(np.floor(xcoords.max())) + half)
 
 
 def validate_scan(arrays: Mapping[str, Any] | "ScanData", *, source: str = "scan", block: int | None = None
@@ -145,8 +152,7 @@ class ScanData:
         H = floor(max y) + N/2 (physics.place_patches needs floor(y) - N/2 + N <= H)."""
         if self.object_guess is not None:
             return tuple(self.object_guess.shape)
-        half = self.N // 2
-        return (int(np.floor(self.ycoords.max())) + half, int(np.floor(self.xcoords.max())) + half)
+        return canvas_shape(self.xcoords, self.ycoords, self.N)
 
     def diffraction_block(self, start: int, stop: int) -> np.ndarray:
         """Patterns start..stop-1 as (k, N, N) float32 (a view for in-memory data)."""

@@ -132,8 +132,9 @@ def _check_vector(arrays: Mapping[str, Any], key: str, kinds: str, M: int | None
     return v if len(s) == 1 else None
 
 
-def _check_positions(coords: dict[str, np.ndarray], half: int, hw: tuple | None, p: list[str]) -> None:
-    """Patches must lie inside objectGuess (hw given) or at least start inside the object frame."""
+def check_positions(coords: dict[str, np.ndarray], half: int, hw: tuple | None, p: list[str]) -> None:
+    """Patches must lie inside the (H, W) frame hw (objectGuess's) or, hw None, at least start inside
+    the object frame; appends one problem per offending axis to p."""
     for key, axis, size in (("xcoords", "x", hw and hw[1]), ("ycoords", "y", hw and hw[0])):
         if key not in coords or not half:
             continue
@@ -176,7 +177,7 @@ def check_arrays(arrays: Mapping[str, Any], block: int | None = None) -> tuple[l
             p.append(f"objectGuess: expected complex64, found dtype {dt}")
         elif not np.isfinite(np.asarray(a["objectGuess"])).all():
             p.append("objectGuess: expected finite values, found NaN/Inf")
-    _check_positions(coords, (N or 0) // 2, hw, p)
+    check_positions(coords, (N or 0) // 2, hw, p)
     if "metadata" in a and not isinstance(a["metadata"], dict):
         try:
             if not isinstance(parse_metadata(a["metadata"]), dict):
