@@ -258,6 +258,19 @@ def _user_error(error: BaseException) -> BaseException | None:
     return None
 
 
+def with_absolute_data_path(config: RunConfig) -> RunConfig:
+    """config with data.path made absolute (every worker process resolves it the same way); the
+    file must exist. URIs are left as they are."""
+    if not config.data.path:
+        raise ConfigError("data.path: no scan file given; pass --data SCAN (or data.path in --config)")
+    if is_uri(config.data.path):
+        return config
+    data = Path(config.data.path).expanduser().resolve()
+    if not data.is_file():
+        raise FileNotFoundError(f"scan file {config.data.path} does not exist")
+    return apply_overrides(config, {"data.path": str(data)})
+
+
 def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = False,
                     callbacks: Sequence[Callback] = (), ray_callbacks: Sequence[Any] = ()) -> DistTrainResult:
     """Train with Ray Train on `ray_config`'s cluster (embedded local Ray when no address).
@@ -271,13 +284,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     from ray.train import ControllerError, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    if not config.data.path:
-        raise ConfigError("data.path: no scan file given; pass --data SCAN.npz")
-    if not is_uri(config.data.path):
-        data = Path(config.data.path).expanduser().resolve()
-        if not data.is_file():
-            raise FileNotFoundError(f"scan file {config.data.path} does not exist")
-        config = apply_overrides(config, {"data.path": str(data)})
+    config = with_absolute_data_path(config)
     check_request(config.execution, ray_config)
     name = run_name(ray_config)
     location = f"{storage_path(ray_config).rstrip('/')}/{name}"

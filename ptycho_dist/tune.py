@@ -49,7 +49,6 @@ BEST_CONFIG = "best_config.yaml"
 BEST_DIR = "best"
 TRIALS_PNG = "trials.png"
 _EPS = 1e-9
-_ANY_SWEEP = SweepConfig(space={"model.gridsize": {"grid": [1]}})  # storage defaults when resuming without --sweep
 
 
 @dataclass
@@ -176,10 +175,11 @@ def _location(storage: str, name: str) -> str:
     return f"{storage.rstrip('/')}/{name}"
 
 
-def _storage(sweep: SweepConfig, out_dir: Path, storage_path: str | None) -> str:
+def _storage(sweep: SweepConfig | None, out_dir: Path, storage_path: str | None) -> str:
+    """Where the experiment lives: --storage-path, else the sweep's storage_path, else out_dir."""
     from ptycho_dist.scaling import is_uri
 
-    raw = storage_path or sweep.storage_path or str(out_dir)
+    raw = storage_path or (sweep.storage_path if sweep else None) or str(out_dir)
     return raw if is_uri(raw) else str(Path(raw).expanduser().resolve())
 
 
@@ -249,7 +249,7 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
     """
     from ptycho_dist.scaling import ClusterResources, check_request, is_uri, plan_scaling
     from ptycho_dist.session import ray_session
-    from ptycho_dist.train import write_run_file
+    from ptycho_dist.train import with_absolute_data_path, write_run_file
 
     out_dir = Path(out_dir).expanduser().resolve()
     ray_config = ray_config or RayConfig()
@@ -257,12 +257,12 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
         name = name or (sweep.name if sweep else None)
         if not name:
             raise ConfigError("--resume needs the sweep NAME")
-        experiment = _location(_storage(sweep or _ANY_SWEEP, out_dir, storage_path), name)
+        experiment = _location(_storage(sweep, out_dir, storage_path), name)
         base, sweep = _resume_spec(experiment, name, base_config, sweep)
     else:
         if base_config is None or sweep is None:
             raise ConfigError("a new sweep needs a run config and a sweep (--config and --sweep)")
-        base, sweep = _with_data_path(base_config), sweep
+        base = with_absolute_data_path(base_config)
         sweep.check_against(base)
         name = name or sweep.name or default_sweep_name()
         experiment = _location(_storage(sweep, out_dir, storage_path), name)
@@ -286,8 +286,9 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
 
         from ptycho_dist.sweep_trial import trainable, trial_dirname
 
-        plan = plan_scaling(probe.execution, trial_ray, ClusterResources.from_ray())
-        concurrency = concurrent_trials(sweep, plan, ClusterResources.from_ray())
+        resources = ClusterResources.from_ray()
+        plan = plan_scaling(probe.execution, trial_ray, resources)
+        concurrency = concurrent_trials(sweep, plan, resources)
         if resume:
             if not tune.Tuner.can_restore(experiment):
                 raise FileNotFoundError(f"cannot resume: {experiment} holds no Tune experiment state")
@@ -313,20 +314,6 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
                     callbacks=_progress_callbacks(sweep, full_epochs), verbose=1 if ray_config.verbose else 0))
         result_grid = tuner.fit()
     return write_results(result_grid, base, sweep, experiment, out_dir)
-
-
-def _with_data_path(config: RunConfig) -> RunConfig:
-    """data.path made absolute (every trial process resolves it the same way); it must exist."""
-    from ptycho_dist.scaling import is_uri
-
-    if not config.data.path:
-        raise ConfigError("data.path: no scan file given; pass --data SCAN (or data.path in --config)")
-    if is_uri(config.data.path):
-        return config
-    path = Path(config.data.path).expanduser().resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"scan file {config.data.path} does not exist")
-    return apply_overrides(config, {"data.path": str(path)})
 
 
 def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experiment: str,
@@ -414,7 +401,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.config is not None:
         base = load_run_config(args.config)
     elif resume and args.data is not None:  # check --data against the sweep's own scan
-        experiment = _location(_storage(sweep or _ANY_SWEEP, Path(args.out).resolve(), args.storage_path), name)
+        experiment = _location(_storage(sweep, Path(args.out).resolve(), args.storage_path), name)
         stored = _read_spec(experiment)
         base = RunConfig.from_dict(stored["base"]) if stored else None
     elif not resume:
