@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bundles import one_epoch_bundle
 from docs_page import DOCS, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,28 +72,6 @@ def write_synthetic_h5(path: Path, M: int, N: int, step: float, probe: np.ndarra
     return path
 
 
-def train_bundle(work: Path, N: int, scale: float) -> Path:
-    """One-epoch bundle (quality irrelevant here) trained on a small simulated scan."""
-    from ptycho_torch.config import (
-        DataConfig,
-        ModelConfig,
-        RunConfig,
-        SimulationConfig,
-        TrainingConfig,
-        apply_overrides,
-    )
-    from ptycho_torch.data.simulate import simulate_to_file
-    from ptycho_torch.workflows.train import train
-
-    scan = simulate_to_file(SimulationConfig(N=N, n_positions=64, seed=0, nphotons=1e5), work / f"train_{N}.npz")
-    config = RunConfig(data=DataConfig(path=str(scan), val_fraction=0.25),
-                       model=ModelConfig(N=N, n_filters_scale=scale),
-                       training=TrainingConfig(nepochs=1, batch_size=16))
-    config = apply_overrides(config, {"execution.enable_progress_bar": False, "execution.logger_backend": None,
-                                      "execution.enable_checkpointing": False})
-    return train(config, work / f"run_{N}_{scale}").bundle_path
-
-
 def bundle_probe(bundle: Path) -> np.ndarray:
     from ptycho_torch.workflows.bundle import load_bundle
 
@@ -120,7 +99,7 @@ def throughput(work: Path, models: list[tuple[int, float, int]], batch: int, rep
     rows: list[dict[str, Any]] = []
     cases = []
     for N, scale, M in models:
-        bundle = train_bundle(work, N, scale)
+        bundle = one_epoch_bundle(work, N, scale)
         data = write_synthetic_h5(work / f"thr_{N}_{M}.h5", M, N, 4.0, bundle_probe(bundle))
         in_memory = write_scan(work / f"thr_{N}_{M}.npz", **read_scan(data).arrays())
         cases.append((N, scale, M, bundle, data))
@@ -265,7 +244,7 @@ def rss_child(model: str, warmup: str, data: str, out: str) -> dict[str, Any]:
 
 
 def memory(work: Path, counts: list[int], canvas_px: int = 1024, N: int = 32) -> list[dict[str, Any]]:
-    bundle = train_bundle(work, N, 0.25)
+    bundle = one_epoch_bundle(work, N, 0.25)
     probe = bundle_probe(bundle)
     rows = []
     warm_M = 1000

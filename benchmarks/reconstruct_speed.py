@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bundles import one_epoch_bundle
 from docs_page import DOCS, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,30 +74,10 @@ def simulate_files(work: Path, N: int, M: int, formats: list[str]) -> dict[str, 
 
 
 def train_bundle(work: Path, N: int, scale: float, batch: int) -> tuple[Path, float]:
-    """One-epoch bundle (quality irrelevant here) trained on a small simulated scan; its
-    inference_batch_size is `batch`, so `reconstruct` without a batch size uses it too."""
-    from ptycho_torch.config import (
-        DataConfig,
-        ModelConfig,
-        RunConfig,
-        SimulationConfig,
-        TrainingConfig,
-        apply_overrides,
-    )
-    from ptycho_torch.data.simulate import simulate_to_file
-    from ptycho_torch.workflows.train import train
-
+    """One-epoch bundle whose inference_batch_size is `batch` (so `reconstruct` without a batch size
+    uses it too), and the seconds it took."""
     t = time.perf_counter()
-    scan = work / f"train_{N}.npz"
-    if not scan.exists():
-        simulate_to_file(SimulationConfig(N=N, n_positions=64, seed=0, nphotons=1e5), scan)
-    config = RunConfig(data=DataConfig(path=str(scan), val_fraction=0.25),
-                       model=ModelConfig(N=N, n_filters_scale=scale),
-                       training=TrainingConfig(nepochs=1, batch_size=16))
-    config = apply_overrides(config, {"execution.enable_progress_bar": False, "execution.logger_backend": None,
-                                      "execution.enable_checkpointing": False,
-                                      "execution.inference_batch_size": batch})
-    bundle = train(config, work / f"run_{N}_{scale}").bundle_path
+    bundle = one_epoch_bundle(work, N, scale, inference_batch_size=batch)
     return bundle, time.perf_counter() - t
 
 

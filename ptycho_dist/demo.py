@@ -68,7 +68,7 @@ def run_demo(out: Path, *, epochs: int = 40, n_positions: int = 1000, sweep_epoc
         timings["train_s"] = time.perf_counter() - t
 
         t = _step(3, "sweeping the learning rate (2 trials)")
-        sweep = sweep_config_from_dict({**DEMO_SWEEP, "scheduler": {"name": "fifo"}})
+        sweep = sweep_config_from_dict(DEMO_SWEEP)
         sweep_config = apply_overrides(config, {"training.nepochs": sweep_epochs, "execution.devices": 1})
         swept = run_sweep(sweep_config, sweep, out / "sweep", ray_config=ray_config, name="demo-sweep")
         timings["sweep_s"] = time.perf_counter() - t
