@@ -19,3 +19,11 @@ def write_section(title: str, section: str, docs: Path = DOCS) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     docs.parent.mkdir(parents=True, exist_ok=True)
     docs.write_text(text.rstrip("\n") + "\n")
+
+
+def load_note(start: float, end: float, cores: int | None) -> str:
+    """'1-minute load average S at the start, E at the end' and, when either exceeds the core count,
+    that the runs competed with other processes."""
+    text = f"1-minute load average {start:.1f} at the start, {end:.1f} at the end"
+    busy = cores is not None and max(start, end) > cores
+    return text + (" (above the core count: runs competed with other processes)." if busy else ".")

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 from bundles import one_epoch_bundle
-from docs_page import DOCS, write_section
+from docs_page import DOCS, load_note, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruct_scaling.json"
@@ -278,8 +278,7 @@ def markdown(result: dict[str, Any]) -> str:
              "Ray Data runs on an embedded local Ray with 1-CPU actors (1 torch thread each); the local "
              "loop uses all torch threads. End-to-end rates include actor start-up and model loading; "
              "steady rates count from the first batch entering an actor to the last leaving one. "
-             f"1-minute load average {env['load_start']:.1f} at the start, {result['load_end']:.1f} at "
-             "the end (above the core count, runs compete with other processes).", "",
+             + load_note(env["load_start"], result["load_end"], env["cpus"]), "",
              "### Throughput (patterns/s)", "",
              "| model | patterns | engine | actors | wall s | patterns/s end to end | steady patterns/s | "
              "end-to-end vs local HDF5 |", "|---|---|---|---|---|---|---|---|"]

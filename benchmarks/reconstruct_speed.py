@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bundles import one_epoch_bundle
-from docs_page import DOCS, write_section
+from docs_page import DOCS, load_note, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruct_speed.json"
@@ -259,8 +259,8 @@ def markdown(result: dict[str, Any]) -> str:
              "load, read and validation, grouping, loader, network, stitching, writing object.npz and the "
              "two PNGs); *bare* times `net(x)` under `torch.inference_mode` on the same patterns in the "
              "same batches, inputs prepared in advance. Both in one process after a warm-up reconstruction "
-             f"of a 500-pattern file; best of {s['repeats']} interleaved rounds. 1-minute load average "
-             f"{env['load_start']:.1f} at the start, {result['load_end']:.1f} at the end.", "",
+             f"of a 500-pattern file; best of {s['repeats']} interleaved rounds. "
+             + load_note(env["load_start"], result["load_end"], env["cpu_count"]), "",
              "Reproduce with:", "", "```bash",
              f".venv/bin/python benchmarks/reconstruct_speed.py --patterns {s['patterns']} --N {s['N']} "
              f"--widths {' '.join(str(w) for w in s['widths'])} --formats {' '.join(s['formats'])} "

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from docs_page import write_section
+from docs_page import load_note, write_section
 from lightning.pytorch.callbacks import Callback
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,9 +123,9 @@ def markdown(result: dict[str, Any]) -> str:
              f"{s['epochs']} epochs, batch {s['batch_size']} per worker, seed {s['seed']}. "
              f"samples/s counts training steps of epochs 2..{s['epochs']} (steady state); first step is "
              f"the time from the call to the first training batch; `ray.init` ({result['ray_init_s']:.1f} s) "
-             "happened before the Ray runs and is not included. 1-minute load average "
-             f"{result['load_average_1min']['start']:.1f} at the start, {result['load_average_1min']['end']:.1f} "
-             "at the end (above the core count, runs compete with other processes).", "",
+             "happened before the Ray runs and is not included. "
+             + load_note(result["load_average_1min"]["start"], result["load_average_1min"]["end"],
+                         result["machine"]["cpu_count"]), "",
              "| run | samples/s | vs plain 1 thread | first step s | wall s | final train loss |",
              "|---|---|---|---|---|---|"]
     for r in rows:
