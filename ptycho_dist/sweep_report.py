@@ -124,8 +124,9 @@ def table_rows(records: Sequence[TrialRecord], space_keys: Sequence[str], metric
 def write_trials_csv(records: Sequence[TrialRecord], space_keys: Sequence[str], metric: str, path: Path) -> Path:
     """trials.csv: one row per trial (see `table_rows`)."""
     header, rows = table_rows(records, space_keys, metric)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    from ptycho_torch.outputs import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         writer.writerows(rows)
@@ -183,8 +184,10 @@ def copy_run(run_dir: str, dest: Path, names: Sequence[str] = RUN_FILES) -> Path
             if name == "model.pt":
                 raise FileNotFoundError(f"the best trial's model bundle {run_dir}/{name} does not exist")
             continue
-        with fs.open_input_stream(source) as src, open(dest / name, "wb") as dst:
-            dst.write(src.read())
+        from ptycho_torch.outputs import atomic_write_bytes
+
+        with fs.open_input_stream(source) as src:
+            atomic_write_bytes(dest / name, src.read())
     return dest
 
 

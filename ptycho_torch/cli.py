@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from ptycho_torch.config import ConfigError, SimulationConfig
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError,
-                                                 FloatingPointError, KeyError)
+                                                 FloatingPointError, KeyError, OSError)
 
 
 def setup_logging(verbose: bool = False, names: Sequence[str] = ("ptycho_torch",)) -> None:
@@ -38,13 +38,58 @@ def setup_logging(verbose: bool = False, names: Sequence[str] = ("ptycho_torch",
 
 
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
-    """Run a command; user errors become one line on stderr and exit status 2."""
+    """Run a command; user errors become one line on stderr and exit status 2; an interrupted
+    training run prints how to resume it and exits 128 + signal (143 SIGTERM, 130 SIGINT)."""
+    from ptycho_torch.interrupt import TrainingInterrupted
+
     try:
         main(args)
-    except USER_ERRORS as e:
+    except TrainingInterrupted as e:
         print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def one_line(error: BaseException) -> str:
+    """The message of a user error on one line (OSErrors name their file)."""
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
+        return f"{error.filename}: {error.strerror or error}"
+    return str(error)
+
+
+def check_device(device: str) -> str:
+    """A torch device string this machine has: 'cpu', 'cuda', 'cuda:N' (N < visible GPUs), 'mps'."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r}: not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device!r}: no CUDA device is visible on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"--device {device!r}: only {count} CUDA device(s) are visible "
+                              f"(cuda:0 ... cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"--device {device!r}: unsupported device type {parsed.type!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def check_batch_size(value: int | None, flag: str = "--inference-batch-size") -> None:
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag}: got {value}; must be >= 1 (patterns per batch), or leave it out to use "
+                          "the model's execution.inference_batch_size")
 
 
 # ------------------------------------------------------------------ simulate
@@ -69,7 +114,12 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
 def cmd_simulate(args: argparse.Namespace) -> None:
     from ptycho_torch.data.simulate import simulate_to_file
 
+    from ptycho_torch.outputs import check_output_dir
+
     config = simulation_config(args)
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out}: is a directory; give the scan file to write, e.g. {args.out}/scan.npz")
+    check_output_dir(Path(args.out).parent, "--out (its folder)")
     path = simulate_to_file(config, args.out)
     print(f"wrote {config.n_positions} patterns ({config.N}x{config.N}, {config.scan} scan, "
           f"{config.nphotons:g} photons/pattern) to {path}")
@@ -85,6 +135,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         run_dir = Path(args.resume)
         if args.out is not None and Path(args.out) != run_dir:
             raise ConfigError("--resume continues a run in its own directory; drop --out")
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} does not exist; --resume takes "
+                                    "the directory of an earlier `ptycho-torch train --out RUN_DIR`")
         config = resolve_run_config(args, base_file=run_dir / "config.yaml")
     else:
         if args.out is None:
@@ -93,7 +146,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = resolve_run_config(args)
         if not config.data.path:
             raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
-    result = train(config, run_dir, resume=args.resume is not None)
+    if args.resume is not None and args.overwrite:
+        raise ConfigError("--overwrite starts a new run and --resume continues one; give only one")
+    result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite)
     shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
     print(f"trained {result.epochs_completed} epochs in {result.seconds:.1f} s {shown}; "
           f"model bundle: {result.bundle_path}")
@@ -102,8 +157,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------ reconstruct / evaluate
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from ptycho_torch.outputs import check_output_dir
+    from ptycho_torch.workflows.bundle import resolve_bundle_path
     from ptycho_torch.workflows.reconstruct import reconstruct
 
+    check_batch_size(args.inference_batch_size)
+    check_device(args.device)
+    resolve_bundle_path(args.model)
+    check_output_dir(args.out, "--out")
     result = reconstruct(args.model, args.data, args.out, batch_size=args.inference_batch_size,
                          device=args.device, renormalize=args.renormalize)
     print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
@@ -116,8 +177,13 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ptycho_torch.outputs import check_output_dir
     from ptycho_torch.workflows.evaluate import evaluate
 
+    out = Path(args.out) if args.out else Path(args.recon).parent / "metrics.json"
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a directory; give the metrics JSON file to write")
+    check_output_dir(out.parent, "--out (its folder)")
     metrics = evaluate(Path(args.recon), Path(args.truth), Path(args.out) if args.out else None,
                        plane_fit=args.plane_fit)
     print(json.dumps(_headline(metrics), indent=1))
@@ -128,6 +194,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from ptycho_torch.workflows.demo import run_demo
 
+    from ptycho_torch.outputs import check_output_dir
+
+    check_output_dir(args.out, "--out")
     summary = run_demo(Path(args.out), epochs=args.epochs, n_positions=args.n_positions)
     print(f"demo finished: {summary}")
 
@@ -151,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run directory to create (default: none; required)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue RUN_DIR from its last.ckpt up to the configured epochs (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into an --out that already holds a run, after moving that run aside to "
+                        "RUN_DIR.replaced-<time> (nothing is deleted) (default: off, such an --out is refused)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 

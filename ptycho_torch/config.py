@@ -13,6 +13,7 @@ placed in a Ray Tune search space.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -100,14 +101,19 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{name}: got {value!r}; expected a number")
+        number: float | None = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{name}: got {value!r}; expected a number")
+        if number is None:
+            raise ConfigError(f"{name}: got {value!r}; expected a number")
+        if not math.isfinite(number):
+            raise ConfigError(f"{name}: got {value!r}; expected a finite number (not nan or inf)")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -188,6 +194,9 @@ class DataConfig(ConfigSection):
             self._fail("neighbor_count", f"got {self.neighbor_count}; must be >= 1")
         if self.max_patterns is not None and self.max_patterns < 1:
             self._fail("max_patterns", f"got {self.max_patterns}; must be >= 1 or null")
+
+
+MODEL_SIZES: tuple[int, ...] = (32, 64, 128)  # the pattern sizes ModelConfig.N accepts
 
 
 @dataclass(frozen=True)
@@ -282,8 +291,10 @@ class SimulationConfig(ConfigSection):
     seed: int = config_field(0, "random seed (object, positions, Poisson noise)")
 
     def _check(self) -> None:
-        if self.N < 8 or self.N % 2:
-            self._fail("N", f"got {self.N}; must be even and >= 8")
+        if self.N not in MODEL_SIZES:
+            sizes = ", ".join(str(n) for n in MODEL_SIZES[:-1]) + f" or {MODEL_SIZES[-1]}"
+            self._fail("N", f"got {self.N}; the network trains only on {sizes} pixel patterns "
+                       f"(model.N), so use --N {sizes}")
         if not 0 <= self.overlap < 1:
             self._fail("overlap", f"got {self.overlap}; must be in [0, 1)")
         if self.n_positions < 1:
@@ -426,9 +437,11 @@ class RunConfig:
                               f"known sections are {', '.join(SECTIONS)}")
         parts = {}
         for name, sec in SECTIONS.items():
-            value = data.get(name) or {}
+            value = data.get(name)
+            value = {} if value is None else value
             if not isinstance(value, dict):
-                raise ConfigError(f"{name}: expected a mapping of fields, got {value!r}")
+                raise ConfigError(f"{name}: expected a mapping of fields (e.g. `{name}: {{{next(iter(sec.field_docs()))}: ...}}`), "
+                                  f"got {value!r}; give its fields or remove the section")
             parts[name] = sec.from_dict(value)
         return cls(**parts)
 
@@ -480,7 +493,6 @@ def load_run_config(path: str | Path) -> RunConfig:
 
 def save_run_config(config: RunConfig, path: str | Path) -> Path:
     """Write the resolved config (every field) as YAML; the file is itself a valid --config."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return path
+    from ptycho_torch.outputs import atomic_write_text
+
+    return atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -33,9 +33,11 @@ def _figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (5.5, 4.
 
 
 def _save(fig: Any, path: str | Path) -> Path:
+    from ptycho_torch.outputs import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
+    with atomic_path(path) as tmp:  # the temporary name keeps the suffix: the format is inferred
+        fig.savefig(tmp, dpi=DPI)
     fig.clear()
     return path
 

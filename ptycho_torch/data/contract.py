@@ -24,12 +24,14 @@ import logging
 import os
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ptycho_torch.data.npz_files import npz_problem
 from ptycho_torch.data.validation import (
     ALIASES,
     H5_SUFFIXES,
@@ -237,6 +239,8 @@ def _read_arrays(path: Path, handle: Any, is_h5: bool) -> tuple[dict[str, Any], 
                                 f"a root dataset named {key}")
                 continue
             out[key] = item[()] if is_h5 and key != "diffraction" else item
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a damaged .npz member
+            problems.append(f"{name}: damaged in the file ({e}); re-create the scan file or copy it again")
         except ValueError as e:  # object arrays under allow_pickle=False
             problems.append(f"{name}: could not be read without unpickling ({e}); store plain "
                             "numeric arrays (and metadata as a JSON string)")
@@ -253,19 +257,22 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
     is_h5 = _suffix(path) in H5_SUFFIXES
     if not path.is_file():
         raise FileNotFoundError(f"scan file {path} does not exist")
+    problem = None if is_h5 else npz_problem(path)
+    if problem is not None:
+        raise ScanValidationError([f"file: {problem}"], str(path))
     try:
         if is_h5:
             import h5py
             handle = h5py.File(path, "r")
         else:
             handle = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         kind = "HDF5" if is_h5 else "NPZ"
         raise ScanValidationError([f"file: could not be opened as {kind} ({e})"], str(path)) from None
     with handle:
         arrays, problems = _read_arrays(path, handle, is_h5)
         stats: dict[str, float] = {}
-        if validate:
+        if validate and not problems:  # an unreadable array would also show up as missing
             more, stats = check_arrays(arrays)
             problems += more
         if problems:

@@ -25,8 +25,11 @@ class ScanValidationError(ValueError):
     def __init__(self, problems: Sequence[str], source: str = "scan") -> None:
         self.problems = list(problems)
         self.source = source
+        if len(self.problems) == 1:  # one problem, one line
+            super().__init__(f"{source}: {self.problems[0]}")
+            return
         lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problem(s) with the scan data:\n{lines}")
+        super().__init__(f"{source}: {len(self.problems)} problems with the scan data:\n{lines}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.problems, self.source))

@@ -45,9 +45,10 @@ def save_bundle(module: PtychoPINNModule, config: RunConfig, path: str | Path) -
         "probe_modes": int(module.probe.shape[0]),
         "versions": versions(),
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(bundle, tmp)
-    tmp.replace(path)
+    from ptycho_torch.outputs import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(bundle, tmp)
     return path
 
 

@@ -33,18 +33,14 @@ def load_recon(path: Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reconstruction file {path} does not exist")
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"could not read {path} as an .npz reconstruction ({e})") from None
-    if not hasattr(z, "files"):
-        raise ValueError(f"{path} holds a single array, not a reconstruction .npz with keys {list(RECON_KEYS)}")
-    with z:
+    from ptycho_torch.data.npz_files import open_npz, read_member
+
+    with open_npz(path) as z:
         missing = [k for k in RECON_KEYS if k not in z.files]
         if missing:
             raise ValueError(f"{path} is not a reconstruction: missing key(s) {missing} "
                              f"(found {sorted(z.files)}); expected the object.npz of `ptycho-torch reconstruct`")
-        obj, weight = np.asarray(z["object"]), np.asarray(z["weight"])
+        obj, weight = np.asarray(read_member(z, "object", path)), np.asarray(read_member(z, "weight", path))
     if obj.ndim != 2 or weight.shape != obj.shape:
         raise ValueError(f"{path}: `object` must be (H, W) and `weight` the same shape, got "
                          f"{obj.shape} and {weight.shape}")
@@ -65,23 +61,26 @@ def load_truth(path: Path) -> np.ndarray:
     if suffix in H5_SUFFIXES:
         return _truth_from_scan(path)
     if suffix == ".npy":
-        obj = np.load(path, allow_pickle=False)
-    else:
         try:
-            with np.load(path, allow_pickle=False) as z:
-                files = list(z.files)
-                if any(k in files for k in SCAN_MARKERS):
-                    obj = None  # a full scan: read it through the data contract below
-                elif "objectGuess" in files:
-                    obj = z["objectGuess"]
-                elif "object" in files:
-                    obj = z["object"]
-                elif len(files) == 1:
-                    obj = z[files[0]]
-                else:
-                    raise _no_truth(path)
-        except OSError as e:
-            raise ValueError(f"could not read {path} as .npz/.npy ({e})") from None
+            obj = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise ValueError(f"{path}: could not be read as a .npy array ({e}); save the object with "
+                             "numpy.save of a plain complex array") from None
+    else:
+        from ptycho_torch.data.npz_files import open_npz, read_member
+
+        with open_npz(path) as z:
+            files = list(z.files)
+            if any(k in files for k in SCAN_MARKERS):
+                obj = None  # a full scan: read it through the data contract below
+            elif "objectGuess" in files:
+                obj = read_member(z, "objectGuess", path)
+            elif "object" in files:
+                obj = read_member(z, "object", path)
+            elif len(files) == 1:
+                obj = read_member(z, files[0], path)
+            else:
+                raise _no_truth(path)
         if obj is None:
             return _truth_from_scan(path)
     obj = np.asarray(obj)
@@ -131,8 +130,9 @@ def evaluate(recon_path: Path, truth_path: Path, out: Path | None = None, plane_
                                       erode_px=erode_px)
     metrics = {**metrics, "recon": str(recon_path), "truth": str(truth_path)}
     out = Path(out) if out is not None else recon_path.parent / "metrics.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
+    from ptycho_torch.outputs import atomic_write_text
+
+    atomic_write_text(out, json.dumps(_json_safe(metrics), indent=2, allow_nan=False))
     if plots:
         from ptycho_torch.plots import save_comparison, save_frc_plot
 

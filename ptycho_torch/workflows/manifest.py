@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ptycho_torch.config import RunConfig
+from ptycho_torch.outputs import atomic_write_text
 from ptycho_torch.workflows.bundle import versions
 
 FULL_HASH_LIMIT = 1 << 30  # files up to 1 GiB are hashed whole; larger ones head + tail + size
@@ -66,6 +67,4 @@ def write_manifest(run_dir: Path, config: RunConfig, scan: Any, extra: dict[str,
         "git_revision": git_revision(),
         **(extra or {}),
     }
-    path = Path(run_dir) / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2, default=str))
-    return path
+    return atomic_write_text(Path(run_dir) / "manifest.json", json.dumps(manifest, indent=2, default=str))

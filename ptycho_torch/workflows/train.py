@@ -15,9 +15,11 @@ A run directory holds:
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,16 +31,19 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from ptycho_torch.callbacks import EpochSummary, History, scalar_metrics
+from ptycho_torch.checkpoints import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, resume_checkpoint
 from ptycho_torch.config import ConfigError, RunConfig, save_run_config
 from ptycho_torch.data.dataset import PtychoDataModule
+from ptycho_torch.interrupt import SaveOnInterrupt, TrainingInterrupted, interruptible
 from ptycho_torch.module import PtychoPINNModule
+from ptycho_torch.outputs import atomic_write_text, check_output_dir, claim_run_dir
 from ptycho_torch.workflows.bundle import BUNDLE_NAME, save_bundle
 from ptycho_torch.workflows.manifest import write_manifest
 
 log = logging.getLogger("ptycho_torch")
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
+__all__ = ["CHECKPOINT_DIR", "LAST_CHECKPOINT", "TrainResult", "build_trainer", "check_local_execution",
+           "finish_run", "train"]
 
 
 def resolve_accelerator(accelerator: str) -> str:
@@ -61,9 +66,21 @@ def monitored_metric(config: RunConfig) -> str:
     return metric
 
 
+def check_logger_backend(backend: str | None) -> None:
+    """Fail with one line when the package of a logger backend is missing."""
+    for name, package, extra in (("tensorboard", "tensorboard", "tensorboard"), ("mlflow", "mlflow", "mlflow")):
+        if backend == name:
+            try:
+                importlib.import_module(package)
+            except ImportError:
+                raise ConfigError(f"execution.logger_backend: {name!r} needs the {package} package; "
+                                  f"pip install 'ptycho-dist[{extra}]' or use --logger csv") from None
+
+
 def build_logger(config: RunConfig, run_dir: Path) -> Any:
     """The Lightning logger for `execution.logger_backend` (False when None)."""
     backend = config.execution.logger_backend
+    check_logger_backend(backend)
     if backend is None:
         return False
     if backend == "csv":
@@ -71,19 +88,9 @@ def build_logger(config: RunConfig, run_dir: Path) -> Any:
 
         return CSVLogger(save_dir=str(run_dir), name="logs")
     if backend == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            raise ConfigError("execution.logger_backend: 'tensorboard' needs the tensorboard package; "
-                              "pip install 'ptycho-dist[tensorboard]' or use --logger csv") from None
         from lightning.pytorch.loggers import TensorBoardLogger
 
         return TensorBoardLogger(save_dir=str(run_dir), name="logs")
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:
-        raise ConfigError("execution.logger_backend: 'mlflow' needs the mlflow package; "
-                          "pip install 'ptycho-dist[mlflow]' or use --logger csv") from None
     from lightning.pytorch.loggers import MLFlowLogger
 
     # a local SQLite store under the run directory (recent MLflow refuses new file stores)
@@ -134,6 +141,7 @@ def trainer_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         "default_root_dir": str(run_dir),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
+        "plugins": [AtomicCheckpointIO()],
     }
 
 
@@ -145,6 +153,8 @@ def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Train
             logging.getLogger(name).setLevel(logging.WARNING)
     kwargs = trainer_kwargs(config, Path(run_dir))
     kwargs["callbacks"] = kwargs["callbacks"] + list(overrides.pop("extra_callbacks", []))
+    if "plugins" in overrides:  # e.g. Ray's cluster environment: keep the atomic checkpoint writer
+        overrides["plugins"] = list(overrides["plugins"]) + kwargs["plugins"]
     kwargs.update(overrides)
     if config.execution.strategy == "deepspeed" and "strategy" not in overrides:
         raise ConfigError("execution.strategy: 'deepspeed' is only supported under ptycho-dist "
@@ -182,35 +192,100 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False,
+def check_local_execution(config: RunConfig, cpu_count: int | None = None, gpu_count: int | None = None) -> None:
+    """Refuse a single-machine request the machine cannot serve, before anything starts: more CPU
+    processes than cores, more GPUs than visible, or several nodes (that is ptycho-dist's job). Under
+    a launcher that provides the processes itself (SLURM srun, torchrun: WORLD_SIZE/SLURM_NTASKS set),
+    Lightning takes the counts from it and nothing is checked."""
+    if os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS"):
+        return
+    ex = config.execution
+    if ex.num_nodes > 1:
+        raise ConfigError(f"execution.num_nodes: {ex.num_nodes} nodes, but ptycho-torch trains on this machine "
+                          f"only; use ptycho-dist train --num-nodes {ex.num_nodes} on a Ray cluster "
+                          "(cluster/README.md), or --num-nodes 1")
+    if ex.devices == "auto":
+        return
+    accelerator = resolve_accelerator(ex.accelerator)
+    if accelerator == "cpu":
+        cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+        if int(ex.devices) > cores:
+            raise ConfigError(f"execution.devices: {ex.devices} CPU processes requested but this machine has "
+                              f"{cores} cores; use --devices {cores} or fewer (ptycho-dist spreads more "
+                              "workers over several machines)")
+    elif accelerator == "gpu":
+        gpus = gpu_count if gpu_count is not None else torch.cuda.device_count()
+        if int(ex.devices) > gpus:
+            raise ConfigError(f"execution.devices: {ex.devices} GPUs requested but {gpus} are visible; use "
+                              f"--devices {gpus} or fewer")
+
+
+def resume_hint(run_dir: Path) -> str:
+    return f"ptycho-torch train --resume {run_dir}"
+
+
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
           callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train on `config.data.path`, writing everything into `run_dir` (see module docstring).
 
-    With `resume=True`, continue from `run_dir/checkpoints/last.ckpt` (optimizer, scheduler and
-    epoch counter restored) up to `config.training.nepochs`. `callbacks` are extra Lightning
-    callbacks (e.g. benchmark timers), appended after the derived ones.
+    Everything is validated (config against this machine, the scan file, the output directory)
+    before `run_dir` is created. A directory that already holds files is refused unless `resume`
+    (continue from its newest intact checkpoint, optimizer, scheduler and epoch counter restored, up
+    to `config.training.nepochs`) or `overwrite` (the old run is moved aside, never deleted).
+    SIGTERM/SIGINT save a resumable checkpoint and raise `TrainingInterrupted`. `callbacks` are extra
+    Lightning callbacks (e.g. benchmark timers), appended after the derived ones.
     """
     run_dir = Path(run_dir)
-    ckpt_path = None
-    if resume:
-        ckpt_path = last_checkpoint(run_dir)
-        if ckpt_path is None:
-            raise FileNotFoundError(f"cannot resume: {run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT} does not "
-                                    "exist (was the run trained with checkpointing enabled?)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    configure_threads()
-    L.seed_everything(config.execution.seed, workers=True, verbose=False)
-    datamodule = PtychoDataModule(config)
-    save_run_config(config, run_dir / "config.yaml")
-    module = build_module(config, datamodule)
-    trainer = build_trainer(config, run_dir, extra_callbacks=list(callbacks))
-    log.info("training on %d groups (%d for validation), r = %.4g, %s x %s on %s",
-             len(datamodule.train_groups), len(datamodule.val_groups or []), datamodule.norm_factor,
-             trainer.num_devices, trainer.num_nodes, trainer.accelerator.__class__.__name__)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    seconds = time.perf_counter() - start
-    return finish_run(config, run_dir, module, trainer, datamodule, seconds)
+    with interruptible() as signals:
+        check_local_execution(config)
+        check_logger_backend(config.execution.logger_backend)
+        ckpt_path = resume_checkpoint(run_dir) if resume else None
+        check_output_dir(run_dir, "--resume" if resume else "--out")
+        configure_threads()
+        L.seed_everything(config.execution.seed, workers=True, verbose=False)
+        datamodule = PtychoDataModule(config)
+        module = build_module(config, datamodule)
+        created = not run_dir.exists()
+        if not resume:
+            moved = claim_run_dir(run_dir, overwrite=overwrite)
+            if moved is not None:
+                log.warning("moved the previous contents of %s to %s", run_dir, moved)
+        try:
+            save_run_config(config, run_dir / "config.yaml")
+            saver = SaveOnInterrupt(signals, run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint(run_dir))
+            trainer = build_trainer(config, run_dir, extra_callbacks=[*callbacks, saver])
+            log.info("training on %d groups (%d for validation), r = %.4g, %s x %s on %s",
+                     len(datamodule.train_groups), len(datamodule.val_groups or []), datamodule.norm_factor,
+                     trainer.num_devices, trainer.num_nodes, trainer.accelerator.__class__.__name__)
+            start = time.perf_counter()
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None,
+                        weights_only=True)
+            seconds = time.perf_counter() - start
+            signals.saving = True  # the run is complete: a late signal waits for the files below
+            return finish_run(config, run_dir, module, trainer, datamodule, seconds)
+        except TrainingInterrupted as e:
+            if e.checkpoint is None and last_checkpoint(run_dir) is not None:
+                e = TrainingInterrupted(e.signum, None, resume_hint(run_dir))
+            _drop_if_nothing_trained(run_dir, created, resume)
+            raise e from None
+        except BaseException:
+            _drop_if_nothing_trained(run_dir, created, resume)
+            raise
+
+
+def _drop_if_nothing_trained(run_dir: Path, created: bool, resume: bool) -> None:
+    """After a failed fresh run: remove what this call wrote when no checkpoint exists (no orphan run
+    directory; nothing trained is lost). Resumed runs and runs with a checkpoint are kept."""
+    if resume or not run_dir.is_dir() or any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")):
+        return
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for entry in run_dir.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, trainer: L.Trainer,
@@ -230,6 +305,6 @@ def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, train
             from ptycho_torch.plots import save_loss_curves
 
             save_loss_curves(history, run_dir / "loss.png")
-        (run_dir / "metrics.json").write_text(json.dumps(
+        atomic_write_text(run_dir / "metrics.json", json.dumps(
             {"final": metrics, "history": history}, indent=2, default=float))
     return TrainResult(run_dir, bundle_path, metrics, trainer.current_epoch, seconds, history, trainer)

@@ -1,0 +1,117 @@
+"""Training checkpoints: safe loading, intact-checkpoint selection for resume, atomic saving.
+
+Every checkpoint is read with `torch.load(weights_only=True)` (tensors and plain containers only; a
+checkpoint carrying other Python objects, e.g. a planted pickle payload, is refused before anything
+in it runs). `resume_checkpoint` picks `checkpoints/last.ckpt` when it is intact, otherwise the newest
+intact `*.ckpt` of the run (saying so), and fails with one line when none is left.
+`AtomicCheckpointIO` makes Lightning write checkpoints as temp file + rename, so an interruption
+mid-write can no longer leave a truncated last.ckpt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ptycho_torch.config import ConfigError
+
+log = logging.getLogger("ptycho_torch")
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+REQUIRED_KEYS = ("state_dict", "epoch", "loops")
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint holds Python objects that `weights_only=True` loading refuses to build."""
+
+
+def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at `path` as a dict, loaded with weights_only=True on the CPU.
+
+    Raises UnsafeCheckpointError for a checkpoint with non-tensor Python objects (nothing of it is
+    executed) and ValueError for a missing, empty, truncated or otherwise damaged file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: is empty (0 bytes)")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights_only" in str(e).lower() or "weights only" in str(e).lower():
+            first = str(e).strip().splitlines()[0]
+            raise UnsafeCheckpointError(
+                f"{path}: refused to load: it holds Python objects beyond tensors ({first[:160]}); nothing "
+                "in it was run. If you did not write this file, delete it; checkpoints written by "
+                "ptycho-torch never contain such objects") from None
+        raise ValueError(f"{path}: damaged ({e})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        raise ValueError(f"{path}: damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                         ) from None
+    if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
+        raise ValueError(f"{path}: not a Lightning training checkpoint (needs keys {list(REQUIRED_KEYS)})")
+    return data
+
+
+def resume_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint a resumed run continues from: last.ckpt if intact, else the newest intact one.
+
+    Raises FileNotFoundError when the run has no checkpoint, UnsafeCheckpointError for a checkpoint
+    that may not be loaded safely (never skipped silently), and ConfigError when every checkpoint is
+    damaged.
+    """
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    last = folder / LAST_CHECKPOINT
+    others = sorted((p for p in folder.glob("*.ckpt") if p.name != LAST_CHECKPOINT),
+                    key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+    candidates = ([last] if last.is_file() else []) + others
+    if not candidates:
+        raise FileNotFoundError(f"cannot resume: {last} does not exist (was the run trained with "
+                                "checkpointing enabled?)")
+    damaged: list[str] = []
+    for path in candidates:
+        try:
+            load_checkpoint_safely(path)
+        except UnsafeCheckpointError:
+            raise
+        except ValueError as e:
+            damaged.append(str(e))
+            continue
+        if damaged:
+            log.warning("%s; resuming from the newest intact checkpoint %s instead", "; ".join(damaged), path.name)
+        return path
+    raise ConfigError(f"cannot resume {run_dir}: no intact checkpoint left ({'; '.join(damaged)}); start a "
+                      "new run with --overwrite or another --out")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch checkpoint IO, writing through a temporary file and an atomic rename."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        if "://" in str(path):  # remote filesystems: Lightning's own writer
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return None
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Always weights_only=True, whatever the caller or TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD say."""
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location or (lambda storage, loc: storage), weights_only=True)

@@ -1,0 +1,54 @@
+"""Opening .npz files with one clear line for every way they break.
+
+`np.load` answers an empty file with EOFError, a text file with advice to unpickle it, and a damaged
+member with BadZipFile at the moment the array is read. `open_npz` and `read_member` turn each of
+those into a `ValueError` naming the file (and member) and what to do; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ZIP_MAGIC = b"PK\x03\x04"
+NPY_MAGIC = b"\x93NUMPY"
+REWRITE = "re-create it (e.g. ptycho-torch simulate, or numpy.savez of plain arrays) or copy it again"
+
+
+def npz_problem(path: str | Path) -> str | None:
+    """Why the file at `path` cannot be an .npz archive (empty, not a zip), or None when it may be."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return f"is empty (0 bytes): an interrupted copy or write? {REWRITE}"
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(NPY_MAGIC):
+        return "is a single .npy array, not an .npz archive of named arrays; save it with numpy.savez"
+    if not head.startswith(ZIP_MAGIC) or not zipfile.is_zipfile(path):
+        kind = "text" if all(32 <= b < 127 or b in (9, 10, 13) for b in head) else "binary data"
+        return f"is not an .npz (zip) archive (it starts with {kind} {head[:8]!r}); {REWRITE}"
+    return None
+
+
+def open_npz(path: str | Path) -> Any:
+    """`np.load(path, allow_pickle=False)` of an .npz, or ValueError('<path>: <what is wrong>')."""
+    problem = npz_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: damaged .npz archive ({e}); {REWRITE}") from None
+
+
+def read_member(handle: Any, name: str, path: str | Path) -> np.ndarray:
+    """`handle[name]` of an open NpzFile; a damaged member (bad CRC, truncated) is a ValueError."""
+    try:
+        return handle[name]
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise ValueError(f"{path}: array {name!r} is damaged ({e}); {REWRITE}") from None

@@ -1,0 +1,110 @@
+"""SIGTERM / SIGINT during training: save a resumable checkpoint, say how to resume, exit 143 / 130.
+
+SLURM sends SIGTERM at a time limit or on preemption, a user presses Ctrl-C (SIGINT). Inside
+`interruptible(...)` both signals only set a flag; `SaveOnInterrupt` (a Lightning callback) sees it
+after the current optimisation step, writes `checkpoints/last.ckpt` atomically (optimizer, scheduler,
+epoch and batch counters, loss history) and raises `TrainingInterrupted`. The command line turns that
+into one line naming the resume command and exit status 128 + signal (143 for SIGTERM, 130 for SIGINT),
+so no pipeline mistakes an interrupted run for a finished one. A second signal while the checkpoint is
+being written is ignored; outside a Trainer (setup, data loading) the first signal interrupts at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, Iterator
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal. `checkpoint` is the resumable checkpoint written (or None)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None, resume_hint: str = "") -> None:
+        self.signum = int(signum)
+        self.checkpoint = checkpoint
+        self.resume_hint = resume_hint
+        super().__init__(self.message())
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def message(self) -> str:
+        name = signal.Signals(self.signum).name
+        saved = f"checkpoint saved to {self.checkpoint}" if self.checkpoint else "no checkpoint was written yet"
+        hint = f"; resume with: {self.resume_hint}" if self.resume_hint else ""
+        return f"interrupted by {name}: {saved}{hint}"
+
+
+class InterruptState:
+    """The signal received (if any) and whether a Trainer is running to act on it."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.trainer_running = False
+        self.saving = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.saving:
+            return
+        first = self.signum is None
+        self.signum = signum
+        if not self.trainer_running and first:
+            raise TrainingInterrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[InterruptState]:
+    """Route SIGTERM and SIGINT to an InterruptState for the duration (main thread only; elsewhere
+    the signals keep their handlers and the state never fires)."""
+    state = InterruptState()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = {s: signal.getsignal(s) for s in HANDLED_SIGNALS}
+    for s in HANDLED_SIGNALS:
+        signal.signal(s, state.handler)
+    try:
+        yield state
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class SaveOnInterrupt(Callback):
+    """Checks the InterruptState after every training batch; on a signal saves `checkpoint` and raises
+    TrainingInterrupted (Lightning tears the run down and re-raises it)."""
+
+    def __init__(self, state: InterruptState, checkpoint: Path, resume_hint: str) -> None:
+        self.state = state
+        self.checkpoint = Path(checkpoint)
+        self.resume_hint = resume_hint
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.state.trainer_running = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.state.trainer_running = False
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self.state.signum is None:
+            return
+        self.state.saving = True
+        trainer.save_checkpoint(str(self.checkpoint))
+        raise TrainingInterrupted(self.state.signum, self.checkpoint, self.resume_hint)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._check(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._check(trainer)

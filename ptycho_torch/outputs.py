@@ -1,0 +1,133 @@
+"""Where outputs go: atomic file writes, writability checks before compute, and run-directory claims.
+
+Every file the project writes goes through `atomic_path` (write a hidden temporary file in the same
+directory, then `os.replace` it over the target), so a crash, a full disk or a SIGKILL leaves either
+the old file or the new one, never half of one. `check_output_dir` is called before any compute: an
+output directory that is a regular file, read-only, or on a full disk fails in a second with one
+line, not after an hour of reconstruction. `claim_run_dir` keeps trained runs from being overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+from ptycho_torch.config import ConfigError
+
+MIN_FREE_BYTES = 16 << 20  # an output directory needs at least this much free space (16 MiB)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path` (same suffix, so matplotlib/numpy infer the format);
+    on success it replaces `path` atomically, on any error it is removed and `path` is untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temp file + rename)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def _nearest_existing(path: Path) -> Path:
+    here = path
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return here
+
+
+def check_output_dir(path: str | Path, flag: str, min_free_bytes: int = MIN_FREE_BYTES) -> Path:
+    """Check that `path` can become (or already is) a writable output directory, creating nothing.
+
+    Raises ConfigError naming `flag` when `path` is a regular file, when its nearest existing ancestor
+    is not a directory or cannot be written (probed by creating and removing a file, which also
+    catches read-only mounts where permission bits say yes), or when that filesystem has less than
+    `min_free_bytes` free.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: is an existing file, not a directory; give a directory path "
+                          "(it is created if missing)")
+    base = _nearest_existing(path.absolute())
+    if not base.is_dir():
+        raise ConfigError(f"{flag} {path}: {base} is a file, so the directory cannot be created; "
+                          "choose another path")
+    probe = base / f".ptycho-write-check-{uuid.uuid4().hex[:12]}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise ConfigError(f"{flag} {path}: cannot write in {base} ({reason}); choose a writable "
+                          "directory") from None
+    free = shutil.disk_usage(base).free
+    if free < min_free_bytes:
+        raise ConfigError(f"{flag} {path}: only {free / 2**20:.1f} MiB free on the disk of {base} "
+                          f"(need at least {min_free_bytes / 2**20:.0f} MiB); free space or choose "
+                          "another directory")
+    return path
+
+
+def holds_files(path: Path) -> bool:
+    """True when `path` is a directory with at least one entry."""
+    return path.is_dir() and any(path.iterdir())
+
+
+def aside_name(path: Path, now: datetime | None = None) -> Path:
+    """`RUN.replaced-YYYYmmdd-HHMMSS` next to RUN (with -2, -3 ... when taken)."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    candidate = path.with_name(f"{path.name}.replaced-{stamp}")
+    k = 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.replaced-{stamp}-{k}")
+        k += 1
+    return candidate
+
+
+def refuse_existing_run(run_dir: Path, resume_hint: str, overwrite_hint: str = "--overwrite") -> None:
+    """Raise the one-line refusal for training into a directory that already holds files."""
+    raise ConfigError(f"--out {run_dir}: already holds a run (or other files); continue it with "
+                      f"{resume_hint}, or pass {overwrite_hint} to move it aside (to {run_dir.name}.replaced-"
+                      "<time>, nothing is deleted), or choose another --out")
+
+
+def claim_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> Path | None:
+    """Make `run_dir` a fresh, empty run directory; return where an existing one was moved (or None).
+
+    An existing non-empty directory is refused unless `overwrite`, which renames it aside (never
+    deletes it). A missing or empty directory is fine. Call it only after the inputs were validated.
+    """
+    run_dir = Path(run_dir)
+    check_output_dir(run_dir, "--out")
+    moved = None
+    if holds_files(run_dir):
+        if not overwrite:
+            refuse_existing_run(run_dir, f"--resume {run_dir}")
+        moved = aside_name(run_dir)
+        os.replace(run_dir, moved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return moved
