@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from pathlib import Path
 from typing import Any, Iterator
 
 from ptycho_dist.config import RayConfig
@@ -66,6 +67,44 @@ def filter_benign_ray_lines() -> bool:
     return True
 
 
+def default_token_path() -> Path:
+    """Where Ray keeps the token of local clusters it starts (Ray 2.60: ~/.ray/auth_token)."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+def secure_token_file(path: Path | None = None) -> Path | None:
+    """Make the auth token of the embedded local Ray readable by its owner only (0600, folder 0700).
+
+    Ray writes ~/.ray/auth_token with the process umask (0644 by default: readable by every user of a
+    shared workstation, who could then drive this user's Ray). Called before `ray.init`, it creates the
+    file with mode 0600 (a token from Ray's own generator) when token authentication will be on and no
+    token exists, and tightens an existing one that we own; called after, it tightens what Ray wrote.
+    Returns the path when a token file is there.
+    """
+    path = path or default_token_path()
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() == "disabled" or os.environ.get("RAY_AUTH_TOKEN"):
+        return path if path.is_file() else None
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        path = Path(os.environ["RAY_AUTH_TOKEN_PATH"]).expanduser()
+    if not path.exists():
+        try:
+            from ray._private.authentication.authentication_token_generator import (
+                generate_new_authentication_token,
+            )
+        except ImportError:
+            return None
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(generate_new_authentication_token())
+    if path.is_file() and path.stat().st_uid == os.getuid():
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        if path.parent == default_token_path().parent and path.parent.stat().st_mode & 0o077:
+            path.parent.chmod(0o700)
+    return path if path.is_file() else None
+
+
 def cluster_resources() -> dict[str, float]:
     import ray
 
@@ -94,10 +133,13 @@ def ray_session(config: RayConfig, **init_kwargs: Any) -> Iterator[dict[str, Any
         dashboard = True if config.include_dashboard is None else config.include_dashboard
         kwargs.update(num_cpus=config.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
         where = "embedded local Ray"
+        secure_token_file()
     kwargs.update(init_kwargs)
     if not config.verbose:
         filter_benign_ray_lines()
     ray.init(**kwargs)
+    if not address:
+        secure_token_file()
     try:
         resources = cluster_resources()
         log.info("%s: %g CPUs, %g GPUs", where, resources.get("CPU", 0), resources.get("GPU", 0))

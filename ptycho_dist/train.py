@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import logging
 import shutil
+import signal
 import tempfile
 import time
 import warnings
@@ -167,8 +168,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     t0 = time.perf_counter()
     if checkpoint is not None:
+        from ptycho_torch.checkpoints import load_checkpoint_safely
+
         with checkpoint.as_directory() as ckpt_dir:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(Path(ckpt_dir) / CHECKPOINT_FILE))
+            ckpt_file = Path(ckpt_dir) / CHECKPOINT_FILE
+            try:  # refuse a damaged or unsafe checkpoint with one line, before Lightning reads it
+                load_checkpoint_safely(ckpt_file)
+            except ValueError as e:
+                raise ConfigError(f"cannot resume from Ray checkpoint {checkpoint.path}: {e}") from None
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_file), weights_only=True)
     else:
         trainer.fit(module, datamodule=datamodule)
     seconds = time.perf_counter() - t0
@@ -208,10 +216,12 @@ def _fs(location: str) -> tuple[Any, str]:
 
 
 def write_run_file(location: str, name: str, text: str) -> None:
-    """Write `location/name` (local directory or URI), creating the directory."""
+    """Write `location/name` (local directory or URI), creating the directory; atomically on local
+    paths (temp file + rename; object stores publish whole objects anyway)."""
     if not is_uri(location):
-        Path(location).mkdir(parents=True, exist_ok=True)
-        Path(location, name).write_text(text)
+        from ptycho_torch.outputs import atomic_write_text
+
+        atomic_write_text(Path(location, name), text)
         return
     fs, path = _fs(location)
     fs.create_dir(path, recursive=True)
@@ -271,13 +281,121 @@ def with_absolute_data_path(config: RunConfig) -> RunConfig:
     return apply_overrides(config, {"data.path": str(data)})
 
 
-def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = False,
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray's list of registered checkpoints
+REGISTER_GRACE_S = 15.0  # on a signal, how long to wait for Ray to register a checkpoint being written
+
+
+def registered_checkpoint(location: str) -> tuple[str, int] | None:
+    """(directory name, epoch) of the latest checkpoint Ray registered for a local run, i.e. the one
+    `--resume` continues from; None when there is none (or for URIs)."""
+    import json
+
+    if is_uri(location):
+        return None
+    try:
+        snapshot = json.loads(Path(location, SNAPSHOT_FILE).read_text())
+        latest = snapshot["latest_checkpoint_result"]
+        return str(latest["checkpoint_dir_name"]), int(latest["metrics"].get("epoch", -1))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _unregistered_checkpoint(location: str) -> bool:
+    """True when the newest checkpoint directory on disk is not yet in Ray's snapshot."""
+    if is_uri(location) or not Path(location).is_dir():
+        return False
+    found = sorted(p.parent.name for p in Path(location).glob("checkpoint_*/" + CHECKPOINT_FILE))
+    registered = registered_checkpoint(location)
+    return bool(found) and (registered is None or registered[0] < found[-1])
+
+
+def resume_command(ray_config: RayConfig) -> str:
+    return f"ptycho-dist train --resume {ray_config.name} --storage-path {storage_path(ray_config)}"
+
+
+def _fit_interruptibly(trainer: Any, location: str, ray_config: RayConfig) -> Any:
+    """`trainer.fit()` in a helper thread, so that SIGTERM / SIGINT reach this (main) thread at once
+    (Ray's own SIGINT handler, installed only on the main thread, would exit with status 0). On a
+    signal, raise TrainingInterrupted naming the latest checkpoint and the resume command; leaving
+    `ray_session` then shuts the embedded Ray down, or disconnects, which ends the controller and
+    workers this driver owns."""
+    import threading
+
+    from ptycho_torch.interrupt import TrainingInterrupted, interruptible
+
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # not Thread.is_alive(): a signal during join() marks a live thread stopped
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # re-raised in the main thread
+            outcome["error"] = e
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    with interruptible() as signals:
+        thread.start()
+        try:
+            while not done.wait(0.2):
+                pass
+        except TrainingInterrupted as e:
+            signals.saving = True  # further signals are ignored while the checkpoint is registered
+            deadline = time.monotonic() + REGISTER_GRACE_S
+            while _unregistered_checkpoint(location) and not done.is_set() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if done.is_set() and "result" in outcome:
+                log.warning("training finished before the %s took effect", signal.Signals(e.signum).name)
+                return outcome["result"]
+            latest = registered_checkpoint(location)
+            where = Path(location, latest[0]) if latest else None
+            if latest:
+                log.warning("stopping: the run continues after epoch %d on resume", latest[1] + 1)
+            detail = None if latest else "no epoch had finished, so no checkpoint exists yet (a resume starts at epoch 1)"
+            raise TrainingInterrupted(e.signum, where, resume_command(ray_config), detail) from None
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def claim_ray_run(location: str, name: str, resume: bool, overwrite: bool, move: bool = False) -> None:
+    """Refuse a new run where one exists (unless `overwrite`), a resume where none does, and a local run
+    directory that cannot be written; nothing is created. With `move` (once the request is known to
+    fit), an existing run is moved aside."""
+    from ptycho_torch.outputs import aside_name, check_output_dir
+
+    exists = read_run_file(location, CONFIG_FILE) is not None
+    if resume and not exists:
+        raise FileNotFoundError(f"cannot resume: no run {name!r} at {location} ({CONFIG_FILE} does not exist); "
+                                "check --resume/--name and --storage-path")
+    if overwrite and resume:
+        raise ConfigError("--overwrite starts a new run and --resume continues one; give only one")
+    if not is_uri(location):
+        check_output_dir(location, "--storage-path/--name")
+    if exists and not resume:
+        if not overwrite:
+            raise ConfigError(f"ray.name: a run {name!r} already exists at {location}; continue it with "
+                              f"--resume {name}, pass --overwrite to move it aside ({name}.replaced-<time>, "
+                              "nothing is deleted), or choose another --name")
+        if is_uri(location):
+            raise ConfigError(f"--overwrite: {location} is on object storage, where a run cannot be moved "
+                              "aside; choose another --name")
+        if not move:
+            return
+        moved = aside_name(Path(location))
+        Path(location).rename(moved)
+        log.warning("moved the previous run %s to %s", location, moved)
+
+
+def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = False, overwrite: bool = False,
                     callbacks: Sequence[Callback] = (), ray_callbacks: Sequence[Any] = ()) -> DistTrainResult:
     """Train with Ray Train on `ray_config`'s cluster (embedded local Ray when no address).
 
     The run directory is storage_path/name. `resume=True` continues the named run from its latest
     Ray checkpoint up to `config.training.nepochs`; without it an existing run of that name is an
-    error. `callbacks` are extra picklable Lightning callbacks added on every worker; `ray_callbacks` are
+    error, unless `overwrite` (the old run is moved aside, never deleted). SIGTERM / SIGINT raise
+    TrainingInterrupted naming the latest checkpoint and the resume command. `callbacks` are extra picklable Lightning callbacks added on every worker; `ray_callbacks` are
     Ray Train callbacks added to the run (a sweep trial passes Tune's TuneReportCallback).
     Raises ConfigError before any worker starts when the request cannot fit the cluster.
     """
@@ -289,13 +407,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     name = run_name(ray_config)
     location = f"{storage_path(ray_config).rstrip('/')}/{name}"
     ray_config = dataclasses.replace(ray_config, name=name)
-    exists = read_run_file(location, CONFIG_FILE) is not None
-    if resume and not exists:
-        raise FileNotFoundError(f"cannot resume: no run {name!r} under {storage_path(ray_config)} "
-                                f"({location}/{CONFIG_FILE} does not exist); check --name/--storage-path")
-    if exists and not resume:
-        raise ConfigError(f"ray.name: a run {name!r} already exists at {location}; continue it with "
-                          f"--resume {name} or choose another --name")
+    claim_ray_run(location, name, resume, overwrite)  # moving aside waits until the plan fits
     ray_run_config = run_config(config, ray_config, name)
     if ray_callbacks:
         ray_run_config.callbacks = [*(ray_run_config.callbacks or []), *ray_callbacks]
@@ -303,6 +415,8 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     wall = time.perf_counter()
     with ray_session(ray_config):
         plan = plan_scaling(config.execution, ray_config, ClusterResources.from_ray())
+        if overwrite:
+            claim_ray_run(location, name, resume, overwrite, move=True)
         write_run_file(location, CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         write_run_file(location, RAY_FILE, yaml.safe_dump({"ray": ray_config.to_dict()}, sort_keys=False))
         log.info("%s run %r: %d worker(s) x %s, %s on %s, storage %s", "resuming" if resume else "starting",
@@ -313,7 +427,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
         trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                                scaling_config=plan.scaling_config(), run_config=ray_run_config)
         try:
-            result = trainer.fit()
+            result = _fit_interruptibly(trainer, location, ray_config)
         except TrainingFailedError as e:
             user = _user_error(e)
             if user is not None:

@@ -59,6 +59,9 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="NAME",
                    help="continue the run NAME under --storage-path (or a run directory) from its latest "
                         "checkpoint up to the configured epochs (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run where a run of that name exists, after moving the old one aside to "
+                        "NAME.replaced-<time> (nothing is deleted) (default: off, such a run is refused)")
     ray = p.add_argument_group("Ray (the `ray:` section of --config)")
     docs = RayConfig.field_docs()
     for flag, (name, kind) in RAY_FLAGS.items():
@@ -95,11 +98,18 @@ def load_dist_config(path: Path) -> tuple[RunConfig, RayConfig]:
 
 
 def _text_config(text: str | None, where: str) -> dict[str, Any]:
+    """The mapping in a stored run file; a damaged file is one line naming it and the fix."""
     if text is None:
         return {}
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        first = " ".join(str(e).split())[:200]
+        raise ConfigError(f"{where}: is not valid YAML ({first}); restore it from a backup, or delete it to "
+                          "resume with the settings of --config and the flags") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping")
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}; restore it "
+                          "or delete it")
     return data
 
 
@@ -136,16 +146,23 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
         if saved is None:
             raise FileNotFoundError(f"cannot resume: no run {probe.name!r} at {location} "
                                     f"({CONFIG_FILE} missing); check --resume and --storage-path")
-        stored_ray = _text_config(read_run_file(location, RAY_FILE), RAY_FILE).get("ray") or {}
+        stored_ray = _text_config(read_run_file(location, RAY_FILE), f"{location}/{RAY_FILE}").get("ray") or {}
+        if not isinstance(stored_ray, dict):
+            raise ConfigError(f"{location}/{RAY_FILE}: ray: expected a mapping of fields, got {stored_ray!r}; "
+                              "restore it or delete it")
         # where Ray runs now is a property of this invocation, not of the stored run
         ray_data = {k: v for k, v in stored_ray.items() if k not in ("address", "num_cpus", "verbose")}
         if run_data is None:
-            run_data = _text_config(saved, CONFIG_FILE)
+            run_data = _text_config(saved, f"{location}/{CONFIG_FILE}")
     try:
         config = RunConfig.from_dict(run_data) if run_data is not None else RunConfig()
     except ConfigError as e:
         raise ConfigError(f"{args.config or CONFIG_FILE + ' of the resumed run'}: {e}") from None
-    ray_config = RayConfig.from_dict({**ray_data, **file_ray, **cli_ray})  # errors name ray.<field>
+    try:
+        ray_config = RayConfig.from_dict({**ray_data, **file_ray, **cli_ray})  # errors name ray.<field>
+    except ConfigError as e:
+        where = f"{RAY_FILE} of the resumed run, --config or the flags" if resume else "--config or the flags"
+        raise ConfigError(f"{where}: {e}") from None
     overrides = cli_overrides(args)
     if args.data is not None:
         overrides["data.path"] = str(args.data)
@@ -162,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     config, ray_config, resume = resolve_dist_configs(args)
     if not config.data.path:
         raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
-    result = fit_distributed(config, ray_config, resume=resume)
+    result = fit_distributed(config, ray_config, resume=resume, overwrite=args.overwrite)
     shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
     print(f"trained {result.epochs_completed} epochs on {result.world_size} Ray worker(s) in "
           f"{result.wall_seconds:.1f} s (fit {result.fit_seconds:.1f} s) {shown}; "

@@ -24,13 +24,18 @@ from lightning.pytorch.callbacks import Callback
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal. `checkpoint` is the resumable checkpoint written (or None)."""
+class TrainingInterrupted(BaseException):
+    """Training stopped on a signal. `checkpoint` is the resumable checkpoint written (or None).
 
-    def __init__(self, signum: int, checkpoint: Path | None = None, resume_hint: str = "") -> None:
+    A BaseException, like KeyboardInterrupt, so that library code catching Exception (Ray, Lightning
+    hooks) cannot swallow it."""
+
+    def __init__(self, signum: int, checkpoint: Path | None = None, resume_hint: str = "",
+                 detail: str | None = None) -> None:
         self.signum = int(signum)
         self.checkpoint = checkpoint
         self.resume_hint = resume_hint
+        self.detail = detail
         super().__init__(self.message())
 
     @property
@@ -39,7 +44,11 @@ class TrainingInterrupted(Exception):
 
     def message(self) -> str:
         name = signal.Signals(self.signum).name
-        saved = f"checkpoint saved to {self.checkpoint}" if self.checkpoint else "no checkpoint was written yet"
+        saved = f"resumable checkpoint {self.checkpoint}" if self.checkpoint else "no checkpoint was written yet"
+        if self.checkpoint is None and self.resume_hint:
+            saved = "the latest checkpoint is kept"
+        if self.detail:
+            saved = self.detail
         hint = f"; resume with: {self.resume_hint}" if self.resume_hint else ""
         return f"interrupted by {name}: {saved}{hint}"
 

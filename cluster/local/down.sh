@@ -62,7 +62,7 @@ else
   echo "stopping cluster '$CLUSTER_ID' ($(echo "$pids" | wc -w) processes) ..."
   leaders=0
   for pid in "${SESSIONS[@]}"; do  # each 'ray start --block' stops its own node
-    if is_node_leader "$pid"; then kill -TERM "$pid" 2>/dev/null || true; leaders=$((leaders + 1)); fi
+    if is_node_leader "$pid" "$CLUSTER_ID"; then kill -TERM "$pid" 2>/dev/null || true; leaders=$((leaders + 1)); fi
   done
   if [ "$leaders" = 0 ]; then  # the 'ray start' processes died already: stop what they left
     echo "no node's 'ray start' is alive; sending SIGTERM to the $(echo "$pids" | wc -w) processes left"

@@ -106,9 +106,9 @@ EOF
 if [ -f "$STATE" ]; then
   # shellcheck disable=SC1090
   source "$STATE"
-  if is_node_leader "$HEAD_PID"; then
+  if is_node_leader "$HEAD_PID" "$CLUSTER_ID"; then
     alive=0
-    for pid in $WORKER_PIDS; do if is_node_leader "$pid"; then alive=$((alive + 1)); fi; done
+    for pid in $WORKER_PIDS; do if is_node_leader "$pid" "$CLUSTER_ID"; then alive=$((alive + 1)); fi; done
     if [ "$alive" -ne "$NUM_WORKERS" ]; then
       note "warning: only $alive of $NUM_WORKERS worker nodes of '$CLUSTER_ID' are alive; run down.sh and up.sh again"
     fi
