@@ -33,7 +33,11 @@ class RayConfig(ConfigSection):
     gpus_per_worker: float = config_field(1.0, "GPUs reserved by each worker when the accelerator is a GPU")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = config_field(
         "PACK", "how workers are placed on nodes")
-    worker_start_timeout_s: float = config_field(60.0, "fail if the worker group cannot start within this time")
+    worker_start_timeout_s: float = config_field(60.0, "fail if the worker group cannot start within this time "
+                                                 "(also the longest wait for an autoscaler to add nodes)")
+    autoscaling: Optional[bool] = config_field(None, "whether the cluster can grow: then a request larger than the "
+                                           "nodes alive now asks the autoscaler for nodes and waits up to "
+                                           "worker_start_timeout_s (None = detect a running autoscaler)")
     include_dashboard: Optional[bool] = config_field(None, "dashboard of the embedded Ray (bound to 127.0.0.1); "
                                                  "None = on (Tune needs it for clean early stopping)")
     verbose: bool = config_field(False, "show Ray's own logs (default: kept quiet)")

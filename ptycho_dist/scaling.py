@@ -189,6 +189,80 @@ def _placement_problems(plan: ScalingPlan, execution: PyTorchExecutionConfig,
     return problems
 
 
+# ------------------------------------------------------------------ clusters that grow
+
+AUTOSCALER_V1_STATUS_KEY = "__autoscaling_status"  # written by the v1 monitor every update (Ray 2.60)
+
+
+def autoscaler_running() -> bool:
+    """Whether the connected cluster runs an autoscaler: the v1 monitor's status in the GCS key-value
+    store, or the cluster config the v2 autoscaler publishes (KubeRay, the cluster launcher, fake
+    clusters in tests)."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        if _internal_kv_get(AUTOSCALER_V1_STATUS_KEY):
+            return True
+        from ray._private.state import state
+
+        return state.get_cluster_config() is not None
+    except Exception:  # noqa: BLE001 - an unreadable status means: not known to grow
+        return False
+
+
+def cluster_can_grow(ray_config: RayConfig) -> bool:
+    """`ray.autoscaling` when the user said so, else whether an autoscaler is running."""
+    return ray_config.autoscaling if ray_config.autoscaling is not None else autoscaler_running()
+
+
+def plan_for_cluster(execution: PyTorchExecutionConfig, ray_config: RayConfig,
+                     poll_s: float = 1.0) -> tuple[ScalingPlan, bool]:
+    """The pre-flight check against the connected cluster: `(plan, asked_autoscaler)`.
+
+    When the nodes alive now cannot host the request but the cluster can grow (`cluster_can_grow`),
+    the workers' resource bundles are handed to the autoscaler (`ray.autoscaler.sdk.request_resources`)
+    and the check is repeated until they fit, for at most `ray.worker_start_timeout_s`; then it fails
+    with one line. The caller clears the request (`release_autoscaler_request`) when training ends.
+    """
+    import time
+
+    try:
+        return plan_scaling(execution, ray_config, ClusterResources.from_ray()), False
+    except ConfigError as error:
+        if not cluster_can_grow(ray_config):
+            raise
+        first = error
+    # what the workers need, independent of what is alive now (a GPU request stays a GPU request)
+    plan, problems = _request(execution, ray_config, None)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=[plan.resources_per_worker] * plan.num_workers)
+    deadline = time.monotonic() + ray_config.worker_start_timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
+        try:
+            return plan_scaling(execution, ray_config, ClusterResources.from_ray()), True
+        except ConfigError:
+            continue
+    release_autoscaler_request()
+    raise ConfigError(
+        f"the cluster's autoscaler did not provide {plan.num_workers} workers x {plan.resources_per_worker} within "
+        f"{ray_config.worker_start_timeout_s:g} s (--worker-start-timeout): no node type it may add has these "
+        f"resources, or it is at max_workers (now: {first}); check the cluster's node types or lower the request")
+
+
+def release_autoscaler_request() -> None:
+    """Withdraw the resource request of `plan_for_cluster` (idle nodes may then be scaled down)."""
+    from ray.autoscaler.sdk import request_resources
+
+    try:
+        request_resources(bundles=[])
+    except Exception:  # noqa: BLE001 - best effort at the end of a run
+        pass
+
+
 def strategy_class(name: str) -> type:
     """The Ray Lightning strategy class for 'ddp', 'fsdp' or 'deepspeed' (imported lazily)."""
     from ray.train import lightning as rl

@@ -40,10 +40,10 @@ from lightning.pytorch.callbacks import Callback
 
 from ptycho_dist.config import RayConfig
 from ptycho_dist.scaling import (
-    ClusterResources,
     check_request,
     is_uri,
-    plan_scaling,
+    plan_for_cluster,
+    release_autoscaler_request,
     run_config,
     run_name,
     set_worker_start_timeout,
@@ -414,7 +414,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     set_worker_start_timeout(ray_config)
     wall = time.perf_counter()
     with ray_session(ray_config):
-        plan = plan_scaling(config.execution, ray_config, ClusterResources.from_ray())
+        plan, asked_autoscaler = plan_for_cluster(config.execution, ray_config)
         if overwrite:
             claim_ray_run(location, name, resume, overwrite, move=True)
         write_run_file(location, CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -443,6 +443,9 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
                     f"has {free.get('CPU', 0):g} CPUs and {free.get('GPU', 0):g} GPUs free now (other jobs hold "
                     "the rest); wait for them, or lower --devices, --num-nodes or --cpus-per-worker") from None
             raise
+        finally:
+            if asked_autoscaler:
+                release_autoscaler_request()
     summary = result.return_value or {}
     return DistTrainResult(
         run_dir=location, bundle_path=f"{location}/model.pt", metrics=summary.get("metrics", {}),

@@ -3,7 +3,7 @@
 Flags: everything `ptycho-torch train` takes (`--data`, `--out`, `--config`, `--epochs`, execution
 flags, every `--section.field`), plus the Ray ones (`--address`, `--storage-path`, `--name`,
 `--max-failures`, `--cpus-per-worker`, `--gpus-per-worker`, `--num-cpus`, `--placement-strategy`,
-`--worker-start-timeout`) and `--resume NAME`.
+`--worker-start-timeout`, `--autoscaling`), `--resume NAME` and `--overwrite`.
 
 The run YAML given to `--config` may carry a `ray:` section (any RayConfig field) next to the
 data/model/training/inference/execution sections; ptycho-dist takes it out before the rest goes to
@@ -39,6 +39,7 @@ RAY_FLAGS: dict[str, tuple[str, Any]] = {
     "--num-cpus": ("num_cpus", int),
     "--placement-strategy": ("placement_strategy", str.upper),
     "--worker-start-timeout": ("worker_start_timeout_s", float),
+    "--autoscaling": ("autoscaling", str),  # true/false, checked by RayConfig
 }
 
 

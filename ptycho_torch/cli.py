@@ -113,7 +113,6 @@ def simulation_config(args: argparse.Namespace) -> SimulationConfig:
 
 def cmd_simulate(args: argparse.Namespace) -> None:
     from ptycho_torch.data.simulate import simulate_to_file
-
     from ptycho_torch.outputs import check_output_dir
 
     config = simulation_config(args)
@@ -192,9 +191,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------ demo
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from ptycho_torch.workflows.demo import run_demo
-
     from ptycho_torch.outputs import check_output_dir
+    from ptycho_torch.workflows.demo import run_demo
 
     check_output_dir(args.out, "--out")
     summary = run_demo(Path(args.out), epochs=args.epochs, n_positions=args.n_positions)
