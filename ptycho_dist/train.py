@@ -300,13 +300,18 @@ def registered_checkpoint(location: str) -> tuple[str, int] | None:
         return None
 
 
-def _unregistered_checkpoint(location: str) -> bool:
-    """True when the newest checkpoint directory on disk is not yet in Ray's snapshot."""
+def newest_checkpoint_name(location: str) -> str | None:
+    """The newest `checkpoint_<time>` directory holding a checkpoint file (local runs; names sort by time)."""
     if is_uri(location) or not Path(location).is_dir():
-        return False
+        return None
     found = sorted(p.parent.name for p in Path(location).glob("checkpoint_*/" + CHECKPOINT_FILE))
+    return found[-1] if found else None
+
+
+def _registered_since(location: str, name: str | None) -> bool:
+    """Whether Ray's snapshot has caught up with checkpoint directory `name` (True when there is none)."""
     registered = registered_checkpoint(location)
-    return bool(found) and (registered is None or registered[0] < found[-1])
+    return name is None or (registered is not None and registered[0] >= name)
 
 
 def resume_command(ray_config: RayConfig) -> str:
@@ -343,7 +348,8 @@ def _fit_interruptibly(trainer: Any, location: str, ray_config: RayConfig) -> An
         except TrainingInterrupted as e:
             signals.saving = True  # further signals are ignored while the checkpoint is registered
             deadline = time.monotonic() + REGISTER_GRACE_S
-            while _unregistered_checkpoint(location) and not done.is_set() and time.monotonic() < deadline:
+            pending = newest_checkpoint_name(location)  # written when the signal came; wait for Ray to register it
+            while not _registered_since(location, pending) and not done.is_set() and time.monotonic() < deadline:
                 time.sleep(0.2)
             if done.is_set() and "result" in outcome:
                 log.warning("training finished before the %s took effect", signal.Signals(e.signum).name)

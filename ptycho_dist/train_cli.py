@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from ptycho_dist.config import RayConfig
-from ptycho_torch.config import ConfigError, RunConfig, apply_overrides
+from ptycho_torch.config import ConfigError, RunConfig, apply_overrides, yaml_problem
 
 # flag -> (RayConfig field, argparse type)
 RAY_FLAGS: dict[str, tuple[str, Any]] = {
@@ -80,7 +80,7 @@ def split_dist_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(e)}); fix the YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
     ray = data.pop("ray", None) or {}
@@ -105,8 +105,7 @@ def _text_config(text: str | None, where: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        first = " ".join(str(e).split())[:200]
-        raise ConfigError(f"{where}: is not valid YAML ({first}); restore it from a backup, or delete it to "
+        raise ConfigError(f"{where}: is not valid YAML ({yaml_problem(e)}); restore it from a backup, or delete it to "
                           "resume with the settings of --config and the flags") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}; restore it "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,17 @@ class UnsafeCheckpointError(ConfigError):
     """A checkpoint holds Python objects that `weights_only=True` loading refuses to build."""
 
 
+def torch_load_problem(error: BaseException) -> str:
+    """What torch.load complained about, on one line without terminal colours: the refused global of
+    a weights_only load, else the first sentence."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if refused:
+        return f"unsupported global {refused.group(1)}"
+    first = " ".join(text.split()).split(". ")[0]
+    return first[:160]
+
+
 def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
     """The checkpoint at `path` as a dict, loaded with weights_only=True on the CPU.
 
@@ -48,15 +60,13 @@ def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights_only" in str(e).lower() or "weights only" in str(e).lower():
-            first = str(e).strip().splitlines()[0]
             raise UnsafeCheckpointError(
-                f"{path}: refused to load: it holds Python objects beyond tensors ({first[:160]}); nothing "
+                f"{path}: refused to load: it holds Python objects beyond tensors ({torch_load_problem(e)}); nothing "
                 "in it was run. If you did not write this file, delete it; checkpoints written by "
                 "ptycho-torch never contain such objects") from None
-        raise ValueError(f"{path}: damaged ({e})") from None
+        raise ValueError(f"{path}: damaged ({torch_load_problem(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
-        raise ValueError(f"{path}: damaged or truncated ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
-                         ) from None
+        raise ValueError(f"{path}: damaged or truncated ({torch_load_problem(e)})") from None
     if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
         raise ValueError(f"{path}: not a Lightning training checkpoint (needs keys {list(REQUIRED_KEYS)})")
     return data

@@ -474,6 +474,14 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     return RunConfig.from_dict(data)
 
 
+def yaml_problem(error: Exception) -> str:
+    """A YAML parse error on one line: 'line L, column C: <problem>'."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
+
+
 def load_run_config(path: str | Path) -> RunConfig:
     """Read a run YAML file (any subset of sections/fields); missing fields take defaults."""
     path = Path(path)
@@ -482,7 +490,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(e)}); fix the YAML") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
     try:

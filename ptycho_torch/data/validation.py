@@ -28,8 +28,8 @@ class ScanValidationError(ValueError):
         if len(self.problems) == 1:  # one problem, one line
             super().__init__(f"{source}: {self.problems[0]}")
             return
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{source}: {len(self.problems)} problems with the scan data:\n{lines}")
+        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(self.problems, 1))
+        super().__init__(f"{source}: {len(self.problems)} problems with the scan data: {listed}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.problems, self.source))

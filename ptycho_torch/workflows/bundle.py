@@ -11,6 +11,7 @@ A bundle is a plain dict of tensors and builtins, so it loads with `torch.load(w
 
 from __future__ import annotations
 
+import pickle
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,24 @@ def resolve_bundle_path(path: str | Path) -> Path:
 def load_bundle(path: str | Path) -> LoadedBundle:
     """Load a bundle (weights_only=True) and rebuild the module in eval mode on CPU."""
     path = resolve_bundle_path(path)
-    bundle = torch.load(path, map_location="cpu", weights_only=True)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the model bundle is empty (0 bytes); train again or copy it again")
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        from ptycho_torch.checkpoints import torch_load_problem
+
+        first = torch_load_problem(e)
+        if "weights" in str(e).lower():
+            raise ValueError(f"{path}: refused to load: it holds Python objects beyond tensors ({first}); "
+                             "nothing in it was run. Bundles written by ptycho-torch never do; if you did not "
+                             "write it, delete it") from None
+        raise ValueError(f"{path}: damaged model bundle ({first}); train again or copy it again") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        from ptycho_torch.checkpoints import torch_load_problem
+
+        raise ValueError(f"{path}: damaged or truncated model bundle ({torch_load_problem(e)}); train "
+                         "again or copy it again") from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{path} is not a {BUNDLE_FORMAT} model bundle")
     config = RunConfig.from_dict(bundle["config"])

@@ -1,0 +1,87 @@
+"""SIGTERM / SIGINT during `ptycho-torch train`: a resumable checkpoint, one line saying how to resume,
+exit status 143 / 130, and a resume that runs to completion.
+
+The SIGTERM test sends a real signal to a `ptycho-torch train` process in the middle of its run (as
+SLURM does at a time limit); the SIGINT test raises the signal inside the training process itself
+(as Ctrl-C does) from a callback, at a known step. Tiny model and scan; ~30 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+from conftest import tiny_config
+from lightning.pytorch.callbacks import Callback
+
+from ptycho_torch.cli import main
+from ptycho_torch.interrupt import TrainingInterrupted
+from ptycho_torch.workflows.train import train
+
+TRAIN = ["--N", "32", "--n-filters-scale", "0.25", "--batch-size", "16", "--no-progress-bar", "--logger", "none"]
+
+
+def test_sigterm_mid_run_saves_a_checkpoint_and_resume_completes(tiny_scan, tmp_path):
+    run = tmp_path / "run"
+    err_path = tmp_path / "stderr.txt"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ptycho_torch.cli", "train", "--data", str(tiny_scan),
+                                 "--out", str(run), "--epochs", "500", *TRAIN],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            deadline = time.monotonic() + 180
+            while "epoch 1/500" not in err_path.read_text() and time.monotonic() < deadline:
+                assert proc.poll() is None, err_path.read_text()[-2000:]
+                time.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)  # mid-run: epoch 2 of 500 has started
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    stderr = err_path.read_text()
+    assert rc == 143, stderr[-2000:]
+    assert "Traceback" not in stderr
+    last_line = stderr.rstrip().splitlines()[-1]
+    assert last_line.startswith("error: interrupted by SIGTERM: resumable checkpoint ")
+    assert last_line.endswith(f"resume with: ptycho-torch train --resume {run}")
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["epoch"] >= 1 and checkpoint["global_step"] >= 3  # after epoch 1, not a fresh start
+    assert not (run / "model.pt").exists()  # an interrupted run is not a finished one
+
+    stop = int(checkpoint["epoch"]) + 2
+    assert main(["train", "--resume", str(run), "--epochs", str(stop)]) == 0
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [int(r["epoch"]) for r in history] == list(range(stop))
+    assert json.loads((run / "manifest.json").read_text())["epochs_completed"] == stop
+    assert (run / "model.pt").is_file()
+
+
+class SigintAt(Callback):
+    """Sends SIGINT to this process after training batch `step` (what Ctrl-C does)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_sigint_saves_the_step_it_stopped_at(tiny_scan, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tiny_scan, **{"training.nepochs": 50, "execution.logger_backend": None})
+    with pytest.raises(TrainingInterrupted) as caught:
+        train(config, run, callbacks=[SigintAt(step=2)])
+    assert caught.value.exit_code == 130
+    assert str(caught.value).endswith(f"resume with: ptycho-torch train --resume {run}")
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 2 and saved["epoch"] == 0  # mid-epoch, at the step it stopped
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
