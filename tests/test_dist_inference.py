@@ -248,9 +248,9 @@ def test_clear_errors(ray_local, scans, bundles, tmp_path, capsys):
     out = str(tmp_path / "out")
     code, err = _run_cli(["reconstruct", "--model", model, "--data", str(tmp_path / "none*.h5"), "--out", out], capsys)
     assert code == 2 and "no files match" in err and len(err.splitlines()) == 1
-    small = simulate(tmp_path / "n16.npz", N=16, n_positions=16)
+    small = simulate(tmp_path / "n64.npz", N=64, n_positions=16)
     code, err = _run_cli(["reconstruct", "--model", model, "--data", str(small), "--out", out], capsys)
-    assert code == 2 and "trained on 32x32 patterns" in err and "16x16" in err
+    assert code == 2 and "trained on 32x32 patterns" in err and "64x64" in err
     code, err = _run_cli(["reconstruct", "--model", model, "--data", str(scans["parts"][0]), str(small),
                           "--out", out], capsys)
     assert code == 2 and "different sizes" in err

@@ -6,10 +6,10 @@ usage() {
   cat <<'EOF'
 usage: cluster/local/down.sh [--state-dir DIR] [--keep-logs] [--grace S]
 
-Stop exactly the processes of the local cluster recorded in DIR/state.env by up.sh: the sessions
-led by each node's 'setsid ray start --block' (GCS, raylets, dashboard, agents, Ray workers),
-processes carrying that cluster's PTYCHO_DIST_CLUSTER_ID (job drivers, which start a session of
-their own), and their descendants (see common.sh). Other Ray instances on this machine are left
+Stop exactly the processes of the local cluster recorded in DIR/state.env by up.sh: processes
+carrying that cluster's PTYCHO_DIST_CLUSTER_ID (incl. job drivers, which start a session of their
+own), the sessions led by each node's 'setsid ray start --block' while that leader still carries the
+id (GCS, raylets, dashboard, agents, Ray workers; a recycled PID of another session is left alone), and their descendants (see common.sh). Other Ray instances on this machine are left
 alone: this script never runs a blanket `ray stop`. Does nothing, successfully, when no cluster
 is recorded.
 
