@@ -388,6 +388,10 @@ def reconstruct_distributed(
 # ------------------------------------------------------------------ CLI
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
+    from ptycho_torch.outputs import check_output_dir
+
+    resolve_bundle_path(args.model)
+    check_output_dir(args.out, "--out")  # before Ray starts and anything is computed
     result = reconstruct_distributed(
         args.model, args.data, args.out, concurrency=args.concurrency, batch_size=args.batch_size,
         num_gpus_per_actor=args.num_gpus_per_actor, num_cpus_per_actor=args.num_cpus_per_actor,

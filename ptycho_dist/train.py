@@ -168,14 +168,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     t0 = time.perf_counter()
     if checkpoint is not None:
-        from ptycho_torch.checkpoints import load_checkpoint_safely
-
         with checkpoint.as_directory() as ckpt_dir:
-            ckpt_file = Path(ckpt_dir) / CHECKPOINT_FILE
-            try:  # refuse a damaged or unsafe checkpoint with one line, before Lightning reads it
-                load_checkpoint_safely(ckpt_file)
-            except ValueError as e:
-                raise ConfigError(f"cannot resume from Ray checkpoint {checkpoint.path}: {e}") from None
+            # a damaged latest checkpoint falls back to an older intact one; an unsafe one is refused
+            ckpt_file = intact_ray_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, target)
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_file), weights_only=True)
     else:
         trainer.fit(module, datamodule=datamodule)
@@ -194,6 +189,35 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     return {"metrics": result.metrics, "history": result.history, "epochs_completed": result.epochs_completed,
             "start_epoch": start.epoch, "fit_seconds": seconds, "world_size": trainer.world_size,
             "replica_checksums": checksums, "replica_nodes": nodes}
+
+
+def intact_ray_checkpoint(latest: Path, run_dir: str) -> Path:
+    """`latest` (the checkpoint.ckpt Ray hands to a resumed worker) when it loads safely; when it is
+    damaged, the newest intact `checkpoint_*/checkpoint.ckpt` of a local run directory (saying so).
+    A checkpoint with Python objects beyond tensors is refused (UnsafeCheckpointError: never run);
+    none intact is a ConfigError."""
+    from ptycho_torch.checkpoints import UnsafeCheckpointError, load_checkpoint_safely
+
+    try:
+        load_checkpoint_safely(latest)
+        return latest
+    except UnsafeCheckpointError:
+        raise
+    except ValueError as e:
+        damaged = str(e)
+    if not is_uri(run_dir):
+        older = sorted(Path(run_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True)  # names sort by time
+        for candidate in (c for c in older if c.parent.name != latest.parent.name):
+            try:
+                load_checkpoint_safely(candidate)
+            except UnsafeCheckpointError:
+                raise
+            except ValueError:
+                continue
+            log.warning("%s; resuming from the newest intact checkpoint %s instead", damaged, candidate.parent.name)
+            return candidate
+    raise ConfigError(f"cannot resume: the latest Ray checkpoint is damaged ({damaged}) and no intact one is "
+                      f"left in {run_dir}; start a new run (--overwrite or another --name)")
 
 
 class _MetricsReport(Callback):
@@ -266,6 +290,14 @@ def _user_error(error: BaseException) -> BaseException | None:
             failure = getattr(failure, "cause", None) or failure.__cause__
             seen += 1
     return None
+
+
+def _drop_untrained_run(location: str) -> None:
+    """Remove a new local run directory that holds no checkpoint (only config.yaml, ray.yaml and Ray's
+    marker files): nothing trained is in it."""
+    run = Path(location)
+    if run.is_dir() and not any(run.glob(f"checkpoint_*/{CHECKPOINT_FILE}")):
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def with_absolute_data_path(config: RunConfig) -> RunConfig:
@@ -400,13 +432,14 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
 
     The run directory is storage_path/name. `resume=True` continues the named run from its latest
     Ray checkpoint up to `config.training.nepochs`; without it an existing run of that name is an
-    error, unless `overwrite` (the old run is moved aside, never deleted). SIGTERM / SIGINT raise
-    TrainingInterrupted naming the latest checkpoint and the resume command. `callbacks` are extra picklable Lightning callbacks added on every worker; `ray_callbacks` are
-    Ray Train callbacks added to the run (a sweep trial passes Tune's TuneReportCallback).
-    Raises ConfigError before any worker starts when the request cannot fit the cluster.
+    error, unless `overwrite` (the old run is moved aside, never deleted). A new run that fails with
+    a user error before its first checkpoint leaves no directory behind. SIGTERM / SIGINT raise
+    TrainingInterrupted naming the latest checkpoint and the resume command. `callbacks` are extra
+    picklable Lightning callbacks added on every worker; `ray_callbacks` are Ray Train callbacks added
+    to the run (a sweep trial passes Tune's TuneReportCallback). Raises ConfigError before any worker
+    starts when the request cannot fit the cluster (after asking its autoscaler, if it has one).
     """
-    from ray.train import ControllerError, TrainingFailedError
-    from ray.train.torch import TorchTrainer
+    from ptycho_torch.cli import USER_ERRORS
 
     config = with_absolute_data_path(config)
     check_request(config.execution, ray_config)
@@ -419,6 +452,30 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
         ray_run_config.callbacks = [*(ray_run_config.callbacks or []), *ray_callbacks]
     set_worker_start_timeout(ray_config)
     wall = time.perf_counter()
+    fresh = not resume and not is_uri(location) and not Path(location).exists()  # never an older run
+    try:
+        result, plan = _fit_on_cluster(config, ray_config, location, resume, overwrite, ray_run_config, callbacks)
+    except USER_ERRORS:
+        if fresh:
+            _drop_untrained_run(location)
+        raise
+    summary = result.return_value or {}
+    return DistTrainResult(
+        run_dir=location, bundle_path=f"{location}/model.pt", metrics=summary.get("metrics", {}),
+        history=summary.get("history", []), epochs_completed=int(summary.get("epochs_completed", 0)),
+        start_epoch=int(summary.get("start_epoch", 0)), fit_seconds=float(summary.get("fit_seconds", 0.0)),
+        wall_seconds=time.perf_counter() - wall, world_size=int(summary.get("world_size", plan.num_workers)),
+        replica_checksums=list(summary.get("replica_checksums", [])),
+        replica_nodes=list(summary.get("replica_nodes", [])), ray_result=result)
+
+
+def _fit_on_cluster(config: RunConfig, ray_config: RayConfig, location: str, resume: bool, overwrite: bool,
+                    ray_run_config: Any, callbacks: Sequence[Callback]) -> tuple[Any, Any]:
+    """In a Ray session: the pre-flight check, the run files, the TorchTrainer fit; (Result, plan)."""
+    from ray.train import ControllerError, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    name = str(ray_config.name)
     with ray_session(ray_config):
         plan, asked_autoscaler = plan_for_cluster(config.execution, ray_config)
         if overwrite:
@@ -433,7 +490,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
         trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
                                scaling_config=plan.scaling_config(), run_config=ray_run_config)
         try:
-            result = _fit_interruptibly(trainer, location, ray_config)
+            return _fit_interruptibly(trainer, location, ray_config), plan
         except TrainingFailedError as e:
             user = _user_error(e)
             if user is not None:
@@ -452,14 +509,6 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
         finally:
             if asked_autoscaler:
                 release_autoscaler_request()
-    summary = result.return_value or {}
-    return DistTrainResult(
-        run_dir=location, bundle_path=f"{location}/model.pt", metrics=summary.get("metrics", {}),
-        history=summary.get("history", []), epochs_completed=int(summary.get("epochs_completed", 0)),
-        start_epoch=int(summary.get("start_epoch", 0)), fit_seconds=float(summary.get("fit_seconds", 0.0)),
-        wall_seconds=time.perf_counter() - wall, world_size=int(summary.get("world_size", plan.num_workers)),
-        replica_checksums=list(summary.get("replica_checksums", [])),
-        replica_nodes=list(summary.get("replica_nodes", [])), ray_result=result)
 
 
 def add_parser(subparsers: Any) -> None:

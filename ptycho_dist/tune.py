@@ -387,6 +387,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     """Run or resume a sweep and print its table and where the results are."""
+    from ptycho_torch.outputs import check_output_dir
+
+    check_output_dir(args.out, "--out")  # before Ray starts
     ray_config = RayConfig(address=args.address, num_cpus=args.num_cpus,
                            worker_start_timeout_s=args.worker_start_timeout,
                            verbose=bool(getattr(args, "verbose", False)))

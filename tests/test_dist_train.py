@@ -108,6 +108,7 @@ def test_busy_cluster_fails_fast_instead_of_hanging(ray_local, small_scan, tmp_p
             fit_distributed(_config(small_scan), RayConfig(storage_path=str(tmp_path), name="busy",
                                                            worker_start_timeout_s=3))
         assert time.perf_counter() - t0 < 60
+        assert not (tmp_path / "busy").exists()  # the failed new run left no directory behind
     finally:
         ray.kill(hog)
 

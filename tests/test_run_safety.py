@@ -102,3 +102,22 @@ def test_embedded_ray_token_is_private(tmp_path, monkeypatch):
     token.chmod(0o644)  # as Ray writes it under the default umask
     secure_token_file()
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+def test_ray_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path):
+    from ptycho_dist.train import intact_ray_checkpoint
+
+    run = tmp_path / "run"
+    older = _checkpoint(run / "checkpoint_2026-01-01_10-00-00.000001" / "checkpoint.ckpt", 1)
+    latest = _checkpoint(run / "checkpoint_2026-01-01_10-05-00.000001" / "checkpoint.ckpt", 2)
+    assert intact_ray_checkpoint(latest, str(run)) == latest
+    latest.write_bytes(b"")
+    assert intact_ray_checkpoint(latest, str(run)) == older
+    older.write_bytes(older.read_bytes()[:64])
+    with pytest.raises(ConfigError, match="no intact one is left"):
+        intact_ray_checkpoint(latest, str(run))
+    w = Workspace(tmp_path, tmp_path / "unused.npz")
+    latest.write_bytes(payload_bytes(w))
+    with pytest.raises(UnsafeCheckpointError):
+        intact_ray_checkpoint(latest, str(run))
+    assert not (tmp_path / "PAYLOAD_RAN").exists()
