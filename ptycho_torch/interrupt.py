@@ -104,11 +104,12 @@ class SaveOnInterrupt(Callback):
         self.state.trainer_running = False
 
     def _check(self, trainer: L.Trainer) -> None:
-        if self.state.signum is None:
+        # under DDP every rank must take part in the (collective) save: stop when any rank was signalled
+        if not trainer.strategy.reduce_boolean_decision(self.state.signum is not None, all=False):
             return
         self.state.saving = True
         trainer.save_checkpoint(str(self.checkpoint))
-        raise TrainingInterrupted(self.state.signum, self.checkpoint, self.resume_hint)
+        raise TrainingInterrupted(self.state.signum or signal.SIGTERM, self.checkpoint, self.resume_hint)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

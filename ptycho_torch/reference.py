@@ -72,7 +72,9 @@ def rewrite(page: Path) -> None:
     text = page.read_text()
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
-    page.write_text(f"{head}{BEGIN}\n{generated_reference()}{END}{tail}")
+    from ptycho_torch.outputs import atomic_write_text
+
+    atomic_write_text(page, f"{head}{BEGIN}\n{generated_reference()}{END}{tail}")
 
 
 if __name__ == "__main__":
