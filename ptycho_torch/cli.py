@@ -191,10 +191,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------ demo
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from ptycho_torch.outputs import check_output_dir
+    from ptycho_torch.outputs import check_output_dir, holds_files
     from ptycho_torch.workflows.demo import run_demo
 
     check_output_dir(args.out, "--out")
+    if holds_files(Path(args.out) / "run"):
+        raise ConfigError(f"--out {args.out}: already holds a demo run ({Path(args.out) / 'run'}); choose another "
+                          "--out (or move that one away): trained runs are never overwritten")
     summary = run_demo(Path(args.out), epochs=args.epochs, n_positions=args.n_positions)
     print(f"demo finished: {summary}")
 
