@@ -246,7 +246,13 @@ CASES: list[Case] = [
     Case("evaluate-recon-is-a-scan", "`evaluate --recon scan.npz` (a scan, not a reconstruction)",
          "pass the object.npz of reconstruct", "is not a reconstruction: missing key(s)",
          lambda w: ["evaluate", "--recon", str(w.scan), "--truth", str(w.scan), "--out", str(w.root / "m.json")]),
+    Case("demo-out-holds-a-run", "`demo --out DIR` where DIR holds an earlier demo run", "choose another --out",
+         "already holds a demo run", lambda w: ["demo", "--out", str(w.file("demo/run/model.pt", "x").parents[1])]),
     # ---- ptycho-dist
+    Case("dist-reconstruct-out-is-a-file", "`ptycho-dist reconstruct --out X` where X is a regular file",
+         "give a directory (checked before Ray starts)", "is an existing file, not a directory",
+         lambda w: ["reconstruct", "--model", str(w.model_dir()), "--data", str(w.scan),
+                    "--out", str(w.file("x.txt", "x"))], program="ptycho-dist"),
     Case("dist-resume-ray-yaml-corrupt", "`ptycho-dist train --resume NAME` whose ray.yaml is corrupt",
          "restore or delete ray.yaml", "ray.yaml: is not valid YAML",
          lambda w: ["train", "--resume", "run", "--storage-path", str(_corrupt_ray_yaml(w))], program="ptycho-dist"),
