@@ -129,7 +129,7 @@ def fake_cluster(tmp_path_factory):
         yield {"address": address, "env": env, "log": root / "head.log"}
     finally:
         down = subprocess.run([str(REPO / "cluster" / "local" / "down.sh"), "--state-dir", str(state_dir),
-                               "--grace", "15"], capture_output=True, text=True, timeout=120)
+                               "--grace", "5"], capture_output=True, text=True, timeout=120)
         head.wait(timeout=30)
         log.close()
         shutil.rmtree(temp_root, ignore_errors=True)

@@ -78,10 +78,11 @@ class SigintAt(Callback):
 def test_sigint_saves_the_step_it_stopped_at(tiny_scan, tmp_path):
     run = tmp_path / "run"
     config = tiny_config(tiny_scan, **{"training.nepochs": 50, "execution.logger_backend": None})
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as caught:
         train(config, run, callbacks=[SigintAt(step=2)])
     assert caught.value.exit_code == 130
     assert str(caught.value).endswith(f"resume with: ptycho-torch train --resume {run}")
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2 and saved["epoch"] == 0  # mid-epoch, at the step it stopped
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
