@@ -99,6 +99,12 @@ class SaveOnInterrupt(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.state.trainer_running = True
+        # Lightning put its own SIGTERM handler in front of ours at fit start; under DDP it broadcasts
+        # from inside the handler, which deadlocks with the ranks' next collective. Ours only sets a
+        # flag; Lightning restores the previous handlers (ours) at teardown.
+        if threading.current_thread() is threading.main_thread():
+            for s in HANDLED_SIGNALS:
+                signal.signal(s, self.state.handler)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.state.trainer_running = False

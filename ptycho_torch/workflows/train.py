@@ -220,6 +220,17 @@ def check_local_execution(config: RunConfig, cpu_count: int | None = None, gpu_c
                               f"--devices {gpus} or fewer")
 
 
+def launched_rank() -> int:
+    """This process's global rank when a launcher started several (Lightning's DDP subprocesses set
+    LOCAL_RANK, torchrun RANK, srun SLURM_PROCID); 0 otherwise. Only rank 0 claims, writes or cleans
+    up the run directory."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def resume_hint(run_dir: Path) -> str:
     return f"ptycho-torch train --resume {run_dir}"
 
@@ -245,13 +256,15 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         L.seed_everything(config.execution.seed, workers=True, verbose=False)
         datamodule = PtychoDataModule(config)
         module = build_module(config, datamodule)
-        created = not run_dir.exists()
-        if not resume:
+        lead = launched_rank() == 0  # other ranks (DDP subprocesses) use the directory rank 0 prepared
+        created = lead and not run_dir.exists()
+        if not resume and lead:
             moved = claim_run_dir(run_dir, overwrite=overwrite)
             if moved is not None:
                 log.warning("moved the previous contents of %s to %s", run_dir, moved)
         try:
-            save_run_config(config, run_dir / "config.yaml")
+            if lead:
+                save_run_config(config, run_dir / "config.yaml")
             saver = SaveOnInterrupt(signals, run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint(run_dir))
             trainer = build_trainer(config, run_dir, extra_callbacks=[*callbacks, saver])
             log.info("training on %d groups (%d for validation), r = %.4g, %s x %s on %s",
@@ -266,10 +279,10 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         except TrainingInterrupted as e:
             if e.checkpoint is None and last_checkpoint(run_dir) is not None:
                 e = TrainingInterrupted(e.signum, None, resume_hint(run_dir))
-            _drop_if_nothing_trained(run_dir, created, resume)
+            _drop_if_nothing_trained(run_dir, created, resume or not lead)
             raise e from None
         except BaseException:
-            _drop_if_nothing_trained(run_dir, created, resume)
+            _drop_if_nothing_trained(run_dir, created, resume or not lead)
             raise
 
 
