@@ -86,3 +86,16 @@ def test_sigint_saves_the_step_it_stopped_at(tiny_scan, tmp_path):
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2 and saved["epoch"] == 0  # mid-epoch, at the step it stopped
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # handlers restored
+
+
+def test_two_process_ddp_claims_the_run_directory_once(tiny_scan, tmp_path):
+    """Lightning's DDP subprocess re-runs the command line: only rank 0 may claim the new run directory
+    (the second rank would otherwise find it taken and refuse)."""
+    run = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "ptycho_torch.cli", "train", "--data", str(tiny_scan), "--out",
+                           str(run), "--epochs", "1", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+                           *TRAIN], capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "already holds a run" not in proc.stderr
+    assert (run / "model.pt").is_file() and json.loads((run / "manifest.json").read_text())["world_size"] == 2
