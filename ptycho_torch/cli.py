@@ -45,7 +45,10 @@ def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace)
     try:
         main(args)
     except TrainingInterrupted as e:
-        print(f"error: {e}", file=sys.stderr)
+        from ptycho_torch.workflows.train import launched_rank
+
+        if launched_rank() == 0:  # one line, not one per DDP process
+            print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted (SIGINT)", file=sys.stderr)
