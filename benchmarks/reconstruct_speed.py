@@ -104,7 +104,7 @@ def prepare_inputs(bundle: Path, data: Path, batch: int) -> tuple[Any, list[dict
     loader = inference_loader(scan, groups, predictor.config, batch)
     batches = [{"x": (b["amp"].float() * predictor.norm_factor).contiguous(), "positions": b["positions"],
                 "index": b["index"]} for b in loader]
-    return predictor.net, batches
+    return predictor.module, batches
 
 
 def time_bare(net: Any, batches: list[dict[str, Any]]) -> tuple[float, list[Any]]:

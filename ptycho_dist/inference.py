@@ -86,7 +86,8 @@ class BatchPredictor:
     Loads the bundle once (PatchPredictor, inference mode, float32 or bfloat16) in `__init__`;
     `num_threads` sets torch's intra-op threads (the actor's CPUs), None keeps OMP_NUM_THREADS.
     Input batch (dict of numpy arrays, B rows): amp (B, C, N, N) or (B, N, N) float32 sqrt(counts);
-    x, y (B,) float64 object pixels; seed_channel (B,) int64 (optional when C = 1); index (B,) int64.
+    x, y (B,) float64 object pixels; seed_channel (B,) int64 and offsets (B, C, 2) float32 (optional when
+    C = 1); index (B,) int64.
     """
 
     def __init__(self, model: str | Path, *, canvas_hw: tuple[int, int], norm_factor: float | None = None,
@@ -103,14 +104,17 @@ class BatchPredictor:
         self.weight = stitch_weight(self.predictor.probe, config.inference.stitch_weight)  # (N, N)
 
     def predict(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        """Object patches of the batch's own patterns (the seed channel of each group):
-        (B, N, N) complex64, exactly `PatchPredictor(amp)[rows, seed_channel]`."""
+        """Object patches of the batch's own patterns (the seed channel of each group, overlap-
+        constrained with the group's `offsets` when given): (B, N, N) complex64, exactly what the
+        local loop stitches."""
         amp = np.asarray(batch["amp"], dtype=np.float32)
         if amp.ndim == 3:
             amp = amp[:, None]  # (B, 1, N, N)
         if not amp.flags.writeable:  # Ray hands out read-only zero-copy batches
             amp = amp.copy()
-        patches = self.predictor(torch.from_numpy(amp))  # (B, C, N, N)
+        offsets = batch.get("offsets")
+        offsets = None if offsets is None or amp.shape[1] == 1 else np.array(offsets, np.float32)
+        patches = self.predictor(torch.from_numpy(amp), offsets)  # (B, C, N, N)
         seed = batch.get("seed_channel")
         seed_t = torch.zeros(len(amp), dtype=torch.long) if seed is None else torch.from_numpy(np.array(seed, np.int64))
         return patches[torch.arange(len(amp)), seed_t]
@@ -325,7 +329,8 @@ def reconstruct_distributed(
     batch = batch_size or config.inference_batch_size
     if batch < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch}")
-    source = open_scan_source(data, config.model.gridsize, validate=validate)
+    source = open_scan_source(data, config.model.gridsize, validate=validate,
+                              neighbor_count=config.data.neighbor_count, seed=config.execution.seed)
     if source.N != config.model.N:
         raise ValueError(f"the model {bundle_path} was trained on {config.model.N}x{config.model.N} patterns "
                          f"but {source.files[0].path} holds {source.N}x{source.N} patterns")

@@ -18,10 +18,12 @@ per-file runs of rows (`id_blocks`: a block may straddle two files, a read never
     file          ()          int32    file id (position in `ScanSource.files`)
     x, y          ()          float64  the pattern's scan position, object pixels (column, row)
     seed_channel  ()          int64    channel of the pattern inside its group
+    offsets       (C, 2)      float32  group members' positions relative to the group centroid (px)
     amp           (C, N, N)   float32  measured amplitudes sqrt(counts) of the group, C = gridsize**2
 
 Groups (gridsize > 1) are computed on the driver per file from positions only, exactly as the local
-loop does (`inference_groups`: the pattern and its C - 1 nearest neighbours in the same file); a
+loop does (`inference_groups`: the pattern and C - 1 partners among its nearest neighbours in the
+same file, drawn with the run's seed); a
 block reader fetches the partner rows it needs from its file, so a group never crosses files.
 """
 
@@ -243,7 +245,7 @@ def _open_h5(path: Path, validate: bool) -> tuple[dict[str, Any], Any]:
               "shape": (scan.n_patterns,) + scan.diffraction_block(0, 0).shape[1:]}
     # the reader shipped to Ray workers: lazy, and without the (H, W) objectGuess
     reader = ScanData(path=path, probe=scan.probe, xcoords=scan.xcoords, ycoords=scan.ycoords,
-                      h5_key=scan.h5_key)
+                      h5_key=scan.h5_key, photon_scale=scan.photon_scale)
     return header, reader
 
 
@@ -392,8 +394,9 @@ class ScanSource:
 
 
 def open_scan_source(data: str | Path | Sequence[str | Path], gridsize: int, *,
-                     validate: bool = True) -> ScanSource:
-    """Open every file of `data` (path, glob, or several) as one source; groups per file.
+                     validate: bool = True, neighbor_count: int = 6, seed: int = 0) -> ScanSource:
+    """Open every file of `data` (path, glob, or several) as one source; groups per file, built
+    with the model's `neighbor_count` and the run's `seed` as the local loop builds them.
 
     Raises FileNotFoundError (nothing matches), ScanValidationError (a file breaks the contract),
     ValueError (files disagree on N or probe).
@@ -418,7 +421,8 @@ def open_scan_source(data: str | Path | Sequence[str | Path], gridsize: int, *,
                              "reconstruction must come from the same probe")
     from ptycho_torch.workflows.reconstruct import inference_groups  # torch: not needed by block readers
 
-    groups = [inference_groups(f, gridsize) for f in files]  # per file: groups never cross files
+    # per file: groups never cross files
+    groups = [inference_groups(f, gridsize, neighbor_count, seed) for f in files]
     return ScanSource(files, gridsize, groups)
 
 
@@ -438,12 +442,15 @@ def read_block(files: Sequence[FileRows], block: Block) -> dict[str, np.ndarray]
         amp = f.reader.diffraction_rows(members.reshape(-1))  # (k * C, N, N)
     N = amp.shape[-1]
     pos = f.positions[start:stop]
+    member_pos = f.positions[members].astype(np.float32)  # (k, C, 2), as GroupDataset computes it
+    offsets = member_pos - member_pos.mean(axis=1, keepdims=True)
     return {
         "index": np.arange(f.offset + start, f.offset + stop, dtype=np.int64),
         "file": np.full(k, f.file_id, dtype=np.int32),
         "x": pos[:, 0].copy(),
         "y": pos[:, 1].copy(),
         "seed_channel": f.groups.seed_channel[start:stop].astype(np.int64),
+        "offsets": offsets.astype(np.float32),
         "amp": np.ascontiguousarray(amp, dtype=np.float32).reshape(k, C, N, N),
     }
 

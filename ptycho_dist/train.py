@@ -153,6 +153,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     L.seed_everything(config.execution.seed, workers=True, verbose=False)
     datamodule = PtychoDataModule(config)
+    config = datamodule.config  # model.N resolved from the scan when it was left unset
     module = build_module(config, datamodule)
     # Ray's checkpoints replace Lightning's ModelCheckpoint (module docstring)
     no_lightning_ckpt = config.replace(execution=dataclasses.replace(config.execution, enable_checkpointing=False))

@@ -205,11 +205,26 @@ class ModelConfig(ConfigSection):
 
     section: typing.ClassVar[str] = "model"
 
-    N: Literal[32, 64, 128] = config_field(64, "diffraction pattern / object patch size in pixels")
+    N: Optional[Literal[32, 64, 128]] = config_field(
+        None, "diffraction pattern / object patch size in pixels (None = the scan's own size)")
     gridsize: int = config_field(1, "patterns per group along one side (C = gridsize**2 channels)")
     n_filters_scale: float = config_field(1.0, "width multiplier: encoder filters are 32f, 64f, 128f (, 256f)")
     probe_trainable: bool = config_field(False, "refine the probe during training")
     intensity_scale_trainable: bool = config_field(True, "learn the scalar intensity scale s = exp(log_s)")
+    network_input: Literal["backprop", "amplitude"] = config_field(
+        "backprop", "what the network sees: 'backprop' = each amplitude back-propagated to the sample plane "
+        "with the probe's far-field phase (real, imaginary), 'amplitude' = the normalised amplitude (upstream)")
+    group_network: Literal["per_pattern", "joint"] = config_field(
+        "per_pattern", "gridsize>1: 'per_pattern' = one network applied to each pattern of a group, coupled by "
+        "the overlap constraint; 'joint' = all C patterns as channels of one network (upstream)")
+    overlap_constraint: bool = config_field(
+        True, "gridsize>1: train (and reconstruct) through the overlap constraint; false = independent patches")
+    intensity_scale_start: Literal["typical", "unit"] = config_field(
+        "typical", "where the scale starts: the head's typical output (0.5) carries the data's energy, or "
+        "an amplitude of 1 does (the old start, which saturated the amplitude)")
+    merge_weight: Literal["ones", "probe"] = config_field(
+        "ones", "gridsize>1: weight of each patch in the overlap merge: all ones (the ablation's winner) or "
+        "|probe|^2 (each patch speaks only where its probe lit the object)")
 
     def _check(self) -> None:
         if not 1 <= self.gridsize <= 4:
@@ -274,7 +289,7 @@ class SimulationConfig(ConfigSection):
     section: typing.ClassVar[str] = "simulation"
 
     N: int = config_field(64, "diffraction pattern size in pixels (even)")
-    object: str = config_field("lines", "object generator: lines, dead_leaves, grf, or a path to a 2-D .npy image")
+    object: str = config_field("lines", "object generator: lines, dead_leaves, grf, soft_lines (upstream's lines study), or a path to a 2-D .npy image")
     phase_object: Optional[str] = config_field(None, "optional .npy image used as the phase (radians scaled to max_phase)")
     max_phase: float = config_field(1.5, "largest phase excursion of the object in radians")
     min_amplitude: float = config_field(0.5, "smallest object amplitude (amplitude spans [min_amplitude, 1])")

@@ -47,14 +47,16 @@ class Decoder(nn.Module):
 
 
 class PtychoNet(nn.Module):
-    """Diffraction amplitudes (B, C, N, N) -> complex object patches (B, C, N, N)."""
+    """Input maps (B, C_in, N, N) -> complex object patches (B, C, N, N); C_in defaults to C
+    (normalised amplitudes), 2C for back-propagated (real, imaginary) estimates."""
 
-    def __init__(self, N: int = 64, channels: int = 1, n_filters_scale: float = 1.0) -> None:
+    def __init__(self, N: int = 64, channels: int = 1, n_filters_scale: float = 1.0,
+                 in_channels: int | None = None) -> None:
         super().__init__()
         self.N, self.channels = N, channels
         filters = filter_counts(N, n_filters_scale)
         layers: list[nn.Module] = []
-        c_in = channels
+        c_in = channels if in_channels is None else in_channels
         for c_out in filters:
             layers += _conv_pair(c_in, c_out) + [nn.MaxPool2d(2)]
             c_in = c_out

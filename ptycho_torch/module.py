@@ -17,6 +17,8 @@ from torch import nn
 from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
 from ptycho_torch.model import PtychoNet
 from ptycho_torch.physics import (
+    TYPICAL_AMPLITUDE,
+    backpropagate,
     initial_log_scale,
     overlap_constraint,
     poisson_nll,
@@ -59,7 +61,11 @@ class PtychoPINNModule(L.LightningModule):
         self.execution_config = PyTorchExecutionConfig.from_dict(execution)
         self.monitor = monitor or self.execution_config.checkpoint_monitor_metric
         N = self.model_config.N
-        self.net = PtychoNet(N, self.model_config.channels, self.model_config.n_filters_scale)
+        cfg = self.model_config
+        self.net_channels = 1 if cfg.group_network == "per_pattern" else cfg.channels
+        in_per_pattern = 2 if cfg.network_input == "backprop" else 1
+        self.net = PtychoNet(N, self.net_channels, cfg.n_filters_scale,
+                             in_channels=in_per_pattern * self.net_channels)
         if probe is None:
             probe = torch.ones(probe_modes, N, N, dtype=torch.complex64)
         probe = probe.to(torch.complex64).reshape(-1, N, N)
@@ -68,8 +74,13 @@ class PtychoPINNModule(L.LightningModule):
             self.probe_ri = nn.Parameter(probe_ri)
         else:
             self.register_buffer("probe_ri", probe_ri)
-        self.log_scale = nn.Parameter(torch.tensor(initial_log_scale(probe), dtype=torch.float32),
+        log_s0 = initial_log_scale(probe, typical_amplitude=1.0 if cfg.intensity_scale_start == "unit"
+                                   else TYPICAL_AMPLITUDE)
+        self.log_scale = nn.Parameter(torch.tensor(log_s0, dtype=torch.float32),
                                       requires_grad=self.model_config.intensity_scale_trainable)
+        # fixed scale of the back-propagated input (the start of log_scale), so the input of a trained
+        # network does not drift with the learned scale
+        self.register_buffer("input_scale", torch.tensor(math.exp(log_s0), dtype=torch.float32))
         self.register_buffer("norm_factor", torch.tensor(float(norm_factor), dtype=torch.float64))
 
     # ------------------------------------------------------------------ forward model
@@ -78,15 +89,41 @@ class PtychoPINNModule(L.LightningModule):
         """(P, N, N) complex64."""
         return torch.view_as_complex(self.probe_ri)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised amplitudes (B, C, N, N) -> object patches (B, C, N, N) complex64."""
-        return self.net(x)
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised amplitudes (B, C, N, N) -> what the network reads, (B, C_in, N, N) float32:
+        x itself, or the back-propagated estimate as (real, imaginary) channel pairs."""
+        if self.model_config.network_input == "amplitude":
+            return x
+        est = backpropagate(x.float(), self.probe.detach(), float(self.input_scale))  # (B, C, N, N)
+        B, C, N, _ = est.shape
+        return torch.stack([est.real, est.imag], dim=2).reshape(B, 2 * C, N, N)
+
+    def raw_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised amplitudes (B, C, N, N) -> the network's own patches (B, C, N, N) complex64,
+        before any overlap constraint. 'per_pattern' runs the network on each pattern alone."""
+        B, C, N, _ = x.shape
+        if self.net_channels == 1 and C > 1:
+            return self.net(self.network_input(x.reshape(B * C, 1, N, N))).reshape(B, C, N, N)
+        return self.net(self.network_input(x))
+
+    def merge_weight(self) -> torch.Tensor | None:
+        """(N, N) weight of the overlap merge, or None for all ones."""
+        if self.model_config.merge_weight == "ones":
+            return None
+        w = self.probe.detach().abs().square().sum(0)
+        return w / w.max().clamp_min(1e-30)
+
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalised amplitudes (B, C, N, N) -> object patches (B, C, N, N) complex64; for a group
+        (C > 1, offsets (B, C, 2) given) the overlap-constrained patches the loss trains."""
+        obj = self.raw_patches(x)
+        if obj.shape[1] > 1 and offsets is not None and self.model_config.overlap_constraint:
+            obj = overlap_constraint(obj, offsets, self.merge_weight())
+        return obj
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.training_config
-        obj = self.net(batch["x"])  # (B, C, N, N) complex64
-        if obj.shape[1] > 1:
-            obj = overlap_constraint(obj, batch["offsets"])
+        obj = self(batch["x"], batch["offsets"])  # (B, C, N, N) complex64
         pred = predicted_amplitude(obj, self.probe, self.log_scale)  # (B, C, N, N), normalised
         r = float(self.norm_factor)
         parts = {"nll": poisson_nll(pred, batch["amp"], r, cfg.eps)}

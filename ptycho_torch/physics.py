@@ -24,8 +24,11 @@ import torch
 __all__ = [
     "normalization_factor", "fourier_shift", "extract_patches", "place_patches", "merge_patches",
     "extract_from_canvas", "overlap_constraint", "group_offsets", "exit_wave", "far_field",
-    "predicted_amplitude", "initial_log_scale", "poisson_nll", "total_variation",
+    "predicted_amplitude", "initial_log_scale", "backpropagate", "poisson_nll", "total_variation",
+    "TYPICAL_AMPLITUDE",
 ]
+
+TYPICAL_AMPLITUDE = 0.5  # the sigmoid amplitude head's output at zero logit: where the scale starts
 
 
 # ------------------------------------------------------------------ normalisation
@@ -151,18 +154,23 @@ def _canvas_positions(offsets: torch.Tensor, M: int) -> torch.Tensor:
     return M / 2 + offsets - (first - torch.round(first))
 
 
-def merge_patches(patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def merge_patches(patches: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """Weighted average of a group's patches on a shared canvas.
 
-    patches (B, C, N, N) complex; offsets (B, C, 2) pixels from the group centroid.
-    Returns canvas (B, M, M) complex64 with M = N + 2*ceil(max|offset|) + 2, centroid near pixel M/2.
-    Weights are the translated all-ones patch, so every covered canvas pixel is an average.
+    patches (B, C, N, N) complex; offsets (B, C, 2) pixels from the group centroid; weight (N, N)
+    real >= 0 in the patch frame (None = all ones). Returns canvas (B, M, M) complex64 with
+    M = N + 2*ceil(max|offset|) + 2, centroid near pixel M/2. Every canvas pixel is the w-weighted
+    average of the patches covering it, so patches cut from one object merge back to it exactly
+    wherever the weights do not vanish. With w = |P|^2 each patch speaks where its own probe lit
+    the object, which is the only place its own pattern says anything about it.
     """
     N = patches.shape[-1]
     M = _canvas_size(offsets, N)
-    obj_sum, w_sum = place_patches(patches, _canvas_positions(offsets, M), (M, M),
-                                   torch.ones(N, N, device=patches.device))
-    return obj_sum / w_sum.clamp_min(1e-6)
+    w = torch.ones(N, N, device=patches.device) if weight is None else weight.to(patches.device)
+    obj_sum, w_sum = place_patches(patches, _canvas_positions(offsets, M), (M, M), w)
+    floor = 1e-6 * w_sum.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+    return obj_sum / torch.maximum(w_sum, floor)
 
 
 def extract_from_canvas(canvas: torch.Tensor, offsets: torch.Tensor, N: int) -> torch.Tensor:
@@ -171,11 +179,13 @@ def extract_from_canvas(canvas: torch.Tensor, offsets: torch.Tensor, N: int) -> 
     return extract_patches(canvas, _canvas_positions(offsets, canvas.shape[-1]), N)
 
 
-def overlap_constraint(patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """Make a group's patches agree where they overlap: extract(merge(patches))."""
+def overlap_constraint(patches: torch.Tensor, offsets: torch.Tensor, weight: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """Make a group's patches agree where they overlap: extract(merge(patches)).
+    patches (B, C, N, N), offsets (B, C, 2), weight (N, N) or None -> (B, C, N, N) complex64."""
     if patches.shape[1] == 1:
         return patches
-    return extract_from_canvas(merge_patches(patches, offsets), offsets, patches.shape[-1])
+    return extract_from_canvas(merge_patches(patches, offsets, weight), offsets, patches.shape[-1])
 
 
 # ------------------------------------------------------------------ forward model
@@ -198,13 +208,42 @@ def predicted_amplitude(obj: torch.Tensor, probe: torch.Tensor, log_scale: torch
     return torch.sqrt(intensity + 1e-12)
 
 
-def initial_log_scale(probe: torch.Tensor) -> float:
-    """log s0 with s0**2 = (N/2)**2 / sum|P|**2, so a unit object matches the normalised energy."""
+def initial_log_scale(probe: torch.Tensor, typical_amplitude: float = TYPICAL_AMPLITUDE) -> float:
+    """log s0 with s0**2 * a**2 * sum|P|**2 = (N/2)**2, a = `typical_amplitude`.
+
+    The normalised data have mean energy (N/2)**2 (SPEC 4.1), so an object of uniform amplitude a
+    under the scale s0 reproduces it. a is the amplitude head's output at zero logit (sigmoid: 0.5),
+    where training starts, so the data's energy is reachable from the middle of the head's range; a
+    start sized for a = 1 (which a sigmoid never reaches) saturated the amplitude (a flat grey).
+    """
     N = probe.shape[-1]
     energy = float(probe.abs().square().sum())
     if energy <= 0:
         raise ValueError("probe is all zeros")
-    return 0.5 * math.log((N / 2) ** 2 / energy)
+    if not 0 < typical_amplitude:
+        raise ValueError(f"typical_amplitude must be > 0, got {typical_amplitude}")
+    return 0.5 * math.log((N / 2) ** 2 / energy) - math.log(typical_amplitude)
+
+
+def backpropagate(x: torch.Tensor, probe: torch.Tensor, scale: float, floor: float = 0.05) -> torch.Tensor:
+    """A real-space first estimate of each object patch from its normalised amplitude alone.
+
+    x (B, C, N, N) normalised amplitudes; probe (P, N, N), mode 0 is used; scale the intensity
+    scale s. The measured amplitude is given the phase of the probe's own far field F(P) (the
+    phase a flat object would give), propagated back to the sample plane and divided by s P
+    (regularised: conj(P) / (|P|^2 + floor * max|P|^2)). Returns (B, C, N, N) complex64.
+
+    For an object that is a background plus structure, F(P) acts as a reference wave: the estimate
+    holds the object's structure (and its twin) in the patch frame, so the network maps real space
+    to real space, which convolutions do well, instead of learning a Fourier transform.
+    """
+    p0 = probe.reshape(-1, *probe.shape[-2:])[0]
+    ref = far_field(p0)
+    ref = ref / ref.abs().clamp_min(1e-12)
+    field = torch.fft.ifft2(torch.fft.ifftshift(x.to(torch.complex64) * ref, dim=(-2, -1)), norm="ortho")
+    power = p0.abs().square()
+    inverse = p0.conj() / (power + floor * power.max())
+    return field * inverse / scale
 
 
 # ------------------------------------------------------------------ losses

@@ -321,3 +321,42 @@ def test_batched_hdf5_loading_equals_per_item_loading(tmp_path, tiny_scan, shuff
                 torch.testing.assert_close(sample[key], expected[key], rtol=0, atol=0)
         batch = next(iter(DataLoader(batched, batch_size=5, shuffle=False)))
         assert batch["x"].shape == (5, gridsize**2, npz.N, npz.N)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_upstream_normalised_amplitudes_are_brought_to_photons(tmp_path, suffix, caplog):
+    """Upstream's contract: normalised amplitudes plus intensity_scale (or nphotons). Both read back
+    as sqrt(photon counts), equal to the file written in photon units; a plain file is unchanged and
+    the log says which interpretation was used."""
+    import logging
+
+    a = _arrays()
+    photons = write_scan(tmp_path / f"photons{suffix}", **a)
+    norm = a["diffraction"] / 7.5  # normalised: photon amplitude = 7.5 x stored
+    keys = {**_file_keys({**a, "diffraction": norm}), "intensity_scale": np.float64(7.5)}
+    if suffix == ".npz":
+        np.savez(tmp_path / f"scaled{suffix}", **keys)
+    else:
+        with h5py.File(tmp_path / f"scaled{suffix}", "w") as f:
+            for k, v in keys.items():
+                f[k] = v
+    energy = float(np.mean(np.sum(a["diffraction"].astype(np.float64) ** 2, axis=(1, 2))))
+    keys_n = {k: v for k, v in keys.items() if k != "intensity_scale"}
+    keys_n["nphotons"] = np.float64(energy)
+    np.savez(tmp_path / "nphotons.npz", **keys_n)
+    with caplog.at_level(logging.INFO, logger="ptycho_torch.data.contract"):
+        ref = read_scan(photons)
+        scaled = read_scan(tmp_path / f"scaled{suffix}")
+        by_dose = read_scan(tmp_path / "nphotons.npz")
+    assert ref.photon_scale == 1.0 and scaled.photon_scale == pytest.approx(7.5)
+    np.testing.assert_allclose(scaled.diffraction_rows(np.arange(5)), ref.diffraction_rows(np.arange(5)), rtol=1e-5)
+    np.testing.assert_allclose(by_dose.diffraction_block(0, M), ref.diffraction_block(0, M), rtol=1e-4)
+    assert scaled.mean_energy() == pytest.approx(ref.mean_energy(), rel=1e-5)
+    assert "intensity_scale" in caplog.text and "sqrt(photon counts)" in caplog.text and "nphotons" in caplog.text
+
+
+def test_bad_intensity_scale_is_named(tmp_path):
+    keys = {**_file_keys(_arrays()), "intensity_scale": np.float64(-1.0)}
+    np.savez(tmp_path / "bad.npz", **keys)
+    with pytest.raises(ScanValidationError, match="intensity_scale: expected one positive finite number"):
+        read_scan(tmp_path / "bad.npz")

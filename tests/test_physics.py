@@ -8,6 +8,7 @@ import torch
 
 from ptycho_torch.data.grouping import make_groups
 from ptycho_torch.physics import (
+    TYPICAL_AMPLITUDE,
     extract_patches,
     far_field,
     fourier_shift,
@@ -150,11 +151,37 @@ def test_noiseless_nll_gradient_vanishes_at_truth():
 
 
 def test_initial_scale_reproduces_normalised_energy():
+    """The start of the scale makes the head's typical output (0.5, not 1) carry the data's energy."""
     N = 32
     probe = disk_probe(N)[None]
-    amp = predicted_amplitude(torch.ones(1, 1, N, N, dtype=torch.complex64), probe,
-                              torch.tensor(initial_log_scale(probe)))
+    typical = torch.full((1, 1, N, N), TYPICAL_AMPLITUDE, dtype=torch.complex64)
+    amp = predicted_amplitude(typical, probe, torch.tensor(initial_log_scale(probe)))
     assert amp.square().sum().item() == pytest.approx((N / 2) ** 2, rel=1e-4)
+    unit = predicted_amplitude(torch.ones(1, 1, N, N, dtype=torch.complex64), probe,
+                               torch.tensor(initial_log_scale(probe, typical_amplitude=1.0)))
+    assert unit.square().sum().item() == pytest.approx((N / 2) ** 2, rel=1e-4)
     assert normalization_factor(4.0, 8) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="all zero"):
         normalization_factor(0.0, 8)
+
+
+def test_initial_scale_matches_a_simulated_scans_true_scale():
+    """On a simulated scan the true scale is r (the stored probe is in photon units, so the truth
+    reproduces r * X). The start s0 must put the truth's rms amplitude under the probe at the head's
+    typical output: s0 * 0.5 == r * rms(|O|), exactly for noiseless data."""
+    from ptycho_torch.config import SimulationConfig
+    from ptycho_torch.data.simulate import simulate_scan
+
+    sim = simulate_scan(SimulationConfig(N=32, n_positions=30, object="grf", seed=3), noise=False)
+    X = torch.from_numpy(sim["diffraction"])
+    probe = torch.from_numpy(sim["probe"]).reshape(-1, 32, 32)
+    pos = torch.from_numpy(np.stack([sim["xcoords"], sim["ycoords"]], 1))
+    patches = extract_patches(torch.from_numpy(sim["object_guess"]), pos, 32)  # (M, N, N)
+    r = normalization_factor(float(X.square().sum((1, 2)).mean()), 32)
+    power = probe.abs().square().sum(0)
+    rms = math.sqrt(float((patches.abs().square() * power).sum((1, 2)).mean() / power.sum()))
+    s0 = math.exp(initial_log_scale(probe))
+    assert s0 * TYPICAL_AMPLITUDE == pytest.approx(r * rms, rel=2e-3)
+    # and the truth, scaled to the head's typical level, reproduces the data's energy at s0
+    pred = predicted_amplitude(patches[:, None] * (TYPICAL_AMPLITUDE / rms), probe, torch.tensor(math.log(s0)))
+    assert float(pred.square().sum((1, 2, 3)).mean()) == pytest.approx((32 / 2) ** 2, rel=2e-3)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import uuid
 import zipfile
@@ -87,6 +88,7 @@ class ScanData:
     metadata: dict = field(default_factory=dict)
     diffraction: np.ndarray | None = field(default=None, repr=False)
     h5_key: str | None = None
+    photon_scale: float = 1.0  # stored amplitudes x photon_scale = sqrt(photon counts) (see photon_units)
     _shape: tuple[int, int, int] = field(init=False, repr=False, default=(0, 0, 0))
     _h5: Any = field(init=False, repr=False, default=None)
     _h5_pid: int | None = field(init=False, repr=False, default=None)
@@ -159,8 +161,11 @@ class ScanData:
     def diffraction_block(self, start: int, stop: int) -> np.ndarray:
         """Patterns start..stop-1 as (k, N, N) float32 (a view for in-memory data)."""
         if self.diffraction is not None:
-            return self.diffraction[start:stop]
-        return np.asarray(self._dataset()[start:stop], dtype=np.float32)
+            return self._photons(self.diffraction[start:stop])
+        return self._photons(np.asarray(self._dataset()[start:stop], dtype=np.float32))
+
+    def _photons(self, rows: np.ndarray) -> np.ndarray:
+        return rows if self.photon_scale == 1.0 else rows * np.float32(self.photon_scale)
 
     def diffraction_rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Patterns at `indices` (any shape and order, repeats allowed) as (*indices.shape, N, N)
@@ -168,7 +173,7 @@ class ScanData:
         (what h5py fancy indexing needs)."""
         idx = np.asarray(indices, dtype=np.int64)
         if self.diffraction is not None:
-            return self.diffraction[idx]
+            return self._photons(self.diffraction[idx])
         flat = idx.reshape(-1)
         if flat.size == 0:
             return np.zeros((*idx.shape, self.N, self.N), np.float32)
@@ -178,7 +183,7 @@ class ScanData:
             rows = np.asarray(self._dataset()[lo:hi], dtype=np.float32)[flat - lo]
         else:
             rows = np.asarray(self._dataset()[uniq], dtype=np.float32)[inverse.reshape(-1)]
-        return rows.reshape(*idx.shape, self.N, self.N)
+        return self._photons(rows.reshape(*idx.shape, self.N, self.N))
 
     def mean_energy(self, block: int | None = None) -> float:
         """Mean over patterns of sum_xy X**2 (photons), streamed block-wise (float64 sums); cached."""
@@ -197,7 +202,7 @@ class ScanData:
             path=self.path, probe=self.probe, xcoords=self.xcoords[idx], ycoords=self.ycoords[idx],
             object_guess=self.object_guess,
             scan_index=None if self.scan_index is None else self.scan_index[idx],
-            metadata=self.metadata, diffraction=self.diffraction_rows(idx))
+            metadata=self.metadata, diffraction=self.diffraction_rows(idx))  # already in photon units
 
     def arrays(self) -> dict[str, Any]:
         """Keyword arguments for `write_scan` (loads all diffraction into memory)."""
@@ -288,7 +293,37 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
         h5_key=arrays["diffraction"] if is_h5 else None)
     if "mean_energy" in stats:
         scan._energy = stats["mean_energy"]
+    scale, how = photon_units(arrays, scan.mean_energy)  # energy as stored (scale 1)
+    if scale != 1.0:
+        scan.photon_scale = scale
+        scan._energy = scan.mean_energy() * scale ** 2
+    log.info("%s: diffraction read as %s", path, how)
     return scan
+
+
+def photon_units(arrays: dict[str, Any], mean_energy: Any) -> tuple[float, str]:
+    """(factor, description): the stored amplitudes times factor are sqrt(photon counts).
+
+    Upstream PtychoPINN stores *normalised* amplitudes (probe x object reproduces them) and keeps the
+    dose apart: an `intensity_scale` key (photon amplitude = intensity_scale x stored) or an
+    `nphotons` key (mean photons per pattern). Either brings the data to photons
+    before the Poisson loss, so its eps floor and noise model mean photons. Without them the stored
+    values are taken as sqrt(counts), as this project writes them. `nphotons` that the data already
+    carry (our own simulations record it too) changes nothing: it rescales only data whose mean
+    energy is below a tenth of it. `mean_energy` is a callable (the stored mean energy), called only
+    when an `nphotons` value needs it.
+    """
+    if "intensity_scale" in arrays:
+        s = float(np.asarray(arrays["intensity_scale"]).reshape(-1)[0])
+        return s, f"normalised amplitudes x intensity_scale {s:.4g} (upstream convention)"
+    nphotons = arrays.get("nphotons")  # a key of the file (metadata is free text: not trusted for units)
+    if nphotons is not None:
+        n, energy = float(np.asarray(nphotons).reshape(-1)[0]), float(mean_energy())
+        if 0 < energy < 0.1 * n:
+            s = math.sqrt(n / energy)
+            return s, (f"normalised amplitudes brought to {n:.4g} photons per pattern (nphotons; mean energy "
+                       f"{energy:.4g} as stored)")
+    return 1.0, "sqrt(photon counts) (no intensity_scale key; nphotons absent or already met)"
 
 
 # ------------------------------------------------------------------ writing

@@ -10,6 +10,7 @@ One item is one group (C = gridsize**2 patterns):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import lightning as L
@@ -71,6 +72,24 @@ def dataloader_kwargs(execution: PyTorchExecutionConfig) -> dict[str, Any]:
     return kwargs
 
 
+def resolve_model_size(config: RunConfig, scan: ScanData) -> RunConfig:
+    """`config` with model.N taken from the scan when it is None; an explicit N that disagrees with
+    the scan, or a scan size no network takes, is a ConfigError naming the fix."""
+    from ptycho_torch.model import N_BLOCKS
+
+    if config.model.N is None:
+        if scan.N not in N_BLOCKS:
+            raise ConfigError(f"model.N: the scan {scan.path or ''} holds {scan.N}x{scan.N} patterns but the "
+                              f"network takes only {', '.join(map(str, sorted(N_BLOCKS)))}; crop or bin the "
+                              "patterns to one of these sizes")
+        return config.replace(model=dataclasses.replace(config.model, N=scan.N))
+    if scan.N != config.model.N:
+        raise ConfigError(f"model.N: the model expects {config.model.N}x{config.model.N} patterns "
+                          f"but the scan has {scan.N}x{scan.N}; set --N {scan.N} or leave N unset "
+                          "(it then comes from the data)")
+    return config
+
+
 def dataset_norm_factor(scan: ScanData) -> float:
     """The normalisation factor r of a scan (SPEC 4.1), from a streaming pass over its patterns."""
     return normalization_factor(scan.mean_energy(), scan.N)
@@ -92,9 +111,8 @@ class PtychoDataModule(L.LightningDataModule):
             scan = read_scan(config.data.path)
         if config.data.max_patterns is not None and config.data.max_patterns < scan.n_patterns:
             scan = scan.subset(np.arange(config.data.max_patterns))
-        if scan.N != config.model.N:
-            raise ConfigError(f"model.N: the model expects {config.model.N}x{config.model.N} patterns "
-                              f"but the scan has {scan.N}x{scan.N}; set --N {scan.N}")
+        config = resolve_model_size(config, scan)
+        self.config = config
         self.scan = scan
         self.norm_factor = float(norm_factor) if norm_factor is not None else dataset_norm_factor(scan)
         rng = np.random.default_rng(config.execution.seed)

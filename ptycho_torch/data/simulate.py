@@ -39,7 +39,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATORS = ("lines", "dead_leaves", "grf")
+GENERATORS = ("lines", "dead_leaves", "grf", "soft_lines")
 DIAMETER_FRACTION = 0.9  # the probe diameter holds this fraction of the intensity
 BLUR_SIGMA_PX = 0.75  # Gaussian blur applied to every object field (band limit)
 _CHUNK = 2048  # patterns per forward-model chunk
@@ -95,6 +95,21 @@ def _dead_leaves(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     return out
 
 
+def _soft_lines(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Upstream PtychoPINN's lines study object, re-made: one-pixel random lines (about 400 per
+    (2*392)^2 px, ends anywhere) seen through the sum of Gaussian blurs gf(1) + 2 gf(5) + 5 gf(10), so
+    sharp cores sit on broad halos. Amplitude and phase use independent draws (as our other kinds)."""
+    H, W = shape
+    img = np.zeros((2 * H, 2 * W), np.float64)
+    n_lines = max(1, int(round(400 * (4 * H * W) / (2 * 392) ** 2)))
+    for _ in range(n_lines):
+        (y0, y1), (x0, x1) = rng.integers(0, 2 * H, 2), rng.integers(0, 2 * W, 2)
+        n = int(max(abs(y1 - y0), abs(x1 - x0))) + 1
+        img[np.linspace(y0, y1, n).round().astype(int), np.linspace(x0, x1, n).round().astype(int)] = 1.0
+    soft = ndimage.gaussian_filter(img, 1) + 2 * ndimage.gaussian_filter(img, 5) + 5 * ndimage.gaussian_filter(img, 10)
+    return soft[H // 2: H // 2 + H, W // 2: W // 2 + W].astype(np.float32)
+
+
 def _grf(shape: tuple[int, int], rng: np.random.Generator, corr_px: float = 8.0) -> np.ndarray:
     """Gaussian random field with power spectrum (k^2 + k0^2)^(-3/2), k0 = 1 / corr_px."""
     H, W = shape
@@ -124,7 +139,7 @@ def _image(path: str, shape: tuple[int, int], field_name: str) -> np.ndarray:
 def object_field(kind: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A real (H, W) field in [0, 1] from a generator name or a .npy image path, blurred by
     BLUR_SIGMA_PX pixels before normalisation."""
-    makers = {"lines": _lines, "dead_leaves": _dead_leaves, "grf": _grf}
+    makers = {"lines": _lines, "dead_leaves": _dead_leaves, "grf": _grf, "soft_lines": _soft_lines}
     raw = makers[kind](shape, rng) if kind in makers else _image(kind, shape, "object")
     return _normalise(ndimage.gaussian_filter(raw.astype(np.float64), BLUR_SIGMA_PX))
 

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 REQUIRED = ("diffraction", "probeGuess", "xcoords", "ycoords")
-OPTIONAL = ("objectGuess", "scan_index", "metadata")
+OPTIONAL = ("objectGuess", "scan_index", "metadata", "intensity_scale", "nphotons")
 ALIASES = {"diff3d": "diffraction"}
 NPZ_SUFFIXES = (".npz",)
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
@@ -181,6 +181,12 @@ def check_arrays(arrays: Mapping[str, Any], block: int | None = None) -> tuple[l
         elif not np.isfinite(np.asarray(a["objectGuess"])).all():
             p.append("objectGuess: expected finite values, found NaN/Inf")
     check_positions(coords, (N or 0) // 2, hw, p)
+    for key in ("intensity_scale", "nphotons"):
+        if key in a:
+            v = np.asarray(a[key])
+            if v.size != 1 or v.dtype.kind not in "iuf" or not np.isfinite(v).all() or float(v.reshape(-1)[0]) <= 0:
+                p.append(f"{key}: expected one positive finite number, found {v.reshape(-1)[:3]!r} "
+                         f"(dtype {v.dtype}); fix or remove it")
     if "metadata" in a and not isinstance(a["metadata"], dict):
         try:
             if not isinstance(parse_metadata(a["metadata"]), dict):

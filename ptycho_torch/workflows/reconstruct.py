@@ -36,9 +36,11 @@ log = logging.getLogger("ptycho_torch")
 class PatchPredictor:
     """A model bundle ready for inference on one device.
 
-    `predictor(amp)` maps measured amplitudes X (B, C, N, N) float32 (sqrt counts, not normalised)
-    to object patches (B, C, N, N) complex64 on the CPU. Normalisation uses the bundle's factor
-    unless `norm_factor` is given.
+    `predictor(amp, offsets)` maps measured amplitudes X (B, C, N, N) float32 (sqrt counts, not
+    normalised) to object patches (B, C, N, N) complex64 on the CPU. For groups (C > 1) with their
+    offsets (B, C, 2) it returns the overlap-constrained patches, i.e. exactly what the loss trained;
+    without offsets, the network's raw patches. Normalisation uses the bundle's factor unless
+    `norm_factor` is given. bfloat16 runs the network under autocast (weights stay float32).
     """
 
     def __init__(self, model: str | Path | LoadedBundle, device: str = "cpu", dtype: str | None = None,
@@ -48,23 +50,30 @@ class PatchPredictor:
         self.device = torch.device(device)
         self.dtype = dtype or self.config.inference.dtype
         self.norm_factor = float(norm_factor) if norm_factor is not None else self.bundle.norm_factor
-        self.net = self.bundle.module.net.to(self.device).eval()
-        if self.dtype == "bfloat16":
-            self.net = self.net.to(torch.bfloat16)
+        self.module = self.bundle.module.to(self.device).eval()
         self.probe = self.bundle.module.probe.detach().cpu()
         self.gridsize = self.config.model.gridsize
 
     @torch.inference_mode()
-    def __call__(self, amp: torch.Tensor | np.ndarray) -> torch.Tensor:
+    def __call__(self, amp: torch.Tensor | np.ndarray, offsets: torch.Tensor | np.ndarray | None = None
+                 ) -> torch.Tensor:
         x = torch.as_tensor(amp, dtype=torch.float32).to(self.device) * self.norm_factor
-        if self.dtype == "bfloat16":
-            x = x.to(torch.bfloat16)
-        return self.net(x).to(torch.complex64).cpu()
+        offs = None if offsets is None else torch.as_tensor(offsets, dtype=torch.float32).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
+            return self.module(x, offs).to(torch.complex64).cpu()
 
 
-def inference_groups(scan: ScanData, gridsize: int) -> Groups:
-    """One deterministic group per pattern (the pattern is the seed; partners are its nearest)."""
-    return make_groups(scan.positions, gridsize, rng=None)
+def inference_groups(scan: ScanData, gridsize: int, neighbor_count: int = 6, seed: int = 0) -> Groups:
+    """One group per pattern, built the way training builds them: the pattern is the seed, its
+    C - 1 partners are drawn among its `neighbor_count` nearest with a seeded generator (so the
+    network sees the kind of group it learned on, and the result is reproducible)."""
+    rng = np.random.default_rng(seed) if gridsize > 1 else None
+    return make_groups(scan.positions, gridsize, neighbor_count=neighbor_count, rng=rng)
+
+
+def seed_patches(patches: torch.Tensor, seed_channel: torch.Tensor) -> torch.Tensor:
+    """patches (B, C, N, N), seed_channel (B,) -> each group's own pattern's patch (B, N, N)."""
+    return patches[torch.arange(len(patches)), seed_channel]
 
 
 def inference_loader(scan: ScanData, groups: Groups, config: RunConfig, batch_size: int | None = None) -> DataLoader:
@@ -77,12 +86,14 @@ def inference_loader(scan: ScanData, groups: Groups, config: RunConfig, batch_si
 def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarray, scan: ScanData,
                          metadata: dict[str, Any]) -> dict[str, Any]:
     """Write object.npz, amplitude.png, phase.png and, with a ground truth, metrics.json."""
+    from ptycho_torch.outputs import atomic_path
     from ptycho_torch.plots import save_complex_images
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / "object.npz", object=obj.astype(np.complex64), weight=weight.astype(np.float32),
-             xcoords=scan.xcoords, ycoords=scan.ycoords, metadata=np.array(json.dumps(metadata)))
+    with atomic_path(out_dir / "object.npz") as tmp:
+        np.savez(tmp, object=obj.astype(np.complex64), weight=weight.astype(np.float32),
+                 xcoords=scan.xcoords, ycoords=scan.ycoords, metadata=np.array(json.dumps(metadata)))
     save_complex_images(obj, out_dir, weight=weight)
     result: dict[str, Any] = {"object_path": str(out_dir / "object.npz")}
     if scan.object_guess is not None:
@@ -113,17 +124,16 @@ def reconstruct(model: str | Path, data: str | Path, out_dir: str | Path, *, bat
                          f"{data} holds {scan.N}x{scan.N} patterns")
     if renormalize:
         predictor.norm_factor = dataset_norm_factor(scan)
-    groups = inference_groups(scan, predictor.gridsize)
+    groups = inference_groups(scan, predictor.gridsize, config.data.neighbor_count, config.execution.seed)
     loader = inference_loader(scan, groups, config, batch_size)
     acc = StitchAccumulator(scan.object_shape, stitch_weight(predictor.probe, config.inference.stitch_weight))
     seed_channel = torch.from_numpy(groups.seed_channel)
     start = time.perf_counter()
     with tqdm(total=len(groups), unit="pattern", desc="reconstruct", disable=None if progress is None else not progress) as bar:
         for batch in loader:
-            patches = predictor(batch["amp"])  # (B, C, N, N)
-            rows = torch.arange(len(patches))
+            patches = predictor(batch["amp"], batch["offsets"])  # (B, C, N, N), constrained for groups
             ch = seed_channel[batch["index"]]
-            acc.add(patches[rows, ch], batch["positions"][rows, ch])
+            acc.add(seed_patches(patches, ch), seed_patches(batch["positions"], ch))
             bar.update(len(patches))
     seconds = time.perf_counter() - start
     obj, weight = acc.result(config.inference.weight_threshold)

@@ -255,6 +255,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         configure_threads()
         L.seed_everything(config.execution.seed, workers=True, verbose=False)
         datamodule = PtychoDataModule(config)
+        config = datamodule.config  # model.N resolved from the scan when it was left unset
         module = build_module(config, datamodule)
         lead = launched_rank() == 0  # other ranks (DDP subprocesses) use the directory rank 0 prepared
         created = lead and not run_dir.exists()
