@@ -344,7 +344,7 @@ def test_upstream_normalised_amplitudes_are_brought_to_photons(tmp_path, suffix,
     keys_n = {k: v for k, v in keys.items() if k != "intensity_scale"}
     keys_n["nphotons"] = np.float64(energy)
     np.savez(tmp_path / "nphotons.npz", **keys_n)
-    with caplog.at_level(logging.INFO, logger="ptycho_torch.data.contract"):
+    with caplog.at_level(logging.DEBUG, logger="ptycho_torch.data.contract"):
         ref = read_scan(photons)
         scaled = read_scan(tmp_path / f"scaled{suffix}")
         by_dose = read_scan(tmp_path / "nphotons.npz")

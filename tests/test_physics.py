@@ -185,3 +185,23 @@ def test_initial_scale_matches_a_simulated_scans_true_scale():
     # and the truth, scaled to the head's typical level, reproduces the data's energy at s0
     pred = predicted_amplitude(patches[:, None] * (TYPICAL_AMPLITUDE / rms), probe, torch.tensor(math.log(s0)))
     assert float(pred.square().sum((1, 2, 3)).mean()) == pytest.approx((32 / 2) ** 2, rel=2e-3)
+
+
+def test_backpropagation_returns_a_flat_object_under_the_probe():
+    """For a flat object the probe's far-field phase is the true phase up to the object's (free)
+    global phase, so back-propagating the measured amplitude returns the object, up to that constant
+    phase, wherever the probe is bright."""
+    from ptycho_torch.physics import backpropagate
+
+    N = 32
+    probe = disk_probe(N)[None].to(torch.complex64) * 3.0
+    obj = torch.full((1, 1, N, N), 0.6 * np.exp(0.4j), dtype=torch.complex64)
+    log_s = torch.tensor(0.7)
+    x = predicted_amplitude(obj, probe, log_s)  # (1, 1, N, N)
+    est = backpropagate(x, probe, float(torch.exp(log_s)))
+    bright = probe[0].abs() > 0.5 * probe[0].abs().max()
+    ratio = (est[0, 0][bright] / obj[0, 0][bright])
+    # |P|^2 / (|P|^2 + 0.05 max|P|^2) >= 0.83 where |P| >= max/2; the phase of a flat object is kept
+    assert float(ratio.abs().min()) > 0.8 and float(ratio.abs().max()) <= 1.0 + 1e-4
+    phase = ratio.angle()
+    assert float(phase.max() - phase.min()) < 1e-3  # one global phase over the whole bright region

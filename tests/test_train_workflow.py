@@ -138,11 +138,33 @@ def test_n_mismatch_is_reported(tiny_scan, tmp_path, capsys):
     assert "--N 32" in capsys.readouterr().err
 
 
-def test_gridsize2_trains_and_reconstructs(tiny_scan, tmp_path):
+def test_model_size_comes_from_the_data(tiny_scan, tmp_path):
+    """model.N left unset takes the scan's 32; the resolved config says so."""
+    config = tiny_config(tiny_scan, **{"model.N": None, "training.nepochs": 1, "data.max_patterns": 24})
+    result = train(config, tmp_path / "auto")
+    assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["model"]["N"] == 32
+
+
+def test_gridsize2_trains_and_reconstructs_from_the_constrained_output(tiny_scan, tmp_path):
     result = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "training.nepochs": 1}), tmp_path / "g2")
     assert np.isfinite(result.metrics["train_loss"])
     recon = reconstruct(result.run_dir, tiny_scan, tmp_path / "g2recon")
     assert np.isfinite(recon.object).all() and recon.object.any()
+    # what reconstruction stitches is what the loss trained: the overlap-constrained patches
+    import torch
+
+    from ptycho_torch.data.contract import read_scan
+    from ptycho_torch.physics import group_offsets, overlap_constraint
+    from ptycho_torch.workflows.reconstruct import PatchPredictor, inference_groups
+
+    predictor = PatchPredictor(result.run_dir)
+    scan = read_scan(tiny_scan)
+    groups = inference_groups(scan, 2, predictor.config.data.neighbor_count, predictor.config.execution.seed)
+    amp = torch.from_numpy(scan.diffraction_rows(groups.indices[:8]))  # (8, 4, N, N)
+    offsets = group_offsets(torch.from_numpy(scan.positions[groups.indices[:8]].astype(np.float32)))
+    constrained = predictor(amp, offsets)
+    torch.testing.assert_close(constrained, overlap_constraint(predictor(amp), offsets), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(constrained, predictor(amp), atol=1e-3)
 
 
 @pytest.mark.parametrize("N", [32, 64, 128])

@@ -297,7 +297,9 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
     if scale != 1.0:
         scan.photon_scale = scale
         scan._energy = scan.mean_energy() * scale ** 2
-    log.info("%s: diffraction read as %s", path, how)
+    # a rescaled file is worth a line by default; the plain reading shows with -v (every Ray worker
+    # reads the file, so an INFO line here would repeat once per worker)
+    log.log(logging.INFO if scale != 1.0 else logging.DEBUG, "%s: diffraction read as %s", path, how)
     return scan
 
 
