@@ -121,6 +121,8 @@ class SaveOnInterrupt(Callback):
                            batch: Any, batch_idx: int) -> None:
         self._check(trainer)
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._check(trainer)
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # not at on_validation_end: validation runs before the epoch's own end hooks, so a save there
+        # marked the epoch done before History recorded it, and a resumed run lost that epoch's row.
+        # This hook runs after History's (the saver is the last callback), like ModelCheckpoint's.
+        self._check(trainer)

@@ -80,6 +80,24 @@ def ray_job(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess
                           timeout=timeout)
 
 
+def _running(pid: int) -> bool:
+    """True while `pid` is a live process (a zombie waiting for its parent to reap it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def survivors(pids: set[int], wait_s: float = 5.0) -> list[int]:
+    """The pids still running after up to `wait_s` seconds (an exiting process may linger briefly)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = [p for p in pids if _running(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def test_local_cluster_end_to_end(tmp_path: Path, tiny_scan: Path) -> None:
     state_dir = tmp_path / "state"
     storage = tmp_path / "runs"
@@ -152,6 +170,6 @@ def test_local_cluster_end_to_end(tmp_path: Path, tiny_scan: Path) -> None:
         print("timings (s):", {k: round(v, 1) for k, v in timings.items()})
     assert down.returncode == 0, down.stdout + down.stderr
     pids = {int(p) for p in [state["HEAD_PID"], *state["WORKER_PIDS"].split()]}
-    assert not [p for p in pids if Path(f"/proc/{p}").exists()], "a node's 'ray start' survived down.sh"
+    assert not survivors(pids), "a node's 'ray start' survived down.sh"
     assert not session_members(pids, state["CLUSTER_ID"]), "processes of the cluster survived down.sh"
     assert not Path(state["TEMP_ROOT"]).exists() and not (state_dir / "state.env").exists()

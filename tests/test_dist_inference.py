@@ -81,10 +81,10 @@ def _local_per_file(bundle: Path, files: list[Path], canvas_hw: tuple[int, int],
     acc = StitchAccumulator(canvas_hw, stitch_weight(pred.probe, config.inference.stitch_weight))
     for path in files:
         scan = read_scan(path)
-        groups = inference_groups(scan, pred.gridsize)
+        groups = inference_groups(scan, pred.gridsize, config.data.neighbor_count, config.execution.seed)
         seed = torch.from_numpy(groups.seed_channel)
         for b in inference_loader(scan, groups, config, batch):
-            patches = pred(b["amp"])
+            patches = pred(b["amp"], b["offsets"])  # overlap-constrained for groups, as reconstruct does
             rows, ch = torch.arange(len(patches)), seed[b["index"]]
             acc.add(patches[rows, ch], b["positions"][rows, ch])
     return acc.result(config.inference.weight_threshold)
