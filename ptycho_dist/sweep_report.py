@@ -47,7 +47,7 @@ class TrialRecord:
 
 def _manifest_epochs(run_dir: str) -> int | None:
     """epochs_completed of a finished training run (its manifest.json), None if it did not finish."""
-    from ptycho_dist.train import read_run_file
+    from ptycho_dist.run_files import read_run_file
 
     text = read_run_file(run_dir, "manifest.json")
     if text is None:

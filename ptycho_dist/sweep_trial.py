@@ -66,7 +66,8 @@ def run_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     from ray import tune
 
     from ptycho_dist.config import RayConfig, SweepConfig
-    from ptycho_dist.train import CONFIG_FILE, fit_distributed, read_run_file
+    from ptycho_dist.run_files import read_run_file
+    from ptycho_dist.train import CONFIG_FILE, fit_distributed
     from ptycho_torch.config import RunConfig
 
     trial_id = tune.get_context().get_trial_id()

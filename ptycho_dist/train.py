@@ -39,6 +39,14 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_dist.config import RayConfig
+from ptycho_dist.run_files import (
+    CHECKPOINT_FILE,
+    newest_checkpoint_name,
+    read_run_file,
+    registered_checkpoint,
+    upload,
+    write_run_file,
+)
 from ptycho_dist.scaling import (
     check_request,
     is_uri,
@@ -57,7 +65,6 @@ log = logging.getLogger("ptycho_dist")
 
 RAY_FILE = "ray.yaml"  # the `ray:` section of a run, next to config.yaml
 CONFIG_FILE = "config.yaml"
-CHECKPOINT_FILE = "checkpoint.ckpt"  # inside each Ray checkpoint directory (RayTrainReportCallback)
 
 
 @dataclass
@@ -183,7 +190,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                                        "replica_checksums": checksums, "replica_nodes": nodes}})
     if staging is not None:
         if rank == 0:
-            _upload(staging, target)
+            upload(staging, target)
         shutil.rmtree(staging, ignore_errors=True)
     if rank != 0:
         return None
@@ -232,50 +239,6 @@ class _MetricsReport(Callback):
         ray.train.report({**scalar_metrics(trainer), "epoch": trainer.current_epoch})
 
 
-# ------------------------------------------------------------------ run-directory files (path or URI)
-
-def _fs(location: str) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(location)
-
-
-def write_run_file(location: str, name: str, text: str) -> None:
-    """Write `location/name` (local directory or URI), creating the directory; atomically on local
-    paths (temp file + rename; object stores publish whole objects anyway)."""
-    if not is_uri(location):
-        from ptycho_torch.outputs import atomic_write_text
-
-        atomic_write_text(Path(location, name), text)
-        return
-    fs, path = _fs(location)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{name}") as fh:
-        fh.write(text.encode())
-
-
-def read_run_file(location: str, name: str) -> str | None:
-    """The text of `location/name`, or None when it does not exist."""
-    if not is_uri(location):
-        path = Path(location, name)
-        return path.read_text() if path.is_file() else None
-    import pyarrow.fs as pafs
-
-    fs, path = _fs(location)
-    if fs.get_file_info(f"{path}/{name}").type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(f"{path}/{name}") as fh:
-        return fh.read().decode()
-
-
-def _upload(local_dir: Path, uri: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, path = _fs(uri)
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(local_dir), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-
 # ------------------------------------------------------------------ driver side
 
 def _user_error(error: BaseException) -> BaseException | None:
@@ -314,31 +277,7 @@ def with_absolute_data_path(config: RunConfig) -> RunConfig:
     return apply_overrides(config, {"data.path": str(data)})
 
 
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray's list of registered checkpoints
 REGISTER_GRACE_S = 15.0  # on a signal, how long to wait for Ray to register a checkpoint being written
-
-
-def registered_checkpoint(location: str) -> tuple[str, int] | None:
-    """(directory name, epoch) of the latest checkpoint Ray registered for a local run, i.e. the one
-    `--resume` continues from; None when there is none (or for URIs)."""
-    import json
-
-    if is_uri(location):
-        return None
-    try:
-        snapshot = json.loads(Path(location, SNAPSHOT_FILE).read_text())
-        latest = snapshot["latest_checkpoint_result"]
-        return str(latest["checkpoint_dir_name"]), int(latest["metrics"].get("epoch", -1))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
-def newest_checkpoint_name(location: str) -> str | None:
-    """The newest `checkpoint_<time>` directory holding a checkpoint file (local runs; names sort by time)."""
-    if is_uri(location) or not Path(location).is_dir():
-        return None
-    found = sorted(p.parent.name for p in Path(location).glob("checkpoint_*/" + CHECKPOINT_FILE))
-    return found[-1] if found else None
 
 
 def _registered_since(location: str, name: str | None) -> bool:

@@ -115,8 +115,9 @@ def _text_config(text: str | None, where: str) -> dict[str, Any]:
 
 def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig, bool]:
     """(RunConfig, RayConfig, resume) from the flags; see the module docstring for precedence."""
+    from ptycho_dist.run_files import read_run_file
     from ptycho_dist.scaling import storage_path
-    from ptycho_dist.train import CONFIG_FILE, RAY_FILE, read_run_file
+    from ptycho_dist.train import CONFIG_FILE, RAY_FILE
     from ptycho_torch.cli_args import cli_overrides
 
     file_run, file_ray = split_dist_yaml(args.config) if args.config is not None else (None, {})

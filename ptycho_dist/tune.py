@@ -196,7 +196,7 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list
 
 
 def _read_spec(experiment: str) -> dict[str, Any] | None:
-    from ptycho_dist.train import read_run_file
+    from ptycho_dist.run_files import read_run_file
 
     text = read_run_file(experiment, SPEC_FILE)
     return None if text is None else yaml.safe_load(text)
@@ -247,9 +247,10 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
     `storage_path` overrides sweep.storage_path (default: `out_dir`). Raises ConfigError (before Ray
     starts, where possible) for a sweep that cannot run.
     """
+    from ptycho_dist.run_files import write_run_file
     from ptycho_dist.scaling import ClusterResources, check_request, is_uri, plan_scaling
     from ptycho_dist.session import ray_session
-    from ptycho_dist.train import with_absolute_data_path, write_run_file
+    from ptycho_dist.train import with_absolute_data_path
 
     out_dir = Path(out_dir).expanduser().resolve()
     ray_config = ray_config or RayConfig()
