@@ -124,10 +124,10 @@ def one_gridsize(args: argparse.Namespace, scans: tuple[Path, Path], gridsize: i
     recon = reconstruct(trained.run_dir, scored, work / f"recon_g{gridsize}", progress=False)
     recon_s = time.perf_counter() - start
     metrics = recon.metrics or {}
+    floor = truth_loss(scan, gridsize)
     row = {"gridsize": gridsize, "epochs": trained.epochs_completed, "steps": steps,
            "train_s": train_s, "reconstruct_s": recon_s, "final_val_loss": trained.metrics.get("val_loss"),
-           "truth_loss": truth_loss(scan, gridsize),
-           "train_loss_x_truth": trained.metrics.get("train_loss", float("nan")) / truth_loss(scan, gridsize),
+           "truth_loss": floor, "train_loss_x_truth": trained.metrics.get("train_loss", float("nan")) / floor,
            **{k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}}
     print(json.dumps(row), flush=True)
     return row
@@ -172,6 +172,18 @@ def section(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_identity(args: argparse.Namespace) -> tuple[Path, str, tuple[float, float]]:
+    """(results file, docs section title, (phase, amplitude) SSIM targets) of this run: the preset's,
+    or, for the standard scan at another dose, its own (the low-dose target below 1e6 photons)."""
+    if args.preset != "standard":
+        return (RESULTS.with_name(f"quality_{args.preset.replace('-', '_')}.json"), f"{SECTION}: {args.preset}",
+                TARGETS[args.preset])
+    if args.nphotons == PRESETS["standard"]["nphotons"]:
+        return RESULTS, SECTION, TARGETS["standard"]
+    return (RESULTS.with_name(f"quality_{args.nphotons:.0e}.json".replace("+", "")),
+            f"{SECTION} at {args.nphotons:.0e} photons", TARGETS["low-dose" if args.nphotons < 1e6 else "standard"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=20.0,
@@ -193,10 +205,7 @@ def main() -> None:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    results = RESULTS if args.preset == "standard" else RESULTS.with_name(
-        f"quality_{args.preset.replace('-', '_')}.json")
-    if args.preset == "standard" and args.nphotons != PRESETS["standard"]["nphotons"]:
-        results = RESULTS.with_name(f"quality_{args.nphotons:.0e}.json".replace("+", ""))
+    results, title, targets = run_identity(args)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PTYCHO_QUIET_LIGHTNING", "1")
     print(f"training budget: {args.budget_minutes:g} min per gridsize, gridsizes {args.gridsizes}", flush=True)
@@ -212,10 +221,7 @@ def main() -> None:
         "settings": {k: getattr(args, k) for k in ("preset", "budget_minutes", "N", "object", "positions",
                                                    "overlap", "nphotons", "neighbor_count", "split",
                                                    "n_filters_scale", "batch_size", "learning_rate", "seed")},
-        "runs": runs,
-        "section": (SECTION if args.preset == "standard" and args.nphotons == 1e6 else
-                    f"{SECTION}: {args.preset}" if args.preset != "standard" else f"{SECTION} at {args.nphotons:.0e} photons"),
-        "targets": TARGETS["low-dose" if args.preset == "standard" and args.nphotons < 1e6 else args.preset],
+        "runs": runs, "section": title, "targets": targets,
     }
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(result, indent=2))

@@ -94,7 +94,7 @@ class PtychoPINNModule(L.LightningModule):
         x itself, or the back-propagated estimate as (real, imaginary) channel pairs."""
         if self.model_config.network_input == "amplitude":
             return x
-        est = backpropagate(x.float(), self.probe.detach(), float(self.input_scale))  # (B, C, N, N)
+        est = backpropagate(x.float(), self.probe.detach(), self.input_scale)  # a tensor: no device sync  # (B, C, N, N)
         B, C, N, _ = est.shape
         return torch.stack([est.real, est.imag], dim=2).reshape(B, 2 * C, N, N)
 

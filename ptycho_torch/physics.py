@@ -225,12 +225,14 @@ def initial_log_scale(probe: torch.Tensor, typical_amplitude: float = TYPICAL_AM
     return 0.5 * math.log((N / 2) ** 2 / energy) - math.log(typical_amplitude)
 
 
-def backpropagate(x: torch.Tensor, probe: torch.Tensor, scale: float, floor: float = 0.05) -> torch.Tensor:
+def backpropagate(x: torch.Tensor, probe: torch.Tensor, scale: float | torch.Tensor, floor: float = 0.05
+                  ) -> torch.Tensor:
     """A real-space first estimate of each object patch from its normalised amplitude alone.
 
     x (B, C, N, N) normalised amplitudes; probe (P, N, N), mode 0 is used; scale the intensity
     scale s. The measured amplitude is given the phase of the probe's own far field F(P) (the
-    phase a flat object would give), propagated back to the sample plane and divided by s P
+    phase a flat object would give), propagated back to the sample plane and divided by s P (s a
+    float or a 0-d tensor)
     (regularised: conj(P) / (|P|^2 + floor * max|P|^2)). Returns (B, C, N, N) complex64.
 
     For an object that is a background plus structure, F(P) acts as a reference wave: the estimate
