@@ -13,12 +13,16 @@ Patch convention (physics.py): the patch of position (x, y) covers rows floor(y)
 and the same columns around floor(x), so it lies inside an (H, W) object iff
 N/2 <= floor(x) <= W - N/2 and N/2 <= floor(y) <= H - N/2.
 
-HDF5 diffraction is read lazily: `ScanData` keeps the path and dataset name and opens h5py on demand
-inside the process that reads, so it pickles to DataLoader and Ray workers.
+Diffraction is read lazily where the file allows it: an HDF5 dataset, or an NPZ member stored
+uncompressed (what np.savez and write_scan write) through a read-only memory map. `ScanData` keeps the
+path and the dataset/member name and opens the file on demand inside the process that reads, so it
+pickles cheaply to DataLoader and Ray workers. A compressed NPZ member is loaded into memory.
+`read_object_guess` reads the ground truth alone (evaluation never touches the patterns).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,7 +36,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ptycho_torch.data.npz_files import npz_problem
+from ptycho_torch.data.npz_files import check_member_crc, npz_memmap, npz_problem
 from ptycho_torch.data.validation import (
     ALIASES,
     H5_SUFFIXES,
@@ -45,7 +49,8 @@ from ptycho_torch.data.validation import (
     parse_metadata,
 )
 
-__all__ = ["ScanValidationError", "ScanData", "canvas_shape", "read_scan", "validate_scan", "write_scan"]
+__all__ = ["ScanValidationError", "ScanData", "canvas_shape", "read_object_guess", "read_scan", "validate_scan",
+           "write_scan"]
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +77,12 @@ def validate_scan(arrays: Mapping[str, Any] | "ScanData", *, source: str = "scan
 
 @dataclass(eq=False)
 class ScanData:
-    """One scan in memory, except HDF5 diffraction which is read on demand (`h5_key` set).
+    """One scan: everything in memory except lazily read diffraction (`lazy_key` set).
 
     probe (P, N, N) complex64; xcoords, ycoords (M,) float64 object pixels; object_guess (H, W)
     complex64 or None; scan_index (M,) int64 or None; diffraction (M, N, N) float32 amplitudes or None
-    when lazy (then `path` + `h5_key` name the HDF5 dataset).
+    when lazy (then `path` + `lazy_key` name the HDF5 dataset or the uncompressed NPZ member).
+    Every read (`diffraction_block`, `diffraction_rows`) returns photon units (`photon_scale`).
     """
 
     path: Path | None
@@ -87,11 +93,11 @@ class ScanData:
     scan_index: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
     diffraction: np.ndarray | None = field(default=None, repr=False)
-    h5_key: str | None = None
+    lazy_key: str | None = None
     photon_scale: float = 1.0  # stored amplitudes x photon_scale = sqrt(photon counts) (see photon_units)
     _shape: tuple[int, int, int] = field(init=False, repr=False, default=(0, 0, 0))
-    _h5: Any = field(init=False, repr=False, default=None)
-    _h5_pid: int | None = field(init=False, repr=False, default=None)
+    _handle: Any = field(init=False, repr=False, default=None)  # (open file or None, dataset / memmap)
+    _handle_pid: int | None = field(init=False, repr=False, default=None)
     _energy: float | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
@@ -108,30 +114,39 @@ class ScanData:
         if self.diffraction is not None:
             self.diffraction = np.asarray(self.diffraction).astype(np.float32, copy=False)
             self._shape = tuple(self.diffraction.shape)
-        elif self.h5_key is not None and self.path is not None:
-            import h5py
-            with h5py.File(self.path, "r") as f:
-                self._shape = tuple(f[self.h5_key].shape)
+        elif self.lazy_key is not None and self.path is not None:
+            self._shape = tuple(self._dataset().shape)
         else:
-            raise ValueError("ScanData needs `diffraction` (an array) or `path` + `h5_key` (HDF5)")
+            raise ValueError("ScanData needs `diffraction` (an array) or `path` + `lazy_key` (HDF5 dataset "
+                             "or uncompressed NPZ member)")
 
-    # -- pickling: never ship an open h5py handle
+    # -- pickling: never ship an open file or a memory map (it would pickle as a full copy)
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_h5"], state["_h5_pid"] = None, None
+        state["_handle"], state["_handle_pid"] = None, None
         return state
 
     def _dataset(self) -> Any:
-        if self._h5 is None or self._h5_pid != os.getpid():
-            import h5py
-            self._h5, self._h5_pid = h5py.File(self.path, "r"), os.getpid()
-        return self._h5[self.h5_key]
+        """The lazy diffraction of this process: an h5py dataset or an np.memmap (opened once per pid)."""
+        if self._handle is None or self._handle_pid != os.getpid():
+            if Path(self.path).suffix.lower() in H5_SUFFIXES:
+                import h5py
+                f = h5py.File(self.path, "r")
+                self._handle = (f, f[self.lazy_key])
+            else:
+                self._handle = (None, npz_memmap(self.path, self.lazy_key))
+            self._handle_pid = os.getpid()
+        return self._handle[1]
 
     def close(self) -> None:
-        """Close the HDF5 handle of this process (reads reopen it)."""
-        if self._h5 is not None and self._h5_pid == os.getpid():
-            self._h5.close()
-        self._h5, self._h5_pid = None, None
+        """Close this process's file handle or memory map (reads reopen it)."""
+        if self._handle is not None and self._handle_pid == os.getpid() and self._handle[0] is not None:
+            self._handle[0].close()
+        self._handle, self._handle_pid = None, None
+
+    def without_object(self) -> "ScanData":
+        """The same scan without objectGuess: what a reading process needs (light to pickle when lazy)."""
+        return dataclasses.replace(self, object_guess=None)
 
     @property
     def is_lazy(self) -> bool:
@@ -228,7 +243,8 @@ def _suffix(path: Path) -> str:
 
 
 def _read_arrays(path: Path, handle: Any, is_h5: bool) -> tuple[dict[str, Any], list[str]]:
-    """Canonical-key arrays from an open NpzFile / h5py.File (HDF5 diffraction stays a dataset)."""
+    """Canonical-key arrays from an open NpzFile / h5py.File: HDF5 diffraction stays a dataset, an
+    uncompressed NPZ diffraction member becomes a memory map (`npz_memmap`)."""
     known = set(REQUIRED + OPTIONAL) | set(ALIASES)
     names = sorted(handle.keys(), key=lambda n: n in ALIASES)  # 'diffraction' wins over 'diff3d'
     if set(names) - known:
@@ -238,15 +254,19 @@ def _read_arrays(path: Path, handle: Any, is_h5: bool) -> tuple[dict[str, Any], 
     for name in (n for n in names if n in known and ALIASES.get(n, n) not in out):
         key = ALIASES.get(name, name)
         try:
-            item = handle[name]
+            lazy = npz_memmap(path, name) if key == "diffraction" and not is_h5 else None
+            item = lazy if lazy is not None else handle[name]
             if is_h5 and not hasattr(item, "dtype"):
                 problems.append(f"{name}: expected an HDF5 dataset, found a group; move the data to "
                                 f"a root dataset named {key}")
                 continue
             out[key] = item[()] if is_h5 and key != "diffraction" else item
-        except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a damaged .npz member
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # a damaged .npz member
             problems.append(f"{name}: damaged in the file ({e}); re-create the scan file or copy it again")
-        except ValueError as e:  # object arrays under allow_pickle=False
+        except ValueError as e:  # object arrays under allow_pickle=False, a truncated member
+            if "damaged" in str(e):
+                problems.append(f"{name}: {e}")
+                continue
             problems.append(f"{name}: could not be read without unpickling ({e}); store plain "
                             "numeric arrays (and metadata as a JSON string)")
     return out, problems
@@ -256,7 +276,9 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
     """Read a .npz (allow_pickle=False) or .h5/.hdf5 (lazy diffraction) scan file.
 
     Extra keys (e.g. upstream PtychoPINN 'xcoords_start', 'Y') are ignored. With `validate`, every
-    contract problem is collected and raised once as ScanValidationError.
+    contract problem is collected and raised once as ScanValidationError (one streaming pass over the
+    patterns, which also checks a memory-mapped NPZ member's CRC); without it the patterns are
+    trusted (a process reading a file its driver validated).
     """
     path = Path(path)
     is_h5 = _suffix(path) in H5_SUFFIXES
@@ -277,20 +299,29 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
     with handle:
         arrays, problems = _read_arrays(path, handle, is_h5)
         stats: dict[str, float] = {}
+        lazy_npz = not is_h5 and isinstance(arrays.get("diffraction"), np.memmap)
         if validate and not problems:  # an unreadable array would also show up as missing
             more, stats = check_arrays(arrays)
             problems += more
+            if lazy_npz:
+                member = "diffraction" if "diffraction" in handle.files else "diff3d"
+                try:
+                    check_member_crc(path, member)
+                except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                    problems.append(f"{member}: damaged in the file ({e}); re-create the scan file or copy it again")
         if problems:
             raise ScanValidationError(problems, str(path))
-        if is_h5:  # keep only the dataset's name; ScanData reopens the file where it reads
-            arrays["diffraction"] = arrays["diffraction"].name.lstrip("/")
+        lazy_key = None  # keep only the dataset's / member's name; ScanData reopens it where it reads
+        if is_h5:
+            lazy_key = arrays["diffraction"].name.lstrip("/")
+        elif lazy_npz:
+            lazy_key = "diffraction" if "diffraction" in handle.files else "diff3d"
     meta = arrays.get("metadata")
     scan = ScanData(
         path=path, probe=arrays["probeGuess"], xcoords=arrays["xcoords"], ycoords=arrays["ycoords"],
         object_guess=arrays.get("objectGuess"), scan_index=arrays.get("scan_index"),
         metadata=parse_metadata(meta) if meta is not None else {},
-        diffraction=None if is_h5 else arrays["diffraction"],
-        h5_key=arrays["diffraction"] if is_h5 else None)
+        diffraction=None if lazy_key else arrays["diffraction"], lazy_key=lazy_key)
     if "mean_energy" in stats:
         scan._energy = stats["mean_energy"]
     scale, how = photon_units(arrays, scan.mean_energy)  # energy as stored (scale 1)
@@ -326,6 +357,20 @@ def photon_units(arrays: dict[str, Any], mean_energy: Any) -> tuple[float, str]:
             return s, (f"normalised amplitudes brought to {n:.4g} photons per pattern (nphotons; mean energy "
                        f"{energy:.4g} as stored)")
     return 1.0, "sqrt(photon counts) (no intensity_scale key; nphotons absent or already met)"
+
+
+def read_object_guess(path: str | Path) -> np.ndarray | None:
+    """The (H, W) complex64 objectGuess of a scan file read alone (never the diffraction), or None."""
+    path = Path(path)
+    if _suffix(path) in H5_SUFFIXES:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            return np.asarray(f["objectGuess"][()], np.complex64) if "objectGuess" in f else None
+    from ptycho_torch.data.npz_files import open_npz, read_member
+
+    with open_npz(path) as z:
+        return np.asarray(read_member(z, "objectGuess", path), np.complex64) if "objectGuess" in z.files else None
 
 
 # ------------------------------------------------------------------ writing

@@ -52,3 +52,48 @@ def read_member(handle: Any, name: str, path: str | Path) -> np.ndarray:
         return handle[name]
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
         raise ValueError(f"{path}: array {name!r} is damaged ({e}); {REWRITE}") from None
+
+
+def npz_memmap(path: str | Path, member: str) -> np.memmap | None:
+    """The array `member` of an .npz as a read-only memory map, or None when it cannot be mapped
+    (a compressed or Fortran-ordered member: then read it whole with `np.load`).
+
+    np.load maps plain .npy files (`mmap_mode="r"`) but never the members of an .npz. A member that
+    np.savez stored uncompressed is a plain .npy file at a fixed offset of the archive; the offset
+    is the end of the member's local zip header (30 bytes + name + extra field, which may differ
+    from the central directory's) plus the length of its .npy header, which numpy itself parses.
+    """
+    import struct
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(member + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return None
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if local[:4] != ZIP_MAGIC:
+            raise ValueError(f"{path}: array {member!r} is damaged (bad zip entry); {REWRITE}")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            return None
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        offset = fh.tell()
+    if fortran or dtype.hasobject:
+        return None
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+    except ValueError as e:  # the file ends before the array does
+        raise ValueError(f"{path}: array {member!r} is damaged ({e}); {REWRITE}") from None
+
+
+def check_member_crc(path: str | Path, member: str) -> None:
+    """Read `member` of an .npz through zipfile, in 16 MiB chunks, so that its CRC-32 is checked
+    (a memory map never checks it); zipfile.BadZipFile on a damaged member."""
+    with zipfile.ZipFile(path) as zf, zf.open(member + ".npy") as fh:
+        while fh.read(1 << 24):
+            pass
