@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train PtychoPINN with Lightning on this machine")
-    p.add_argument("--data", type=Path, default=None, help="scan file (.npz/.h5) (default: data.path of --config)")
+    p.add_argument("--data", type=str, default=None, help="scan file (.npz/.h5/.hdf5) or a quoted glob such as "
+                   "'scans/part*.npz' for a scan split into files (default: data.path of --config)")
     p.add_argument("--out", type=Path, default=None, help="run directory to create (default: none; required)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue RUN_DIR from its last.ckpt up to the configured epochs (default: off)")
@@ -232,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconstruct", help="reconstruct a scan with a trained model")
     p.add_argument("--model", required=True, type=Path, help="training run directory or model.pt")
-    p.add_argument("--data", required=True, type=Path, help="scan file (.npz/.h5)")
+    p.add_argument("--data", required=True, nargs="+", help="scan file(s) (.npz/.h5/.hdf5) or quoted glob(s) of "
+                   "one scan, positions in one object frame (required)")
     p.add_argument("--out", required=True, type=Path, help="reconstruction directory")
     p.add_argument("--inference-batch-size", type=int, default=None,
                    help="patterns per batch (default: the model's execution.inference_batch_size or batch_size)")

@@ -19,8 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
-from ptycho_torch.data.contract import ScanData, read_scan
 from ptycho_torch.data.grouping import Groups, make_groups
+from ptycho_torch.data.scan_files import Scan, read_scans
 from ptycho_torch.physics import normalization_factor
 
 
@@ -28,7 +28,7 @@ class GroupDataset(Dataset):
     """Groups of patterns from one scan; reads the diffraction rows of a group on access (lazy for
     HDF5), so it pickles cheaply to DataLoader workers."""
 
-    def __init__(self, scan: ScanData, groups: Groups, norm_factor: float) -> None:
+    def __init__(self, scan: Scan, groups: Groups, norm_factor: float) -> None:
         self.scan = scan
         self.groups = groups
         self.norm_factor = float(norm_factor)
@@ -72,7 +72,7 @@ def dataloader_kwargs(execution: PyTorchExecutionConfig) -> dict[str, Any]:
     return kwargs
 
 
-def resolve_model_size(config: RunConfig, scan: ScanData) -> RunConfig:
+def resolve_model_size(config: RunConfig, scan: Scan) -> RunConfig:
     """`config` with model.N taken from the scan when it is None; an explicit N that disagrees with
     the scan, or a scan size no network takes, is a ConfigError naming the fix."""
     from ptycho_torch.model import N_BLOCKS
@@ -90,7 +90,7 @@ def resolve_model_size(config: RunConfig, scan: ScanData) -> RunConfig:
     return config
 
 
-def dataset_norm_factor(scan: ScanData) -> float:
+def dataset_norm_factor(scan: Scan) -> float:
     """The normalisation factor r of a scan (SPEC 4.1), from a streaming pass over its patterns."""
     return normalization_factor(scan.mean_energy(), scan.N)
 
@@ -102,13 +102,16 @@ class PtychoDataModule(L.LightningDataModule):
     distributed run sees the same split; each rank then reads its shard (DistributedSampler).
     """
 
-    def __init__(self, config: RunConfig, scan: ScanData | None = None, norm_factor: float | None = None) -> None:
+    def __init__(self, config: RunConfig, scan: Scan | None = None, norm_factor: float | None = None,
+                 validate: bool = True) -> None:
+        """`scan` defaults to `read_scans(config.data.path)` (a file, a glob or several files), validated
+        unless `validate` is False (a Ray worker reading what its driver validated)."""
         super().__init__()
         self.config = config
         if scan is None:
             if not config.data.path:
                 raise ConfigError("data.path: no scan file given; pass --data SCAN.npz")
-            scan = read_scan(config.data.path)
+            scan = read_scans(config.data.path, validate=validate)
         if config.data.max_patterns is not None and config.data.max_patterns < scan.n_patterns:
             scan = scan.subset(np.arange(config.data.max_patterns))
         config = resolve_model_size(config, scan)

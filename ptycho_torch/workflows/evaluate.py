@@ -90,9 +90,13 @@ def load_truth(path: Path) -> np.ndarray:
 
 
 def _truth_from_scan(path: Path) -> np.ndarray:
-    from ptycho_torch.data.contract import read_scan
+    """objectGuess of a scan file, read alone (the diffraction is never loaded)."""
+    from ptycho_torch.data.contract import read_object_guess
 
-    obj = read_scan(path, validate=False).object_guess
+    try:
+        obj = read_object_guess(path)
+    except OSError as e:
+        raise ValueError(f"{path}: could not be read as a scan file ({e})") from None
     if obj is None:
         raise _no_truth(path)
     return np.asarray(obj, dtype=np.complex64)
@@ -122,7 +126,16 @@ def evaluate(recon_path: Path, truth_path: Path, out: Path | None = None, plane_
     """
     recon_path, truth_path = Path(recon_path), Path(truth_path)
     obj, weight = load_recon(recon_path)
-    truth = load_truth(truth_path)
+    return score(obj, weight, load_truth(truth_path), recon_path, truth_path, out, plane_fit,
+                 weight_threshold=weight_threshold, erode_px=erode_px, plots=plots)
+
+
+def score(obj: np.ndarray, weight: np.ndarray, truth: np.ndarray, recon_path: Path, truth_path: Path | None,
+          out: Path | None = None, plane_fit: bool = False, *, weight_threshold: float = 0.1, erode_px: int = 0,
+          plots: bool = True) -> dict[str, Any]:
+    """`evaluate` on arrays already in memory: object and weight (H, W) of a reconstruction, truth
+    (H, W) complex; the paths only label the result (and place metrics.json when `out` is None)."""
+    recon_path = Path(recon_path)
     if obj.shape != truth.shape:
         raise ValueError(f"reconstruction {recon_path} has shape {obj.shape} but the ground truth {truth_path} "
                          f"has shape {truth.shape}; both must be in the scan's pixel frame (SPEC 7)")

@@ -24,9 +24,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ptycho_torch.config import RunConfig
-from ptycho_torch.data.contract import ScanData, read_scan
 from ptycho_torch.data.dataset import GroupDataset, dataloader_kwargs, dataset_norm_factor
 from ptycho_torch.data.grouping import Groups, make_groups
+from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans, scan_parts, scan_paths
 from ptycho_torch.stitching import StitchAccumulator, stitch_weight
 from ptycho_torch.workflows.bundle import LoadedBundle, load_bundle
 
@@ -63,12 +63,19 @@ class PatchPredictor:
             return self.module(x, offs).to(torch.complex64).cpu()
 
 
-def inference_groups(scan: ScanData, gridsize: int, neighbor_count: int = 6, seed: int = 0) -> Groups:
-    """One group per pattern, built the way training builds them: the pattern is the seed, its
-    C - 1 partners are drawn among its `neighbor_count` nearest with a seeded generator (so the
-    network sees the kind of group it learned on, and the result is reproducible)."""
-    rng = np.random.default_rng(seed) if gridsize > 1 else None
-    return make_groups(scan.positions, gridsize, neighbor_count=neighbor_count, rng=rng)
+def inference_groups(scan: Scan, gridsize: int, neighbor_count: int = 6, seed: int = 0) -> Groups:
+    """One group per pattern (global indices), built the way training builds them: the pattern is
+    the seed, its C - 1 partners are drawn among its `neighbor_count` nearest with a seeded generator
+    (so the network sees the kind of group it learned on, and the result is reproducible). Groups
+    are formed per file of a several-file scan (never across files), each file with the same seed."""
+    indices, seed_channel, offset = [], [], 0
+    for part in scan_parts(scan):
+        rng = np.random.default_rng(seed) if gridsize > 1 else None
+        groups = make_groups(part.positions, gridsize, neighbor_count=neighbor_count, rng=rng)
+        indices.append(groups.indices + offset)
+        seed_channel.append(groups.seed_channel)
+        offset += part.n_patterns
+    return Groups(np.concatenate(indices), np.concatenate(seed_channel))
 
 
 def seed_patches(patches: torch.Tensor, seed_channel: torch.Tensor) -> torch.Tensor:
@@ -76,16 +83,17 @@ def seed_patches(patches: torch.Tensor, seed_channel: torch.Tensor) -> torch.Ten
     return patches[torch.arange(len(patches)), seed_channel]
 
 
-def inference_loader(scan: ScanData, groups: Groups, config: RunConfig, batch_size: int | None = None) -> DataLoader:
+def inference_loader(scan: Scan, groups: Groups, config: RunConfig, batch_size: int | None = None) -> DataLoader:
     """Loader of raw amplitudes (norm factor 1) in scan order; batch size defaults to the run's
     `inference_batch_size`, DataLoader knobs come from the execution config."""
     return DataLoader(GroupDataset(scan, groups, 1.0), batch_size=batch_size or config.inference_batch_size,
                       shuffle=False, **dataloader_kwargs(config.execution))
 
 
-def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarray, scan: ScanData,
+def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarray, scan: Scan,
                          metadata: dict[str, Any]) -> dict[str, Any]:
-    """Write object.npz, amplitude.png, phase.png and, with a ground truth, metrics.json."""
+    """Write object.npz, amplitude.png, phase.png and, with a ground truth (the scan's objectGuess,
+    already in memory), metrics.json: scored from the arrays, nothing is read back."""
     from ptycho_torch.outputs import atomic_path
     from ptycho_torch.plots import save_complex_images
 
@@ -96,11 +104,12 @@ def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarra
                  xcoords=scan.xcoords, ycoords=scan.ycoords, metadata=np.array(json.dumps(metadata)))
     save_complex_images(obj, out_dir, weight=weight)
     result: dict[str, Any] = {"object_path": str(out_dir / "object.npz")}
-    if scan.object_guess is not None:
-        from ptycho_torch.workflows.evaluate import evaluate
+    truth = scan.object_guess
+    if truth is not None:
+        from ptycho_torch.workflows.evaluate import score
 
-        result["metrics"] = evaluate(out_dir / "object.npz", scan.path, out_dir / "metrics.json") \
-            if scan.path is not None else None
+        truth_path = getattr(scan, "truth_part", scan).path
+        result["metrics"] = score(obj, weight, truth, out_dir / "object.npz", truth_path, out_dir / "metrics.json")
     return result
 
 
@@ -113,12 +122,13 @@ class ReconResult:
     metrics: dict[str, Any] | None
 
 
-def reconstruct(model: str | Path, data: str | Path, out_dir: str | Path, *, batch_size: int | None = None,
+def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batch_size: int | None = None,
                 device: str = "cpu", renormalize: bool = False, progress: bool | None = None) -> ReconResult:
-    """Reconstruct the scan `data` with the bundle `model` into `out_dir` (local, one process)."""
+    """Reconstruct the scan `data` (a file, a glob, or several files of one scan) with the bundle
+    `model` into `out_dir` (local, one process)."""
     predictor = PatchPredictor(model, device=device)
     config = predictor.config
-    scan = read_scan(data)
+    scan = read_scans(data)
     if scan.N != config.model.N:
         raise ValueError(f"the model was trained on {config.model.N}x{config.model.N} patterns but "
                          f"{data} holds {scan.N}x{scan.N} patterns")
@@ -139,7 +149,7 @@ def reconstruct(model: str | Path, data: str | Path, out_dir: str | Path, *, bat
     obj, weight = acc.result(config.inference.weight_threshold)
     rate = len(groups) / max(seconds, 1e-9)
     log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s)", len(groups), seconds, rate)
-    meta = {"model": str(predictor.bundle.path), "data": str(data), "n_patterns": len(groups),
+    meta = {"model": str(predictor.bundle.path), "data": scan_paths(scan), "n_patterns": len(groups),
             "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local"}
     written = write_reconstruction(out_dir, obj, weight, scan, meta)
     return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"))
