@@ -37,13 +37,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "ablation.json"
 SECTION = "## Ablation"
 
 OLD = {"gridsize": 2, "intensity_scale_start": "unit", "network_input": "amplitude", "group_network": "joint",
-       "merge_weight": "ones"}
+       "merge_weight": "ones", "decoder": "plain"}
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("old", "old defaults (upstream-like network, unit-amplitude scale start)", OLD),
     ("scale", "+ scale starts at the head's typical output", {**OLD, "intensity_scale_start": "typical"}),
     ("backprop", "+ back-propagated input", {**OLD, "intensity_scale_start": "typical",
                                              "network_input": "backprop"}),
-    ("new", "+ one network per pattern = new defaults", {"gridsize": 2}),
+    ("per_pattern", "+ one network per pattern", {"gridsize": 2, "decoder": "plain"}),
+    ("new", "+ U-Net decoders (skips, bilinear) = new defaults", {"gridsize": 2}),
     ("probe_weights", "new defaults, probe-intensity merge weights", {"gridsize": 2, "merge_weight": "probe"}),
     ("no_constraint", "new defaults, overlap constraint off", {"gridsize": 2, "overlap_constraint": False}),
     ("g1", "new defaults, gridsize 1", {"gridsize": 1}),

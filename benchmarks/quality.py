@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="default: 2e-3")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the scan, run and reconstruction folders (with their PNGs) here")
     args = parser.parse_args()
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, None) is None:
@@ -211,7 +213,8 @@ def main() -> None:
     print(f"training budget: {args.budget_minutes:g} min per gridsize, gridsizes {args.gridsizes}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="ptycho-quality-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         scan = simulate(args, work)
         runs = [one_gridsize(args, scan, g, work) for g in args.gridsizes]
     result = {

@@ -76,6 +76,9 @@ class ModelConfig(ConfigSection):
     intensity_scale_start: Literal["typical", "unit"] = config_field(
         "typical", "where the scale starts: the head's typical output (0.5) carries the data's energy, or "
         "an amplitude of 1 does (the old start, which saturated the amplitude)")
+    decoder: Literal["unet", "plain"] = config_field(
+        "unet", "'unet' = decoders with skip connections from every encoder block and bilinear upsampling; "
+        "'plain' = upstream's decoders (bottleneck only, nearest-neighbour upsampling)")
     merge_weight: Literal["ones", "probe"] = config_field(
         "ones", "gridsize>1: weight of each patch in the overlap merge: all ones (the ablation's winner) or "
         "|probe|^2 (each patch speaks only where its probe lit the object)")

@@ -65,7 +65,7 @@ class PtychoPINNModule(L.LightningModule):
         self.net_channels = 1 if cfg.group_network == "per_pattern" else cfg.channels
         in_per_pattern = 2 if cfg.network_input == "backprop" else 1
         self.net = PtychoNet(N, self.net_channels, cfg.n_filters_scale,
-                             in_channels=in_per_pattern * self.net_channels)
+                             in_channels=in_per_pattern * self.net_channels, skips=cfg.decoder == "unet")
         if probe is None:
             probe = torch.ones(probe_modes, N, N, dtype=torch.complex64)
         probe = probe.to(torch.complex64).reshape(-1, N, N)
