@@ -150,7 +150,18 @@ def psnr(a: np.ndarray, b: np.ndarray, data_range: float, mask: np.ndarray | Non
 
 def ssim(a: np.ndarray, b: np.ndarray, data_range: float, mask: np.ndarray | None = None,
          win_sigma: float = 1.5) -> float:
-    """Structural similarity (Wang et al. 2004) of real images a, b (H, W), mean over the mask.
+    """Structural similarity (Wang et al. 2004) of real images a, b (H, W): the mean of `ssim_map`
+    over the mask."""
+    smap, m = ssim_map(a, b, data_range, mask, win_sigma)
+    return float(np.mean(smap[m]))
+
+
+def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float, mask: np.ndarray | None = None,
+             win_sigma: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """Local structural similarity (Wang et al. 2004) of real images a, b (H, W): (map (H, W), mask).
+
+    Away from the mask's edge (and the image border) the map equals scikit-image's
+    `structural_similarity(gaussian_weights=True, use_sample_covariance=False)` (tested).
 
     Local statistics use a Gaussian window (sigma `win_sigma` px, truncated at 3.5 sigma: 11x11 for
     1.5) and population (co)variances; K1 = 0.01, K2 = 0.03, C = (K L)^2 with L = data_range (> 0).
@@ -178,7 +189,7 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float, mask: np.ndarray | Non
     s_ab = smooth(mf * a * b) / wsum - mu_a * mu_b
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     smap = ((2 * mu_a * mu_b + c1) * (2 * s_ab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2))
-    return float(np.mean(smap[m]))
+    return smap, m
 
 
 # ------------------------------------------------------------------ FRC
