@@ -37,8 +37,10 @@ def _step(number: int, text: str) -> float:
 
 
 def run_demo(out: Path, *, epochs: int = 40, n_positions: int = 1000, sweep_epochs: int = 3,
-             workers: int = 2, num_cpus: int | None = None) -> dict[str, Any]:
-    """Run the pipeline into `out` and return the summary dict (also written as summary.json)."""
+             workers: int = 2, num_cpus: int | None = None, ray_settings: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
+    """Run the pipeline into `out` and return the summary dict (also written as summary.json).
+    `ray_settings` are further RayConfig fields (e.g. address, worker_start_timeout_s)."""
     from ptycho_dist.config import RayConfig
     from ptycho_dist.inference import reconstruct_distributed
     from ptycho_dist.session import ray_session
@@ -53,7 +55,8 @@ def run_demo(out: Path, *, epochs: int = 40, n_positions: int = 1000, sweep_epoc
     scan = simulate_to_file(demo_simulation(n_positions), out / "scan.npz")
     timings["simulate_s"] = time.perf_counter() - t
 
-    ray_config = RayConfig(num_cpus=num_cpus, storage_path=str(out / "runs"), name="train")
+    ray_config = RayConfig.from_dict({**(ray_settings or {}), "num_cpus": num_cpus,
+                                      "storage_path": str(out / "runs"), "name": "train"})
     with ray_session(ray_config):
         single = demo_run_config(scan, epochs)
         # batch_size is per worker: split the single-machine batch so the global batch (and so the
@@ -148,20 +151,25 @@ final val_loss {summary['final_val_loss']:.4g}) -> 2-trial Ray Tune sweep of the
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
+    from ptycho_dist.flags import ray_overrides
+
+    ray = ray_overrides(args)
     summary = run_demo(args.out, epochs=args.epochs, n_positions=args.n_positions,
-                       sweep_epochs=args.sweep_epochs, num_cpus=args.num_cpus)
+                       sweep_epochs=args.sweep_epochs, num_cpus=ray.pop("num_cpus", None), ray_settings=ray)
     print(f"demo finished in {sum(summary['timings_s'].values()):.0f} s: {args.out / 'summary.md'}")
     print(json.dumps(summary["metrics"], indent=1))
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`ptycho-dist demo`."""
+    from ptycho_dist.flags import add_ray_flags
+
     p = subparsers.add_parser("demo", help="simulate, train on 2 Ray workers, sweep, reconstruct with Ray "
                                            "Data, evaluate; writes summary.md")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
     p.add_argument("--n-positions", type=int, default=1000, help="scan positions (default: 1000)")
     p.add_argument("--sweep-epochs", type=int, default=3, help="epochs per sweep trial (default: 3)")
-    p.add_argument("--num-cpus", type=int, default=None,
-                   help="CPUs of the embedded Ray (default: all of this machine)")
+    add_ray_flags(p)
     p.set_defaults(func=cmd_demo)
     return p

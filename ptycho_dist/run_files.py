@@ -1,4 +1,6 @@
-"""Files of a Ray training run, in a local directory or under an object-store URI (pyarrow).
+"""Where Ray runs live and their files, in a local directory or under an object-store URI (pyarrow).
+
+`storage_path` / `run_location` are the one way a run's location is spelled (`storage/name`);
 
 `write_run_file` / `read_run_file` hold the small text files next to a run (config.yaml, ray.yaml),
 `upload` copies a locally staged run to a URI, and `registered_checkpoint` / `newest_checkpoint_name`
@@ -11,10 +13,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ptycho_dist.scaling import is_uri
+DEFAULT_STORAGE = "ray_runs"
 
+CONFIG_FILE = "config.yaml"  # the resolved RunConfig of a run (as ptycho-torch writes it)
+RAY_FILE = "ray.yaml"  # the `ray:` section of a run, next to config.yaml
 CHECKPOINT_FILE = "checkpoint.ckpt"  # inside each Ray checkpoint directory (RayTrainReportCallback)
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray's list of registered checkpoints
+
+
+def is_uri(path: str) -> bool:
+    """True for 's3://bucket/x', 'gs://...', 'file:///...' (anything with a scheme)."""
+    return "://" in path
+
+
+def absolute_location(raw: str) -> str:
+    """A local path made absolute, or a URI unchanged."""
+    return raw if is_uri(raw) else str(Path(raw).expanduser().resolve())
+
+
+def storage_path(ray_config: Any) -> str:
+    """`ray.storage_path` (default ./ray_runs) as an absolute local path, or the URI unchanged."""
+    return absolute_location(ray_config.storage_path or DEFAULT_STORAGE)
+
+
+def run_location(storage: str, name: str) -> str:
+    """The directory (path or URI) of run `name` under `storage`."""
+    return f"{storage.rstrip('/')}/{name}"
 
 
 def _fs(location: str) -> tuple[Any, str]:

@@ -23,13 +23,12 @@ import math
 import os
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Mapping
 
 from ptycho_dist.config import RayConfig
+from ptycho_dist.run_files import storage_path
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
 
-DEFAULT_STORAGE = "ray_runs"
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 _EPS = 1e-9  # resource arithmetic tolerance (Ray resources are floats)
 
@@ -103,10 +102,29 @@ def num_workers(execution: PyTorchExecutionConfig) -> int:
     return int(execution.devices) * execution.num_nodes
 
 
-def _slots(node: Mapping[str, float], per_worker: Mapping[str, float]) -> int:
-    """How many workers needing `per_worker` fit on one node."""
-    counts = [math.floor(node.get(k, 0.0) / v + _EPS) for k, v in per_worker.items() if v > 0]
-    return min(counts) if counts else 0
+def fit_count(available: Mapping[str, float], need: Mapping[str, float]) -> int:
+    """How many units needing `need` ({'CPU': 1, 'GPU': 0.5}) fit in `available` (a node's or the
+    cluster's resources): the one cluster-fit calculation of train workers, sweep trials and
+    inference actors. A unit that needs nothing fits without bound (a large number)."""
+    counts = [math.floor(available.get(k, 0.0) / v + _EPS) for k, v in need.items() if v > 0]
+    return min(counts) if counts else 10**6
+
+
+def actor_pool_size(resources: ClusterResources, asked: int | None, cpus: float, gpus: float) -> int:
+    """Inference actors of (cpus, gpus) each: `asked`, checked against the nodes, or as many as fit
+    (an actor pool that cannot be placed waits forever in Ray, so it is refused here)."""
+    if gpus > 0 and resources.gpus < gpus:
+        raise ConfigError(f"--num-gpus-per-actor {gpus:g}: the Ray cluster has {resources.gpus:g} GPUs; use 0 on CPU")
+    fits = sum(fit_count(node, {"CPU": cpus, "GPU": gpus}) for node in resources.nodes)
+    if asked is None:
+        return max(1, min(fits, 10**6))
+    if asked < 1:
+        raise ConfigError(f"--concurrency must be >= 1, got {asked}")
+    if asked > fits:
+        raise ConfigError(f"--concurrency {asked} actors x ({cpus:g} CPU, {gpus:g} GPU) do not fit the Ray "
+                          f"cluster ({resources.cpus:g} CPUs, {resources.gpus:g} GPUs); lower --concurrency "
+                          "or --num-cpus-per-actor")
+    return asked
 
 
 def _request(execution: PyTorchExecutionConfig, ray_config: RayConfig,
@@ -177,7 +195,7 @@ def _placement_problems(plan: ScalingPlan, execution: PyTorchExecutionConfig,
                             f"cluster has {resources.gpus:g} GPUs; lower --devices or --num-nodes")
     if problems:
         return problems
-    slots = [_slots(node, plan.resources_per_worker) for node in resources.nodes]
+    slots = [min(fit_count(node, plan.resources_per_worker), n) for node in resources.nodes]
     fits = {"PACK": sum(slots), "SPREAD": sum(slots), "STRICT_PACK": max(slots, default=0),
             "STRICT_SPREAD": sum(1 for s in slots if s > 0)}[plan.placement_strategy]
     if fits < n:
@@ -273,18 +291,7 @@ def strategy_class(name: str) -> type:
     return getattr(rl, classes[name])
 
 
-# ------------------------------------------------------------------ storage and run names
-
-def is_uri(path: str) -> bool:
-    """True for 's3://bucket/x', 'gs://…', 'file:///…' (anything with a scheme)."""
-    return "://" in path
-
-
-def storage_path(ray_config: RayConfig) -> str:
-    """Absolute local path (default ./ray_runs) or the URI unchanged."""
-    raw = ray_config.storage_path or DEFAULT_STORAGE
-    return raw if is_uri(raw) else str(Path(raw).expanduser().resolve())
-
+# ------------------------------------------------------------------ run names
 
 def run_name(ray_config: RayConfig, now: datetime | None = None) -> str:
     """`ray.name`, or train-YYYYmmdd-HHMMSS."""

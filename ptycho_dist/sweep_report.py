@@ -171,7 +171,7 @@ def copy_run(run_dir: str, dest: Path, names: Sequence[str] = RUN_FILES) -> Path
     the local directory `dest`, which then is a run directory `ptycho-torch reconstruct --model` accepts."""
     import pyarrow.fs as pafs
 
-    from ptycho_dist.scaling import is_uri
+    from ptycho_dist.run_files import is_uri, run_location
 
     dest.mkdir(parents=True, exist_ok=True)
     if is_uri(run_dir):
@@ -179,7 +179,7 @@ def copy_run(run_dir: str, dest: Path, names: Sequence[str] = RUN_FILES) -> Path
     else:
         fs, base = pafs.LocalFileSystem(), str(Path(run_dir).resolve())
     for name in names:
-        source = f"{base.rstrip('/')}/{name}"
+        source = run_location(base, name)
         if fs.get_file_info(source).type != pafs.FileType.File:
             if name == "model.pt":
                 raise FileNotFoundError(f"the best trial's model bundle {run_dir}/{name} does not exist")

@@ -48,7 +48,9 @@ def trial_dirname(trial: Any) -> str:
 
 def run_location(experiment: str, trial_id: str) -> str:
     """The training run directory (path or URI) of a trial."""
-    return f"{experiment.rstrip('/')}/{RUNS_DIR}/{trial_id}"
+    from ptycho_dist.run_files import run_location as join
+
+    return join(join(experiment, RUNS_DIR), trial_id)
 
 
 def plain(value: Any) -> Any:
@@ -66,8 +68,8 @@ def run_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     from ray import tune
 
     from ptycho_dist.config import RayConfig, SweepConfig
-    from ptycho_dist.run_files import read_run_file
-    from ptycho_dist.train import CONFIG_FILE, fit_distributed
+    from ptycho_dist.run_files import CONFIG_FILE, read_run_file
+    from ptycho_dist.train import fit_distributed
     from ptycho_torch.config import RunConfig
 
     trial_id = tune.get_context().get_trial_id()

@@ -21,9 +21,11 @@ from its checkpoint.ckpt; the epoch counter and the loss history continue, never
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import shutil
 import signal
 import tempfile
@@ -41,21 +43,24 @@ from lightning.pytorch.callbacks import Callback
 from ptycho_dist.config import RayConfig
 from ptycho_dist.run_files import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
+    RAY_FILE,
+    is_uri,
     newest_checkpoint_name,
     read_run_file,
     registered_checkpoint,
+    run_location,
+    storage_path,
     upload,
     write_run_file,
 )
 from ptycho_dist.scaling import (
     check_request,
-    is_uri,
     plan_for_cluster,
     release_autoscaler_request,
     run_config,
     run_name,
     set_worker_start_timeout,
-    storage_path,
     strategy_class,
 )
 from ptycho_dist.session import ray_session
@@ -63,8 +68,6 @@ from ptycho_torch.config import ConfigError, RunConfig, apply_overrides
 
 log = logging.getLogger("ptycho_dist")
 
-RAY_FILE = "ray.yaml"  # the `ray:` section of a run, next to config.yaml
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -129,7 +132,7 @@ def _quiet_worker(verbose: bool) -> None:
     """Our progress lines on stderr (forwarded to the driver by Ray); Ray's and Lightning's INFO chatter
     off unless verbose. Root at WARNING also silences Ray Train's per-report INFO line, which is logged
     under a file-path logger name that LoggingConfig(log_level) does not filter (Ray 2.60)."""
-    from ptycho_torch.cli import setup_logging
+    from ptycho_torch.console import setup_logging
 
     setup_logging(verbose)
     if not verbose:
@@ -139,55 +142,45 @@ def _quiet_worker(verbose: bool) -> None:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
-    """Body of every Ray Train worker (built by `fit_distributed`). Keys of `loop_config`:
-    config (RunConfig.to_dict()), run_dir (path or URI), strategy ('ddp'|'fsdp'|'deepspeed'),
-    accelerator ('cpu'|'gpu'), threads (torch intra-op threads), verbose (bool), callbacks (extra
-    picklable Lightning callbacks, e.g. for tests and benchmarks). Returns a summary on rank 0."""
-    import ray
-    import ray.train
-    from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback, prepare_trainer
+    """Body of every Ray Train worker: `ptycho_torch.workflows.train.train` with what Ray adds.
 
-    from ptycho_torch.data.dataset import PtychoDataModule
-    from ptycho_torch.workflows.train import build_module, build_trainer, finish_run
+    `loop_config` (plain data, built once by the driver): config (the resolved RunConfig as a dict),
+    norm_factor (r from the driver's validation pass), run_dir (path or URI), strategy, accelerator,
+    threads (torch intra-op threads), verbose, callbacks (extra picklable Lightning callbacks).
+    Returns a summary on rank 0.
+    """
+    import ray.train
+    from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback
+
+    from ptycho_torch.workflows.train import Launch, train
 
     _quiet_worker(bool(loop_config.get("verbose")))
+    os.environ["OMP_NUM_THREADS"] = str(loop_config["threads"])  # train() sets torch's threads from it
     config = RunConfig.from_dict(loop_config["config"])
-    torch.set_num_threads(int(loop_config.get("threads", 1)))
-    rank = ray.train.get_context().get_world_rank()
     target = str(loop_config["run_dir"])
     staging = Path(tempfile.mkdtemp(prefix="ptycho-dist-run-")) if is_uri(target) else None
-    run_dir = staging or Path(target)
-
-    L.seed_everything(config.execution.seed, workers=True, verbose=False)
-    datamodule = PtychoDataModule(config)
-    config = datamodule.config  # model.N resolved from the scan when it was left unset
-    module = build_module(config, datamodule)
-    # Ray's checkpoints replace Lightning's ModelCheckpoint (module docstring)
-    no_lightning_ckpt = config.replace(execution=dataclasses.replace(config.execution, enable_checkpointing=False))
     start = _StartEpoch()
-    reporting: Callback = RayTrainReportCallback() if config.execution.enable_checkpointing else _MetricsReport()
-    trainer = build_trainer(
-        no_lightning_ckpt, run_dir, strategy=strategy_class(loop_config["strategy"])(),
-        plugins=[RayLightningEnvironment()], devices="auto", num_nodes=1,
-        accelerator=loop_config["accelerator"],
-        extra_callbacks=[start, reporting, *loop_config.get("callbacks", [])])
-    trainer = prepare_trainer(trainer)
+    # Ray's checkpoints replace Lightning's ModelCheckpoint (module docstring)
+    report = RayTrainReportCallback() if config.execution.enable_checkpointing else _MetricsReport()
+
+    replicas: dict[str, Any] = {}
+
+    def after_fit(trainer: L.Trainer, module: torch.nn.Module) -> dict[str, Any]:
+        ranks = _gather({"checksum": state_checksum(module), "node_id": ray.get_runtime_context().get_node_id()})
+        replicas.update(replica_checksums=[r["checksum"] for r in ranks], replica_nodes=[r["node_id"] for r in ranks])
+        return {"ray": {"world_size": trainer.world_size, "start_epoch": start.epoch, **replicas}}
 
     checkpoint = ray.train.get_checkpoint()
-    t0 = time.perf_counter()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            # a damaged latest checkpoint falls back to an older intact one; an unsafe one is refused
-            ckpt_file = intact_ray_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, target)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_file), weights_only=True)
-    else:
-        trainer.fit(module, datamodule=datamodule)
-    seconds = time.perf_counter() - t0
-    ranks = _gather({"checksum": state_checksum(module), "node_id": ray.get_runtime_context().get_node_id()})
-    checksums, nodes = [r["checksum"] for r in ranks], [r["node_id"] for r in ranks]
-    result = finish_run(config, run_dir, module, trainer, datamodule, seconds,
-                        extra={"ray": {"world_size": trainer.world_size, "start_epoch": start.epoch,
-                                       "replica_checksums": checksums, "replica_nodes": nodes}})
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as ckpt_dir:
+        # a damaged latest checkpoint falls back to an older intact one; an unsafe one is refused
+        ckpt = intact_ray_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, target) if ckpt_dir else None
+        launch = Launch(trainer={"strategy": strategy_class(loop_config["strategy"])(), "devices": "auto",
+                                 "num_nodes": 1, "accelerator": loop_config["accelerator"],
+                                 "plugins": [RayLightningEnvironment()], "enable_checkpointing": False},
+                        checkpoint=ckpt, norm_factor=loop_config["norm_factor"], after_fit=after_fit)
+        result = train(config, staging or Path(target), callbacks=[start, report, *loop_config["callbacks"]],
+                       launch=launch)
+    rank = ray.train.get_context().get_world_rank()
     if staging is not None:
         if rank == 0:
             upload(staging, target)
@@ -195,8 +188,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if rank != 0:
         return None
     return {"metrics": result.metrics, "history": result.history, "epochs_completed": result.epochs_completed,
-            "start_epoch": start.epoch, "fit_seconds": seconds, "world_size": trainer.world_size,
-            "replica_checksums": checksums, "replica_nodes": nodes}
+            "start_epoch": start.epoch, "fit_seconds": result.seconds, "world_size": result.trainer.world_size,
+            **replicas}
 
 
 def intact_ray_checkpoint(latest: Path, run_dir: str) -> Path:
@@ -242,8 +235,8 @@ class _MetricsReport(Callback):
 # ------------------------------------------------------------------ driver side
 
 def _user_error(error: BaseException) -> BaseException | None:
-    """The first ConfigError / FileNotFoundError / FloatingPointError inside a Ray training failure."""
-    from ptycho_torch.cli import USER_ERRORS
+    """The first user error (ptycho_torch.console.USER_ERRORS) inside a Ray training failure."""
+    from ptycho_torch.errors import USER_ERRORS
 
     failures = getattr(error, "worker_failures", None) or {}
     for failure in [*failures.values(), getattr(error, "controller_failure", None)]:
@@ -266,15 +259,13 @@ def _drop_untrained_run(location: str) -> None:
 
 def with_absolute_data_path(config: RunConfig) -> RunConfig:
     """config with data.path made absolute (every worker process resolves it the same way); the
-    file must exist. URIs are left as they are."""
+    file (or, for a glob, at least one file) must exist."""
+    from ptycho_torch.data.scan_files import resolve_scan_paths
+
     if not config.data.path:
         raise ConfigError("data.path: no scan file given; pass --data SCAN (or data.path in --config)")
-    if is_uri(config.data.path):
-        return config
-    data = Path(config.data.path).expanduser().resolve()
-    if not data.is_file():
-        raise FileNotFoundError(f"scan file {config.data.path} does not exist")
-    return apply_overrides(config, {"data.path": str(data)})
+    resolve_scan_paths(config.data.path)
+    return apply_overrides(config, {"data.path": os.path.abspath(os.path.expanduser(config.data.path))})
 
 
 REGISTER_GRACE_S = 15.0  # on a signal, how long to wait for Ray to register a checkpoint being written
@@ -378,15 +369,20 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     picklable Lightning callbacks added on every worker; `ray_callbacks` are Ray Train callbacks added
     to the run (a sweep trial passes Tune's TuneReportCallback). Raises ConfigError before any worker
     starts when the request cannot fit the cluster (after asking its autoscaler, if it has one).
+    The scan is validated here, once (workers trust it), before Ray starts.
     """
-    from ptycho_torch.cli import USER_ERRORS
+    from ptycho_torch.data.dataset import PtychoDataModule
+    from ptycho_torch.errors import USER_ERRORS
 
     config = with_absolute_data_path(config)
     check_request(config.execution, ray_config)
     name = run_name(ray_config)
-    location = f"{storage_path(ray_config).rstrip('/')}/{name}"
+    location = run_location(storage_path(ray_config), name)
     ray_config = dataclasses.replace(ray_config, name=name)
     claim_ray_run(location, name, resume, overwrite)  # moving aside waits until the plan fits
+    datamodule = PtychoDataModule(config)  # the one validation pass; also model.N and r from the data
+    config, norm_factor = datamodule.config, datamodule.norm_factor
+    del datamodule
     ray_run_config = run_config(config, ray_config, name)
     if ray_callbacks:
         ray_run_config.callbacks = [*(ray_run_config.callbacks or []), *ray_callbacks]
@@ -394,7 +390,8 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     wall = time.perf_counter()
     fresh = not resume and not is_uri(location) and not Path(location).exists()  # never an older run
     try:
-        result, plan = _fit_on_cluster(config, ray_config, location, resume, overwrite, ray_run_config, callbacks)
+        result, plan = _fit_on_cluster(config, norm_factor, ray_config, location, resume, overwrite, ray_run_config,
+                                       callbacks)
     except USER_ERRORS:
         if fresh:
             _drop_untrained_run(location)
@@ -409,8 +406,8 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
         replica_nodes=list(summary.get("replica_nodes", [])), ray_result=result)
 
 
-def _fit_on_cluster(config: RunConfig, ray_config: RayConfig, location: str, resume: bool, overwrite: bool,
-                    ray_run_config: Any, callbacks: Sequence[Callback]) -> tuple[Any, Any]:
+def _fit_on_cluster(config: RunConfig, norm_factor: float, ray_config: RayConfig, location: str, resume: bool,
+                    overwrite: bool, ray_run_config: Any, callbacks: Sequence[Callback]) -> tuple[Any, Any]:
     """In a Ray session: the pre-flight check, the run files, the TorchTrainer fit; (Result, plan)."""
     from ray.train import ControllerError, TrainingFailedError
     from ray.train.torch import TorchTrainer
@@ -424,7 +421,7 @@ def _fit_on_cluster(config: RunConfig, ray_config: RayConfig, location: str, res
         write_run_file(location, RAY_FILE, yaml.safe_dump({"ray": ray_config.to_dict()}, sort_keys=False))
         log.info("%s run %r: %d worker(s) x %s, %s on %s, storage %s", "resuming" if resume else "starting",
                  name, plan.num_workers, plan.resources_per_worker, plan.strategy, plan.accelerator, location)
-        loop_config = {"config": config.to_dict(), "run_dir": location, "strategy": plan.strategy,
+        loop_config = {"config": config.to_dict(), "norm_factor": norm_factor, "run_dir": location, "strategy": plan.strategy,
                        "accelerator": plan.accelerator, "threads": plan.torch_threads,
                        "verbose": ray_config.verbose, "callbacks": list(callbacks)}
         trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
@@ -450,9 +447,3 @@ def _fit_on_cluster(config: RunConfig, ray_config: RayConfig, location: str, res
             if asked_autoscaler:
                 release_autoscaler_request()
 
-
-def add_parser(subparsers: Any) -> None:
-    """`ptycho-dist train` (flags and config resolution live in ptycho_dist.train_cli)."""
-    from ptycho_dist.train_cli import add_train_parser
-
-    add_train_parser(subparsers)

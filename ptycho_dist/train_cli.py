@@ -19,42 +19,28 @@ Precedence (lowest first): defaults <- the resumed run's config.yaml / ray.yaml 
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ptycho_dist.config import RayConfig
+from ptycho_dist.flags import RAY_FLAGS, add_ray_flags, ray_overrides
+from ptycho_dist.run_files import CONFIG_FILE, RAY_FILE, read_run_file, run_location, storage_path
 from ptycho_torch.config import ConfigError, RunConfig, apply_overrides, yaml_problem
 
-# flag -> (RayConfig field, argparse type)
-RAY_FLAGS: dict[str, tuple[str, Any]] = {
-    "--address": ("address", str),
-    "--storage-path": ("storage_path", str),
-    "--name": ("name", str),
-    "--max-failures": ("max_failures", int),
-    "--cpus-per-worker": ("cpus_per_worker", float),
-    "--gpus-per-worker": ("gpus_per_worker", float),
-    "--num-cpus": ("num_cpus", int),
-    "--placement-strategy": ("placement_strategy", str.upper),
-    "--worker-start-timeout": ("worker_start_timeout_s", float),
-    "--autoscaling": ("autoscaling", str),  # true/false, checked by RayConfig
-}
 
-
-def _ray_default(name: str) -> Any:
-    f = next(f for f in fields(RayConfig) if f.name == name)
-    return f.default if f.default is not MISSING else None
-
-
-def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`ptycho-dist train`."""
     from ptycho_torch.cli_args import add_config_arguments
 
     p = subparsers.add_parser("train", help="train PtychoPINN on Ray (one worker per device, DDP)",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=None, help="scan file (.npz/.h5) every worker can read "
-                   "(default: data.path of --config)")
+                              description="Train PtychoPINN with Ray Train: devices x num_nodes workers running "
+                                          "the same Lightning training as ptycho-torch train, into the run "
+                                          "directory --storage-path/--name (or --out); --resume NAME continues "
+                                          "a run from its latest checkpoint.")
+    p.add_argument("--data", type=str, default=None, help="scan file (.npz/.h5/.hdf5) or quoted glob every "
+                   "worker can read (default: data.path of --config)")
     p.add_argument("--out", type=Path, default=None, help="run directory; same as --storage-path "
                    "parent --name basename (default: --storage-path/--name)")
     p.add_argument("--resume", default=None, metavar="NAME",
@@ -63,11 +49,7 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run where a run of that name exists, after moving the old one aside to "
                         "NAME.replaced-<time> (nothing is deleted) (default: off, such a run is refused)")
-    ray = p.add_argument_group("Ray (the `ray:` section of --config)")
-    docs = RayConfig.field_docs()
-    for flag, (name, kind) in RAY_FLAGS.items():
-        ray.add_argument(flag, dest="ray:" + name, type=kind, default=None, metavar=name.upper(),
-                         help=f"{docs[name]} (sets ray.{name}; default: {_ray_default(name)!r})")
+    add_ray_flags(p, RAY_FLAGS)
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
     return p
@@ -115,15 +97,10 @@ def _text_config(text: str | None, where: str) -> dict[str, Any]:
 
 def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig, bool]:
     """(RunConfig, RayConfig, resume) from the flags; see the module docstring for precedence."""
-    from ptycho_dist.run_files import read_run_file
-    from ptycho_dist.scaling import storage_path
-    from ptycho_dist.train import CONFIG_FILE, RAY_FILE
     from ptycho_torch.cli_args import cli_overrides
 
     file_run, file_ray = split_dist_yaml(args.config) if args.config is not None else (None, {})
-    cli_ray = {k[len("ray:"):]: v for k, v in vars(args).items() if k.startswith("ray:") and v is not None}
-    if getattr(args, "verbose", False):
-        cli_ray["verbose"] = True
+    cli_ray = ray_overrides(args)
     if args.resume is not None and args.out is not None:
         raise ConfigError("--resume continues a run in its own directory; drop --out")
     if args.out is not None:
@@ -142,7 +119,7 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
         else:
             cli_ray["name"] = args.resume
         probe = RayConfig.from_dict({**file_ray, **cli_ray})
-        location = f"{storage_path(probe).rstrip('/')}/{probe.name}"
+        location = run_location(storage_path(probe), probe.name)
         saved = read_run_file(location, CONFIG_FILE)
         if saved is None:
             raise FileNotFoundError(f"cannot resume: no run {probe.name!r} at {location} "
@@ -175,7 +152,7 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ptycho_dist.train import fit_distributed
+    from ptycho_dist.train import fit_distributed  # Ray and Lightning: imported when the command runs
 
     config, ray_config, resume = resolve_dist_configs(args)
     if not config.data.path:

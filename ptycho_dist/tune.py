@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import importlib.util
 import logging
-import math
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,7 +38,9 @@ from typing import Any
 import yaml
 
 from ptycho_dist.config import RayConfig, SweepConfig
+from ptycho_dist.run_files import absolute_location, is_uri, run_location
 from ptycho_torch.config import ConfigError, RunConfig, apply_overrides, load_run_config, save_run_config
+from ptycho_torch.errors import UserError
 
 log = logging.getLogger("ptycho_dist")
 
@@ -155,8 +156,10 @@ def trial_ray_config(sweep: SweepConfig, ray_config: RayConfig) -> RayConfig:
 def concurrent_trials(sweep: SweepConfig, plan: Any, resources: Any) -> int:
     """How many trials run at once: sweep.max_concurrent_trials, or as many as the cluster fits; an
     explicit value that does not fit is an error (the extra trials would wait for workers and fail)."""
+    from ptycho_dist.scaling import fit_count
+
     per_trial = {k: plan.num_workers * v for k, v in plan.resources_per_worker.items() if v > 0}
-    fits = min(int(math.floor(resources.total.get(k, 0.0) / v + _EPS)) for k, v in per_trial.items())
+    fits = fit_count(resources.total, per_trial)
     asked = sweep.max_concurrent_trials
     if asked is None:
         return max(1, fits)
@@ -171,16 +174,9 @@ def concurrent_trials(sweep: SweepConfig, plan: Any, resources: Any) -> int:
 
 # ------------------------------------------------------------------ the experiment spec (for --resume)
 
-def _location(storage: str, name: str) -> str:
-    return f"{storage.rstrip('/')}/{name}"
-
-
 def _storage(sweep: SweepConfig | None, out_dir: Path, storage_path: str | None) -> str:
     """Where the experiment lives: --storage-path, else the sweep's storage_path, else out_dir."""
-    from ptycho_dist.scaling import is_uri
-
-    raw = storage_path or (sweep.storage_path if sweep else None) or str(out_dir)
-    return raw if is_uri(raw) else str(Path(raw).expanduser().resolve())
+    return absolute_location(storage_path or (sweep.storage_path if sweep else None) or str(out_dir))
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -248,7 +244,7 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
     starts, where possible) for a sweep that cannot run.
     """
     from ptycho_dist.run_files import write_run_file
-    from ptycho_dist.scaling import ClusterResources, check_request, is_uri, plan_scaling
+    from ptycho_dist.scaling import ClusterResources, check_request, plan_scaling
     from ptycho_dist.session import ray_session
     from ptycho_dist.train import with_absolute_data_path
 
@@ -258,7 +254,7 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
         name = name or (sweep.name if sweep else None)
         if not name:
             raise ConfigError("--resume needs the sweep NAME")
-        experiment = _location(_storage(sweep, out_dir, storage_path), name)
+        experiment = run_location(_storage(sweep, out_dir, storage_path), name)
         base, sweep = _resume_spec(experiment, name, base_config, sweep)
     else:
         if base_config is None or sweep is None:
@@ -266,7 +262,7 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
         base = with_absolute_data_path(base_config)
         sweep.check_against(base)
         name = name or sweep.name or default_sweep_name()
-        experiment = _location(_storage(sweep, out_dir, storage_path), name)
+        experiment = run_location(_storage(sweep, out_dir, storage_path), name)
         if _read_spec(experiment) is not None or (not is_uri(experiment) and Path(experiment).exists()):
             raise ConfigError(f"sweep.name: a sweep {name!r} already exists at {experiment}; continue it with "
                               f"--resume {name} or choose another --name")
@@ -346,7 +342,7 @@ def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experim
         return result
     if best is None:
         errors = [f"{r.trial_id}: {r.error}" for r in records if r.error]
-        raise ValueError(f"no trial of sweep {sweep.name!r} completed its {full_epochs} epochs "
+        raise UserError(f"no trial of sweep {sweep.name!r} completed its {full_epochs} epochs "
                          f"({len(records)} trials; see {files[TRIALS_CSV]})"
                          + (f"; first error: {errors[0]}" if errors else ""))
     result.best_config = sweep.trial_config(base, best.params)
@@ -359,6 +355,8 @@ def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experim
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """`ptycho-dist tune`."""
+    from ptycho_dist.flags import add_ray_flags
+
     p = subparsers.add_parser("tune", help="sweep training settings with Ray Tune (each trial a Ray Train run)",
                               description=__doc__.splitlines()[0])
     p.add_argument("--config", type=Path, default=None,
@@ -377,23 +375,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="continue the interrupted sweep NAME (default: start a new sweep)")
     p.add_argument("--storage-path", default=None, help="where the experiment and the trials' runs go: path "
                    "or URI (default: storage_path of the sweep file, else --out)")
-    p.add_argument("--address", default=None, help="Ray cluster to join, e.g. 'auto' (default: an embedded "
-                   "local Ray, or RAY_ADDRESS)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded local Ray (default: all)")
-    p.add_argument("--worker-start-timeout", type=float, default=RayConfig().worker_start_timeout_s,
-                   help="a trial fails if its workers cannot start within this many seconds (default: %(default)s)")
+    add_ray_flags(p)
     p.set_defaults(func=cmd_tune)
     return p
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
     """Run or resume a sweep and print its table and where the results are."""
+    from ptycho_dist.flags import ray_config_from_args
     from ptycho_torch.outputs import check_output_dir
 
     check_output_dir(args.out, "--out")  # before Ray starts
-    ray_config = RayConfig(address=args.address, num_cpus=args.num_cpus,
-                           worker_start_timeout_s=args.worker_start_timeout,
-                           verbose=bool(getattr(args, "verbose", False)))
+    ray_config = ray_config_from_args(args)
     sweep = load_sweep_config(args.sweep) if args.sweep is not None else None
     resume = args.resume is not None
     if resume and args.name is not None and args.name != args.resume:
@@ -405,7 +398,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
     if args.config is not None:
         base = load_run_config(args.config)
     elif resume and args.data is not None:  # check --data against the sweep's own scan
-        experiment = _location(_storage(sweep, Path(args.out).resolve(), args.storage_path), name)
+        experiment = run_location(_storage(sweep, Path(args.out).resolve(), args.storage_path), name)
         stored = _read_spec(experiment)
         base = RunConfig.from_dict(stored["base"]) if stored else None
     elif not resume:

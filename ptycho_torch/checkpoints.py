@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ptycho_torch.config import ConfigError
+from ptycho_torch.errors import UserError
 
 log = logging.getLogger("ptycho_torch")
 
@@ -53,9 +54,9 @@ def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: does not exist")
+        raise UserError(f"{path}: does not exist")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: is empty (0 bytes)")
+        raise UserError(f"{path}: is empty (0 bytes)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -64,11 +65,11 @@ def load_checkpoint_safely(path: str | Path) -> dict[str, Any]:
                 f"{path}: refused to load: it holds Python objects beyond tensors ({torch_load_problem(e)}); nothing "
                 "in it was run. If you did not write this file, delete it; checkpoints written by "
                 "ptycho-torch never contain such objects") from None
-        raise ValueError(f"{path}: damaged ({torch_load_problem(e)})") from None
+        raise UserError(f"{path}: damaged ({torch_load_problem(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
-        raise ValueError(f"{path}: damaged or truncated ({torch_load_problem(e)})") from None
+        raise UserError(f"{path}: damaged or truncated ({torch_load_problem(e)})") from None
     if not isinstance(data, dict) or any(k not in data for k in REQUIRED_KEYS):
-        raise ValueError(f"{path}: not a Lightning training checkpoint (needs keys {list(REQUIRED_KEYS)})")
+        raise UserError(f"{path}: not a Lightning training checkpoint (needs keys {list(REQUIRED_KEYS)})")
     return data
 
 

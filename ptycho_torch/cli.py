@@ -8,33 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
-import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ptycho_torch.config import ConfigError, SimulationConfig
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError,
-                                                 FloatingPointError, KeyError, OSError)
-
-
-def setup_logging(verbose: bool = False, names: Sequence[str] = ("ptycho_torch",)) -> None:
-    """Our loggers print plain lines to stderr; Lightning's chatter is kept to warnings."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    for name in names:
-        logger = logging.getLogger(name)
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-        logger.propagate = False
-    if not verbose:
-        os.environ.setdefault("PTYCHO_QUIET_LIGHTNING", "1")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+from ptycho_torch.console import setup_logging
+from ptycho_torch.errors import USER_ERRORS, one_line
 
 
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
@@ -57,13 +38,6 @@ def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace)
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0
-
-
-def one_line(error: BaseException) -> str:
-    """The message of a user error on one line (OSErrors name their file)."""
-    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
-        return f"{error.filename}: {error.strerror or error}"
-    return str(error)
 
 
 def check_device(device: str) -> str:

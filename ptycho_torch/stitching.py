@@ -5,9 +5,16 @@ frame of `objectGuess`. Each patch is placed at its absolute position (sub-pixel
 with weight w (|probe|^2 by default, or a central disk), accumulating sum(w * O) and sum(w); the
 object is their ratio where sum(w) exceeds `threshold * max(sum(w))`. Partial accumulators over
 disjoint sets of patches add up (`StitchAccumulator.add_partial`), so patches can stream in batches.
+
+Streaming pieces (used by the Ray Data path, usable anywhere): `compact_subsets` splits a batch into
+spatially compact subsets, `partial_canvas` stitches one subset onto its bounding box (float32
+(3, h, w) = Re sum(w*O), Im sum(w*O), sum(w)), and `CanvasSum` adds partial canvases into the full
+canvas in any order, checking that every pattern arrives exactly once.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -75,3 +82,93 @@ def stitch(patches: torch.Tensor, positions: torch.Tensor, canvas_hw: tuple[int,
     for start in range(0, len(patches), chunk):
         acc.add(patches[start:start + chunk], positions[start:start + chunk])
     return acc.result(threshold)
+
+
+def partial_canvas(patches: torch.Tensor, positions: np.ndarray, canvas_hw: tuple[int, int],
+                   weight: torch.Tensor) -> tuple[int, int, np.ndarray]:
+    """Stitch patches (B, N, N) complex at positions (B, 2) (x, y) pixels onto their bounding box.
+
+    Returns (y0, x0, canvas (3, h, w) float32 = Re sum(w*O), Im sum(w*O), sum(w)) whose pixel (0, 0)
+    is pixel (y0, x0) of the full (H, W) canvas. Positions are cast to float32 (as `stitch` does) and
+    shifted by the integer box corner, so the sub-pixel shifts are exactly those of the full canvas.
+    """
+    N = patches.shape[-1]
+    pos = torch.from_numpy(np.asarray(positions, dtype=np.float32))  # (B, 2)
+    corner = torch.floor(pos).long() - N // 2  # (B, 2) top-left (x, y) of each patch
+    x0, y0 = int(corner[:, 0].min()), int(corner[:, 1].min())
+    x1, y1 = int(corner[:, 0].max()) + N, int(corner[:, 1].max()) + N
+    H, W = canvas_hw
+    if x0 < 0 or y0 < 0 or x1 > W or y1 > H:
+        raise ValueError(f"patch positions fall outside the {H}x{W} canvas (box x {x0}..{x1}, y {y0}..{y1})")
+    local = pos - torch.tensor([x0, y0], dtype=torch.float32)  # exact: an integer shift
+    obj_sum, w_sum = place_patches(patches[None].to(torch.complex64), local[None], (y1 - y0, x1 - x0), weight)
+    return y0, x0, torch.stack([obj_sum[0].real, obj_sum[0].imag, w_sum[0]]).numpy()
+
+
+def compact_subsets(positions: np.ndarray, N: int, max_ratio: float = 1.0) -> list[np.ndarray]:
+    """Split a batch into subsets whose patch bounding boxes hold at most `max_ratio` x (count x N^2)
+    pixels, by recursive median cuts along the longer side; positions (B, 2) (x, y) pixels.
+
+    Consecutive patterns of raster or spiral scans are close, so a batch is normally one subset;
+    scattered positions (random scan order, a batch spanning two files) give several small partial
+    canvases instead of one canvas-sized one (12 bytes per pixel vs 8 per patch pixel).
+    """
+    out: list[np.ndarray] = []
+    stack = [np.arange(len(positions))]
+    while stack:
+        idx = stack.pop()
+        p = np.floor(positions[idx])
+        span = p.max(axis=0) - p.min(axis=0)  # (2,) x, y extent of the corners
+        if len(idx) == 1 or (span[0] + N) * (span[1] + N) <= max_ratio * len(idx) * N * N:
+            out.append(idx)
+            continue
+        axis = int(np.argmax(span))
+        order = idx[np.argsort(p[:, axis], kind="stable")]
+        half = len(order) // 2
+        stack += [order[:half], order[half:]]
+    return out
+
+
+class CanvasSum:
+    """The full (H, W) stitching sums, fed with partial canvases in any order.
+
+    Tracks which global pattern indices arrived (one byte per pattern), so that a lost or repeated
+    batch is an error, not a silently wrong object; `first_start` / `last_end` collect the batch
+    timestamps (epoch seconds) that producers report.
+    """
+
+    def __init__(self, canvas_hw: tuple[int, int], weight: torch.Tensor, n_patterns: int) -> None:
+        self.acc = StitchAccumulator(canvas_hw, weight)
+        self.seen = np.zeros(n_patterns, dtype=bool)
+        self.first_start, self.last_end = math.inf, -math.inf
+
+    def add(self, y0: int, x0: int, canvas: np.ndarray, index: np.ndarray) -> int:
+        """Add one partial canvas (3, h, w) of the patterns `index`; returns their number."""
+        index = np.asarray(index, dtype=np.int64)
+        if self.seen[index].any():
+            raise RuntimeError(f"patterns {index[self.seen[index]][:5].tolist()} arrived twice; a "
+                               "retried task produced duplicate output")
+        self.seen[index] = True
+        c = torch.from_numpy(np.array(canvas, dtype=np.float32))  # a writable copy of a shared buffer
+        self.acc.add_partial(y0, x0, torch.complex(c[0], c[1]), c[2], len(index))
+        return len(index)
+
+    def add_batch(self, batch: dict[str, np.ndarray]) -> int:
+        """Add every row of a batch with columns y0, x0, canvas, index (ragged: object arrays) and
+        optionally t0, t1; returns the number of patterns added."""
+        if "t0" in batch and len(batch["t0"]):
+            self.first_start = min(self.first_start, float(np.min(batch["t0"])))
+            self.last_end = max(self.last_end, float(np.max(batch["t1"])))
+        return sum(self.add(int(batch["y0"][i]), int(batch["x0"][i]), batch["canvas"][i], batch["index"][i])
+                   for i in range(len(batch["y0"])))
+
+    @property
+    def compute_seconds(self) -> float:
+        """From the first batch's start to the last batch's end (0 if unknown)."""
+        return max(self.last_end - self.first_start, 0.0) if math.isfinite(self.first_start) else 0.0
+
+    def result(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        missing = np.flatnonzero(~self.seen)
+        if missing.size:
+            raise RuntimeError(f"{missing.size} patterns never came back (first {missing[:5].tolist()})")
+        return self.acc.result(threshold)

@@ -16,8 +16,10 @@ import typing
 from dataclasses import field, fields
 from typing import Any, Literal, Union
 
+from ptycho_torch.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A configuration value is wrong; the message names the field and the fix."""
 
 

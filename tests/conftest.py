@@ -39,3 +39,18 @@ def tiny_config(scan: Path, **sections) -> RunConfig:
     base = {"execution.enable_progress_bar": False}
     base.update(sections)
     return apply_overrides(config, base)
+
+
+@pytest.fixture(scope="module")
+def ray_local(request):
+    """One local Ray for a test module (4 logical CPUs: room for a driver function plus 2 workers);
+    yields its GCS address. A module that sets RAY_DASHBOARD = True gets the dashboard (on
+    127.0.0.1), which Tune's early stopping needs."""
+    import logging
+
+    import ray
+
+    dashboard = bool(getattr(request.module, "RAY_DASHBOARD", False))
+    ray.init(num_cpus=4, include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

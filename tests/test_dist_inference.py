@@ -7,7 +7,6 @@ The simulated scan is split into three files (npz, h5, npz), each keeping object
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +14,20 @@ import pytest
 import torch
 from conftest import simulate, tiny_config
 
-from ptycho_dist.inference import (
-    BatchPredictor,
+from ptycho_dist.inference import add_parser, reconstruct_distributed
+from ptycho_dist.scan_source import RowReader
+from ptycho_torch.config import ConfigError, apply_overrides
+from ptycho_torch.data.contract import ScanValidationError, read_scan, write_scan
+from ptycho_torch.data.dataset import GroupDataset
+from ptycho_torch.data.scan_files import read_scans
+from ptycho_torch.stitching import (
     CanvasSum,
-    add_parser,
+    StitchAccumulator,
     compact_subsets,
     partial_canvas,
-    reconstruct_distributed,
+    stitch_weight,
 )
-from ptycho_dist.scan_source import Block, NpzDiffraction, id_blocks, open_scan_source, read_block
-from ptycho_torch.config import ConfigError, apply_overrides
-from ptycho_torch.data.contract import ScanValidationError, read_scan, validate_scan, write_scan
-from ptycho_torch.data.dataset import GroupDataset
-from ptycho_torch.stitching import StitchAccumulator, stitch_weight
+from ptycho_torch.workflows.batch_predictor import BatchPredictor
 from ptycho_torch.workflows.reconstruct import (
     PatchPredictor,
     inference_groups,
@@ -39,15 +39,6 @@ from ptycho_torch.workflows.train import train
 pytestmark = pytest.mark.ray
 
 TOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -143,37 +134,52 @@ def test_gridsize2_equals_local(ray_local, scans, bundles, tmp_path):
 
 # ------------------------------------------------------------------ the predictor without Ray
 
+def _reader(files, gridsize: int) -> RowReader:
+    scan = read_scans(files)
+    return RowReader(scan.without_object(), inference_groups(scan, gridsize))
+
+
 def test_predictor_on_one_batch_without_ray_equals_patch_predictor(scans, bundles):
-    source = open_scan_source(scans["parts"], gridsize=1)
-    rows = read_block(source.file_rows(), Block(1, 3, 20))  # rows 3..19 of part1.h5
-    assert rows["amp"].shape == (17, 1, 32, 32) and rows["index"][0] == source.files[1].offset + 3
-    predictor = BatchPredictor(bundles[1], canvas_hw=source.canvas_hw)
+    reader = _reader(scans["parts"], 1)
+    rows = reader.rows(np.arange(33, 50))  # rows 3..19 of part1.h5
+    assert rows["amp"].shape == (17, 1, 32, 32) and rows["index"][0] == 33
+    canvas_hw = reader.scan.object_shape
+    predictor = BatchPredictor(bundles[1], canvas_hw=canvas_hw)
     patches = predictor.predict(rows)
     expected = PatchPredictor(bundles[1])(rows["amp"])[:, 0]
     torch.testing.assert_close(patches, expected, rtol=0, atol=0)
     # __call__: one partial canvas that adds up to what the local accumulator builds
     out = predictor(rows)
-    total = CanvasSum(source.canvas_hw, predictor.weight, source.n_patterns)
+    total = CanvasSum(canvas_hw, predictor.weight, reader.scan.n_patterns)
     total.add_batch(out)
-    local = StitchAccumulator(source.canvas_hw, predictor.weight)
+    local = StitchAccumulator(canvas_hw, predictor.weight)
     local.add(patches, torch.from_numpy(np.stack([rows["x"], rows["y"]], 1).astype(np.float32)))
     torch.testing.assert_close(total.acc.obj_sum, local.obj_sum, rtol=0, atol=1e-6)
     torch.testing.assert_close(total.acc.w_sum, local.w_sum, rtol=0, atol=1e-6)
     with pytest.raises(RuntimeError, match="arrived twice"):
         total.add_batch(out)
-    bf16 = BatchPredictor(bundles[1], canvas_hw=source.canvas_hw, dtype="bfloat16").predict(rows)
+    bf16 = BatchPredictor(bundles[1], canvas_hw=canvas_hw, dtype="bfloat16").predict(rows)
     assert bf16.dtype == torch.complex64 and (bf16 - patches).abs().max() < 0.1
 
 
 def test_gridsize2_rows_hold_the_local_groups(scans):
     scan = read_scan(scans["parts"][1])
-    source = open_scan_source([scans["parts"][1]], gridsize=2)
-    rows = read_block(source.file_rows(), Block(0, 10, 20))
+    rows = _reader([scans["parts"][1]], 2).rows(np.arange(10, 20))
     groups = inference_groups(scan, 2)
     items = [GroupDataset(scan, groups, 1.0)[i] for i in range(10, 20)]
     np.testing.assert_array_equal(rows["amp"], np.stack([it["amp"].numpy() for it in items]))
     np.testing.assert_array_equal(rows["seed_channel"], groups.seed_channel[10:20])
     np.testing.assert_array_equal(rows["x"], scan.xcoords[10:20])
+
+
+def test_groups_never_cross_files_and_rows_span_them(scans):
+    reader = _reader(scans["parts"], 2)  # 30 + 30 + 30 patterns
+    members = reader.groups.indices
+    assert (members // 30 == np.arange(90)[:, None] // 30).all()
+    rows = reader.rows(np.array([89, 25, 31, 0]))  # any order: rows come sorted by global index
+    np.testing.assert_array_equal(rows["index"], [0, 25, 31, 89])
+    whole = read_scan(scans["merged"])
+    np.testing.assert_array_equal(rows["amp"], whole.diffraction_rows(members[[0, 25, 31, 89]]))
 
 
 def test_scattered_batches_split_into_small_partial_canvases():
@@ -199,39 +205,25 @@ def test_scattered_batches_split_into_small_partial_canvases():
 
 # ------------------------------------------------------------------ reading
 
-def test_id_blocks_never_cross_files(scans):
-    source = open_scan_source(scans["parts"], gridsize=1)  # 30 + 30 + 30 patterns
-    rows = source.file_rows()
-    assert id_blocks(np.arange(25, 65), rows) == [Block(0, 25, 30), Block(1, 0, 30), Block(2, 0, 5)]
-    assert id_blocks(np.array([89, 88, 0]), rows) == [Block(0, 0, 1), Block(2, 28, 30)]
-
-
-def test_npz_rows_are_read_by_offset(scans, tmp_path):
-    full = read_scan(scans["parts"][0]).diffraction
-    lazy = NpzDiffraction(scans["parts"][0], "diffraction")
-    assert not lazy.compressed and lazy.shape == full.shape
-    np.testing.assert_array_equal(lazy.diffraction_block(4, 11), full[4:11])
-    idx = np.array([25, 3, 3, 0, 29, 17])
-    np.testing.assert_array_equal(lazy.diffraction_rows(idx), full[idx])
+def test_lazy_npz_rows_and_what_validation_checks(scans, tmp_path):
+    full = read_scan(scans["parts"][0])
+    assert full.is_lazy  # an uncompressed member is memory-mapped
     arrays = dict(np.load(scans["parts"][0], allow_pickle=False))
+    idx = np.array([25, 3, 3, 0, 29, 17])
+    np.testing.assert_array_equal(full.diffraction_rows(idx), arrays["diffraction"][idx])
     arrays["diffraction"][5, 1, 1] = np.nan
-    np.savez_compressed(tmp_path / "bad.npz", **arrays)
-    packed = NpzDiffraction(tmp_path / "bad.npz", "diffraction")
-    assert packed.compressed
-    np.testing.assert_array_equal(packed.diffraction_rows(idx), arrays["diffraction"][idx])
+    np.savez_compressed(tmp_path / "bad.npz", **arrays)  # compressed: read into memory
     with pytest.raises(ScanValidationError, match="NaN"):
-        validate_scan({**arrays, "diffraction": packed})
-    with pytest.raises(ScanValidationError, match="NaN"):
-        open_scan_source(tmp_path / "bad.npz", gridsize=1)
-    assert open_scan_source(tmp_path / "bad.npz", gridsize=1, validate=False).n_patterns == 30
+        read_scans(tmp_path / "bad.npz")
+    assert read_scans(tmp_path / "bad.npz", validate=False).n_patterns == 30
     # without validation the patterns are trusted, but positions and shapes are still checked
     arrays = dict(np.load(scans["parts"][0], allow_pickle=False))
     np.savez(tmp_path / "off.npz", **{**arrays, "xcoords": arrays["xcoords"] - 1000.0})
     with pytest.raises(ScanValidationError, match="xcoords: .* patches fall outside"):
-        open_scan_source(tmp_path / "off.npz", gridsize=1, validate=False)
+        read_scans(tmp_path / "off.npz", validate=False)
     np.savez(tmp_path / "short.npz", **{**arrays, "ycoords": arrays["ycoords"][:-1]})
-    with pytest.raises(ScanValidationError, match="ycoords: expected 30 finite positions"):
-        open_scan_source(tmp_path / "short.npz", gridsize=1, validate=False)
+    with pytest.raises(ScanValidationError, match="ycoords"):
+        read_scans(tmp_path / "short.npz", validate=False)
 
 
 # ------------------------------------------------------------------ errors and CLI

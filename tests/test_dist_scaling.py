@@ -13,6 +13,7 @@ import yaml
 from conftest import tiny_config
 
 from ptycho_dist.config import RayConfig
+from ptycho_dist.flags import RAY_FLAGS
 from ptycho_dist.run_files import read_run_file, write_run_file
 from ptycho_dist.scaling import (
     START_TIMEOUT_ENV,
@@ -28,7 +29,7 @@ from ptycho_dist.scaling import (
     strategy_class,
 )
 from ptycho_dist.train import _user_error, state_checksum
-from ptycho_dist.train_cli import RAY_FLAGS, load_dist_config, resolve_dist_configs
+from ptycho_dist.train_cli import load_dist_config, resolve_dist_configs
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig, load_run_config
 
 CPU4 = ClusterResources.single_node(4)

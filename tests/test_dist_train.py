@@ -8,7 +8,6 @@ in a subprocess with its own embedded Ray. Tiny model (N=32, n_filters_scale=0.2
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -30,16 +29,6 @@ from ptycho_torch.workflows.reconstruct import reconstruct
 from ptycho_torch.workflows.train import train
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
-    yield
-    ray.shutdown()
-
 
 def _config(scan: Path, **overrides):
     base = {"training.nepochs": 3, "execution.devices": 2, "execution.logger_backend": None}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -38,14 +37,7 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
+RAY_DASHBOARD = True  # ASHA's early stopping needs the State API (conftest.ray_local)
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory) -> Path:

@@ -277,8 +277,9 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
 
     Extra keys (e.g. upstream PtychoPINN 'xcoords_start', 'Y') are ignored. With `validate`, every
     contract problem is collected and raised once as ScanValidationError (one streaming pass over the
-    patterns, which also checks a memory-mapped NPZ member's CRC); without it the patterns are
-    trusted (a process reading a file its driver validated).
+    patterns, which also checks a memory-mapped NPZ member's CRC); without it the pattern values are
+    trusted (a process reading a file its driver validated) and only keys, shapes, dtypes, probe and
+    positions are checked.
     """
     path = Path(path)
     is_h5 = _suffix(path) in H5_SUFFIXES
@@ -300,10 +301,10 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
         arrays, problems = _read_arrays(path, handle, is_h5)
         stats: dict[str, float] = {}
         lazy_npz = not is_h5 and isinstance(arrays.get("diffraction"), np.memmap)
-        if validate and not problems:  # an unreadable array would also show up as missing
-            more, stats = check_arrays(arrays)
+        if not problems:  # an unreadable array would also show up as missing
+            more, stats = check_arrays(arrays, contents=validate)
             problems += more
-            if lazy_npz:
+            if lazy_npz and validate:
                 member = "diffraction" if "diffraction" in handle.files else "diff3d"
                 try:
                     check_member_crc(path, member)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ptycho_torch.errors import UserError
+
 
 @dataclass(frozen=True)
 class Groups:
@@ -60,7 +62,7 @@ def make_groups(
     if C == 1:
         return Groups(seeds[:, None].astype(np.int64), np.zeros(len(seeds), dtype=np.int64))
     if M < C:
-        raise ValueError(f"gridsize {gridsize} needs at least {C} scan positions, the scan has {M}; "
+        raise UserError(f"gridsize {gridsize} needs at least {C} scan positions, the scan has {M}; "
                          "use --gridsize 1 or a larger scan")
     k = min(M, max(neighbor_count, C - 1) + 1)
     _, nbrs = cKDTree(positions).query(positions[seeds], k=k)  # (G, k), column 0 is the seed

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ptycho_torch.errors import UserError
+
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
 REWRITE = "re-create it (e.g. ptycho-torch simulate, or numpy.savez of plain arrays) or copy it again"
@@ -39,11 +41,11 @@ def open_npz(path: str | Path) -> Any:
     """`np.load(path, allow_pickle=False)` of an .npz, or ValueError('<path>: <what is wrong>')."""
     problem = npz_problem(path)
     if problem is not None:
-        raise ValueError(f"{path}: {problem}")
+        raise UserError(f"{path}: {problem}")
     try:
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: damaged .npz archive ({e}); {REWRITE}") from None
+        raise UserError(f"{path}: damaged .npz archive ({e}); {REWRITE}") from None
 
 
 def read_member(handle: Any, name: str, path: str | Path) -> np.ndarray:
@@ -51,7 +53,7 @@ def read_member(handle: Any, name: str, path: str | Path) -> np.ndarray:
     try:
         return handle[name]
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-        raise ValueError(f"{path}: array {name!r} is damaged ({e}); {REWRITE}") from None
+        raise UserError(f"{path}: array {name!r} is damaged ({e}); {REWRITE}") from None
 
 
 def npz_memmap(path: str | Path, member: str) -> np.memmap | None:
@@ -74,7 +76,7 @@ def npz_memmap(path: str | Path, member: str) -> np.memmap | None:
         fh.seek(info.header_offset)
         local = fh.read(30)
         if local[:4] != ZIP_MAGIC:
-            raise ValueError(f"{path}: array {member!r} is damaged (bad zip entry); {REWRITE}")
+            raise UserError(f"{path}: array {member!r} is damaged (bad zip entry); {REWRITE}")
         name_len, extra_len = struct.unpack("<HH", local[26:30])
         fh.seek(info.header_offset + 30 + name_len + extra_len)
         version = np.lib.format.read_magic(fh)
@@ -88,7 +90,7 @@ def npz_memmap(path: str | Path, member: str) -> np.memmap | None:
     try:
         return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
     except ValueError as e:  # the file ends before the array does
-        raise ValueError(f"{path}: array {member!r} is damaged ({e}); {REWRITE}") from None
+        raise UserError(f"{path}: array {member!r} is damaged ({e}); {REWRITE}") from None
 
 
 def check_member_crc(path: str | Path, member: str) -> None:

@@ -29,6 +29,7 @@ from typing import Sequence, Union
 import numpy as np
 
 from ptycho_torch.data.contract import ScanData, read_scan
+from ptycho_torch.errors import UserError
 
 log = logging.getLogger("ptycho_torch")
 
@@ -72,12 +73,12 @@ class ScanFiles:
         first = self.parts[0]
         for part in self.parts[1:]:
             if part.N != first.N:
-                raise ValueError(f"scan files hold patterns of different sizes: {first.path} is "
+                raise UserError(f"scan files hold patterns of different sizes: {first.path} is "
                                  f"{first.N}x{first.N} but {part.path} is {part.N}x{part.N}; use them separately")
             scale = float(np.abs(first.probe).max())
             if part.probe.shape != first.probe.shape or not np.allclose(part.probe, first.probe, rtol=1e-5,
                                                                          atol=1e-6 * scale):
-                raise ValueError(f"scan files have different probes: {part.path} differs from {first.path} "
+                raise UserError(f"scan files have different probes: {part.path} differs from {first.path} "
                                  f"(shapes {part.probe.shape} and {first.probe.shape}); files of one scan "
                                  "must come from the same probe")
 
@@ -106,16 +107,16 @@ class ScanFiles:
     def n_patterns(self) -> int:
         return int(self.offsets[-1])
 
-    @property
+    @functools.cached_property
     def xcoords(self) -> np.ndarray:
         """(M,) float64 in global order."""
         return np.concatenate([p.xcoords for p in self.parts])
 
-    @property
+    @functools.cached_property
     def ycoords(self) -> np.ndarray:
         return np.concatenate([p.ycoords for p in self.parts])
 
-    @property
+    @functools.cached_property
     def positions(self) -> np.ndarray:
         """(M, 2) float64 (x, y) object pixels in global order."""
         return np.stack([self.xcoords, self.ycoords], axis=1)

@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ptycho_torch.errors import UserError
+
 REQUIRED = ("diffraction", "probeGuess", "xcoords", "ycoords")
 OPTIONAL = ("objectGuess", "scan_index", "metadata", "intensity_scale", "nphotons")
 ALIASES = {"diff3d": "diffraction"}
@@ -19,7 +21,7 @@ H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 _FIRST = 5  # how many offending indices a message shows
 
 
-class ScanValidationError(ValueError):
+class ScanValidationError(UserError):
     """A scan file or array set breaks the data contract. `problems` holds one line per problem."""
 
     def __init__(self, problems: Sequence[str], source: str = "scan") -> None:
@@ -69,8 +71,10 @@ def _scan_diffraction(d: Any, block: int | None) -> dict[str, float]:
     return out
 
 
-def _check_diffraction(d: Any, p: list[str], stats: dict[str, float], block: int | None) -> tuple:
-    """Append diffraction problems; return (M, N) (None where unknown)."""
+def _check_diffraction(d: Any, p: list[str], stats: dict[str, float], block: int | None,
+                       contents: bool = True) -> tuple:
+    """Append diffraction problems (with `contents`, also those of the values: one streaming pass);
+    return (M, N) (None where unknown)."""
     s, dt = _shape(d), _dtype(d)
     M = s[0] if len(s) == 3 else None
     N = s[1] if len(s) == 3 and s[1] == s[2] and s[1] % 2 == 0 else None
@@ -85,7 +89,7 @@ def _check_diffraction(d: Any, p: list[str], stats: dict[str, float], block: int
     elif dt.kind != "f":
         p.append(f"diffraction: expected real float32 amplitudes, found dtype {dt}; store np.abs(...) of "
                  "complex far fields")
-    elif M:
+    elif M and contents:
         st = _scan_diffraction(d, block)
         if st["nan"] or st["inf"]:
             p.append(f"diffraction: expected finite amplitudes, found {st['nan']} NaN and {st['inf']} Inf "
@@ -153,8 +157,11 @@ def check_positions(coords: dict[str, np.ndarray], half: int, hw: tuple | None, 
                      f"{_first(bad)}; {fix}")
 
 
-def check_arrays(arrays: Mapping[str, Any], block: int | None = None) -> tuple[list[str], dict[str, float]]:
-    """Return (problems, stats) for canonical-key arrays (numpy arrays or h5py datasets)."""
+def check_arrays(arrays: Mapping[str, Any], block: int | None = None, contents: bool = True
+                 ) -> tuple[list[str], dict[str, float]]:
+    """Return (problems, stats) for canonical-key arrays (numpy arrays or h5py datasets). Without
+    `contents` the diffraction values are trusted (no pass over the patterns): keys, shapes, dtypes,
+    probe and positions are still checked."""
     p: list[str] = []
     stats: dict[str, float] = {}
     a = {k: v for k, v in arrays.items() if v is not None}
@@ -162,7 +169,7 @@ def check_arrays(arrays: Mapping[str, Any], block: int | None = None) -> tuple[l
         if key not in a:
             hint = " (upstream files may call it 'diff3d')" if key == "diffraction" else ""
             p.append(f"{key}: expected a required key, found it missing{hint}; add it to the file")
-    M, N = _check_diffraction(a["diffraction"], p, stats, block) if "diffraction" in a else (None, None)
+    M, N = _check_diffraction(a["diffraction"], p, stats, block, contents) if "diffraction" in a else (None, None)
     if "probeGuess" in a:
         _check_probe(a["probeGuess"], N, p)
         N = N or (_shape(a["probeGuess"])[-1] if _shape(a["probeGuess"]) else None)

@@ -21,6 +21,7 @@ import torch
 
 from ptycho_torch import __version__
 from ptycho_torch.config import RunConfig
+from ptycho_torch.errors import UserError
 from ptycho_torch.module import PtychoPINNModule
 
 BUNDLE_FORMAT = "ptycho-dist-bundle/1"
@@ -77,7 +78,7 @@ def load_bundle(path: str | Path) -> LoadedBundle:
     """Load a bundle (weights_only=True) and rebuild the module in eval mode on CPU."""
     path = resolve_bundle_path(path)
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: the model bundle is empty (0 bytes); train again or copy it again")
+        raise UserError(f"{path}: the model bundle is empty (0 bytes); train again or copy it again")
     try:
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -85,17 +86,17 @@ def load_bundle(path: str | Path) -> LoadedBundle:
 
         first = torch_load_problem(e)
         if "weights" in str(e).lower():
-            raise ValueError(f"{path}: refused to load: it holds Python objects beyond tensors ({first}); "
+            raise UserError(f"{path}: refused to load: it holds Python objects beyond tensors ({first}); "
                              "nothing in it was run. Bundles written by ptycho-torch never do; if you did not "
                              "write it, delete it") from None
-        raise ValueError(f"{path}: damaged model bundle ({first}); train again or copy it again") from None
+        raise UserError(f"{path}: damaged model bundle ({first}); train again or copy it again") from None
     except (RuntimeError, EOFError, OSError) as e:
         from ptycho_torch.checkpoints import torch_load_problem
 
-        raise ValueError(f"{path}: damaged or truncated model bundle ({torch_load_problem(e)}); train "
+        raise UserError(f"{path}: damaged or truncated model bundle ({torch_load_problem(e)}); train "
                          "again or copy it again") from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{path} is not a {BUNDLE_FORMAT} model bundle")
+        raise UserError(f"{path} is not a {BUNDLE_FORMAT} model bundle")
     config = RunConfig.from_dict(bundle["config"])
     module = PtychoPINNModule(config.model.to_dict(), config.training.to_dict(),
                               config.execution.to_dict(), bundle["norm_factor"], bundle["probe_modes"])

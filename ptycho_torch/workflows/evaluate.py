@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ptycho_torch.errors import UserError
 from ptycho_torch.metrics import evaluate_reconstruction
 
 log = logging.getLogger("ptycho_torch")
@@ -38,11 +39,11 @@ def load_recon(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with open_npz(path) as z:
         missing = [k for k in RECON_KEYS if k not in z.files]
         if missing:
-            raise ValueError(f"{path} is not a reconstruction: missing key(s) {missing} "
+            raise UserError(f"{path} is not a reconstruction: missing key(s) {missing} "
                              f"(found {sorted(z.files)}); expected the object.npz of `ptycho-torch reconstruct`")
         obj, weight = np.asarray(read_member(z, "object", path)), np.asarray(read_member(z, "weight", path))
     if obj.ndim != 2 or weight.shape != obj.shape:
-        raise ValueError(f"{path}: `object` must be (H, W) and `weight` the same shape, got "
+        raise UserError(f"{path}: `object` must be (H, W) and `weight` the same shape, got "
                          f"{obj.shape} and {weight.shape}")
     return obj.astype(np.complex64, copy=False), weight.astype(np.float32, copy=False)
 
@@ -64,7 +65,7 @@ def load_truth(path: Path) -> np.ndarray:
         try:
             obj = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise ValueError(f"{path}: could not be read as a .npy array ({e}); save the object with "
+            raise UserError(f"{path}: could not be read as a .npy array ({e}); save the object with "
                              "numpy.save of a plain complex array") from None
     else:
         from ptycho_torch.data.npz_files import open_npz, read_member
@@ -85,7 +86,7 @@ def load_truth(path: Path) -> np.ndarray:
             return _truth_from_scan(path)
     obj = np.asarray(obj)
     if obj.ndim != 2:
-        raise ValueError(f"the ground truth in {path} must be a 2-D object (H, W), got shape {obj.shape}")
+        raise UserError(f"the ground truth in {path} must be a 2-D object (H, W), got shape {obj.shape}")
     return obj.astype(np.complex64, copy=False)
 
 
@@ -96,7 +97,7 @@ def _truth_from_scan(path: Path) -> np.ndarray:
     try:
         obj = read_object_guess(path)
     except OSError as e:
-        raise ValueError(f"{path}: could not be read as a scan file ({e})") from None
+        raise UserError(f"{path}: could not be read as a scan file ({e})") from None
     if obj is None:
         raise _no_truth(path)
     return np.asarray(obj, dtype=np.complex64)
@@ -137,7 +138,7 @@ def score(obj: np.ndarray, weight: np.ndarray, truth: np.ndarray, recon_path: Pa
     (H, W) complex; the paths only label the result (and place metrics.json when `out` is None)."""
     recon_path = Path(recon_path)
     if obj.shape != truth.shape:
-        raise ValueError(f"reconstruction {recon_path} has shape {obj.shape} but the ground truth {truth_path} "
+        raise UserError(f"reconstruction {recon_path} has shape {obj.shape} but the ground truth {truth_path} "
                          f"has shape {truth.shape}; both must be in the scan's pixel frame (SPEC 7)")
     metrics = evaluate_reconstruction(obj, truth, weight, plane_fit, weight_threshold=weight_threshold,
                                       erode_px=erode_px)

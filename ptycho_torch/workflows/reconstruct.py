@@ -27,6 +27,7 @@ from ptycho_torch.config import RunConfig
 from ptycho_torch.data.dataset import GroupDataset, dataloader_kwargs, dataset_norm_factor
 from ptycho_torch.data.grouping import Groups, make_groups
 from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans, scan_parts, scan_paths
+from ptycho_torch.errors import UserError
 from ptycho_torch.stitching import StitchAccumulator, stitch_weight
 from ptycho_torch.workflows.bundle import LoadedBundle, load_bundle
 
@@ -130,7 +131,7 @@ def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batc
     config = predictor.config
     scan = read_scans(data)
     if scan.N != config.model.N:
-        raise ValueError(f"the model was trained on {config.model.N}x{config.model.N} patterns but "
+        raise UserError(f"the model was trained on {config.model.N}x{config.model.N} patterns but "
                          f"{data} holds {scan.N}x{scan.N} patterns")
     if renormalize:
         predictor.norm_factor = dataset_norm_factor(scan)

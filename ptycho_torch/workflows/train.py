@@ -1,8 +1,10 @@
 """Single-machine training: build the Lightning Trainer from the execution config, fit, save.
 
 `build_trainer` is the one place where PyTorchExecutionConfig becomes Trainer arguments, callbacks
-and loggers; the Ray adapter (ptycho_dist.train) calls the same function with Ray's strategy,
-environment and report callback as overrides, so there is no second copy of the training logic.
+and loggers, and `train` is the one training path: the Ray Train worker (ptycho_dist.train) calls it
+with a `Launch` holding what Ray adds (strategy, cluster environment, report callback, the
+checkpoint to continue from, the normalisation factor its driver computed while validating the
+scan), so there is no second copy of the training logic.
 
 A run directory holds:
     config.yaml      the resolved RunConfig (itself a valid --config), written before training
@@ -24,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -42,7 +44,7 @@ from ptycho_torch.workflows.manifest import write_manifest
 
 log = logging.getLogger("ptycho_torch")
 
-__all__ = ["CHECKPOINT_DIR", "LAST_CHECKPOINT", "TrainResult", "build_trainer", "check_local_execution",
+__all__ = ["CHECKPOINT_DIR", "LAST_CHECKPOINT", "Launch", "TrainResult", "build_trainer", "check_local_execution",
            "finish_run", "train"]
 
 
@@ -156,6 +158,8 @@ def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Train
     if "plugins" in overrides:  # e.g. Ray's cluster environment: keep the atomic checkpoint writer
         overrides["plugins"] = list(overrides["plugins"]) + kwargs["plugins"]
     kwargs.update(overrides)
+    if not kwargs["enable_checkpointing"]:  # e.g. under Ray, whose report callback checkpoints instead
+        kwargs["callbacks"] = [cb for cb in kwargs["callbacks"] if not isinstance(cb, ModelCheckpoint)]
     if config.execution.strategy == "deepspeed" and "strategy" not in overrides:
         raise ConfigError("execution.strategy: 'deepspeed' is only supported under ptycho-dist "
                           "(Ray) with deepspeed installed; use auto, ddp or fsdp")
@@ -235,8 +239,27 @@ def resume_hint(run_dir: Path) -> str:
     return f"ptycho-torch train --resume {run_dir}"
 
 
+@dataclass
+class Launch:
+    """What a launcher that owns the processes and the run directory (Ray Train) hands to `train`.
+
+    The run directory exists already (the launcher wrote its config files), the scan was validated by
+    the launcher's driver, and this machine's devices are not checked (the launcher placed the
+    process). `trainer` replaces derived Trainer arguments (strategy, plugins, devices, num_nodes,
+    accelerator, enable_checkpointing); `checkpoint` is the Lightning checkpoint to continue from
+    (None = from scratch); `norm_factor` is r as computed by the driver (None = from the data);
+    `after_fit(trainer, module)` runs on every rank after the fit and returns extra manifest.json
+    entries (it may use collectives).
+    """
+
+    trainer: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    norm_factor: float | None = None
+    after_fit: Callable[[L.Trainer, PtychoPINNModule], dict[str, Any]] | None = None
+
+
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = ()) -> TrainResult:
+          callbacks: Sequence[Callback] = (), launch: Launch | None = None) -> TrainResult:
     """Train on `config.data.path`, writing everything into `run_dir` (see module docstring).
 
     Everything is validated (config against this machine, the scan file, the output directory)
@@ -244,20 +267,26 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
     (continue from its newest intact checkpoint, optimizer, scheduler and epoch counter restored, up
     to `config.training.nepochs`) or `overwrite` (the old run is moved aside, never deleted).
     SIGTERM/SIGINT save a resumable checkpoint and raise `TrainingInterrupted`. `callbacks` are extra
-    Lightning callbacks (e.g. benchmark timers), appended after the derived ones.
+    Lightning callbacks (e.g. benchmark timers), appended after the derived ones. With `launch`, a
+    launcher owns the processes and `run_dir` (see Launch); `resume` and `overwrite` are then unused.
     """
     run_dir = Path(run_dir)
     with interruptible() as signals:
-        check_local_execution(config)
+        if launch is None:
+            check_local_execution(config)
         check_logger_backend(config.execution.logger_backend)
-        ckpt_path = resume_checkpoint(run_dir) if resume else None
-        check_output_dir(run_dir, "--resume" if resume else "--out")
+        ckpt_path = launch.checkpoint if launch is not None else resume_checkpoint(run_dir) if resume else None
+        if launch is None:
+            check_output_dir(run_dir, "--resume" if resume else "--out")
         configure_threads()
         L.seed_everything(config.execution.seed, workers=True, verbose=False)
-        datamodule = PtychoDataModule(config)
+        datamodule = PtychoDataModule(config, validate=launch is None,
+                                      norm_factor=launch.norm_factor if launch is not None else None)
         config = datamodule.config  # model.N resolved from the scan when it was left unset
         module = build_module(config, datamodule)
-        lead = launched_rank() == 0  # other ranks (DDP subprocesses) use the directory rank 0 prepared
+        # only rank 0 of our own processes claims, writes and cleans up the directory (DDP subprocesses
+        # use the one rank 0 prepared; a launcher prepared it itself)
+        lead = launch is None and launched_rank() == 0
         created = lead and not run_dir.exists()
         if not resume and lead:
             moved = claim_run_dir(run_dir, overwrite=overwrite)
@@ -267,7 +296,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
             if lead:
                 save_run_config(config, run_dir / "config.yaml")
             saver = SaveOnInterrupt(signals, run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint(run_dir))
-            trainer = build_trainer(config, run_dir, extra_callbacks=[*callbacks, saver])
+            trainer = build_trainer(config, run_dir, extra_callbacks=[*callbacks, *([saver] if launch is None else [])],
+                                    **(launch.trainer if launch is not None else {}))
             log.info("training on %d groups (%d for validation), r = %.4g, %s x %s on %s",
                      len(datamodule.train_groups), len(datamodule.val_groups or []), datamodule.norm_factor,
                      trainer.num_devices, trainer.num_nodes, trainer.accelerator.__class__.__name__)
@@ -276,7 +306,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
                         weights_only=True)
             seconds = time.perf_counter() - start
             signals.saving = True  # the run is complete: a late signal waits for the files below
-            return finish_run(config, run_dir, module, trainer, datamodule, seconds)
+            extra = launch.after_fit(trainer, module) if launch is not None and launch.after_fit else None
+            return finish_run(config, run_dir, module, trainer, datamodule, seconds, extra=extra)
         except TrainingInterrupted as e:
             if e.checkpoint is None and last_checkpoint(run_dir) is not None:
                 e = TrainingInterrupted(e.signum, None, resume_hint(run_dir))
