@@ -317,7 +317,7 @@ def align_pair(recon: np.ndarray, truth: np.ndarray, weight: np.ndarray | None =
     recon, truth = np.asarray(recon), np.asarray(truth)
     if recon.shape != truth.shape:
         raise ValueError(f"reconstruction shape {recon.shape} differs from ground truth shape {truth.shape}; "
-                         "both must be in the scan's pixel frame (SPEC 7)")
+                         "both must be in the scan's pixel frame (docs/data_format.md)")
     if recon.ndim != 2:
         raise ValueError(f"objects must be 2-D (H, W), got shape {recon.shape}")
     if weight is None:

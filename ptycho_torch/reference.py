@@ -51,7 +51,7 @@ def _flags(dotted: str) -> str:
 def generated_reference() -> str:
     lines = []
     for section, cls in SECTIONS.items():
-        lines += [f"### `{section}` — {cls.__name__}", "", (cls.__doc__ or "").strip().splitlines()[0], ""]
+        lines += [f"### `{section}` — {cls.__name__}", "", " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()), ""]
         consumed = section == "execution"
         lines.append("| field | default | flags | meaning |" + (" consumed by |" if consumed else ""))
         lines.append("|---|---|---|---|" + ("---|" if consumed else ""))

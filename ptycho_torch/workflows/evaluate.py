@@ -139,7 +139,7 @@ def score(obj: np.ndarray, weight: np.ndarray, truth: np.ndarray, recon_path: Pa
     recon_path = Path(recon_path)
     if obj.shape != truth.shape:
         raise UserError(f"reconstruction {recon_path} has shape {obj.shape} but the ground truth {truth_path} "
-                         f"has shape {truth.shape}; both must be in the scan's pixel frame (SPEC 7)")
+                         f"has shape {truth.shape}; both must be in the scan's pixel frame (docs/data_format.md)")
     metrics = evaluate_reconstruction(obj, truth, weight, plane_fit, weight_threshold=weight_threshold,
                                       erode_px=erode_px)
     metrics = {**metrics, "recon": str(recon_path), "truth": str(truth_path)}
