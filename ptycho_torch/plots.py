@@ -188,13 +188,15 @@ def _rows_from(metrics: str | Path | Mapping[str, Sequence[Any]] | Sequence[Mapp
 
 
 def save_loss_curves(metrics: str | Path | Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]],
-                     path: str | Path, title: str = "training loss") -> Path:
+                     path: str | Path, title: str = "training loss", truth_loss: float | None = None) -> Path:
     """Per-epoch train/val loss from a Lightning CSVLogger metrics.csv (path), a dict of columns, or
     a list of row dicts (e.g. the History callback's rows).
 
     Rows are sparse (NaN/empty where a metric was not logged); for each of train_loss, val_loss (and
     their *_epoch variants) the last logged value of each epoch is plotted. Without an `epoch`
     column, rows are taken as consecutive epochs. The y axis is logarithmic when every value is > 0.
+    With `truth_loss` (the loss of the ground truth, ptycho_torch.truth) the curves are drawn as
+    multiples of it, with the truth itself (the noise floor) as a dashed line at 1.
     """
     from matplotlib.ticker import MaxNLocator
 
@@ -218,14 +220,17 @@ def save_loss_curves(metrics: str | Path | Mapping[str, Sequence[Any]] | Sequenc
     for col in (c for c in LOSS_COLUMNS if c in series):
         by_epoch = series[col]
         epochs = sorted(by_epoch)
-        vals = [by_epoch[e] for e in epochs]
+        vals = [by_epoch[e] / (truth_loss or 1.0) for e in epochs]
         every += vals
         a.plot(epochs, vals, marker="o" if len(epochs) < 30 else None, ms=3, label=col)
+    if truth_loss:
+        a.axhline(1.0, color="k", ls="--", lw=1, label="loss of the truth (noise floor)")
+        every.append(1.0)
     if min(every) > 0:
         a.set_yscale("log")
     a.xaxis.set_major_locator(MaxNLocator(integer=True))
     a.set_xlabel("epoch")
-    a.set_ylabel("loss" + (" (log scale)" if min(every) > 0 else ""))
+    a.set_ylabel(("loss / loss of the truth" if truth_loss else "loss") + (" (log scale)" if min(every) > 0 else ""))
     a.set_title(title)
     a.grid(alpha=0.3, which="both")
     a.legend()

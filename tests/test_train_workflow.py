@@ -37,6 +37,25 @@ def test_run_directory_holds_everything(trained):
     assert load_run_config(run / "config.yaml") == load_bundle(run).config
     losses = [row["train_loss"] for row in trained.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    floor = json.loads((run / "metrics.json").read_text())["truth_loss"]  # the simulated truth's own loss
+    assert 0 < floor < losses[-1]
+
+
+def test_truth_loss_is_the_floor_of_the_forward_model(tiny_scan):
+    """The true object scores lower than the same object slightly wrong (a 1-px shift of the
+    positions) or flattened to its mean: the loss of the truth is the floor training is read against."""
+    import dataclasses
+
+    from ptycho_torch.data.contract import read_scan
+    from ptycho_torch.truth import truth_loss
+
+    scan = read_scan(tiny_scan)
+    floor = truth_loss(scan, 2)
+    shifted = truth_loss(dataclasses.replace(scan, xcoords=scan.xcoords + 1.0), 2)
+    flat = truth_loss(dataclasses.replace(scan, object_guess=np.full_like(scan.object_guess,
+                                                                          scan.object_guess.mean())), 2)
+    assert 0 < floor < shifted and floor < flat
+    assert truth_loss(dataclasses.replace(scan, object_guess=None), 2) is None
 
 
 def test_reconstruction_files_and_frame(trained, tiny_scan, tmp_path):

@@ -12,7 +12,7 @@ A run directory holds:
     logs/version_k/  logger output (metrics.csv for the csv backend; one version per (re)start)
     model.pt         the model bundle (see bundle.py)
     manifest.json    versions, seed, hardware, data checksum, git revision, timings
-    loss.png         train / val loss per epoch
+    loss.png         train / val loss per epoch (as multiples of the loss of the truth when the scan holds it)
 """
 
 from __future__ import annotations
@@ -333,6 +333,18 @@ def _drop_if_nothing_trained(run_dir: Path, created: bool, resume: bool) -> None
             entry.unlink(missing_ok=True)
 
 
+def run_truth_loss(config: RunConfig, datamodule: PtychoDataModule) -> float | None:
+    """The loss of the true object on the training scan when the scan holds one (simulations), else
+    None; a failure here never costs the trained run, it only loses the relative loss plot."""
+    from ptycho_torch.truth import truth_loss
+
+    try:
+        return truth_loss(datamodule.scan, config.model.gridsize, eps=config.training.eps)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic, not the run
+        log.warning("loss of the truth not computed (%s); loss.png shows absolute losses", exc)
+        return None
+
+
 def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, trainer: L.Trainer,
                datamodule: PtychoDataModule, seconds: float, extra: dict[str, Any] | None = None) -> TrainResult:
     """Write the bundle, manifest and loss plot of a finished fit (rank 0 only). `extra` entries are
@@ -346,10 +358,11 @@ def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, train
             "final_metrics": metrics, "epochs_completed": trainer.current_epoch,
             "fit_seconds": seconds, "norm_factor": datamodule.norm_factor,
             "world_size": trainer.world_size, **(extra or {})})
+        floor = run_truth_loss(config, datamodule)
         if history:
             from ptycho_torch.plots import save_loss_curves
 
-            save_loss_curves(history, run_dir / "loss.png")
+            save_loss_curves(history, run_dir / "loss.png", truth_loss=floor)
         atomic_write_text(run_dir / "metrics.json", json.dumps(
-            {"final": metrics, "history": history}, indent=2, default=float))
+            {"final": metrics, "history": history, "truth_loss": floor}, indent=2, default=float))
     return TrainResult(run_dir, bundle_path, metrics, trainer.current_epoch, seconds, history, trainer)
