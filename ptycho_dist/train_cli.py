@@ -27,7 +27,7 @@ import yaml
 from ptycho_dist.config import RayConfig
 from ptycho_dist.flags import RAY_FLAGS, add_ray_flags, ray_overrides
 from ptycho_dist.run_files import CONFIG_FILE, RAY_FILE, read_run_file, run_location, storage_path
-from ptycho_torch.config import ConfigError, RunConfig, apply_overrides, yaml_problem
+from ptycho_torch.config import ConfigError, RunConfig, apply_overrides, read_yaml_mapping, yaml_problem
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -57,14 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def split_dist_yaml(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read a run YAML; return (run sections, `ray:` section)."""
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(e)}); fix the YAML") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
+    data = read_yaml_mapping(path)
     ray = data.pop("ray", None) or {}
     if not isinstance(ray, dict):
         raise ConfigError(f"{path}: ray: expected a mapping of fields, got {ray!r}")

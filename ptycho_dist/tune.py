@@ -39,7 +39,14 @@ import yaml
 
 from ptycho_dist.config import RayConfig, SweepConfig
 from ptycho_dist.run_files import absolute_location, is_uri, run_location
-from ptycho_torch.config import ConfigError, RunConfig, apply_overrides, load_run_config, save_run_config
+from ptycho_torch.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    load_run_config,
+    read_yaml_mapping,
+    save_run_config,
+)
 from ptycho_torch.errors import UserError
 
 log = logging.getLogger("ptycho_dist")
@@ -79,13 +86,7 @@ def sweep_config_from_dict(data: dict[str, Any] | None, where: str = "sweep") ->
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
     """Read and check a sweep YAML file (see docs/sweeps.md)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {e}") from None
+    data = read_yaml_mapping(path, "sweep file")
     try:
         return sweep_config_from_dict(data, str(path))
     except ConfigError as e:

@@ -354,17 +354,24 @@ def yaml_problem(error: Exception) -> str:
     return " ".join(f"{where}{problem}".split())
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """Read a run YAML file (any subset of sections/fields); missing fields take defaults."""
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """The mapping in a YAML file (empty file = {}); a missing file, invalid YAML or another kind of
+    document is one ConfigError naming the file (`what` says which kind of file it is)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(e)}); fix the YAML") from None
+        raise ConfigError(f"{what} {path} is not valid YAML ({yaml_problem(e)}); fix the YAML") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{what} {path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a run YAML file (any subset of sections/fields); missing fields take defaults."""
+    data = read_yaml_mapping(path)
     try:
         return RunConfig.from_dict(data)
     except ConfigError as e:
