@@ -265,7 +265,9 @@ def with_absolute_data_path(config: RunConfig) -> RunConfig:
     if not config.data.path:
         raise ConfigError("data.path: no scan file given; pass --data SCAN (or data.path in --config)")
     resolve_scan_paths(config.data.path)
-    return apply_overrides(config, {"data.path": os.path.abspath(os.path.expanduser(config.data.path))})
+    paths = [os.path.abspath(os.path.expanduser(p)) for p in (config.data.path if isinstance(config.data.path, list)
+                                                             else [config.data.path])]
+    return apply_overrides(config, {"data.path": paths[0] if len(paths) == 1 else paths})
 
 
 REGISTER_GRACE_S = 15.0  # on a signal, how long to wait for Ray to register a checkpoint being written

@@ -39,8 +39,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                           "the same Lightning training as ptycho-torch train, into the run "
                                           "directory --storage-path/--name (or --out); --resume NAME continues "
                                           "a run from its latest checkpoint.")
-    p.add_argument("--data", type=str, default=None, help="scan file (.npz/.h5/.hdf5) or quoted glob every "
-                   "worker can read (default: data.path of --config)")
+    p.add_argument("--data", nargs="+", default=None, help="scan file(s) (.npz/.h5/.hdf5) or quoted glob(s) "
+                   "of one scan, readable by every worker (default: data.path of --config)")
     p.add_argument("--out", type=Path, default=None, help="run directory; same as --storage-path "
                    "parent --name basename (default: --storage-path/--name)")
     p.add_argument("--resume", default=None, metavar="NAME",
@@ -90,7 +90,7 @@ def _text_config(text: str | None, where: str) -> dict[str, Any]:
 
 def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig, bool]:
     """(RunConfig, RayConfig, resume) from the flags; see the module docstring for precedence."""
-    from ptycho_torch.cli_args import cli_overrides
+    from ptycho_torch.cli_args import cli_overrides, data_path
 
     file_run, file_ray = split_dist_yaml(args.config) if args.config is not None else (None, {})
     cli_ray = ray_overrides(args)
@@ -136,7 +136,7 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
         raise ConfigError(f"{where}: {e}") from None
     overrides = cli_overrides(args)
     if args.data is not None:
-        overrides["data.path"] = str(args.data)
+        overrides["data.path"] = data_path(args.data)
     try:
         config = apply_overrides(config, overrides)
     except ConfigError as e:

@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train PtychoPINN with Lightning on this machine")
-    p.add_argument("--data", type=str, default=None, help="scan file (.npz/.h5/.hdf5) or a quoted glob such as "
-                   "'scans/part*.npz' for a scan split into files (default: data.path of --config)")
+    p.add_argument("--data", nargs="+", default=None, help="scan file(s) (.npz/.h5/.hdf5) or quoted glob(s) such "
+                   "as 'scans/part*.npz' of one scan (default: data.path of --config)")
     p.add_argument("--out", type=Path, default=None, help="run directory to create (default: none; required)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue RUN_DIR from its last.ckpt up to the configured epochs (default: off)")

@@ -101,8 +101,14 @@ def resolve_run_config(args: argparse.Namespace, base_file: Path | None = None) 
         config = load_run_config(args.config)
     overrides = cli_overrides(args)
     if getattr(args, "data", None) is not None:
-        overrides["data.path"] = str(args.data)
+        overrides["data.path"] = data_path(args.data)
     try:
         return apply_overrides(config, overrides)
     except ConfigError as e:
         raise ConfigError(f"command line: {e}") from None
+
+
+def data_path(data: Any) -> str | list[str]:
+    """`--data` (one or several paths or globs) as the value of data.path."""
+    items = [str(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
+    return items[0] if len(items) == 1 else items

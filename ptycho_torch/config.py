@@ -33,7 +33,8 @@ class DataConfig(ConfigSection):
 
     section: typing.ClassVar[str] = "data"
 
-    path: Optional[str] = config_field(None, "scan file (.npz/.h5); `--data` sets it")
+    path: Union[str, list[str], None] = config_field(
+        None, "scan file (.npz/.h5/.hdf5), a glob such as 'part*.npz', or a list of files of one scan; `--data` sets it")
     val_fraction: float = config_field(0.1, "fraction of groups held out for validation (0 disables validation)")
     n_groups: Optional[int] = config_field(None, "number of training groups to draw (None = one per scan position)")
     neighbor_count: int = config_field(6, "gridsize>1: candidates (nearest neighbours) a group is drawn from")

@@ -96,3 +96,19 @@ def test_evaluation_never_reads_diffraction(split, tmp_path):
     np.savez(tmp_path / "object.npz", object=obj, weight=np.ones(obj.shape, np.float32))
     metrics = evaluate(tmp_path / "object.npz", truth, plots=False)
     assert metrics["phase_ssim"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_train_takes_several_files_and_globs(split, tmp_path):
+    import yaml
+
+    from ptycho_torch.cli import main
+
+    common = ["--out", str(tmp_path / "run"), "--epochs", "1", "--n-filters-scale", "0.25", "--batch-size", "16",
+              "--logger", "none", "--no-progress-bar"]
+    assert main(["train", "--data", *map(str, split["parts"]), *common]) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["path"] == [str(p) for p in split["parts"]]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["n_patterns"] == 60
+    common[1] = str(tmp_path / "glob")
+    assert main(["train", "--data", str(split["dir"] / "part*"), *common]) == 0
