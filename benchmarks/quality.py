@@ -120,6 +120,26 @@ def one_gridsize(args: argparse.Namespace, scans: tuple[Path, Path], gridsize: i
     return row
 
 
+def iterative(args: argparse.Namespace, scored: Path) -> dict[str, Any]:
+    """The iterative baseline on the scored scan: Adam on the object pixels through our own forward
+    model (ptycho_torch.refine), known probe, flat start, for `--iterative-seconds` of wall clock."""
+    from ptycho_torch.data.contract import read_scan
+    from ptycho_torch.metrics import evaluate_reconstruction
+    from ptycho_torch.refine import coverage, flat_start, refine_object
+
+    scan = read_scan(scored)
+    start = flat_start(scan.mean_energy(), scan.probe, scan.object_guess.shape)
+    result = refine_object(scan.diffraction_rows, scan.positions, scan.probe, start,
+                           seconds=args.iterative_seconds, seed=args.seed)
+    metrics = evaluate_reconstruction(result.object, scan.object_guess,
+                                      coverage(scan.positions, scan.probe, start.shape))
+    row = {"method": "gradient descent on the object (ptycho_torch.refine), known probe, flat start",
+           "steps": result.steps, "seconds": result.seconds,
+           **{k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def section(result: dict[str, Any]) -> str:
     s = result["settings"]
     command = f"benchmarks/quality.py --preset {s['preset']} --budget-minutes {s['budget_minutes']:g}"
@@ -148,6 +168,12 @@ def section(result: dict[str, Any]) -> str:
                      f"{f('phase_ssim')} | {f('phase_psnr', '.1f')} | "
                      f"{f('amplitude_ssim')} | {f('amplitude_psnr', '.1f')} | "
                      f"{f('frc_half_resolution_px', '.1f')} | {f('frc_17_resolution_px', '.1f')} |")
+    for r in result.get("iterative", []):
+        lines += ["", f"Iterative baseline on the same scored scan, same metric and region: {r['method']}, "
+                  f"{r['steps']} steps in {r['seconds']:.0f} s: phase SSIM {r['phase_ssim']:.3f}, amplitude SSIM "
+                  f"{r['amplitude_ssim']:.3f}, FRC 0.5 {r['frc_half_resolution_px']:.1f} px. (Pty-chi, the issue's "
+                  "reference solver, does not run on this machine: its torchvision dependency has no CPU build for "
+                  "torch 2.13 in the package index.)"]
     g2 = [r for r in result["runs"] if r["gridsize"] == 2 and "phase_ssim" in r]
     phase_target, amp_target = result["targets"]
     if g2:
@@ -188,6 +214,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="default: 2e-3")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--iterative-seconds", type=float, default=60.0,
+                        help="wall clock of the iterative baseline on the scored scan; 0 = skip (default: 60)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the scan, run and reconstruction folders (with their PNGs) here")
     args = parser.parse_args()
@@ -204,6 +232,7 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         scan = simulate(args, work)
         runs = [one_gridsize(args, scan, g, work) for g in args.gridsizes]
+        baseline = [iterative(args, scan[1])] if args.iterative_seconds > 0 else []
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -211,7 +240,7 @@ def main() -> None:
         "settings": {k: getattr(args, k) for k in ("preset", "budget_minutes", "N", "object", "positions",
                                                    "overlap", "nphotons", "neighbor_count", "split",
                                                    "n_filters_scale", "batch_size", "learning_rate", "seed")},
-        "runs": runs, "section": title, "targets": targets,
+        "runs": runs, "iterative": baseline, "section": title, "targets": targets,
     }
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(result, indent=2))

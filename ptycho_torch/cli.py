@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from ptycho_torch.config import ConfigError, SimulationConfig
 from ptycho_torch.console import setup_logging
-from ptycho_torch.errors import USER_ERRORS, one_line
+from ptycho_torch.errors import USER_ERRORS, UserError, one_line
 
 
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
@@ -141,8 +141,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     check_device(args.device)
     resolve_bundle_path(args.model)
     check_output_dir(args.out, "--out")
+    if args.refine_seconds < 0:
+        raise UserError(f"--refine-seconds must be >= 0 (0 = no refinement), got {args.refine_seconds:g}")
     result = reconstruct(args.model, args.data, args.out, batch_size=args.inference_batch_size,
-                         device=args.device, renormalize=args.renormalize)
+                         device=args.device, renormalize=args.renormalize, refine_seconds=args.refine_seconds)
     print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
     if result.metrics:
         print(json.dumps(_headline(result.metrics), indent=1))
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     p.add_argument("--renormalize", action="store_true",
                    help="compute the normalisation factor from this scan instead of the model's (default: off)")
+    p.add_argument("--refine-seconds", type=float, default=0.0,
+                   help="then refine the network's object by gradient descent through the forward model for this "
+                        "many seconds; the network's own object is kept in OUT/network/ (default: 0 = off)")
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("evaluate", help="compare a reconstruction with the ground truth")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,9 +125,12 @@ class ReconResult:
 
 
 def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batch_size: int | None = None,
-                device: str = "cpu", renormalize: bool = False, progress: bool | None = None) -> ReconResult:
+                device: str = "cpu", renormalize: bool = False, progress: bool | None = None,
+                refine_seconds: float = 0.0) -> ReconResult:
     """Reconstruct the scan `data` (a file, a glob, or several files of one scan) with the bundle
-    `model` into `out_dir` (local, one process)."""
+    `model` into `out_dir` (local, one process). With `refine_seconds` > 0 the network's stitched
+    object (kept in out_dir/network/) is then refined by gradient descent through the forward model
+    on the same patterns (ptycho_torch.refine), and out_dir holds the refined object."""
     predictor = PatchPredictor(model, device=device)
     config = predictor.config
     scan = read_scans(data)
@@ -152,5 +156,24 @@ def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batc
     log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s)", len(groups), seconds, rate)
     meta = {"model": str(predictor.bundle.path), "data": scan_paths(scan), "n_patterns": len(groups),
             "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local"}
+    if refine_seconds > 0:
+        obj, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta)
     written = write_reconstruction(out_dir, obj, weight, scan, meta)
     return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"))
+
+
+def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predictor: PatchPredictor,
+                          seconds: float, out_dir: str | Path, meta: dict[str, Any]
+                          ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Write the network's own object to out_dir/network/, refine it for `seconds` on the scan's
+    patterns (in the probe's photon units: times s / r) and return it with its metadata."""
+    from ptycho_torch.refine import refine_stitched
+
+    write_reconstruction(Path(out_dir) / "network", obj, weight, scan, meta)
+    scale = math.exp(float(predictor.module.log_scale.detach())) / predictor.norm_factor
+    log.info("refining the network's object for %.0f s (gradient descent through the forward model)", seconds)
+    refined, record = refine_stitched(obj, weight, scan, predictor.probe.numpy(), scale, seconds,
+                                      seed=predictor.config.execution.seed)
+    log.info("refined in %d steps (%.1f s)", record.steps, record.seconds)
+    return refined, {**meta, "refine": {"steps": record.steps, "seconds": record.seconds,
+                                        "network_object": str(Path(out_dir) / "network" / "object.npz")}}
