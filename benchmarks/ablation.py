@@ -90,10 +90,13 @@ def run_variant(args: argparse.Namespace, scan: Path, name: str, model: dict[str
     return row
 
 
-def section(result: dict[str, Any]) -> str:
+def section(result: dict[str, Any], title: str = SECTION) -> str:
     s = result["settings"]
-    lines = [SECTION, "",
-             f"`benchmarks/ablation.py --steps {s['steps']}`, {result['date']}, {result['cpu_count']} CPU cores "
+    flags = f"--steps {s['steps']} --batch-size {s['batch_size']}"
+    if s.get("extraction", "fourier") != "fourier":
+        flags += f" --extraction {s['extraction']}"
+    lines = [title, "",
+             f"`benchmarks/ablation.py {flags}`, {result['date']}, {result['cpu_count']} CPU cores "
              f"(shared), torch {result['torch']}. Standard scan (lines, N={s['N']}, {s['positions']} positions, "
              f"{s['nphotons']:.0e} photons), n_filters_scale {s['n_filters_scale']}, batch {s['batch_size']}, "
              f"lr {s['learning_rate']:g}; every variant trains exactly {s['steps']} steps (equal steps; the "
@@ -123,6 +126,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extraction", choices=["fourier", "bilinear"], default="fourier",
+                        help="how the simulator cuts patches: 'fourier' (our model's convention) or 'bilinear' "
+                             "(as other simulators do); bilinear results go to ablation_bilinear.json and their "
+                             "own docs section (default: fourier)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -134,18 +141,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ptycho-ablation-") as tmp:
         work = Path(tmp)
         scan = simulate_to_file(SimulationConfig(N=args.N, object="lines", n_positions=args.positions,
-                                                 nphotons=args.nphotons, seed=args.seed), work / "scan.npz")
+                                                 nphotons=args.nphotons, seed=args.seed,
+                                                 patch_extraction=args.extraction), work / "scan.npz")
         runs = [run_variant(args, scan, name, model, work) for name, _, model in chosen]
     result = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "settings": {k: getattr(args, k) for k in ("steps", "N", "positions", "nphotons", "n_filters_scale",
-                                                         "batch_size", "learning_rate", "seed")},
+                                                         "batch_size", "learning_rate", "seed", "extraction")},
               "runs": runs}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    text = section(result)
+    results, title = RESULTS, SECTION
+    if args.extraction != "fourier":
+        results = RESULTS.with_name(f"ablation_{args.extraction}.json")
+        title = f"{SECTION} on {args.extraction}-extraction data (another simulator's convention)"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2))
+    text = section(result, title)
     print(text)
     if not args.no_docs:
-        write_section(SECTION, text)
+        write_section(title, text)
 
 
 if __name__ == "__main__":

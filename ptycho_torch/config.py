@@ -160,6 +160,10 @@ class SimulationConfig(ConfigSection):
                                         "defocused probe breaks the twin-image ambiguity of a real, symmetric focus "
                                         "(0 = in focus)")
     probe_modes: int = config_field(1, "incoherent probe modes")
+    patch_extraction: Literal["fourier", "bilinear"] = config_field(
+        "fourier", "how object patches are cut at sub-pixel positions: a Fourier shift (the model's own "
+        "convention) or bilinear interpolation (as many other simulators do), to test a model on data it "
+        "was not built around")
     nphotons: float = config_field(1e6, "mean photons per diffraction pattern")
     seed: int = config_field(0, "random seed (object, positions, Poisson noise)")
 

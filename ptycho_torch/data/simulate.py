@@ -292,9 +292,31 @@ def scan_positions(kind: str, n: int, step: float, jitter: float, rng: np.random
 
 # ------------------------------------------------------------------ forward model
 
+def bilinear_patches(obj: torch.Tensor, positions: torch.Tensor, N: int) -> torch.Tensor:
+    """N x N patches of obj (H, W) complex at positions (K, 2) (x, y) pixels, (K, N, N) complex64,
+    by bilinear interpolation: patch[i, j] = obj at (y0 + i + fy, x0 + j + fx) with the corner
+    (x0, y0) = floor(position) - N/2 and (fx, fy) the fractional parts, the same frame as
+    physics.extract_patches but interpolated the way pixel-space simulators do it."""
+    parts = [torch.nn.functional.pad(part[None, None], (0, 1, 0, 1), mode="replicate")[0, 0]
+             for part in (obj.real.float(), obj.imag.float())]
+    padded = torch.complex(*parts)  # (H + 1, W + 1): the last row and column repeated
+    floor = torch.floor(positions)
+    frac = (positions - floor).to(torch.float32)  # (K, 2)
+    corner = floor.long() - N // 2  # (K, 2) as (x, y)
+    rows = corner[:, 1, None] + torch.arange(N + 1)  # (K, N+1)
+    cols = corner[:, 0, None] + torch.arange(N + 1)
+    crops = padded[rows[:, :, None], cols[:, None, :]]  # (K, N+1, N+1)
+    fx, fy = frac[:, 0, None, None], frac[:, 1, None, None]
+    top = crops[:, :-1, :-1] * (1 - fx) + crops[:, :-1, 1:] * fx
+    bottom = crops[:, 1:, :-1] * (1 - fx) + crops[:, 1:, 1:] * fx
+    return (top * (1 - fy) + bottom * fy).to(torch.complex64)
+
+
 def _intensity(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, N: int,
-               progress: bool) -> np.ndarray:
-    """Expected intensity sum_p |F(P_p O_m)|^2 for every position: (M, N, N) float32."""
+               progress: bool, extraction: str = "fourier") -> np.ndarray:
+    """Expected intensity sum_p |F(P_p O_m)|^2 for every position: (M, N, N) float32; patches cut
+    by `extraction` ('fourier' = physics.extract_patches, 'bilinear' = bilinear_patches)."""
+    cut = physics.extract_patches if extraction == "fourier" else bilinear_patches
     M = len(positions)
     out = np.empty((M, N, N), np.float32)
     obj_t, probe_t = torch.from_numpy(obj), torch.from_numpy(probe)
@@ -304,7 +326,7 @@ def _intensity(obj: np.ndarray, probe: np.ndarray, positions: np.ndarray, N: int
         starts = tqdm(starts, desc="simulate", unit="chunk")
     for s in starts:
         pos_t = torch.from_numpy(positions[s:s + _CHUNK])
-        patches = physics.extract_patches(obj_t, pos_t, N)  # (k, N, N)
+        patches = cut(obj_t, pos_t, N)  # (k, N, N)
         psi = probe_t[None] * patches[:, None]  # (k, P, N, N)
         out[s:s + _CHUNK] = physics.far_field(psi).abs().square().sum(dim=1).numpy()
     return out
@@ -336,7 +358,8 @@ def simulate_scan(config: SimulationConfig, *, noise: bool = True, progress: boo
     obj = make_object(config.object, (H, W), obj_rng, min_amplitude=config.min_amplitude,
                       max_phase=config.max_phase, phase_image=config.phase_object)
     M = len(positions)
-    intensity = _intensity(obj, probe, positions, N, progress if progress is not None else M >= 20000)
+    intensity = _intensity(obj, probe, positions, N, progress if progress is not None else M >= 20000,
+                           config.patch_extraction)
     kappa = config.nphotons / float(intensity.sum(dtype=np.float64) / M)  # photons per unit intensity
     intensity *= kappa
     probe = (probe * np.sqrt(kappa)).astype(np.complex64)
