@@ -72,16 +72,16 @@ def check_batch_size(value: int | None, flag: str = "--inference-batch-size") ->
 # ------------------------------------------------------------------ simulate
 
 def add_simulation_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per SimulationConfig field, parsed as the field's type (int, float, else a string that
+    SimulationConfig checks)."""
+    import typing
+
+    hints = typing.get_type_hints(SimulationConfig)
     for f in fields(SimulationConfig):
         default = f.default if f.default is not MISSING else None
-        parser.add_argument("--" + f.name.replace("_", "-"), dest="sim_" + f.name, default=default,
-                            type=str if f.name in ("object", "phase_object", "scan") else _number(f.name),
+        kind = hints[f.name] if hints[f.name] in (int, float) else str
+        parser.add_argument("--" + f.name.replace("_", "-"), dest="sim_" + f.name, default=default, type=kind,
                             help=f"{f.metadata.get('doc', '')} (default: {default!r})")
-
-
-def _number(name: str) -> Callable[[str], Any]:
-    ints = {"N", "n_positions", "probe_modes", "seed"}
-    return int if name in ints else float
 
 
 def simulation_config(args: argparse.Namespace) -> SimulationConfig:
