@@ -197,28 +197,12 @@ def intact_ray_checkpoint(latest: Path, run_dir: str) -> Path:
     damaged, the newest intact `checkpoint_*/checkpoint.ckpt` of a local run directory (saying so).
     A checkpoint with Python objects beyond tensors is refused (UnsafeCheckpointError: never run);
     none intact is a ConfigError."""
-    from ptycho_torch.checkpoints import UnsafeCheckpointError, load_checkpoint_safely
+    from ptycho_torch.checkpoints import first_intact
 
-    try:
-        load_checkpoint_safely(latest)
-        return latest
-    except UnsafeCheckpointError:
-        raise
-    except ValueError as e:
-        damaged = str(e)
-    if not is_uri(run_dir):
-        older = sorted(Path(run_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True)  # names sort by time
-        for candidate in (c for c in older if c.parent.name != latest.parent.name):
-            try:
-                load_checkpoint_safely(candidate)
-            except UnsafeCheckpointError:
-                raise
-            except ValueError:
-                continue
-            log.warning("%s; resuming from the newest intact checkpoint %s instead", damaged, candidate.parent.name)
-            return candidate
-    raise ConfigError(f"cannot resume: the latest Ray checkpoint is damaged ({damaged}) and no intact one is "
-                      f"left in {run_dir}; start a new run (--overwrite or another --name)")
+    older = [] if is_uri(run_dir) else sorted(Path(run_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}"), reverse=True)
+    return first_intact([latest, *(c for c in older if c.parent.name != latest.parent.name)],  # names sort by time
+                        "cannot resume", f"the run {run_dir} holds no usable Ray checkpoint; start a new run "
+                        "(--overwrite or another --name)")
 
 
 class _MetricsReport(Callback):

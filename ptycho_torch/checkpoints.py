@@ -16,7 +16,7 @@ import pickle
 import re
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -88,6 +88,13 @@ def resume_checkpoint(run_dir: str | Path) -> Path:
     if not candidates:
         raise FileNotFoundError(f"cannot resume: {last} does not exist (was the run trained with "
                                 "checkpointing enabled?)")
+    return first_intact(candidates, f"cannot resume {run_dir}", "start a new run with --overwrite or another --out")
+
+
+def first_intact(candidates: Sequence[Path], where: str, fix: str) -> Path:
+    """The first of `candidates` (newest first) that loads safely, logging the damaged ones skipped.
+    An unsafe checkpoint raises UnsafeCheckpointError at once (never skipped); none intact is a
+    ConfigError '<where>: no intact checkpoint left (...); <fix>'."""
     damaged: list[str] = []
     for path in candidates:
         try:
@@ -98,10 +105,10 @@ def resume_checkpoint(run_dir: str | Path) -> Path:
             damaged.append(str(e))
             continue
         if damaged:
-            log.warning("%s; resuming from the newest intact checkpoint %s instead", "; ".join(damaged), path.name)
+            log.warning("%s; resuming from the newest intact checkpoint %s instead", "; ".join(damaged),
+                        path.name if path.name != "checkpoint.ckpt" else path.parent.name)
         return path
-    raise ConfigError(f"cannot resume {run_dir}: no intact checkpoint left ({'; '.join(damaged)}); start a "
-                      "new run with --overwrite or another --out")
+    raise ConfigError(f"{where}: no intact checkpoint left ({'; '.join(damaged)}); {fix}")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -114,7 +114,7 @@ def test_ray_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path):
     latest.write_bytes(b"")
     assert intact_ray_checkpoint(latest, str(run)) == older
     older.write_bytes(older.read_bytes()[:64])
-    with pytest.raises(ConfigError, match="no intact one is left"):
+    with pytest.raises(ConfigError, match="no intact checkpoint left"):
         intact_ray_checkpoint(latest, str(run))
     w = Workspace(tmp_path, tmp_path / "unused.npz")
     latest.write_bytes(payload_bytes(w))
