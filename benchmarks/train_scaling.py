@@ -5,7 +5,9 @@ One run trains the same model on the same simulated scan, same seed and per-work
 1. plain Lightning (`ptycho_torch.workflows.train.train`) with 1 torch thread (the fair comparison with
    a 1-CPU Ray worker) and with all this machine's threads;
 2. `ptycho_dist.train.fit_distributed` with 1 worker and with 2 workers (1 CPU, 1 thread each, DDP over
-   gloo) on an already started local Ray (its start-up time is reported separately).
+   gloo) on an already started local Ray (its start-up time is reported separately);
+3. a bare `TorchTrainer.fit` of a no-op function with 1 worker: Ray's own fixed cost, so that what
+   ptycho-dist adds on top of it is measured in the same run.
 
 Measured per run (a rank-0 callback writes wall-clock timestamps):
     samples/s       training samples (all ranks) / training time of the epochs after the first
@@ -110,6 +112,21 @@ def run_ray(config: Any, work: Path, workers: int) -> dict[str, Any]:
                      workers=workers, threads=1, fit_s=result.fit_seconds)
 
 
+def _noop(config: dict[str, Any]) -> None:
+    return None
+
+
+def run_noop(work: Path) -> float:
+    """Wall seconds of a bare TorchTrainer.fit with 1 worker that does nothing: Ray's own fixed cost."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.perf_counter()
+    TorchTrainer(_noop, scaling_config=ScalingConfig(num_workers=1),
+                 run_config=RunConfig(storage_path=str(work / "ray_runs"), name="noop")).fit()
+    return time.perf_counter() - t0
+
+
 def markdown(result: dict[str, Any]) -> str:
     s = result["settings"]
     rows = result["runs"]
@@ -140,6 +157,13 @@ def markdown(result: dict[str, Any]) -> str:
                   "With 2 workers the global batch doubles, so the 2-worker loss after the same epochs "
                   "differs from the 1-worker one (half the optimiser steps); 1 Ray worker and plain Lightning "
                   "with 1 thread give the same losses (tests/test_dist_train.py)."]
+    if ray1 and result.get("noop_torchtrainer_s"):
+        noop, plain = result["noop_torchtrainer_s"], base["wall_s"]
+        ours = ray1["wall_s"] - noop - plain
+        lines += ["", f"Fixed cost: a bare `TorchTrainer.fit` of a no-op function with 1 worker took {noop:.1f} s; "
+                  f"1 Ray worker took {ray1['wall_s']:.1f} s where plain Lightning took {plain:.1f} s, so what "
+                  f"ptycho-dist adds on top of Ray's and the training's own cost is {ours:.1f} s "
+                  f"({ours / noop:.0%} of the bare TorchTrainer)."]
     return "\n".join(lines) + "\n"
 
 
@@ -185,10 +209,11 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
         ray_init = time.perf_counter() - t0
         try:
+            noop = run_noop(work)
             runs += [run_ray(config, work, 1), run_ray(config, work, 2)]
         finally:
             ray.shutdown()
-    result = {"date": time.strftime("%Y-%m-%d"), "ray_init_s": ray_init,
+    result = {"date": time.strftime("%Y-%m-%d"), "ray_init_s": ray_init, "noop_torchtrainer_s": noop,
               "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
               "settings": {"N": args.N, "n_filters_scale": args.n_filters_scale, "positions": args.positions,
                            "epochs": args.epochs, "batch_size": args.batch_size, "seed": config.execution.seed},
