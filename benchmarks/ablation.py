@@ -45,6 +45,8 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
                                              "network_input": "backprop"}),
     ("per_pattern", "+ one network per pattern", {"gridsize": 2, "decoder": "plain"}),
     ("new", "+ U-Net decoders (skips, bilinear) = new defaults", {"gridsize": 2}),
+    ("partner", "new defaults + each pattern's network also reads its partners' estimates in its own frame",
+     {"gridsize": 2, "partner_input": True}),
     ("probe_weights", "new defaults, probe-intensity merge weights", {"gridsize": 2, "merge_weight": "probe"}),
     ("no_constraint", "new defaults, overlap constraint off", {"gridsize": 2, "overlap_constraint": False}),
     ("g1", "new defaults, gridsize 1", {"gridsize": 1}),
@@ -152,6 +154,13 @@ def main() -> None:
     if args.extraction != "fourier":
         results = RESULTS.with_name(f"ablation_{args.extraction}.json")
         title = f"{SECTION} on {args.extraction}-extraction data (another simulator's convention)"
+    if args.only and results.is_file():  # a partial run adds its rows to an earlier run of the same settings
+        earlier = json.loads(results.read_text())
+        if earlier.get("settings") == result["settings"]:
+            mine = {r["variant"] for r in runs}
+            kept = {r["variant"]: r for r in earlier["runs"] if r["variant"] not in mine}
+            kept.update({r["variant"]: r for r in runs})
+            result["runs"] = [kept[name] for name, _, _ in VARIANTS if name in kept]
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(result, indent=2))
     text = section(result, title)

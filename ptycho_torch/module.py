@@ -21,6 +21,7 @@ from ptycho_torch.physics import (
     backpropagate,
     initial_log_scale,
     overlap_constraint,
+    partner_frames,
     poisson_nll,
     predicted_amplitude,
     total_variation,
@@ -64,6 +65,8 @@ class PtychoPINNModule(L.LightningModule):
         cfg = self.model_config
         self.net_channels = 1 if cfg.group_network == "per_pattern" else cfg.channels
         in_per_pattern = 2 if cfg.network_input == "backprop" else 1
+        if cfg.partner_input and self.net_channels == 1:
+            in_per_pattern *= cfg.channels  # its own estimate and its C - 1 partners' (see partner_input)
         self.net = PtychoNet(N, self.net_channels, cfg.n_filters_scale,
                              in_channels=in_per_pattern * self.net_channels, skips=cfg.decoder == "unet")
         if probe is None:
@@ -98,11 +101,25 @@ class PtychoPINNModule(L.LightningModule):
         B, C, N, _ = est.shape
         return torch.stack([est.real, est.imag], dim=2).reshape(B, 2 * C, N, N)
 
-    def raw_patches(self, x: torch.Tensor) -> torch.Tensor:
+    def partner_input(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Normalised amplitudes (B, C, N, N) of groups at offsets (B, C, 2) -> (B * C, 2C, N, N): for
+        each pattern, its own back-propagated estimate followed by its C - 1 partners' estimates
+        translated into its frame (physics.partner_frames), as (real, imaginary) pairs."""
+        B, C, N, _ = x.shape
+        est = backpropagate(x.float(), self.probe.detach(), self.input_scale)  # (B, C, N, N)
+        frames = partner_frames(est, offsets.float())  # (B, C, C, N, N)
+        return torch.stack([frames.real, frames.imag], dim=3).reshape(B * C, 2 * C, N, N)
+
+    def raw_patches(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised amplitudes (B, C, N, N) -> the network's own patches (B, C, N, N) complex64,
-        before any overlap constraint. 'per_pattern' runs the network on each pattern alone."""
+        before any overlap constraint. 'per_pattern' runs the network on each pattern alone (reading
+        its partners too with `model.partner_input`, which needs the group's offsets (B, C, 2))."""
         B, C, N, _ = x.shape
         if self.net_channels == 1 and C > 1:
+            if self.model_config.partner_input:
+                if offsets is None:
+                    raise ValueError("model.partner_input needs the group offsets: call module(x, offsets)")
+                return self.net(self.partner_input(x, offsets)).reshape(B, C, N, N)
             return self.net(self.network_input(x.reshape(B * C, 1, N, N))).reshape(B, C, N, N)
         return self.net(self.network_input(x))
 
@@ -116,7 +133,7 @@ class PtychoPINNModule(L.LightningModule):
     def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised amplitudes (B, C, N, N) -> object patches (B, C, N, N) complex64; for a group
         (C > 1, offsets (B, C, 2) given) the overlap-constrained patches the loss trains."""
-        obj = self.raw_patches(x)
+        obj = self.raw_patches(x, offsets)
         if obj.shape[1] > 1 and offsets is not None and self.model_config.overlap_constraint:
             obj = overlap_constraint(obj, offsets, self.merge_weight())
         return obj

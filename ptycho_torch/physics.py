@@ -248,6 +248,25 @@ def backpropagate(x: torch.Tensor, probe: torch.Tensor, scale: float | torch.Ten
     return field * inverse / scale
 
 
+def partner_frames(patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Every patch of a group seen from every other patch's frame.
+
+    patches (B, C, N, N) complex, one group per row; offsets (B, C, 2) their positions (x, y) px
+    (group_offsets). Returns (B, C, C, N, N) complex64 where [b, c, k] is patch j = (c + k) mod C
+    translated into the frame of patch c (so k = 0 is patch c itself): pixel q of frame c shows the
+    object point that pixel q + offset_c - offset_j of patch j shows. The translation is a Fourier
+    shift inside a zero-padded 2N canvas, so what leaves the patch does not wrap around: pixels
+    patch j never saw are zero.
+    """
+    B, C, N, _ = patches.shape
+    order = (torch.arange(C, device=patches.device)[:, None] + torch.arange(C, device=patches.device)) % C
+    source = patches[:, order]  # (B, C, C, N, N): [b, c, k] = patch (c + k) % C
+    shift = offsets[:, order] - offsets[:, :, None]  # (B, C, C, 2) = offset_j - offset_c
+    pad = N // 2
+    canvas = torch.nn.functional.pad(source.to(torch.complex64), (pad, pad, pad, pad))
+    return fourier_shift(canvas, shift)[..., pad:pad + N, pad:pad + N]
+
+
 # ------------------------------------------------------------------ losses
 
 def poisson_nll(pred_amp: torch.Tensor, meas_amp: torch.Tensor, r: float, eps: float = 1e-6) -> torch.Tensor:

@@ -205,3 +205,21 @@ def test_backpropagation_returns_a_flat_object_under_the_probe():
     assert float(ratio.abs().min()) > 0.8 and float(ratio.abs().max()) <= 1.0 + 1e-4
     phase = ratio.angle()
     assert float(phase.max() - phase.min()) < 1e-3  # one global phase over the whole bright region
+
+
+def test_partner_frames_translate_each_patch_into_every_partner_frame():
+    """[c, k] shows patch (c + k) % C where it overlaps patch c, and zero where it never looked."""
+    from ptycho_torch.physics import extract_patches, group_offsets, partner_frames
+
+    torch.manual_seed(0)
+    obj = torch.randn(80, 80, dtype=torch.complex64)
+    pos = torch.tensor([[[30.0, 30.0], [36.0, 30.0], [30.0, 37.0], [36.0, 37.0]]])  # (1, 4, 2)
+    patches = extract_patches(obj, pos[0], 32)[None]  # (1, 4, 32, 32)
+    frames = partner_frames(patches, group_offsets(pos))
+    assert frames.shape == (1, 4, 4, 32, 32)
+    torch.testing.assert_close(frames[0, :, 0], patches[0], atol=1e-4, rtol=0)  # k = 0: itself
+    # frame 0 reading patch 1 (6 px to the right): columns 6.. overlap, columns < 6 were never seen
+    torch.testing.assert_close(frames[0, 0, 1][:, 6:], patches[0, 0][:, 6:], atol=1e-4, rtol=0)
+    assert frames[0, 0, 1][:, :6].abs().max() < 1e-4
+    # frame 3 reading patch 0 (k = 1: (3 + 1) % 4 = 0), 6 px left and 7 px up
+    torch.testing.assert_close(frames[0, 3, 1][:-7, :-6], patches[0, 3][:-7, :-6], atol=1e-4, rtol=0)
