@@ -43,13 +43,15 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("scale", "+ scale starts at the head's typical output", {**OLD, "intensity_scale_start": "typical"}),
     ("backprop", "+ back-propagated input", {**OLD, "intensity_scale_start": "typical",
                                              "network_input": "backprop"}),
-    ("per_pattern", "+ one network per pattern", {"gridsize": 2, "decoder": "plain"}),
-    ("new", "+ U-Net decoders (skips, bilinear) = new defaults", {"gridsize": 2}),
-    ("partner", "new defaults + each pattern's network also reads its partners' estimates in its own frame",
-     {"gridsize": 2, "partner_input": True}),
-    ("probe_weights", "new defaults, probe-intensity merge weights", {"gridsize": 2, "merge_weight": "probe"}),
-    ("no_constraint", "new defaults, overlap constraint off", {"gridsize": 2, "overlap_constraint": False}),
-    ("g1", "new defaults, gridsize 1", {"gridsize": 1}),
+    ("per_pattern", "+ one network per pattern", {"gridsize": 2, "decoder": "plain", "partner_input": False}),
+    ("new", "+ U-Net decoders (skips, bilinear upsampling)", {"gridsize": 2, "partner_input": False}),
+    ("partner", "+ each pattern's network also reads its partners' estimates in its own frame = the defaults",
+     {"gridsize": 2}),
+    ("probe_weights", "U-Net without partners, probe-intensity merge weights",
+     {"gridsize": 2, "merge_weight": "probe", "partner_input": False}),
+    ("no_constraint", "U-Net without partners, overlap constraint off",
+     {"gridsize": 2, "overlap_constraint": False, "partner_input": False}),
+    ("g1", "defaults, gridsize 1", {"gridsize": 1}),
 ]
 
 

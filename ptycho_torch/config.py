@@ -78,8 +78,9 @@ class ModelConfig(ConfigSection):
         "typical", "where the scale starts: the head's typical output (0.5) carries the data's energy, or "
         "an amplitude of 1 does (the old start, which saturated the amplitude)")
     partner_input: bool = config_field(
-        False, "gridsize>1 with per_pattern and backprop: each pattern's network also reads the back-propagated "
-        "estimates of its group partners, translated into its own frame (the overlap ptychography rests on)")
+        True, "gridsize>1 with per_pattern and backprop (otherwise no effect): each pattern's network also reads "
+        "the back-propagated estimates of its group partners, translated into its own frame (the overlap "
+        "ptychography rests on; +0.09 phase SSIM at equal steps in the ablation)")
     decoder: Literal["unet", "plain"] = config_field(
         "unet", "'unet' = decoders with skip connections from every encoder block and bilinear upsampling; "
         "'plain' = upstream's decoders (bottleneck only, nearest-neighbour upsampling)")
@@ -88,8 +89,6 @@ class ModelConfig(ConfigSection):
         "|probe|^2 (each patch speaks only where its probe lit the object)")
 
     def _check(self) -> None:
-        if self.partner_input and (self.network_input != "backprop" or self.group_network != "per_pattern"):
-            self._fail("partner_input", "needs network_input: backprop and group_network: per_pattern")
         if not 1 <= self.gridsize <= 4:
             self._fail("gridsize", f"got {self.gridsize}; must be 1, 2, 3 or 4")
         if self.n_filters_scale <= 0 or round(32 * self.n_filters_scale) < 1:
@@ -99,6 +98,12 @@ class ModelConfig(ConfigSection):
     @property
     def channels(self) -> int:
         return self.gridsize * self.gridsize
+
+    @property
+    def reads_partners(self) -> bool:
+        """Whether each pattern's network reads its partners' estimates (partner_input in effect)."""
+        return (self.partner_input and self.gridsize > 1 and self.network_input == "backprop"
+                and self.group_network == "per_pattern")
 
 
 @dataclass(frozen=True)

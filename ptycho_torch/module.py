@@ -65,7 +65,7 @@ class PtychoPINNModule(L.LightningModule):
         cfg = self.model_config
         self.net_channels = 1 if cfg.group_network == "per_pattern" else cfg.channels
         in_per_pattern = 2 if cfg.network_input == "backprop" else 1
-        if cfg.partner_input and self.net_channels == 1:
+        if cfg.reads_partners:
             in_per_pattern *= cfg.channels  # its own estimate and its C - 1 partners' (see partner_input)
         self.net = PtychoNet(N, self.net_channels, cfg.n_filters_scale,
                              in_channels=in_per_pattern * self.net_channels, skips=cfg.decoder == "unet")
@@ -116,7 +116,7 @@ class PtychoPINNModule(L.LightningModule):
         its partners too with `model.partner_input`, which needs the group's offsets (B, C, 2))."""
         B, C, N, _ = x.shape
         if self.net_channels == 1 and C > 1:
-            if self.model_config.partner_input:
+            if self.model_config.reads_partners:
                 if offsets is None:
                     raise ValueError("model.partner_input needs the group offsets: call module(x, offsets)")
                 return self.net(self.partner_input(x, offsets)).reshape(B, C, N, N)
