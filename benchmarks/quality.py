@@ -168,6 +168,8 @@ def section(result: dict[str, Any]) -> str:
                      f"{f('phase_ssim')} | {f('phase_psnr', '.1f')} | "
                      f"{f('amplitude_ssim')} | {f('amplitude_psnr', '.1f')} | "
                      f"{f('frc_half_resolution_px', '.1f')} | {f('frc_17_resolution_px', '.1f')} |")
+    for note in result.get("notes", []):  # what a merged result says about its rows
+        lines += ["", note]
     for r in result.get("iterative", []):
         lines += ["", f"Iterative baseline on the same scored scan, same metric and region: {r['method']}, "
                   f"{r['steps']} steps in {r['seconds']:.0f} s: phase SSIM {r['phase_ssim']:.3f}, amplitude SSIM "

@@ -144,7 +144,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     if args.refine_seconds < 0:
         raise UserError(f"--refine-seconds must be >= 0 (0 = no refinement), got {args.refine_seconds:g}")
     result = reconstruct(args.model, args.data, args.out, batch_size=args.inference_batch_size,
-                         device=args.device, renormalize=args.renormalize, refine_seconds=args.refine_seconds)
+                         device=args.device, renormalize=args.renormalize, refine_seconds=args.refine_seconds,
+                         align_phases=args.align_phases)
     print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
     if result.metrics:
         print(json.dumps(_headline(result.metrics), indent=1))
@@ -217,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     p.add_argument("--renormalize", action="store_true",
                    help="compute the normalisation factor from this scan instead of the model's (default: off)")
+    p.add_argument("--align-phases", action="store_true",
+                   help="give every patch the global phase that agrees with its overlapping neighbours before "
+                        "stitching (recovers the object's slowly varying phase; holds the patches in memory; "
+                        "default: off)")
     p.add_argument("--refine-seconds", type=float, default=0.0,
                    help="then refine the network's object by gradient descent through the forward model for this "
                         "many seconds; the network's own object is kept in OUT/network/ (default: 0 = off)")

@@ -59,6 +59,11 @@ class ModelConfig(ConfigSection):
     """The network and the trainable physics parameters."""
 
     section: typing.ClassVar[str] = "model"
+    # what a model saved before each of these fields existed used: a saved config (a bundle) that
+    # lacks a field takes this value, not today's default, so old models load as they were trained
+    saved_before: typing.ClassVar[dict[str, Any]] = {
+        "network_input": "amplitude", "group_network": "joint", "intensity_scale_start": "unit",
+        "decoder": "plain", "partner_input": False}
 
     N: Optional[Literal[32, 64, 128]] = config_field(
         None, "diffraction pattern / object patch size in pixels (None = the scan's own size)")

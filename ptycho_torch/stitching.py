@@ -172,3 +172,81 @@ class CanvasSum:
         if missing.size:
             raise RuntimeError(f"{missing.size} patterns never came back (first {missing[:5].tolist()})")
         return self.acc.result(threshold)
+
+
+def _leading_eigenvector(z: torch.Tensor, i_idx: torch.Tensor, j_idx: torch.Tensor, M: int) -> torch.Tensor:
+    """Unit-modulus phases (M,) from the leading eigenvector of the Hermitian (M, M) matrix with
+    Z[j, i] = z_ij, Z[i, j] = conj(z_ij) (scipy eigsh, sparse)."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import eigsh
+
+    zn = z.numpy().astype(np.complex128)
+    rows = np.concatenate([j_idx.numpy(), i_idx.numpy()])
+    cols = np.concatenate([i_idx.numpy(), j_idx.numpy()])
+    Z = coo_matrix((np.concatenate([zn, zn.conj()]), (rows, cols)), shape=(M, M)).tocsr()
+    try:
+        _, vec = eigsh(Z, k=1, which="LA", maxiter=5000, tol=1e-6)
+        v = torch.from_numpy(vec[:, 0].astype(np.complex64))
+    except Exception:  # noqa: BLE001 - no convergence: fall back to the network's own phases
+        v = torch.ones(M, dtype=torch.complex64)
+    return torch.where(v.abs() > 0, v / v.abs().clamp_min(1e-30), torch.ones_like(v))
+
+
+def align_phases(patches: torch.Tensor, positions: torch.Tensor, weight: torch.Tensor,
+                 iterations: int = 2000, chunk: int = 256, neighbours: int = 8) -> tuple[torch.Tensor, dict[str, float]]:
+    """Give every patch the global phase that makes it agree with its overlapping neighbours.
+
+    A patch's global phase is invisible to the diffraction data, so a network leaves it arbitrary;
+    stitching patches whose phases disagree averages the object's slowly varying phase away. For
+    each patch and each of its `neighbours` nearest closer than N/2, z_ij = sum_q w_i w_j O_i conj(O_j) over the
+    overlap (O_j translated into i's frame, weights w = the stitching weight); the phases u (M,)
+    of unit modulus that maximise sum Re(conj(u_i) z_ij u_j) are found by the projected power
+    method (angular synchronisation), started from u = 1.
+
+    patches (M, N, N) complex; positions (M, 2) (x, y) px; weight (N, N). Returns the rotated
+    patches u_i O_i (M, N, N) complex64 and a record (pairs, iterations run, final change).
+    """
+    from scipy.spatial import cKDTree
+
+    from ptycho_torch.physics import fourier_shift
+
+    M, N, _ = patches.shape
+    import numpy as np
+
+    pts = positions.numpy()
+    k = min(neighbours + 1, M)
+    dist, nearest = cKDTree(pts).query(pts, k=k)  # (M, k), column 0 is the patch itself
+    dist, nearest = dist.reshape(M, k)[:, 1:], nearest.reshape(M, k)[:, 1:]
+    first = np.repeat(np.arange(M), k - 1)
+    keep = dist.ravel() < N / 2
+    pairs = np.stack([first[keep], nearest.ravel()[keep]], 1)
+    pairs = np.unique(np.sort(pairs, axis=1), axis=0)  # (K, 2), i < j, each pair once
+    if len(pairs) == 0:
+        return patches, {"pairs": 0, "iterations": 0, "change": 0.0}
+    i_idx, j_idx = torch.from_numpy(pairs[:, 0]), torch.from_numpy(pairs[:, 1])
+    w = weight.float()
+    pad = N // 2
+    z = torch.empty(len(pairs), dtype=torch.complex64)
+    for s in range(0, len(pairs), chunk):
+        i, j = i_idx[s:s + chunk], j_idx[s:s + chunk]
+        shift = (positions[j] - positions[i]).float()  # patch j seen from i's frame moves by -(p_i - p_j)
+        moved = torch.nn.functional.pad((patches[j] * w).to(torch.complex64), (pad, pad, pad, pad))
+        moved = fourier_shift(moved, shift)[..., pad:pad + N, pad:pad + N]  # (k, N, N) in i's frame
+        z[s:s + chunk] = (patches[i] * w * moved.conj()).sum((-2, -1))
+    # Z[j, i] = z_ij (Hermitian): node j gathers z_ij u_i from i, node i gathers conj(z_ij) u_j from j
+    u = _leading_eigenvector(z, i_idx, j_idx, M)  # spectral start: no vortices for the power method to get stuck in
+    change = 0.0
+    for step in range(iterations):
+        acc = torch.zeros(M, dtype=torch.complex64)
+        acc.index_add_(0, j_idx, z * u[i_idx])
+        acc.index_add_(0, i_idx, z.conj() * u[j_idx])
+        new = torch.where(acc.abs() > 0, acc / acc.abs().clamp_min(1e-30), u)
+        change = float((new - u).abs().max())
+        u = new
+        if change < 1e-5:
+            break
+    # fix the free global phase: the mean rotation is zero, so aligned patches stay near the network's
+    u = u * (u.sum().conj() / u.sum().abs().clamp_min(1e-30))
+    return patches * u[:, None, None], {"pairs": float(len(pairs)), "iterations": float(step + 1),
+                                               "change": change}

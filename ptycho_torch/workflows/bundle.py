@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from ptycho_torch import __version__
-from ptycho_torch.config import RunConfig
+from ptycho_torch.config import ModelConfig, RunConfig
 from ptycho_torch.errors import UserError
 from ptycho_torch.module import PtychoPINNModule
 
@@ -97,7 +97,9 @@ def load_bundle(path: str | Path) -> LoadedBundle:
                          "again or copy it again") from None
     if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
         raise UserError(f"{path} is not a {BUNDLE_FORMAT} model bundle")
-    config = RunConfig.from_dict(bundle["config"])
+    saved = dict(bundle["config"])
+    saved["model"] = {**ModelConfig.saved_before, **(saved.get("model") or {})}
+    config = RunConfig.from_dict(saved)
     module = PtychoPINNModule(config.model.to_dict(), config.training.to_dict(),
                               config.execution.to_dict(), bundle["norm_factor"], bundle["probe_modes"])
     module.load_state_dict(bundle["state_dict"])

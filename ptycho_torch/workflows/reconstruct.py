@@ -126,11 +126,13 @@ class ReconResult:
 
 def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batch_size: int | None = None,
                 device: str = "cpu", renormalize: bool = False, progress: bool | None = None,
-                refine_seconds: float = 0.0) -> ReconResult:
+                refine_seconds: float = 0.0, align_phases: bool = False) -> ReconResult:
     """Reconstruct the scan `data` (a file, a glob, or several files of one scan) with the bundle
     `model` into `out_dir` (local, one process). With `refine_seconds` > 0 the network's stitched
     object (kept in out_dir/network/) is then refined by gradient descent through the forward model
-    on the same patterns (ptycho_torch.refine), and out_dir holds the refined object."""
+    on the same patterns (ptycho_torch.refine), and out_dir holds the refined object. With
+    `align_phases` every patch first gets the global phase that agrees with its neighbours
+    (stitching.align_phases; the patches are held in memory for it)."""
     predictor = PatchPredictor(model, device=device)
     config = predictor.config
     scan = read_scans(data)
@@ -143,19 +145,31 @@ def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batc
     loader = inference_loader(scan, groups, config, batch_size)
     acc = StitchAccumulator(scan.object_shape, stitch_weight(predictor.probe, config.inference.stitch_weight))
     seed_channel = torch.from_numpy(groups.seed_channel)
+    held: list[tuple[torch.Tensor, torch.Tensor]] = []  # (patches, positions) when aligning phases
     start = time.perf_counter()
     with tqdm(total=len(groups), unit="pattern", desc="reconstruct", disable=None if progress is None else not progress) as bar:
         for batch in loader:
             patches = predictor(batch["amp"], batch["offsets"])  # (B, C, N, N), constrained for groups
             ch = seed_channel[batch["index"]]
-            acc.add(seed_patches(patches, ch), seed_patches(batch["positions"], ch))
+            if align_phases:
+                held.append((seed_patches(patches, ch), seed_patches(batch["positions"], ch)))
+            else:
+                acc.add(seed_patches(patches, ch), seed_patches(batch["positions"], ch))
             bar.update(len(patches))
+    if held:
+        from ptycho_torch.stitching import align_phases as align
+
+        aligned, record = align(torch.cat([p for p, _ in held]), torch.cat([q for _, q in held]).float(), acc.weight)
+        acc.add(aligned, torch.cat([q for _, q in held]))
+        log.info("aligned the phases of %d patches over %d overlapping pairs (%d iterations)",
+                 len(aligned), record["pairs"], record["iterations"])
     seconds = time.perf_counter() - start
     obj, weight = acc.result(config.inference.weight_threshold)
     rate = len(groups) / max(seconds, 1e-9)
     log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s)", len(groups), seconds, rate)
     meta = {"model": str(predictor.bundle.path), "data": scan_paths(scan), "n_patterns": len(groups),
-            "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local"}
+            "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local",
+            "align_phases": align_phases}
     if refine_seconds > 0:
         obj, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta)
     written = write_reconstruction(out_dir, obj, weight, scan, meta)
