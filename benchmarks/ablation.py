@@ -47,6 +47,8 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("new", "+ U-Net decoders (skips, bilinear upsampling)", {"gridsize": 2, "partner_input": False}),
     ("partner", "+ each pattern's network also reads its partners' estimates in its own frame = the defaults",
      {"gridsize": 2}),
+    ("partner_probe", "defaults with probe-intensity merge weights",
+     {"gridsize": 2, "merge_weight": "probe"}),
     ("probe_weights", "U-Net without partners, probe-intensity merge weights",
      {"gridsize": 2, "merge_weight": "probe", "partner_input": False}),
     ("no_constraint", "U-Net without partners, overlap constraint off",
