@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute the normalisation factor from this scan instead of the model's (default: off)")
     p.add_argument("--align-phases", action="store_true",
                    help="give every patch the global phase that agrees with its overlapping neighbours before "
-                        "stitching (recovers the object's slowly varying phase; holds the patches in memory; "
-                        "default: off)")
+                        "stitching (helps when patches differ by their invisible global phase; holds the patches "
+                        "in memory; local only; default: off)")
     p.add_argument("--refine-seconds", type=float, default=0.0,
                    help="then refine the network's object by gradient descent through the forward model for this "
                         "many seconds; the network's own object is kept in OUT/network/ (default: 0 = off)")
