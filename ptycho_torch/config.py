@@ -63,7 +63,7 @@ class ModelConfig(ConfigSection):
     # lacks a field takes this value, not today's default, so old models load as they were trained
     saved_before: typing.ClassVar[dict[str, Any]] = {
         "network_input": "amplitude", "group_network": "joint", "intensity_scale_start": "unit",
-        "decoder": "plain", "partner_input": False}
+        "decoder": "plain", "partner_input": False, "merge_weight": "ones"}
 
     N: Optional[Literal[32, 64, 128]] = config_field(
         None, "diffraction pattern / object patch size in pixels (None = the scan's own size)")
@@ -90,8 +90,8 @@ class ModelConfig(ConfigSection):
         "unet", "'unet' = decoders with skip connections from every encoder block and bilinear upsampling; "
         "'plain' = upstream's decoders (bottleneck only, nearest-neighbour upsampling)")
     merge_weight: Literal["ones", "probe"] = config_field(
-        "ones", "gridsize>1: weight of each patch in the overlap merge: all ones (the ablation's winner) or "
-        "|probe|^2 (each patch speaks only where its probe lit the object)")
+        "probe", "gridsize>1: weight of each patch in the overlap merge: |probe|^2 (each patch speaks where its "
+        "probe lit the object; the ablation's winner with U-Net decoders) or all ones")
 
     def _check(self) -> None:
         if not 1 <= self.gridsize <= 4:

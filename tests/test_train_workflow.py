@@ -184,7 +184,8 @@ def test_gridsize2_trains_and_reconstructs_from_the_constrained_output(tiny_scan
     constrained = predictor(amp, offsets)
     with torch.no_grad():
         raw = predictor.module.raw_patches(amp * predictor.norm_factor, offsets)
-    torch.testing.assert_close(constrained, overlap_constraint(raw, offsets), atol=1e-5, rtol=1e-4)
+    weight = predictor.module.merge_weight()  # (N, N) |probe|^2 by default
+    torch.testing.assert_close(constrained, overlap_constraint(raw, offsets, weight), atol=1e-5, rtol=1e-4)
     assert not torch.allclose(constrained, raw, atol=1e-3)
 
 
