@@ -36,7 +36,7 @@ def _step(number: int, text: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(out: Path, *, epochs: int = 40, n_positions: int = 1000, sweep_epochs: int = 3,
+def run_demo(out: Path, *, epochs: int = 15, n_positions: int = 1000, sweep_epochs: int = 3,
              workers: int = 2, num_cpus: int | None = None, ray_settings: dict[str, Any] | None = None
              ) -> dict[str, Any]:
     """Run the pipeline into `out` and return the summary dict (also written as summary.json).
@@ -167,7 +167,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", help="simulate, train on 2 Ray workers, sweep, reconstruct with Ray "
                                            "Data, evaluate; writes summary.md")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
     p.add_argument("--n-positions", type=int, default=1000, help="scan positions (default: 1000)")
     p.add_argument("--sweep-epochs", type=int, default=3, help="epochs per sweep trial (default: 3)")
     add_ray_flags(p)

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate -> train -> reconstruct -> evaluate on built-in defaults")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--epochs", type=int, default=40, help="training epochs (default: 40)")
+    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
     p.add_argument("--n-positions", type=int, default=1000, help="scan positions (default: 1000)")
     p.set_defaults(func=cmd_demo)
     return parser

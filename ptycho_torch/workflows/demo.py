@@ -41,7 +41,7 @@ def demo_run_config(scan_path: Path, epochs: int) -> RunConfig:
                      execution=PyTorchExecutionConfig(learning_rate=3e-3))
 
 
-def run_demo(out: Path, epochs: int = 40, n_positions: int = 1000) -> dict[str, Any]:
+def run_demo(out: Path, epochs: int = 15, n_positions: int = 1000) -> dict[str, Any]:
     from ptycho_torch.data.simulate import simulate_to_file
     from ptycho_torch.workflows.reconstruct import reconstruct
     from ptycho_torch.workflows.train import train
