@@ -60,7 +60,7 @@ def refine_object(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarra
     pos = torch.from_numpy(np.asarray(positions, dtype=np.float32))
     M = len(pos)
     first = rows(np.arange(min(M, 256)))
-    r = N / 2 / math.sqrt(float(np.mean(np.sum(np.square(first, dtype=np.float64), axis=(-2, -1)))))
+    r = physics.normalization_factor(float(np.mean(np.sum(np.square(first, dtype=np.float64), axis=(-2, -1)))), N)
     obj = torch.nn.Parameter(torch.view_as_real(torch.from_numpy(np.asarray(start, dtype=np.complex64))).clone())
     optimizer = torch.optim.Adam([obj], lr=learning_rate)
     rng = np.random.default_rng(seed)
@@ -95,12 +95,6 @@ def coverage(positions: np.ndarray, probe: np.ndarray, shape: tuple[int, int]) -
     ones = torch.ones(len(positions), N, N, dtype=torch.complex64)
     _, weight = stitch(ones, torch.from_numpy(np.asarray(positions, dtype=np.float32)), shape, stitch_weight(probe_t))
     return weight
-
-
-def describe(result: Refined) -> dict[str, Any]:
-    """Plain-JSON summary of a refinement (steps, seconds, last loss)."""
-    return {"steps": result.steps, "seconds": result.seconds,
-            "final_loss": result.losses[-1] if result.losses else None}
 
 
 def refine_stitched(obj: np.ndarray, weight: np.ndarray, scan: Any, probe: np.ndarray, scale: float,

@@ -212,8 +212,6 @@ def align_phases(patches: torch.Tensor, positions: torch.Tensor, weight: torch.T
     from ptycho_torch.physics import fourier_shift
 
     M, N, _ = patches.shape
-    import numpy as np
-
     pts = positions.numpy()
     k = min(neighbours + 1, M)
     dist, nearest = cKDTree(pts).query(pts, k=k)  # (M, k), column 0 is the patch itself

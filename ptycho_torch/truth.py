@@ -8,7 +8,6 @@ whose loss is 40x this number has 40x the floor left to learn; 1.0 is as good as
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,7 @@ def truth_loss(scan: Any, gridsize: int, n_groups: int = 256, eps: float = 1e-6)
     if gridsize > 1:
         patches = physics.overlap_constraint(patches, physics.group_offsets(positions))
     probe = torch.from_numpy(np.asarray(scan.probe, dtype=np.complex64)).reshape(-1, N, N)
-    r = N / 2 / math.sqrt(scan.mean_energy())
+    r = physics.normalization_factor(scan.mean_energy(), N)
     pred = physics.predicted_amplitude(patches, probe, torch.tensor(0.0)) * r  # normalised amplitudes
     measured = torch.from_numpy(np.asarray(scan.diffraction_rows(groups), dtype=np.float32))
     return float(physics.poisson_nll(pred, measured, r, eps))

@@ -300,9 +300,8 @@ def bilinear_patches(obj: torch.Tensor, positions: torch.Tensor, N: int) -> torc
     parts = [torch.nn.functional.pad(part[None, None], (0, 1, 0, 1), mode="replicate")[0, 0]
              for part in (obj.real.float(), obj.imag.float())]
     padded = torch.complex(*parts)  # (H + 1, W + 1): the last row and column repeated
-    floor = torch.floor(positions)
-    frac = (positions - floor).to(torch.float32)  # (K, 2)
-    corner = floor.long() - N // 2  # (K, 2) as (x, y)
+    corner, frac = physics._split_positions(positions, N)  # (K, 2) as (x, y): the same frame as extract_patches
+    frac = frac.to(torch.float32)
     rows = corner[:, 1, None] + torch.arange(N + 1)  # (K, N+1)
     cols = corner[:, 0, None] + torch.arange(N + 1)
     crops = padded[rows[:, :, None], cols[:, None, :]]  # (K, N+1, N+1)

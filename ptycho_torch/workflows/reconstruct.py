@@ -159,8 +159,9 @@ def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batc
     if held:
         from ptycho_torch.stitching import align_phases as align
 
-        aligned, record = align(torch.cat([p for p, _ in held]), torch.cat([q for _, q in held]).float(), acc.weight)
-        acc.add(aligned, torch.cat([q for _, q in held]))
+        held_positions = torch.cat([q for _, q in held]).float()
+        aligned, record = align(torch.cat([p for p, _ in held]), held_positions, acc.weight)
+        acc.add(aligned, held_positions)
         log.info("aligned the phases of %d patches over %d overlapping pairs (%d iterations)",
                  len(aligned), record["pairs"], record["iterations"])
     seconds = time.perf_counter() - start
