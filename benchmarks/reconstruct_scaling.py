@@ -142,8 +142,7 @@ def throughput(work: Path, models: list[tuple[int, float, int]], batch: int, rep
 def stitching(counts: list[int], N: int = 32, batch: int = 64, step: float = 4.0) -> list[dict[str, Any]]:
     import torch
 
-    from ptycho_torch.stitching import CanvasSum, partial_canvas
-    from ptycho_torch.stitching import StitchAccumulator, stitch_weight
+    from ptycho_torch.stitching import CanvasSum, StitchAccumulator, partial_canvas, stitch_weight
 
     torch.set_num_threads(1)  # one actor's worth of CPU
     rng = np.random.default_rng(0)

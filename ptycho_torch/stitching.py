@@ -234,8 +234,9 @@ def align_phases(patches: torch.Tensor, positions: torch.Tensor, weight: torch.T
         z[s:s + chunk] = (patches[i] * w * moved.conj()).sum((-2, -1))
     # Z[j, i] = z_ij (Hermitian): node j gathers z_ij u_i from i, node i gathers conj(z_ij) u_j from j
     u = _leading_eigenvector(z, i_idx, j_idx, M)  # spectral start: no vortices for the power method to get stuck in
-    change = 0.0
-    for step in range(iterations):
+    change, done = 0.0, 0
+    while done < iterations:
+        done += 1
         acc = torch.zeros(M, dtype=torch.complex64)
         acc.index_add_(0, j_idx, z * u[i_idx])
         acc.index_add_(0, i_idx, z.conj() * u[j_idx])
@@ -246,5 +247,5 @@ def align_phases(patches: torch.Tensor, positions: torch.Tensor, weight: torch.T
             break
     # fix the free global phase: the mean rotation is zero, so aligned patches stay near the network's
     u = u * (u.sum().conj() / u.sum().abs().clamp_min(1e-30))
-    return patches * u[:, None, None], {"pairs": float(len(pairs)), "iterations": float(step + 1),
+    return patches * u[:, None, None], {"pairs": float(len(pairs)), "iterations": float(done),
                                                "change": change}
