@@ -130,9 +130,10 @@ def _broken(name: str) -> tuple[dict, str]:
         a["diffraction"] = a["diffraction"][:, :15, :15]
         a["probeGuess"] = a["probeGuess"][:15, :15]
         return a, "diffraction"
-    if name == "integer":
+    if name == "negative_counts":  # integer counts are read as sqrt(counts); negative ones are refused
         a["diffraction"] = np.round(a["diffraction"] ** 2).astype(np.int32)
-        return a, "sqrt(counts)"
+        a["diffraction"][2, 1, 1] = -3
+        return a, "negative"
     if name == "nan":
         a["diffraction"][2, 3, 4] = np.nan
         return a, "NaN"
@@ -157,7 +158,7 @@ def _broken(name: str) -> tuple[dict, str]:
     raise KeyError(name)
 
 
-BROKEN = ["missing", "rank", "length", "odd_n", "integer", "nan", "inf", "negative", "zero_probe",
+BROKEN = ["missing", "rank", "length", "odd_n", "negative_counts", "nan", "inf", "negative", "zero_probe",
           "outside", "negative_position", "probe_size"]
 
 
@@ -173,7 +174,7 @@ def test_broken_npz_names_the_key(tmp_path, name):
         validate_scan(arrays)
 
 
-@pytest.mark.parametrize("name", ["nan", "negative", "integer", "outside"])
+@pytest.mark.parametrize("name", ["nan", "negative", "negative_counts", "outside"])
 def test_broken_hdf5_names_the_key(tmp_path, name):
     arrays, key = _broken(name)
     with h5py.File(tmp_path / "bad.h5", "w") as f:

@@ -1,7 +1,8 @@
 """The scan data contract (SPEC section 3): read, validate and write NPZ / HDF5 scan files.
 
 Keys (the same names as NPZ arrays or HDF5 root datasets):
-    diffraction  (M, N, N) float32   measured amplitude sqrt(photon counts), DC at pixel N/2 (alias diff3d)
+    diffraction  (M, N, N) float32   measured amplitude sqrt(photon counts), DC at pixel N/2 (alias diff3d);
+                 or integer photon counts (any int dtype), read as sqrt(counts) row by row
     probeGuess   (N, N) or (P, N, N) complex64   probe, P incoherent modes
     xcoords      (M,) float64        scan positions in object pixels: x = column
     ycoords      (M,) float64        y = row
@@ -36,6 +37,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ptycho_torch.data.detector import FrameMap, MappedFrames
 from ptycho_torch.data.npz_files import check_member_crc, npz_memmap, npz_problem
 from ptycho_torch.data.validation import (
     ALIASES,
@@ -80,9 +82,12 @@ class ScanData:
     """One scan: everything in memory except lazily read diffraction (`lazy_key` set).
 
     probe (P, N, N) complex64; xcoords, ycoords (M,) float64 object pixels; object_guess (H, W)
-    complex64 or None; scan_index (M,) int64 or None; diffraction (M, N, N) float32 amplitudes or None
-    when lazy (then `path` + `lazy_key` name the HDF5 dataset or the uncompressed NPZ member).
-    Every read (`diffraction_block`, `diffraction_rows`) returns photon units (`photon_scale`).
+    complex64 or None; scan_index (M,) int64 or None; diffraction (M, N, N) float32 amplitudes (or
+    integer photon counts) or None when lazy (then `path` + `lazy_key` name the HDF5 dataset or the
+    uncompressed NPZ member). `frame_map` (detector.FrameMap) turns stored frames into amplitudes as
+    rows are read: counts -> sqrt, a crop / binning to N x N, masked pixels -> 0; integer
+    `diffraction` gets a counts map by itself. Every read (`diffraction_block`, `diffraction_rows`)
+    returns (k, N, N) float32 amplitudes in photon units (`photon_scale`).
     """
 
     path: Path | None
@@ -95,6 +100,7 @@ class ScanData:
     diffraction: np.ndarray | None = field(default=None, repr=False)
     lazy_key: str | None = None
     photon_scale: float = 1.0  # stored amplitudes x photon_scale = sqrt(photon counts) (see photon_units)
+    frame_map: FrameMap | None = None
     _shape: tuple[int, int, int] = field(init=False, repr=False, default=(0, 0, 0))
     _handle: Any = field(init=False, repr=False, default=None)  # (open file or None, dataset / memmap)
     _handle_pid: int | None = field(init=False, repr=False, default=None)
@@ -112,10 +118,14 @@ class ScanData:
             self.scan_index = np.asarray(self.scan_index).astype(np.int64, copy=False)
         self.metadata = dict(self.metadata or {})
         if self.diffraction is not None:
-            self.diffraction = np.asarray(self.diffraction).astype(np.float32, copy=False)
-            self._shape = tuple(self.diffraction.shape)
+            self.diffraction = np.asarray(self.diffraction)
+            if self.diffraction.dtype.kind in "iu" and self.frame_map is None:
+                self.frame_map = FrameMap(counts=True)  # photon counts: sqrt per row as rows are read
+            elif self.diffraction.dtype.kind not in "iu":
+                self.diffraction = self.diffraction.astype(np.float32, copy=False)
+            self._shape = tuple(self._frames().shape)
         elif self.lazy_key is not None and self.path is not None:
-            self._shape = tuple(self._dataset().shape)
+            self._shape = tuple(self._frames().shape)
         else:
             raise ValueError("ScanData needs `diffraction` (an array) or `path` + `lazy_key` (HDF5 dataset "
                              "or uncompressed NPZ member)")
@@ -137,6 +147,16 @@ class ScanData:
                 self._handle = (None, npz_memmap(self.path, self.lazy_key))
             self._handle_pid = os.getpid()
         return self._handle[1]
+
+    def _frames(self) -> Any:
+        """What rows are read from: the stored frames, seen through `frame_map` when there is one."""
+        stored = self.diffraction if self.diffraction is not None else self._dataset()
+        return stored if self.frame_map is None else MappedFrames(stored, self.frame_map)
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """(N, N) bool detector mask, True = excluded pixel (read as 0, left out of the loss), or None."""
+        return None if self.frame_map is None else self.frame_map.mask
 
     def close(self) -> None:
         """Close this process's file handle or memory map (reads reopen it)."""
@@ -175,9 +195,9 @@ class ScanData:
 
     def diffraction_block(self, start: int, stop: int) -> np.ndarray:
         """Patterns start..stop-1 as (k, N, N) float32 (a view for in-memory data)."""
-        if self.diffraction is not None:
+        if self.diffraction is not None and self.frame_map is None:
             return self._photons(self.diffraction[start:stop])
-        return self._photons(np.asarray(self._dataset()[start:stop], dtype=np.float32))
+        return self._photons(np.asarray(self._frames()[start:stop], dtype=np.float32))
 
     def _photons(self, rows: np.ndarray) -> np.ndarray:
         return rows if self.photon_scale == 1.0 else rows * np.float32(self.photon_scale)
@@ -187,17 +207,18 @@ class ScanData:
         float32. HDF5 reads one contiguous span when the rows are dense, else the sorted unique rows
         (what h5py fancy indexing needs)."""
         idx = np.asarray(indices, dtype=np.int64)
-        if self.diffraction is not None:
+        if self.diffraction is not None and self.frame_map is None:
             return self._photons(self.diffraction[idx])
         flat = idx.reshape(-1)
         if flat.size == 0:
             return np.zeros((*idx.shape, self.N, self.N), np.float32)
         uniq, inverse = np.unique(flat, return_inverse=True)
         lo, hi = int(uniq[0]), int(uniq[-1]) + 1
+        frames = self._frames()
         if hi - lo <= 2 * uniq.size:
-            rows = np.asarray(self._dataset()[lo:hi], dtype=np.float32)[flat - lo]
+            rows = np.asarray(frames[lo:hi], dtype=np.float32)[flat - lo]
         else:
-            rows = np.asarray(self._dataset()[uniq], dtype=np.float32)[inverse.reshape(-1)]
+            rows = np.asarray(frames[uniq], dtype=np.float32)[inverse.reshape(-1)]
         return self._photons(rows.reshape(*idx.shape, self.N, self.N))
 
     def mean_energy(self, block: int | None = None) -> float:
@@ -217,7 +238,8 @@ class ScanData:
             path=self.path, probe=self.probe, xcoords=self.xcoords[idx], ycoords=self.ycoords[idx],
             object_guess=self.object_guess,
             scan_index=None if self.scan_index is None else self.scan_index[idx],
-            metadata=self.metadata, diffraction=self.diffraction_rows(idx))  # already in photon units
+            metadata=self.metadata, diffraction=self.diffraction_rows(idx),  # already in photon units
+            frame_map=None if self.mask is None else FrameMap(mask=self.mask))
 
     def arrays(self) -> dict[str, Any]:
         """Keyword arguments for `write_scan` (loads all diffraction into memory)."""
@@ -226,7 +248,7 @@ class ScanData:
                     scan_index=self.scan_index, metadata=self.metadata)
 
     def _as_mapping(self) -> dict[str, Any]:
-        d = self.diffraction if self.diffraction is not None else self._dataset()
+        d = self._frames()
         return {"diffraction": d, "probeGuess": self.probe, "xcoords": self.xcoords,
                 "ycoords": self.ycoords, "objectGuess": self.object_guess,
                 "scan_index": self.scan_index, "metadata": self.metadata}
@@ -237,8 +259,8 @@ class ScanData:
 def _suffix(path: Path) -> str:
     s = path.suffix.lower()
     if s not in NPZ_SUFFIXES + H5_SUFFIXES:
-        raise ScanValidationError([f"file: expected a .npz, .h5 or .hdf5 scan file, found suffix "
-                                   f"'{path.suffix}'; convert it or rename it"], str(path))
+        raise ScanValidationError([f"file: expected a .npz, .h5 or .hdf5 scan file (or .cxi / .nxs), found "
+                                   f"suffix '{path.suffix}'; convert it or rename it"], str(path))
     return s
 
 
@@ -318,20 +340,27 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
         elif lazy_npz:
             lazy_key = "diffraction" if "diffraction" in handle.files else "diff3d"
     meta = arrays.get("metadata")
+    stored_dtype = np.dtype(arrays["diffraction"].dtype)
+    counts = stored_dtype.kind in "iu"
     scan = ScanData(
         path=path, probe=arrays["probeGuess"], xcoords=arrays["xcoords"], ycoords=arrays["ycoords"],
         object_guess=arrays.get("objectGuess"), scan_index=arrays.get("scan_index"),
         metadata=parse_metadata(meta) if meta is not None else {},
-        diffraction=None if lazy_key else arrays["diffraction"], lazy_key=lazy_key)
+        diffraction=None if lazy_key else arrays["diffraction"], lazy_key=lazy_key,
+        frame_map=FrameMap(counts=True) if counts else None)
     if "mean_energy" in stats:
         scan._energy = stats["mean_energy"]
-    scale, how = photon_units(arrays, scan.mean_energy)  # energy as stored (scale 1)
+    if counts:  # counts are photons by definition: intensity_scale / nphotons do not apply
+        scale, how = 1.0, scan.frame_map.describe(stored_dtype)
+        scan.metadata["diffraction_read_as"] = how
+    else:
+        scale, how = photon_units(arrays, scan.mean_energy)  # energy as stored (scale 1)
     if scale != 1.0:
         scan.photon_scale = scale
         scan._energy = scan.mean_energy() * scale ** 2
     # a rescaled file is worth a line by default; the plain reading shows with -v (every Ray worker
     # reads the file, so an INFO line here would repeat once per worker)
-    log.log(logging.INFO if scale != 1.0 else logging.DEBUG, "%s: diffraction read as %s", path, how)
+    log.log(logging.INFO if scale != 1.0 or counts else logging.DEBUG, "%s: diffraction read as %s", path, how)
     return scan
 
 
@@ -389,7 +418,8 @@ def write_scan(
 ) -> Path:
     """Validate, then write a scan as NPZ or HDF5 (by suffix) atomically (temp file + rename).
 
-    diffraction (M, N, N) amplitudes -> float32; probe (N, N)/(P, N, N) -> complex64; coords -> float64;
+    diffraction (M, N, N) amplitudes -> float32 (integer photon counts are kept as they are, and read
+    back as sqrt(counts)); probe (N, N)/(P, N, N) -> complex64; coords -> float64;
     object_guess -> complex64; scan_index -> int64; metadata dict -> JSON string.
     """
     path = Path(path)
@@ -405,6 +435,8 @@ def write_scan(
         raise ScanValidationError(problems, str(path))
     casts = {"diffraction": np.float32, "probeGuess": np.complex64, "xcoords": np.float64,
              "ycoords": np.float64, "objectGuess": np.complex64, "scan_index": np.int64}
+    if arrays["diffraction"].dtype.kind in "iu":
+        casts["diffraction"] = arrays["diffraction"].dtype  # counts stay counts
     out = {k: arrays[k].astype(t, copy=False) for k, t in casts.items() if arrays[k] is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"

@@ -11,13 +11,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ptycho_torch.data.detector import FrameMap, MappedFrames
 from ptycho_torch.errors import UserError
 
 REQUIRED = ("diffraction", "probeGuess", "xcoords", "ycoords")
 OPTIONAL = ("objectGuess", "scan_index", "metadata", "intensity_scale", "nphotons")
 ALIASES = {"diff3d": "diffraction"}
 NPZ_SUFFIXES = (".npz",)
-H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".cxi", ".nxs", ".nx5")
 _FIRST = 5  # how many offending indices a message shows
 
 
@@ -74,7 +75,10 @@ def _scan_diffraction(d: Any, block: int | None) -> dict[str, float]:
 def _check_diffraction(d: Any, p: list[str], stats: dict[str, float], block: int | None,
                        contents: bool = True) -> tuple:
     """Append diffraction problems (with `contents`, also those of the values: one streaming pass);
-    return (M, N) (None where unknown)."""
+    return (M, N) (None where unknown). Integer photon counts are checked as the amplitudes
+    sqrt(counts) they are read as."""
+    if _dtype(d).kind in "iu" and len(_shape(d)) == 3:
+        d = MappedFrames(d if hasattr(d, "shape") else np.asarray(d), FrameMap(counts=True))
     s, dt = _shape(d), _dtype(d)
     M = s[0] if len(s) == 3 else None
     N = s[1] if len(s) == 3 and s[1] == s[2] and s[1] % 2 == 0 else None
@@ -83,10 +87,7 @@ def _check_diffraction(d: Any, p: list[str], stats: dict[str, float], block: int
     elif N is None:
         p.append(f"diffraction: expected square patterns with even N, found {s[1]}x{s[2]}; crop or pad "
                  "the patterns to an even N x N")
-    if dt.kind in "iu":
-        p.append(f"diffraction: expected real floating amplitudes, found integer dtype {dt}; these look "
-                 "like photon counts: store the amplitude np.sqrt(counts).astype(np.float32)")
-    elif dt.kind != "f":
+    if dt.kind != "f":
         p.append(f"diffraction: expected real float32 amplitudes, found dtype {dt}; store np.abs(...) of "
                  "complex far fields")
     elif M and contents:
@@ -95,8 +96,8 @@ def _check_diffraction(d: Any, p: list[str], stats: dict[str, float], block: int
             p.append(f"diffraction: expected finite amplitudes, found {st['nan']} NaN and {st['inf']} Inf "
                      f"values (first in pattern {st['first_bad']}); drop or repair those patterns")
         if st["neg"]:
-            p.append(f"diffraction: expected amplitudes >= 0, found {st['neg']} negative values (first in "
-                     f"pattern {st['first_neg']}); clip background-subtracted counts at 0 before the sqrt")
+            p.append(f"diffraction: expected amplitudes (or counts) >= 0, found {st['neg']} negative values "
+                     f"(first in pattern {st['first_neg']}); clip background-subtracted counts at 0")
         if not st["nan"] and not st["inf"] and st["energy"] <= 0:
             p.append("diffraction: expected some signal, found every pattern zero")
         stats["mean_energy"] = st["energy"] / M
