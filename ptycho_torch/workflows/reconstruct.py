@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ptycho_torch.config import RunConfig
+from ptycho_torch.data.contract import ScanData
 from ptycho_torch.data.dataset import GroupDataset, dataloader_kwargs, dataset_norm_factor
 from ptycho_torch.data.grouping import Groups, make_groups
-from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans, scan_parts, scan_paths
+from ptycho_torch.data.scan_files import Scan, ScanFiles, ScanPaths, read_scans, scan_parts, scan_paths
 from ptycho_torch.errors import UserError
 from ptycho_torch.stitching import StitchAccumulator, stitch_weight
 from ptycho_torch.workflows.bundle import LoadedBundle, load_bundle
@@ -117,14 +118,15 @@ def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarra
 
 @dataclass
 class ReconResult:
-    out_dir: Path
+    out_dir: Path | None  # None: reconstructed in memory, nothing written
     object: np.ndarray
     weight: np.ndarray
     patterns_per_second: float
     metrics: dict[str, Any] | None
 
 
-def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batch_size: int | None = None,
+def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_dir: str | Path | None, *,
+                batch_size: int | None = None,
                 device: str = "cpu", renormalize: bool = False, progress: bool | None = None,
                 refine_seconds: float = 0.0, align_phases: bool = False) -> ReconResult:
     """Reconstruct the scan `data` (a file, a glob, or several files of one scan) with the bundle
@@ -132,13 +134,15 @@ def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batc
     object (kept in out_dir/network/) is then refined by gradient descent through the forward model
     on the same patterns (ptycho_torch.refine), and out_dir holds the refined object. With
     `align_phases` every patch first gets the global phase that agrees with its neighbours
-    (stitching.align_phases; the patches are held in memory for it)."""
+    (stitching.align_phases; the patches are held in memory for it). `data` may also be a scan
+    already read or built in memory (ScanData / ScanFiles: the in-memory path of ptycho_torch.api);
+    with `out_dir` None nothing is written (a refinement then keeps no network/ copy)."""
     predictor = PatchPredictor(model, device=device)
     config = predictor.config
-    scan = read_scans(data)
+    scan = data if isinstance(data, (ScanData, ScanFiles)) else read_scans(data)
     if scan.N != config.model.N:
         raise UserError(f"the model was trained on {config.model.N}x{config.model.N} patterns but "
-                         f"{data} holds {scan.N}x{scan.N} patterns")
+                         f"{data if scan.path is not None else 'the diffraction given'} holds {scan.N}x{scan.N} patterns")
     if renormalize:
         predictor.norm_factor = dataset_norm_factor(scan)
     groups = inference_groups(scan, predictor.gridsize, config.data.neighbor_count, config.execution.seed)
@@ -168,27 +172,33 @@ def reconstruct(model: str | Path, data: ScanPaths, out_dir: str | Path, *, batc
     obj, weight = acc.result(config.inference.weight_threshold)
     rate = len(groups) / max(seconds, 1e-9)
     log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s)", len(groups), seconds, rate)
-    meta = {"model": str(predictor.bundle.path), "data": scan_paths(scan), "n_patterns": len(groups),
+    meta = {"model": str(predictor.bundle.path), "n_patterns": len(groups),
+            "data": scan_paths(scan) if scan.path is not None else "in-memory arrays",
             "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local",
             "align_phases": align_phases}
     if refine_seconds > 0:
         obj, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta)
+    if out_dir is None:
+        return ReconResult(None, obj, weight, rate, None)
     written = write_reconstruction(out_dir, obj, weight, scan, meta)
     return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"))
 
 
 def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predictor: PatchPredictor,
-                          seconds: float, out_dir: str | Path, meta: dict[str, Any]
+                          seconds: float, out_dir: str | Path | None, meta: dict[str, Any]
                           ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Write the network's own object to out_dir/network/, refine it for `seconds` on the scan's
-    patterns (in the probe's photon units: times s / r) and return it with its metadata."""
+    """Write the network's own object to out_dir/network/ (unless out_dir is None), refine it for
+    `seconds` on the scan's patterns (in the probe's photon units: times s / r) and return it with its
+    metadata."""
     from ptycho_torch.refine import refine_stitched
 
-    write_reconstruction(Path(out_dir) / "network", obj, weight, scan, meta)
+    if out_dir is not None:
+        write_reconstruction(Path(out_dir) / "network", obj, weight, scan, meta)
     scale = math.exp(float(predictor.module.log_scale.detach())) / predictor.norm_factor
     log.info("refining the network's object for %.0f s (gradient descent through the forward model)", seconds)
     refined, record = refine_stitched(obj, weight, scan, predictor.probe.numpy(), scale, seconds,
                                       seed=predictor.config.execution.seed)
     log.info("refined in %d steps (%.1f s)", record.steps, record.seconds)
+    network = str(Path(out_dir) / "network" / "object.npz") if out_dir is not None else None
     return refined, {**meta, "refine": {"steps": record.steps, "seconds": record.seconds,
-                                        "network_object": str(Path(out_dir) / "network" / "object.npz")}}
+                                        "network_object": network}}

@@ -1,0 +1,293 @@
+"""The Python API of ptycho_torch: what a notebook or a live pipeline calls (`import ptycho_torch as pt`).
+
+    pt.simulate(out, **fields)       a synthetic scan: a file (out given) or a ScanData in memory
+    pt.read_scan(data)               a scan file, a glob or several files as one scan (lazy diffraction)
+    pt.train(data, out, **flags)     train on this machine; returns TrainResult (run_dir, bundle_path, ...)
+    pt.reconstruct(model, data)      the object (H, W) complex64 from files, a scan object or arrays:
+    pt.reconstruct(model, diffraction=d, positions=p)
+    pt.evaluate(recon, truth)        metrics of a reconstruction (file or array) against a ground truth
+    pt.RunConfig                     the run configuration (sections data/model/training/inference/execution)
+
+Keyword arguments mirror the command-line flags of `ptycho-torch` with '-' written '_'
+(`--batch-size 8` is `batch_size=8`, `--N 32` is `N=32`, `--inference-batch-size` is
+`inference_batch_size`); any config field is reachable as `overrides={"execution.accum_steps": 4}`.
+Errors a user can fix are `UserError`s (ConfigError, ScanValidationError) with a one-line message
+naming the argument and the fix, exactly as on the command line. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import numpy as np
+
+from ptycho_torch.config import ConfigError, RunConfig, SimulationConfig, apply_overrides, load_run_config
+from ptycho_torch.data.contract import ScanData
+from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans
+from ptycho_torch.data.validation import ScanValidationError, check_arrays
+from ptycho_torch.errors import UserError
+
+__all__ = ["RunConfig", "SimulationConfig", "evaluate", "read_scan", "reconstruct", "run_config", "scan_from_arrays",
+           "simulate", "train"]
+
+ConfigLike = Union[RunConfig, Mapping[str, Any], str, Path, None]
+
+# the run-config flags of `ptycho-torch train` as Python keywords: --batch-size -> batch_size
+def _flag_keywords() -> dict[str, str]:
+    from ptycho_torch.cli_args import ALIASES, BOOL_ALIASES
+
+    return {flag.lstrip("-").replace("-", "_"): dotted for flag, dotted in {**ALIASES, **BOOL_ALIASES}.items()}
+
+
+def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
+               overrides: Mapping[str, Any] | None = None, base: RunConfig | None = None, **flags: Any) -> RunConfig:
+    """One RunConfig the way the command line builds it: `base` (e.g. a resumed run's config) <-
+    `config` (a RunConfig, a dict of sections, or a YAML file) <- `overrides` (dotted fields) <- `flags`
+    (keywords of the CLI flags, e.g. epochs=5, batch_size=8, N=32, learning_rate=3e-3, logger='csv'),
+    plus `data` (a scan file, glob, or list of files) as data.path. Values are checked as in a file."""
+    if isinstance(config, RunConfig):
+        resolved = config
+    elif isinstance(config, (str, Path)):
+        resolved = load_run_config(config)
+    elif config is None:
+        resolved = base or RunConfig()
+    elif isinstance(config, Mapping):
+        resolved = RunConfig.from_dict(dict(config))
+    else:
+        raise ConfigError(f"config: expected a RunConfig, a dict of sections or a YAML path, got "
+                          f"{type(config).__name__}")
+    known = _flag_keywords()
+    unknown = sorted(set(flags) - set(known))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: unknown keyword(s); the flag keywords are {', '.join(sorted(known))}, "
+                          "and any config field goes in overrides={'section.field': value}")
+    dotted = {**dict(overrides or {}), **{known[k]: v for k, v in flags.items()}}
+    if data is not None:
+        from ptycho_torch.cli_args import data_path
+
+        dotted["data.path"] = data_path([str(d) for d in data] if isinstance(data, (list, tuple)) else str(data))
+    return apply_overrides(resolved, dotted)
+
+
+# ------------------------------------------------------------------ simulate / read
+
+def simulate(out: str | Path | None = None, *, config: SimulationConfig | None = None, noise: bool = True,
+             **fields: Any) -> Path | ScanData:
+    """A synthetic scan (`ptycho-torch simulate`). `fields` are SimulationConfig fields (N=32,
+    n_positions=100, object='grf', nphotons=1e6, seed=0, ...), applied over `config`. With `out` (.npz or
+    .h5) the scan is written there and its path returned; without, the scan is returned in memory as a
+    ScanData (diffraction (M, N, N) float32 sqrt(counts), positions (M, 2) (x, y) object pixels, probe
+    (P, N, N), object_guess (H, W) complex64)."""
+    import dataclasses
+
+    from ptycho_torch.data.simulate import simulate_scan, simulate_to_file
+
+    base = config or SimulationConfig()
+    names = {f.name for f in dataclasses.fields(SimulationConfig)}
+    unknown = sorted(set(fields) - names)
+    if unknown:
+        raise ConfigError(f"simulation: unknown field(s) {', '.join(unknown)}; SimulationConfig has {', '.join(sorted(names))}")
+    sim = SimulationConfig.from_dict({**base.to_dict(), **fields})
+    if out is not None:
+        from ptycho_torch.outputs import check_output_dir
+
+        if Path(out).is_dir():
+            raise ConfigError(f"out {out}: is a directory; give the scan file to write, e.g. {out}/scan.npz")
+        check_output_dir(Path(out).parent, "out (its folder)")
+        return simulate_to_file(sim, out, noise=noise)
+    arrays = simulate_scan(sim, noise=noise)
+    return ScanData(path=None, probe=arrays["probe"], xcoords=arrays["xcoords"], ycoords=arrays["ycoords"],
+                    object_guess=arrays["object_guess"], scan_index=arrays["scan_index"],
+                    metadata=arrays["metadata"], diffraction=arrays["diffraction"])
+
+
+def read_scan(data: ScanPaths, *, validate: bool = True) -> Scan:
+    """A scan file (.npz/.h5), a glob ('scans/part*.h5') or several files of one scan, validated
+    against the data contract (one error listing every problem); diffraction stays on disk where the
+    file allows it. Returns a ScanData (one file) or ScanFiles (several), the same interface."""
+    return read_scans(data, validate=validate)
+
+
+# ------------------------------------------------------------------ train
+
+def train(data: ScanPaths | None = None, out: str | Path | None = None, *, config: ConfigLike = None,
+          resume: bool | str | Path = False, overwrite: bool = False, callbacks: Sequence[Any] = (),
+          overrides: Mapping[str, Any] | None = None, **flags: Any) -> Any:
+    """Train on this machine (`ptycho-torch train`): `data` the scan (or data.path of `config`), `out`
+    the run directory to create. `resume=True` continues `out` (or `resume=RUN_DIR` that run) from its
+    last checkpoint up to the configured epochs, its config.yaml under `config`/`flags`. `flags` are the
+    CLI's run flags as keywords (epochs, batch_size, N, gridsize, learning_rate, logger, seed, ...),
+    `overrides` any dotted config field; `callbacks` extra Lightning callbacks. Returns the
+    workflows.train.TrainResult (run_dir, bundle_path, metrics, history, seconds)."""
+    from ptycho_torch.workflows.train import train as train_run
+
+    base = None
+    if resume:
+        run_dir = Path(out if resume is True else resume)  # type: ignore[arg-type]
+        if resume is not True and out is not None and Path(out) != run_dir:
+            raise ConfigError("resume continues a run in its own directory; drop out (or pass resume=True)")
+        if resume is True and out is None:
+            raise ConfigError("resume=True continues the run in out; pass out=RUN_DIR (or resume=RUN_DIR)")
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} does not exist; resume takes "
+                                    "the directory of an earlier pt.train(..., out=RUN_DIR)")
+        if overwrite:
+            raise ConfigError("overwrite starts a new run and resume continues one; give only one")
+        base = load_run_config(run_dir / "config.yaml")
+    else:
+        if out is None:
+            raise ConfigError("train needs out=RUN_DIR (the run directory to create), or resume=RUN_DIR")
+        run_dir = Path(out)
+    resolved = run_config(config, data, overrides=overrides, base=base, **flags)
+    if not resolved.data.path:
+        raise ConfigError("train needs data=SCAN (a scan file, glob or list of files) or data.path in config")
+    return train_run(resolved, run_dir, resume=bool(resume), overwrite=overwrite, callbacks=callbacks)
+
+
+# ------------------------------------------------------------------ reconstruct
+
+_POSITION_NAMES = {"xcoords": "positions[:, 0] (x)", "ycoords": "positions[:, 1] (y)"}
+
+
+def scan_from_arrays(diffraction: Any, positions: Any, probe: Any, object_guess: Any = None) -> ScanData:
+    """An in-memory ScanData from arrays, checked like a scan file (one error listing every problem).
+
+    diffraction (n, N, N): amplitudes sqrt(counts) (float), or photon counts (any integer dtype,
+    converted to float32 sqrt(counts)); positions (n, 2) float: (x, y) = (column, row) in object pixels,
+    the frame of the scan files (docs/data_format.md); probe (N, N) or (P, N, N) complex; object_guess
+    (H, W) complex, optional: the reference in the same frame (sets the canvas shape, as a file's
+    objectGuess does)."""
+    d = np.asarray(diffraction)
+    problems: list[str] = []
+    if d.dtype.kind in "iu":
+        if d.dtype.kind == "i" and d.size and int(d.min()) < 0:
+            problems.append(f"diffraction: integer photon counts must be >= 0, found {int((d < 0).sum())} negative "
+                            "values; clip background-subtracted counts at 0")
+            d = np.clip(d, 0, None)
+        d = np.sqrt(d, dtype=np.float32)
+    pos = np.asarray(positions)
+    if pos.ndim != 2 or pos.shape[1] != 2:
+        problems.append(f"positions: expected shape (n, 2) holding (x, y) = (column, row) object pixels, found "
+                        f"shape {pos.shape}; stack them as np.stack([x, y], axis=1)")
+        pos = np.zeros((d.shape[0] if d.ndim else 0, 2))
+    arrays = {"diffraction": d, "probeGuess": np.asarray(probe), "xcoords": pos[:, 0], "ycoords": pos[:, 1],
+              "objectGuess": None if object_guess is None else np.asarray(object_guess)}
+    found, _ = check_arrays(arrays)
+    for line in found:
+        key = line.split(":", 1)[0]
+        problems.append(_POSITION_NAMES[key] + line[len(key):] if key in _POSITION_NAMES else line)
+    if problems:
+        raise ScanValidationError(problems, "arrays given to reconstruct")
+    return ScanData(path=None, probe=probe, xcoords=pos[:, 0], ycoords=pos[:, 1], object_guess=object_guess,
+                    metadata={"source": "in-memory arrays"}, diffraction=d)
+
+
+def _bundle(model: Any) -> Any:
+    """A run directory / bundle path as is; a LoadedBundle as is; anything holding a `bundle_path`
+    (a TrainResult of pt.train or ptycho_dist.train) as that path."""
+    from ptycho_torch.workflows.bundle import LoadedBundle
+
+    if isinstance(model, (str, Path, LoadedBundle)):
+        return model
+    if hasattr(model, "bundle_path"):
+        return Path(model.bundle_path)
+    raise UserError(f"model: expected a run directory, a model.pt path, a loaded bundle or a train result, got "
+                    f"{type(model).__name__}")
+
+
+def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Path | None = None, *,
+                diffraction: Any = None, positions: Any = None, object_guess: Any = None,
+                inference_batch_size: int | None = None, device: str = "cpu", renormalize: bool = False,
+                align_phases: bool = False, refine_seconds: float = 0.0, progress: bool | None = False,
+                with_weight: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Reconstruct a scan with a trained model (`ptycho-torch reconstruct`) and return the object,
+    (H, W) complex64 in the positions' pixel frame (object[y, x]); zero where no patch reached.
+
+    `model`: a run directory or model.pt, a loaded bundle (workflows.bundle.load_bundle) or a train
+    result. The scan is either `data` (file(s)/glob, or a scan from pt.read_scan / pt.simulate) or the
+    arrays `diffraction` (n, N, N) amplitudes or integer counts and `positions` (n, 2) (x, y) object
+    pixels (with optional `object_guess` (H, W), see scan_from_arrays); the arrays use the model's
+    probe. Both give the same numbers for the same patterns. With `out` the reconstruction directory is
+    written as on the command line (object.npz, PNGs, metrics.json with a ground truth). The other
+    keywords are the CLI flags: inference_batch_size (patterns per batch), device ('cpu', 'cuda:0'),
+    renormalize, align_phases, refine_seconds (s). `with_weight` also returns the stitching weight
+    (H, W) float32 (its support is the scanned region; pt.evaluate uses it)."""
+    from ptycho_torch.cli import check_batch_size, check_device
+    from ptycho_torch.workflows.reconstruct import reconstruct as reconstruct_scan
+
+    check_batch_size(inference_batch_size, "inference_batch_size")
+    check_device(device)
+    if refine_seconds < 0:
+        raise UserError(f"refine_seconds must be >= 0 (0 = no refinement), got {refine_seconds:g}")
+    model = _bundle(model)
+    if isinstance(model, (str, Path)):
+        from ptycho_torch.workflows.bundle import resolve_bundle_path
+
+        resolve_bundle_path(model)
+    arrays_given = diffraction is not None or positions is not None
+    if (data is None) == (not arrays_given):
+        raise UserError("reconstruct: give either data (scan file(s) or a scan) or diffraction= and positions= "
+                        "arrays, not both" if arrays_given else "reconstruct: give data (scan file(s) or a scan) "
+                        "or diffraction= and positions= arrays")
+    if arrays_given:
+        if diffraction is None or positions is None:
+            raise UserError("reconstruct: diffraction= (n, N, N) and positions= (n, 2) go together; give both")
+        from ptycho_torch.workflows.bundle import LoadedBundle, load_bundle
+
+        model = model if isinstance(model, LoadedBundle) else load_bundle(model)
+        probe = model.module.probe.detach().cpu().numpy()
+        data = scan_from_arrays(diffraction, positions, probe, object_guess)
+    elif object_guess is not None:
+        raise UserError("reconstruct: object_guess goes with diffraction= and positions=; a scan file carries "
+                        "its own objectGuess")
+    if out is not None:
+        from ptycho_torch.outputs import check_output_dir
+
+        check_output_dir(out, "out")
+    result = reconstruct_scan(model, data, out, batch_size=inference_batch_size, device=device,
+                              renormalize=renormalize, progress=progress, refine_seconds=refine_seconds,
+                              align_phases=align_phases)
+    return (result.object, result.weight) if with_weight else result.object
+
+
+# ------------------------------------------------------------------ evaluate
+
+def evaluate(recon: Any, truth: Any, *, weight: Any = None, out: str | Path | None = None, plane_fit: bool = False
+             ) -> dict[str, Any]:
+    """Score a reconstruction against a ground truth (`ptycho-torch evaluate`); returns the metrics
+    (amplitude/phase PSNR and SSIM, FRC; see metrics.evaluate_reconstruction).
+
+    `recon`: an object.npz (or its directory), or the object (H, W) complex in memory, or the
+    (object, weight) pair of pt.reconstruct(..., with_weight=True); `weight` (H, W) limits the score to
+    the scanned region (without one, every pixel of an in-memory object counts). `truth`: a scan file
+    with objectGuess, an object .npy/.npz, or an (H, W) complex array. Files are written only for a
+    recon file (metrics.json next to it, or `out`) or when `out` is given."""
+    from ptycho_torch.metrics import evaluate_reconstruction
+    from ptycho_torch.workflows.evaluate import load_recon, load_truth, score
+
+    if isinstance(recon, (str, Path)):
+        path = Path(recon) / "object.npz" if Path(recon).is_dir() else Path(recon)
+        obj, recon_weight = load_recon(path)
+        weight = recon_weight if weight is None else weight
+    else:
+        if isinstance(recon, tuple) and len(recon) == 2:
+            recon, weight = recon[0], recon[1] if weight is None else weight
+        obj, path = np.asarray(recon), None
+        if obj.ndim != 2:
+            raise UserError(f"recon: expected the object (H, W), found shape {obj.shape}")
+    truth_path = Path(truth) if isinstance(truth, (str, Path)) else None
+    truth_arr = load_truth(truth_path) if truth_path is not None else np.asarray(truth, dtype=np.complex64)
+    weight = None if weight is None else np.asarray(weight, dtype=np.float32)
+    if path is not None or out is not None:
+        if out is not None:
+            from ptycho_torch.outputs import check_output_dir
+
+            check_output_dir(Path(out).parent, "out (its folder)")
+        label = path if path is not None else Path(out).parent / "object (in memory)"
+        w = weight if weight is not None else np.ones(obj.shape, np.float32)
+        return score(obj, w, truth_arr, label, truth_path, out, plane_fit)
+    if obj.shape != truth_arr.shape:
+        raise UserError(f"recon has shape {obj.shape} but the ground truth has shape {truth_arr.shape}; both must "
+                        "be in the scan's pixel frame (docs/data_format.md)")
+    return evaluate_reconstruction(obj, truth_arr, weight, plane_fit)

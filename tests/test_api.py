@@ -1,0 +1,114 @@
+"""The Python API (`import ptycho_torch as pt`): in-memory reconstruction equals the file path,
+keywords mirror the CLI flags, bad arguments are one clear UserError."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import ptycho_torch as pt
+from ptycho_torch.config import ConfigError
+from ptycho_torch.data.validation import ScanValidationError
+from ptycho_torch.errors import UserError
+
+TINY = {"N": 32, "epochs": 1, "batch_size": 16, "logger": None, "progress_bar": False,
+        "overrides": {"model.n_filters_scale": 0.25}}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_scan, tmp_path_factory):
+    return pt.train(tiny_scan, tmp_path_factory.mktemp("api") / "run", **TINY)
+
+
+@pytest.fixture(scope="module")
+def arrays(tiny_scan):
+    with np.load(tiny_scan) as z:
+        return {k: z[k] for k in ("diffraction", "xcoords", "ycoords", "objectGuess")}
+
+
+def test_import_is_light_and_exports_the_api():
+    code = ("import sys, ptycho_torch as pt\n"
+            "assert 'torch' not in sys.modules and 'lightning' not in sys.modules\n"
+            "assert pt.__version__\n"
+            "names = ['simulate', 'train', 'reconstruct', 'evaluate', 'read_scan', 'RunConfig']\n"
+            "assert all(callable(getattr(pt, n)) for n in names)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (Path(pt.__file__).parent / "py.typed").is_file()
+
+
+def test_train_keywords_are_the_cli_flags(run):
+    config = pt.RunConfig.from_dict({})
+    assert run.bundle_path.is_file() and run.epochs_completed == 1
+    saved = pt.api.run_config(run.run_dir / "config.yaml")
+    assert (saved.model.N, saved.training.nepochs, saved.training.batch_size) == (32, 1, 16)
+    assert saved.model.n_filters_scale == 0.25 and saved.execution.logger_backend is None
+    assert config.training.nepochs != 1  # the keywords changed it, not the defaults
+    with pytest.raises(ConfigError, match="batchsize: unknown keyword.*batch_size"):
+        pt.api.run_config(batchsize=8)
+    with pytest.raises(ConfigError, match="training.nepochs"):
+        pt.api.run_config(epochs=0)
+
+
+def test_reconstruct_from_arrays_equals_the_file_path(run, tiny_scan, arrays, tmp_path):
+    from_file, weight = pt.reconstruct(run.run_dir, tiny_scan, out=tmp_path / "recon", with_weight=True)
+    assert (tmp_path / "recon" / "object.npz").is_file() and from_file.dtype == np.complex64
+    written = np.load(tmp_path / "recon" / "object.npz")["object"]
+    np.testing.assert_array_equal(written, from_file)
+    positions = np.stack([arrays["xcoords"], arrays["ycoords"]], axis=1)
+    in_memory = pt.reconstruct(run.run_dir, diffraction=arrays["diffraction"], positions=positions,
+                               object_guess=arrays["objectGuess"])
+    assert in_memory.shape == from_file.shape
+    assert np.abs(in_memory - from_file).max() <= 1e-6
+    assert np.abs(from_file).max() > 0
+    # integer photon counts (the simulation's Poisson counts) give the same object, as does a
+    # bundle loaded once and a train result; without object_guess the canvas is the scan's extent
+    counts = np.rint(arrays["diffraction"].astype(np.float64) ** 2).astype(np.uint16)
+    from ptycho_torch.workflows.bundle import load_bundle
+
+    for model in (load_bundle(run.run_dir), run):
+        again = pt.reconstruct(model, diffraction=counts, positions=positions, object_guess=arrays["objectGuess"])
+        assert np.abs(again - from_file).max() <= 1e-6
+    bare = pt.reconstruct(run, diffraction=arrays["diffraction"], positions=positions)
+    assert bare.shape[0] <= from_file.shape[0] and bare.shape[1] <= from_file.shape[1]
+    # evaluate: the file and the in-memory (object, weight) score the same
+    on_file = pt.evaluate(tmp_path / "recon", tiny_scan)
+    in_mem = pt.evaluate((from_file, weight), arrays["objectGuess"])
+    for key in ("amplitude_ssim", "phase_ssim", "phase_psnr"):
+        assert in_mem[key] == pytest.approx(on_file[key], rel=1e-6)
+
+
+def test_reconstruct_a_scan_in_memory(run):
+    scan = pt.simulate(N=32, n_positions=24, seed=3, nphotons=1e5)
+    assert scan.path is None and scan.diffraction.shape == (24, 32, 32)
+    obj = pt.reconstruct(run, scan)
+    assert obj.shape == scan.object_shape and np.isfinite(obj).all()
+
+
+def test_bad_arguments_are_one_clear_error(run, arrays):
+    positions = np.stack([arrays["xcoords"], arrays["ycoords"]], axis=1)
+    d = arrays["diffraction"]
+    with pytest.raises(ScanValidationError, match=r"positions: expected shape \(n, 2\)"):
+        pt.reconstruct(run, diffraction=d, positions=positions.T)
+    with pytest.raises(ScanValidationError, match=r"positions\[:, 0\] \(x\): expected length M = 64"):
+        pt.reconstruct(run, diffraction=d, positions=positions[:10])
+    with pytest.raises(ScanValidationError, match="integer photon counts must be >= 0"):
+        pt.reconstruct(run, diffraction=-np.ones(d.shape, np.int32), positions=positions)
+    with pytest.raises(ScanValidationError, match=r"positions\[:, 1\] \(y\): .*outside"):
+        pt.reconstruct(run, diffraction=d, positions=positions - [0, 40])
+    with pytest.raises(UserError, match="diffraction= .* and positions= .* go together"):
+        pt.reconstruct(run, diffraction=d)
+    with pytest.raises(UserError, match="not both"):
+        pt.reconstruct(run, "scan.npz", diffraction=d, positions=positions)
+    with pytest.raises(UserError, match="model: expected a run directory"):
+        pt.reconstruct(42, diffraction=d, positions=positions)
+    with pytest.raises(FileNotFoundError, match="no model bundle"):
+        pt.reconstruct("no_such_run", diffraction=d, positions=positions)
+    with pytest.raises(ConfigError, match="inference_batch_size: got 0"):
+        pt.reconstruct(run, diffraction=d, positions=positions, inference_batch_size=0)
+    with pytest.raises(ConfigError, match="simulation: unknown field.*n_position"):
+        pt.simulate(n_position=10)
