@@ -39,6 +39,32 @@ class DataConfig(ConfigSection):
     n_groups: Optional[int] = config_field(None, "number of training groups to draw (None = one per scan position)")
     neighbor_count: int = config_field(6, "gridsize>1: candidates (nearest neighbours) a group is drawn from")
     max_patterns: Optional[int] = config_field(None, "use only the first M patterns of the file (None = all)")
+    # beamline files (docs/data_format.md): where the arrays are, and how frames and positions are converted
+    datasets: Optional[dict[str, str]] = config_field(
+        None, "HDF5 dataset path of each role, for any layout (and over what CXI / NeXus discovery finds), e.g. "
+        "{frames: /scan/ccd, x: /scan/samx, y: /scan/samy, energy: /scan/energy, distance: /scan/det_z, "
+        "detector_pixel: /scan/pixel}; roles: frames, translation, x, y, xcoords, ycoords, energy, distance, "
+        "detector_pixel, detector_pixel_y, probe, mask")
+    probe: Optional[str] = config_field(
+        None, "probe to use instead of the file's: a .npy file or FILE.h5::/dataset, complex (N, N), (P, N, N) or "
+        "sampled for the full detector frames")
+    mask: Optional[str] = config_field(
+        None, "detector mask, nonzero = excluded pixel (bad pixel, beamstop): a .npy file or FILE.h5::/dataset of "
+        "the detector's frame shape (replaces a mask in the file); masked pixels read as 0 and are left out of "
+        "the Poisson loss")
+    frame_fit: Literal["crop", "bin"] = config_field(
+        "crop", "frames larger than model.N: 'crop' = the N x N pixels around the beam centre; 'bin' = sum b x b "
+        "pixels (b = frame // N), then crop")
+    beam_center: Optional[list[float]] = config_field(
+        None, "[row, column] of the direct beam on the detector, in detector pixels (None = the centroid of the "
+        "mean pattern)")
+    positions_transpose: bool = config_field(False, "swap the scan's x and y axes (before the flips)")
+    positions_flip_x: bool = config_field(False, "negate the scan's x positions (columns)")
+    positions_flip_y: bool = config_field(False, "negate the scan's y positions (rows)")
+    energy_ev: Optional[float] = config_field(None, "photon energy in eV (None = the file's)")
+    distance_m: Optional[float] = config_field(None, "sample-detector distance in metres (None = the file's)")
+    detector_pixel_m: Optional[float] = config_field(None, "detector pixel size in metres (None = the file's)")
+
 
     def _check(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:
@@ -49,6 +75,23 @@ class DataConfig(ConfigSection):
             self._fail("neighbor_count", f"got {self.neighbor_count}; must be >= 1")
         if self.max_patterns is not None and self.max_patterns < 1:
             self._fail("max_patterns", f"got {self.max_patterns}; must be >= 1 or null")
+        self._check_beamline()
+
+    def _check_beamline(self) -> None:
+        from ptycho_torch.data.beamline import ROLES
+
+        if self.datasets is not None:
+            if not isinstance(self.datasets, dict) or not all(isinstance(v, str) for v in self.datasets.values()):
+                self._fail("datasets", f"got {self.datasets!r}; expected a mapping of role -> dataset path, "
+                           "e.g. {frames: /entry/data/data}")
+            unknown = sorted(set(self.datasets) - set(ROLES))
+            if unknown:
+                self._fail("datasets", f"unknown role(s) {', '.join(map(str, unknown))}; roles are {', '.join(ROLES)}")
+        if self.beam_center is not None and len(self.beam_center) != 2:
+            self._fail("beam_center", f"got {self.beam_center}; expected [row, column]")
+        for name in ("energy_ev", "distance_m", "detector_pixel_m"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                self._fail(name, f"got {getattr(self, name)}; must be > 0 or null")
 
 
 MODEL_SIZES: tuple[int, ...] = (32, 64, 128)  # the pattern sizes ModelConfig.N accepts

@@ -37,6 +37,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ptycho_torch.data.beamline import (
+    ReadOptions,
+    beamline_layout,
+    read_array_source,
+    read_beamline,
+    split_source,
+)
 from ptycho_torch.data.detector import FrameMap, MappedFrames
 from ptycho_torch.data.npz_files import check_member_crc, npz_memmap, npz_problem
 from ptycho_torch.data.validation import (
@@ -294,8 +301,12 @@ def _read_arrays(path: Path, handle: Any, is_h5: bool) -> tuple[dict[str, Any], 
     return out, problems
 
 
-def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
-    """Read a .npz (allow_pickle=False) or .h5/.hdf5 (lazy diffraction) scan file.
+def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions | None = None) -> ScanData:
+    """Read a .npz (allow_pickle=False) or HDF5 (lazy diffraction) scan file: a contract file, or a
+    beamline file (CXI, NeXus, any layout by dataset paths; see beamline.py) read as one.
+
+    `path` may be 'FILE.h5::/path/to/frames'; `options` (beamline.ReadOptions, from the run config)
+    carry dataset paths, the pattern size N to crop / bin to, a mask, the probe and the geometry.
 
     Extra keys (e.g. upstream PtychoPINN 'xcoords_start', 'Y') are ignored. With `validate`, every
     contract problem is collected and raised once as ScanValidationError (one streaming pass over the
@@ -303,10 +314,13 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
     trusted (a process reading a file its driver validated) and only keys, shapes, dtypes, probe and
     positions are checked.
     """
-    path = Path(path)
+    text, frames = split_source(str(path))
+    path, options = Path(text), (options or ReadOptions()).with_frames(frames)
     is_h5 = _suffix(path) in H5_SUFFIXES
     if not path.is_file():
         raise FileNotFoundError(f"scan file {path} does not exist")
+    if options.explicit and not is_h5:
+        raise ScanValidationError(["file: dataset paths (data.datasets, FILE::/path) need an HDF5 file"], str(path))
     problem = None if is_h5 else npz_problem(path)
     if problem is not None:
         raise ScanValidationError([f"file: {problem}"], str(path))
@@ -320,7 +334,13 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
         kind = "HDF5" if is_h5 else "NPZ"
         raise ScanValidationError([f"file: could not be opened as {kind} ({e})"], str(path)) from None
     with handle:
+        layout = beamline_layout(handle, options) if is_h5 else None
+        if layout is not None:
+            return read_beamline(path, handle, layout[1], layout[0], options, validate)
         arrays, problems = _read_arrays(path, handle, is_h5)
+        if is_h5 and "diffraction" not in arrays and not problems:
+            problems.append("file: neither a scan file (root 'diffraction'), CXI (entry_1) nor NeXus (an NXentry); "
+                            "name the datasets: --data FILE.h5::/path/to/frames and data.datasets")
         stats: dict[str, float] = {}
         lazy_npz = not is_h5 and isinstance(arrays.get("diffraction"), np.memmap)
         if not problems:  # an unreadable array would also show up as missing
@@ -342,13 +362,14 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
     meta = arrays.get("metadata")
     stored_dtype = np.dtype(arrays["diffraction"].dtype)
     counts = stored_dtype.kind in "iu"
+    mask = _contract_mask(options, _shape_of(arrays["diffraction"]), path)
     scan = ScanData(
         path=path, probe=arrays["probeGuess"], xcoords=arrays["xcoords"], ycoords=arrays["ycoords"],
         object_guess=arrays.get("objectGuess"), scan_index=arrays.get("scan_index"),
         metadata=parse_metadata(meta) if meta is not None else {},
         diffraction=None if lazy_key else arrays["diffraction"], lazy_key=lazy_key,
-        frame_map=FrameMap(counts=True) if counts else None)
-    if "mean_energy" in stats:
+        frame_map=FrameMap(counts=counts, mask=mask) if counts or mask is not None else None)
+    if "mean_energy" in stats and mask is None:  # with a mask, masked pixels are left out of the energy
         scan._energy = stats["mean_energy"]
     if counts:  # counts are photons by definition: intensity_scale / nphotons do not apply
         scale, how = 1.0, scan.frame_map.describe(stored_dtype)
@@ -358,10 +379,27 @@ def read_scan(path: str | Path, *, validate: bool = True) -> ScanData:
     if scale != 1.0:
         scan.photon_scale = scale
         scan._energy = scan.mean_energy() * scale ** 2
-    # a rescaled file is worth a line by default; the plain reading shows with -v (every Ray worker
-    # reads the file, so an INFO line here would repeat once per worker)
-    log.log(logging.INFO if scale != 1.0 or counts else logging.DEBUG, "%s: diffraction read as %s", path, how)
+    # a rescaled file or counts are worth a line by default where the file is validated (the driver);
+    # the plain reading shows with -v (every Ray worker reads the file, unvalidated: an INFO line there
+    # would repeat once per worker)
+    loud = scale != 1.0 or (counts and validate)
+    log.log(logging.INFO if loud else logging.DEBUG, "%s: diffraction read as %s", path, how)
     return scan
+
+
+def _shape_of(a: Any) -> tuple[int, ...]:
+    return tuple(a.shape)
+
+
+def _contract_mask(options: ReadOptions, shape: tuple[int, ...], path: Path) -> np.ndarray | None:
+    """data.mask for a contract file: an (N, N) array, nonzero = excluded pixel; None without one."""
+    if not options.mask:
+        return None
+    m = np.squeeze(read_array_source(options.mask, "data.mask"))
+    if m.shape != tuple(shape[1:]):
+        raise ScanValidationError([f"data.mask: expected {shape[1]}x{shape[2]} like the patterns, found {m.shape}"],
+                                  str(path))
+    return (m != 0) if (m != 0).any() else None
 
 
 def photon_units(arrays: dict[str, Any], mean_energy: Any) -> tuple[float, str]:

@@ -28,7 +28,9 @@ from typing import Sequence, Union
 
 import numpy as np
 
+from ptycho_torch.data.beamline import ReadOptions, split_source
 from ptycho_torch.data.contract import ScanData, read_scan
+from ptycho_torch.data.detector import FrameMap
 from ptycho_torch.errors import UserError
 
 log = logging.getLogger("ptycho_torch")
@@ -39,25 +41,32 @@ ScanPaths = Union[str, Path, Sequence[Union[str, Path]]]
 
 def resolve_scan_paths(data: ScanPaths) -> list[Path]:
     """Expand `data` (a path, a glob pattern, or several of either) into existing files, in order
-    (glob matches sorted, duplicates dropped). FileNotFoundError names what matched nothing."""
+    (glob matches sorted, duplicates dropped). FileNotFoundError names what matched nothing. A
+    'FILE.h5::/dataset' item counts as its file (see `resolve_scan_sources`)."""
+    return list(dict.fromkeys(p for p, _ in resolve_scan_sources(data)))
+
+
+def resolve_scan_sources(data: ScanPaths) -> list[tuple[Path, str | None]]:
+    """Like `resolve_scan_paths`, keeping each item's '::/path/to/frames' dataset (or None)."""
     items = [data] if isinstance(data, (str, Path)) else list(data)
     if not items:
         raise FileNotFoundError("no scan files given; pass --data FILE, a glob such as 'scans/*.h5', "
                                 "or several files")
-    paths: list[Path] = []
+    paths: list[tuple[Path, str | None]] = []
     for item in items:
-        text = os.path.expanduser(str(item))
+        head, frames = split_source(str(item))
+        text = os.path.expanduser(head)
         if any(ch in text for ch in GLOB_CHARS):
             matches = sorted(glob.glob(text))
             if not matches:
-                raise FileNotFoundError(f"no files match {str(item)!r}; check the pattern (quote it so the "
+                raise FileNotFoundError(f"no files match {head!r}; check the pattern (quote it so the "
                                         "shell does not expand it) and the directory")
-            paths.extend(Path(m) for m in matches)
+            paths.extend((Path(m), frames) for m in matches)
         elif not Path(text).is_file():
-            raise FileNotFoundError(f"scan file {item} does not exist")
+            raise FileNotFoundError(f"scan file {head} does not exist")
         else:
-            paths.append(Path(text))
-    return list(dict.fromkeys(p.resolve() for p in paths))
+            paths.append((Path(text), frames))
+    return list(dict.fromkeys((p.resolve(), f) for p, f in paths))
 
 
 @dataclass(eq=False)
@@ -102,6 +111,11 @@ class ScanFiles:
     @property
     def N(self) -> int:
         return self.parts[0].N
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """(N, N) bool detector mask of the first file (True = excluded pixel), or None."""
+        return self.parts[0].mask
 
     @property
     def n_patterns(self) -> int:
@@ -181,7 +195,8 @@ class ScanFiles:
         return ScanData(path=self.path, probe=self.probe, xcoords=self.xcoords[idx], ycoords=self.ycoords[idx],
                         object_guess=self.object_guess, metadata=self.metadata,
                         scan_index=None if scan_index is None else scan_index[idx],
-                        diffraction=self.diffraction_rows(idx))
+                        diffraction=self.diffraction_rows(idx),
+                        frame_map=None if self.mask is None else FrameMap(mask=self.mask))
 
     def without_object(self) -> "ScanFiles":
         return ScanFiles([p.without_object() for p in self.parts])
@@ -190,11 +205,13 @@ class ScanFiles:
 Scan = Union[ScanData, ScanFiles]
 
 
-def read_scans(data: ScanPaths, *, validate: bool = True) -> Scan:
-    """Read `data` (path, glob, or several) as one scan: ScanData for one file, ScanFiles for several.
-    Each file is validated unless `validate` is False (the patterns are then trusted)."""
-    paths = resolve_scan_paths(data)
-    parts = [read_scan(p, validate=validate) for p in paths]
+def read_scans(data: ScanPaths, *, validate: bool = True, options: ReadOptions | None = None) -> Scan:
+    """Read `data` (path, glob, or several; 'FILE.h5::/frames' allowed) as one scan: ScanData for one
+    file, ScanFiles for several. Each file is validated unless `validate` is False (the patterns are
+    then trusted). `options` (beamline.ReadOptions.from_config(run config)) say how beamline files
+    are read (dataset paths, N, mask, probe, geometry)."""
+    parts = [read_scan(p, validate=validate, options=(options or ReadOptions()).with_frames(frames))
+             for p, frames in resolve_scan_sources(data)]
     return parts[0] if len(parts) == 1 else ScanFiles(parts)
 
 
