@@ -367,7 +367,9 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     ray_config = dataclasses.replace(ray_config, name=name)
     claim_ray_run(location, name, resume, overwrite)  # moving aside waits until the plan fits
     datamodule = PtychoDataModule(config)  # the one validation pass; also model.N and r from the data
-    config, norm_factor = datamodule.config, datamodule.norm_factor
+    config = datamodule.config
+    factors = datamodule.norm_factors  # one r per scan of a multi-scan corpus
+    norm_factor = factors[0] if len(factors) == 1 else factors
     del datamodule
     ray_run_config = run_config(config, ray_config, name)
     if ray_callbacks:
@@ -392,7 +394,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
         replica_nodes=list(summary.get("replica_nodes", [])), ray_result=result)
 
 
-def _fit_on_cluster(config: RunConfig, norm_factor: float, ray_config: RayConfig, location: str, resume: bool,
+def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_config: RayConfig, location: str, resume: bool,
                     overwrite: bool, ray_run_config: Any, callbacks: Sequence[Callback]) -> tuple[Any, Any]:
     """In a Ray session: the pre-flight check, the run files, the TorchTrainer fit; (Result, plan)."""
     from ray.train import ControllerError, TrainingFailedError

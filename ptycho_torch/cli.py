@@ -93,12 +93,36 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     from ptycho_torch.outputs import check_output_dir
 
     config = simulation_config(args)
+    ranges = {"defocus_range": args.defocus_range, "diameter_range_px": args.diameter_range,
+              "nphotons_range": args.nphotons_range}
+    if args.n_scans is not None:
+        return simulate_corpus_cli(config, args.out, args.n_scans, ranges)
+    if any(v is not None for v in ranges.values()):
+        raise ConfigError("--defocus-range, --diameter-range and --nphotons-range vary the scans of a corpus; "
+                          "add --n-scans K (or set --probe-defocus / --probe-diameter-px / --nphotons)")
     if Path(args.out).is_dir():
         raise ConfigError(f"--out {args.out}: is a directory; give the scan file to write, e.g. {args.out}/scan.npz")
     check_output_dir(Path(args.out).parent, "--out (its folder)")
     path = simulate_to_file(config, args.out)
     print(f"wrote {config.n_positions} patterns ({config.N}x{config.N}, {config.scan} scan, "
           f"{config.nphotons:g} photons/pattern) to {path}")
+
+
+def simulate_corpus_cli(config: SimulationConfig, out: Path, n_scans: int, ranges: dict[str, Any]) -> None:
+    """`simulate --n-scans K --out DIR`: K scans DIR/scan_000.npz ... (data.corpus_simulation)."""
+    from ptycho_torch.data.corpus_simulation import corpus_settings, simulate_corpus
+    from ptycho_torch.outputs import check_output_dir, holds_files
+
+    out = Path(out)
+    if out.suffix.lower() in (".npz", ".h5", ".hdf5"):
+        raise ConfigError(f"--out {out}: --n-scans writes a folder of scans; give a directory, e.g. {out.parent / 'corpus'}")
+    configs = corpus_settings(config, n_scans, **ranges)
+    check_output_dir(out, "--out")
+    if holds_files(out):
+        raise ConfigError(f"--out {out}: already holds files; choose an empty or new directory (scans are never "
+                          "overwritten)")
+    paths = simulate_corpus(configs, out, suffix=".npz")
+    print(f"wrote {len(paths)} scans of {config.n_positions} patterns ({config.N}x{config.N}) to {out}/scan_*.npz")
 
 
 # ------------------------------------------------------------------ train
@@ -191,8 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("simulate", help="write a synthetic scan (NPZ or HDF5 by suffix)")
-    p.add_argument("--out", required=True, type=Path, help="output scan file (.npz/.h5)")
+    p = sub.add_parser("simulate", help="write a synthetic scan (NPZ or HDF5 by suffix), or a corpus of scans")
+    p.add_argument("--out", required=True, type=Path, help="output scan file (.npz/.h5); with --n-scans a directory")
+    p.add_argument("--n-scans", type=int, default=None, metavar="K",
+                   help="write K scans OUT/scan_000.npz ... with seeds seed..seed+K-1 (other objects), a training "
+                        "corpus (default: one scan)")
+    p.add_argument("--defocus-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="with --n-scans: probe defocus (rad) spread evenly from LOW (scan 0) to HIGH (default: "
+                        "--probe-defocus for all)")
+    p.add_argument("--diameter-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="with --n-scans: probe diameter (px) spread evenly from LOW to HIGH (default: "
+                        "--probe-diameter-px for all)")
+    p.add_argument("--nphotons-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="with --n-scans: photons per pattern spread geometrically from LOW to HIGH (default: "
+                        "--nphotons for all)")
     add_simulation_arguments(p)
     p.set_defaults(func=cmd_simulate)
 

@@ -34,11 +34,17 @@ class DataConfig(ConfigSection):
     section: typing.ClassVar[str] = "data"
 
     path: Union[str, list[str], None] = config_field(
-        None, "scan file (.npz/.h5/.hdf5), a glob such as 'part*.npz', or a list of files of one scan; `--data` sets it")
+        None, "scan file (.npz/.h5/.hdf5), a glob such as 'part*.npz', or a list of files (parts of one scan or "
+        "several scans, see data.scans); `--data` sets it")
     val_fraction: float = config_field(0.1, "fraction of groups held out for validation (0 disables validation)")
     n_groups: Optional[int] = config_field(None, "number of training groups to draw (None = one per scan position)")
     neighbor_count: int = config_field(6, "gridsize>1: candidates (nearest neighbours) a group is drawn from")
-    max_patterns: Optional[int] = config_field(None, "use only the first M patterns of the file (None = all)")
+    max_patterns: Optional[int] = config_field(None, "use only the first M patterns of the file, of each scan "
+                                               "when training on several (None = all)")
+    scans: Literal["auto", "one", "per_file"] = config_field(
+        "auto", "several files: 'one' = parts of one scan (one frame, probe and normalisation); 'per_file' = each "
+        "file a scan of its own (own probe, own normalisation, groups within the scan); 'auto' = files are parts "
+        "of one scan when they share the probe, the scan_index values and the objectGuess, else separate scans")
     # beamline files (docs/data_format.md): where the arrays are, and how frames and positions are converted
     datasets: Optional[dict[str, str]] = config_field(
         None, "HDF5 dataset path of each role, for any layout (and over what CXI / NeXus discovery finds), e.g. "

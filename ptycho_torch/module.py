@@ -3,12 +3,18 @@
 The module knows nothing about Ray: distributed training wraps it from outside (ptycho_dist).
 Hyperparameters saved in checkpoints are plain dicts of the config sections, the number of probe
 modes and the normalisation factor r; the probe itself lives in the state dict (as a real view).
+
+Several scans (`set_scans`): a batch's `scan` ids (B,) pick each sample's probe, input scale and
+normalisation factor from per-scan tables (not saved: they belong to the training data, the module's
+own probe and r are those of scan 0). One log_scale is learned, the scale of scan 0; scan k's scale
+is log_scale + log s0_k - log s0_0 with s0 the start `initial_log_scale` gives each scan's probe, so
+scans of different doses (or probe units) share it. One scan takes the plain path, unchanged.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
@@ -54,9 +60,11 @@ class PtychoPINNModule(L.LightningModule):
         probe_modes: int = 1,
         probe: torch.Tensor | None = None,
         monitor: str | None = None,
+        scan_probes: torch.Tensor | None = None,
+        scan_norm_factors: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["probe"])
+        self.save_hyperparameters(ignore=["probe", "scan_probes", "scan_norm_factors"])
         self.model_config = ModelConfig.from_dict(model)
         self.training_config = TrainingConfig.from_dict(training)
         self.execution_config = PyTorchExecutionConfig.from_dict(execution)
@@ -85,6 +93,55 @@ class PtychoPINNModule(L.LightningModule):
         # network does not drift with the learned scale
         self.register_buffer("input_scale", torch.tensor(math.exp(log_s0), dtype=torch.float32))
         self.register_buffer("norm_factor", torch.tensor(float(norm_factor), dtype=torch.float64))
+        for name in ("scan_probes_ri", "scan_input_scale", "scan_log_offset", "scan_norm"):
+            self.register_buffer(name, None, persistent=False)  # per-scan tables (set_scans)
+        if scan_probes is not None:
+            self.set_scans(scan_probes, scan_norm_factors)
+
+    def _typical_amplitude(self) -> float:
+        return 1.0 if self.model_config.intensity_scale_start == "unit" else TYPICAL_AMPLITUDE
+
+    def set_scans(self, probes: torch.Tensor, norm_factors: Sequence[float] | None) -> None:
+        """Train on several scans: probes (S, P, N, N) complex, one per scan (scan 0 = the module's own
+        probe), norm_factors (S,) their r. Samples then select theirs by `batch['scan']`."""
+        from ptycho_torch.config import ConfigError
+
+        probes = probes.to(torch.complex64)
+        if norm_factors is None or len(norm_factors) != probes.shape[0]:
+            raise ValueError(f"set_scans needs one normalisation factor per probe ({probes.shape[0]})")
+        if self.model_config.probe_trainable:
+            raise ConfigError(f"model.probe_trainable: refines one probe, but the training data are "
+                              f"{probes.shape[0]} scans with probes of their own; set --model.probe_trainable "
+                              "false, or train on one scan")
+        log_s0 = torch.tensor([initial_log_scale(p, self._typical_amplitude()) for p in probes], dtype=torch.float64)
+        self.scan_probes_ri = torch.view_as_real(probes).clone()  # (S, P, N, N, 2)
+        self.scan_input_scale = torch.exp(log_s0).float()  # (S,)
+        self.scan_log_offset = (log_s0 - log_s0[0]).float()  # (S,)
+        self.scan_norm = torch.tensor([float(r) for r in norm_factors], dtype=torch.float32)  # (S,)
+
+    def adopt_probe(self, probe: torch.Tensor) -> None:
+        """Use `probe` (P, N, N) complex (another scan's) as the module's own, for inference: the
+        input scale becomes its s0 and log_scale moves by the change of s0 (so the scale s / r of the
+        forward model follows the probe's units). The same probe leaves everything as it was."""
+        N = self.model_config.N
+        probe = torch.as_tensor(probe).to(torch.complex64).reshape(-1, N, N).to(self.probe_ri.device)
+        old = initial_log_scale(self.probe.detach().cpu(), self._typical_amplitude())
+        new = initial_log_scale(probe.cpu(), self._typical_amplitude())
+        with torch.no_grad():
+            self.probe_ri = nn.Parameter(torch.view_as_real(probe).clone(), requires_grad=False) \
+                if isinstance(self.probe_ri, nn.Parameter) else torch.view_as_real(probe).clone()
+            if new != old:
+                self.log_scale.add_(new - old)
+            self.input_scale.fill_(math.exp(new))
+
+    def scan_physics(self, scan: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float | torch.Tensor]:
+        """(probe, input scale, log scale, r) of a batch: the module's own (probe (P, N, N), scalars)
+        for one scan, else per sample from the scan ids (B,): (B, P, N, N), (B,), (B,), (B,)."""
+        if scan is None or self.scan_probes_ri is None:
+            return self.probe, self.input_scale, self.log_scale, float(self.norm_factor)
+        probe = torch.view_as_complex(self.scan_probes_ri[scan].contiguous())
+        return probe, self.scan_input_scale[scan], self.log_scale + self.scan_log_offset[scan], self.scan_norm[scan]
 
     # ------------------------------------------------------------------ forward model
     @property
@@ -92,58 +149,81 @@ class PtychoPINNModule(L.LightningModule):
         """(P, N, N) complex64."""
         return torch.view_as_complex(self.probe_ri)
 
-    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+    def network_input(self, x: torch.Tensor, probe: torch.Tensor | None = None,
+                      input_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised amplitudes (B, C, N, N) -> what the network reads, (B, C_in, N, N) float32:
-        x itself, or the back-propagated estimate as (real, imaginary) channel pairs."""
+        x itself, or the back-propagated estimate as (real, imaginary) channel pairs (with the
+        module's probe, or per-sample probes (B, P, N, N) and input scales (B,))."""
         if self.model_config.network_input == "amplitude":
             return x
-        est = backpropagate(x.float(), self.probe.detach(), self.input_scale)  # a tensor: no device sync  # (B, C, N, N)
+        probe = self.probe if probe is None else probe
+        scale = self.input_scale if input_scale is None else input_scale
+        est = backpropagate(x.float(), probe.detach(), scale)  # a tensor: no device sync  # (B, C, N, N)
         B, C, N, _ = est.shape
         return torch.stack([est.real, est.imag], dim=2).reshape(B, 2 * C, N, N)
 
-    def partner_input(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    def partner_input(self, x: torch.Tensor, offsets: torch.Tensor, probe: torch.Tensor | None = None,
+                      input_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised amplitudes (B, C, N, N) of groups at offsets (B, C, 2) -> (B * C, 2C, N, N): for
         each pattern, its own back-propagated estimate followed by its C - 1 partners' estimates
         translated into its frame (physics.partner_frames), as (real, imaginary) pairs."""
         B, C, N, _ = x.shape
-        est = backpropagate(x.float(), self.probe.detach(), self.input_scale)  # (B, C, N, N)
+        probe = self.probe if probe is None else probe
+        scale = self.input_scale if input_scale is None else input_scale
+        est = backpropagate(x.float(), probe.detach(), scale)  # (B, C, N, N)
         frames = partner_frames(est, offsets.float())  # (B, C, C, N, N)
         return torch.stack([frames.real, frames.imag], dim=3).reshape(B * C, 2 * C, N, N)
 
-    def raw_patches(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    def raw_patches(self, x: torch.Tensor, offsets: torch.Tensor | None = None, probe: torch.Tensor | None = None,
+                    input_scale: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised amplitudes (B, C, N, N) -> the network's own patches (B, C, N, N) complex64,
         before any overlap constraint. 'per_pattern' runs the network on each pattern alone (reading
-        its partners too with `model.partner_input`, which needs the group's offsets (B, C, 2))."""
+        its partners too with `model.partner_input`, which needs the group's offsets (B, C, 2)).
+        `probe` (B, P, N, N) and `input_scale` (B,) give each group its scan's (scan_physics)."""
         B, C, N, _ = x.shape
         if self.net_channels == 1 and C > 1:
             if self.model_config.reads_partners:
                 if offsets is None:
                     raise ValueError("model.partner_input needs the group offsets: call module(x, offsets)")
-                return self.net(self.partner_input(x, offsets)).reshape(B, C, N, N)
-            return self.net(self.network_input(x.reshape(B * C, 1, N, N))).reshape(B, C, N, N)
-        return self.net(self.network_input(x))
+                return self.net(self.partner_input(x, offsets, probe, input_scale)).reshape(B, C, N, N)
+            if probe is not None and probe.dim() == 4:  # one probe per group -> one per pattern
+                probe, input_scale = probe.repeat_interleave(C, 0), input_scale.repeat_interleave(C, 0)
+            return self.net(self.network_input(x.reshape(B * C, 1, N, N), probe, input_scale)).reshape(B, C, N, N)
+        return self.net(self.network_input(x, probe, input_scale))
 
-    def merge_weight(self) -> torch.Tensor | None:
-        """(N, N) weight of the overlap merge, or None for all ones."""
+    def merge_weight(self, probe: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(N, N) weight of the overlap merge (or (B, 1, N, N) for per-sample probes (B, P, N, N)),
+        or None for all ones."""
         if self.model_config.merge_weight == "ones":
             return None
-        w = self.probe.detach().abs().square().sum(0)
+        if probe is not None and probe.dim() == 4:
+            w = probe.detach().abs().square().sum(1, keepdim=True)  # (B, 1, N, N)
+            return w / w.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
+        w = (self.probe if probe is None else probe).detach().abs().square().sum(0)
         return w / w.max().clamp_min(1e-30)
 
-    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, offsets: torch.Tensor | None = None, scan: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Normalised amplitudes (B, C, N, N) -> object patches (B, C, N, N) complex64; for a group
-        (C > 1, offsets (B, C, 2) given) the overlap-constrained patches the loss trains."""
-        obj = self.raw_patches(x, offsets)
+        (C > 1, offsets (B, C, 2) given) the overlap-constrained patches the loss trains. `scan` (B,)
+        int64 names each group's scan when the module trains on several (set_scans)."""
+        probe, input_scale, _, _ = self.scan_physics(scan)
+        return self._patches(x, offsets, probe, input_scale)
+
+    def _patches(self, x: torch.Tensor, offsets: torch.Tensor | None, probe: torch.Tensor,
+                 input_scale: torch.Tensor) -> torch.Tensor:
+        per_sample = probe.dim() == 4
+        obj = self.raw_patches(x, offsets, probe if per_sample else None, input_scale if per_sample else None)
         if obj.shape[1] > 1 and offsets is not None and self.model_config.overlap_constraint:
-            obj = overlap_constraint(obj, offsets, self.merge_weight())
+            obj = overlap_constraint(obj, offsets, self.merge_weight(probe if per_sample else None))
         return obj
 
     def _losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         cfg = self.training_config
-        obj = self(batch["x"], batch["offsets"])  # (B, C, N, N) complex64
-        pred = predicted_amplitude(obj, self.probe, self.log_scale)  # (B, C, N, N), normalised
-        r = float(self.norm_factor)
-        parts = {"nll": poisson_nll(pred, batch["amp"], r, cfg.eps)}
+        probe, input_scale, log_scale, r = self.scan_physics(batch.get("scan"))
+        obj = self._patches(batch["x"], batch["offsets"], probe, input_scale)  # (B, C, N, N) complex64
+        pred = predicted_amplitude(obj, probe, log_scale)  # (B, C, N, N), normalised
+        parts = {"nll": poisson_nll(pred, batch["amp"], r, cfg.eps, mask=batch.get("mask"))}  # mask: detector
         loss = cfg.nll_weight * parts["nll"]
         if cfg.mae_weight:
             parts["mae"] = (pred - batch["x"]).abs().mean()

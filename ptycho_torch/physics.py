@@ -6,7 +6,8 @@ Legend (SPEC section 4):
     X           measured amplitude = sqrt(photon counts), DC at the centre, float32 (..., N, N)
     x = r * X   network input; r = (N/2) / sqrt(mean_m sum_xy X_m**2) (one factor per dataset)
     O           complex object patch (..., N, N)
-    P           probe (P, N, N) complex; a single-mode probe is (1, N, N)
+    P           probe (P, N, N) complex; a single-mode probe is (1, N, N); a batch of patterns from
+                several scans carries one probe per sample, (B, P, N, N)
     F           fft2(norm="ortho") followed by fftshift (DC at pixel N/2)
     positions   (x, y) in object pixels: x = column, y = row, shape (..., 2)
 
@@ -112,7 +113,8 @@ def place_patches(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Accumulate weighted patches onto canvases (the adjoint-style companion of extract_patches).
 
-    patches (B, K, N, N) complex; positions (B, K, 2) (x, y); weight (N, N) real, in the patch frame.
+    patches (B, K, N, N) complex; positions (B, K, 2) (x, y); weight (N, N) real, in the patch frame
+    (or (B, 1, N, N), one per row of the batch).
     Returns (sum of w*O (B, H, W) complex64, sum of w (B, H, W) float32). Both are linear in the
     patches, so partial sums over disjoint sets of patches add up.
     """
@@ -159,7 +161,7 @@ def merge_patches(patches: torch.Tensor, offsets: torch.Tensor, weight: torch.Te
     """Weighted average of a group's patches on a shared canvas.
 
     patches (B, C, N, N) complex; offsets (B, C, 2) pixels from the group centroid; weight (N, N)
-    real >= 0 in the patch frame (None = all ones). Returns canvas (B, M, M) complex64 with
+    real >= 0 in the patch frame, or (B, 1, N, N) one per group (None = all ones). Returns canvas (B, M, M) complex64 with
     M = N + 2*ceil(max|offset|) + 2, centroid near pixel M/2. Every canvas pixel is the w-weighted
     average of the patches covering it, so patches cut from one object merge back to it exactly
     wherever the weights do not vanish. With w = |P|^2 each patch speaks where its own probe lit
@@ -191,9 +193,12 @@ def overlap_constraint(patches: torch.Tensor, offsets: torch.Tensor, weight: tor
 # ------------------------------------------------------------------ forward model
 
 def exit_wave(obj: torch.Tensor, probe: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """Psi = s * P * O. obj (B, C, N, N) complex; probe (P, N, N) complex; log_scale scalar.
+    """Psi = s * P * O. obj (B, C, N, N) complex; probe (P, N, N) complex shared by the batch, or
+    (B, P, N, N) one per sample (several scans); log_scale a scalar, or (B,) one per sample.
     Returns (B, C, P, N, N) complex64."""
     scale = torch.exp(log_scale).to(torch.complex64)
+    if probe.dim() == 4:  # one probe (and scale) per sample
+        return scale.reshape(-1, 1, 1, 1, 1) * probe[:, None] * obj[:, :, None]
     return scale * probe[None, None] * obj[:, :, None]
 
 
@@ -203,7 +208,8 @@ def far_field(psi: torch.Tensor) -> torch.Tensor:
 
 
 def predicted_amplitude(obj: torch.Tensor, probe: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """Normalised predicted amplitude sqrt(sum_p |F(s P_p O)|^2): (B, C, N, N) float32."""
+    """Normalised predicted amplitude sqrt(sum_p |F(s P_p O)|^2): (B, C, N, N) float32 (probe and
+    log_scale shared or per sample, as in exit_wave)."""
     intensity = far_field(exit_wave(obj, probe, log_scale)).abs().square().sum(dim=2)
     return torch.sqrt(intensity + 1e-12)
 
@@ -229,8 +235,8 @@ def backpropagate(x: torch.Tensor, probe: torch.Tensor, scale: float | torch.Ten
                   ) -> torch.Tensor:
     """A real-space first estimate of each object patch from its normalised amplitude alone.
 
-    x (B, C, N, N) normalised amplitudes; probe (P, N, N), mode 0 is used; scale the intensity
-    scale s. The measured amplitude is given the phase of the probe's own far field F(P) (the
+    x (B, C, N, N) normalised amplitudes; probe (P, N, N), mode 0 is used, or (B, P, N, N) one per
+    sample with scale (B,); scale the intensity scale s. The measured amplitude is given the phase of the probe's own far field F(P) (the
     phase a flat object would give), propagated back to the sample plane and divided by s P (s a
     float or a 0-d tensor)
     (regularised: conj(P) / (|P|^2 + floor * max|P|^2)). Returns (B, C, N, N) complex64.
@@ -239,6 +245,14 @@ def backpropagate(x: torch.Tensor, probe: torch.Tensor, scale: float | torch.Ten
     holds the object's structure (and its twin) in the patch frame, so the network maps real space
     to real space, which convolutions do well, instead of learning a Fourier transform.
     """
+    if probe.dim() == 4:  # one probe and scale per sample
+        p0 = probe[:, 0]  # (B, N, N)
+        ref = far_field(p0)
+        ref = (ref / ref.abs().clamp_min(1e-12))[:, None]
+        field = torch.fft.ifft2(torch.fft.ifftshift(x.to(torch.complex64) * ref, dim=(-2, -1)), norm="ortho")
+        power = p0.abs().square()
+        inverse = p0.conj() / (power + floor * power.amax(dim=(-2, -1), keepdim=True))
+        return field * inverse[:, None] / torch.as_tensor(scale).reshape(-1, 1, 1, 1)
     p0 = probe.reshape(-1, *probe.shape[-2:])[0]
     ref = far_field(p0)
     ref = ref / ref.abs().clamp_min(1e-12)
@@ -269,19 +283,28 @@ def partner_frames(patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor
 
 # ------------------------------------------------------------------ losses
 
-def poisson_nll(pred_amp: torch.Tensor, meas_amp: torch.Tensor, r: float, eps: float = 1e-6) -> torch.Tensor:
+def poisson_nll(pred_amp: torch.Tensor, meas_amp: torch.Tensor, r: float | torch.Tensor, eps: float = 1e-6,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
     """Poisson negative log-likelihood in photon counts (SPEC 4.5), a scalar.
 
     pred_amp: normalised predicted amplitude (B, C, N, N); meas_amp: measured amplitude X (sqrt counts)
-    of the same shape; r: the dataset normalisation factor. lambda = (pred/r)^2 + eps, k = X^2;
+    of the same shape; r: the dataset normalisation factor (a float, or (B,) one per sample when the
+    batch holds patterns of several scans). lambda = (pred/r)^2 + eps, k = X^2;
     L = mean_b sum_{c,x,y} (lambda - k log lambda - (k - k log k)) / mean(k).
     The constant k - k log k (the saturated likelihood, with 0 log 0 = 0) changes no gradient; it
     makes L >= 0 with L = 0 for a perfect fit, so losses read as a deviance and plot on a log axis.
+    mask: bool, broadcastable to pred_amp (e.g. (B, 1, N, N)), True = an excluded detector pixel (bad
+    pixel, beamstop): its term is left out of the sum (None = every pixel counts, the plain path).
     """
+    if isinstance(r, torch.Tensor) and r.dim() == 1:
+        r = r.to(pred_amp.dtype).reshape(-1, *([1] * (pred_amp.dim() - 1)))
     lam = (pred_amp / r).square() + eps
     k = meas_amp.square()
     saturated = k - torch.xlogy(k, k)
-    per_sample = (lam - k * torch.log(lam) - saturated).flatten(1).sum(dim=1)
+    terms = lam - k * torch.log(lam) - saturated
+    if mask is not None:
+        terms = terms.masked_fill(mask.to(torch.bool), 0.0)
+    per_sample = terms.flatten(1).sum(dim=1)
     return per_sample.mean() / k.mean().detach().clamp_min(1e-12)
 
 

@@ -6,12 +6,16 @@ One item is one group (C = gridsize**2 patterns):
     positions  (C, 2)    float32  scan positions (x, y) in object pixels
     offsets    (C, 2)    float32  positions relative to the group centroid (pixels)
     index      ()        int64    group index in the dataset
+    scan       ()        int64    the scan the group belongs to (0 for one scan; see data.corpus)
+
+Training reads `data.path` through `data.corpus.read_training_scans`: one scan, or several scans
+(a ScanCorpus) each normalised by its own factor r, grouped on its own and tagged with its scan id.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -19,20 +23,32 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
-from ptycho_torch.data.grouping import Groups, make_groups
-from ptycho_torch.data.scan_files import Scan, read_scans
+from ptycho_torch.data.corpus import ScanCorpus, TrainingScans, corpus_scans, read_training_scans
+from ptycho_torch.data.grouping import Groups, make_groups, make_groups_per_scan
+from ptycho_torch.data.scan_files import Scan
 from ptycho_torch.physics import normalization_factor
 
 
 class GroupDataset(Dataset):
-    """Groups of patterns from one scan; reads the diffraction rows of a group on access (lazy for
-    HDF5), so it pickles cheaply to DataLoader workers."""
+    """Groups of patterns from one scan (or a ScanCorpus of several, `norm_factor` then one r per
+    scan); reads the diffraction rows of a group on access (lazy for HDF5), so it pickles cheaply to
+    DataLoader workers."""
 
-    def __init__(self, scan: Scan, groups: Groups, norm_factor: float) -> None:
+    def __init__(self, scan: TrainingScans, groups: Groups, norm_factor: float | Sequence[float]) -> None:
         self.scan = scan
         self.groups = groups
-        self.norm_factor = float(norm_factor)
+        factors = [float(r) for r in np.atleast_1d(np.asarray(norm_factor, dtype=np.float64))]
+        self.norm_factor = factors[0]
         self._positions = scan.positions.astype(np.float32)
+        if isinstance(scan, ScanCorpus):
+            if len(factors) == 1:
+                factors = factors * scan.n_scans
+            if len(factors) != scan.n_scans:
+                raise ValueError(f"{len(factors)} normalisation factors for {scan.n_scans} scans")
+            self._group_scan = scan.pattern_scan[groups.indices[:, 0]]  # (G,) int64
+        else:
+            self._group_scan = np.zeros(len(groups), np.int64)
+        self._factors = factors  # r of each scan (python floats: x = amp * r as for one scan)
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -51,12 +67,14 @@ class GroupDataset(Dataset):
         members = self.groups.indices[i]  # (C,)
         amp = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
         pos = torch.from_numpy(self._positions[members])  # (C, 2)
+        k = int(self._group_scan[i])
         return {
-            "x": amp * self.norm_factor,
+            "x": amp * self._factors[k],
             "amp": amp,
             "positions": pos,
             "offsets": pos - pos.mean(dim=0, keepdim=True),
             "index": torch.tensor(i, dtype=torch.int64),
+            "scan": torch.tensor(k, dtype=torch.int64),
         }
 
 
@@ -96,33 +114,46 @@ def dataset_norm_factor(scan: Scan) -> float:
 
 
 class PtychoDataModule(L.LightningDataModule):
-    """Train/val split of the groups of one scan.
+    """Train/val split of the groups of one scan, or of several scans (each grouped on its own).
 
     The split is a seeded permutation of the groups (`execution.seed`), so every process of a
     distributed run sees the same split; each rank then reads its shard (DistributedSampler).
+    `norm_factor` is r of scan 0 (the reference a model keeps), `norm_factors` r of every scan.
     """
 
-    def __init__(self, config: RunConfig, scan: Scan | None = None, norm_factor: float | None = None,
-                 validate: bool = True) -> None:
-        """`scan` defaults to `read_scans(config.data.path)` (a file, a glob or several files), validated
-        unless `validate` is False (a Ray worker reading what its driver validated)."""
+    def __init__(self, config: RunConfig, scan: TrainingScans | None = None,
+                 norm_factor: float | Sequence[float] | None = None, validate: bool = True) -> None:
+        """`scan` defaults to `read_training_scans(config.data.path)` (a file, a glob or several files:
+        one scan or several, as data.scans says), validated unless `validate` is False (a Ray worker
+        reading what its driver validated). `norm_factor`: r, or one r per scan (None = from the data)."""
         super().__init__()
         self.config = config
         if scan is None:
             if not config.data.path:
                 raise ConfigError("data.path: no scan file given; pass --data SCAN.npz")
-            scan = read_scans(config.data.path, validate=validate)
-        if config.data.max_patterns is not None and config.data.max_patterns < scan.n_patterns:
-            scan = scan.subset(np.arange(config.data.max_patterns))
+            scan = read_training_scans(config.data.path, scans=config.data.scans, validate=validate)
+        scans = corpus_scans(scan)
+        limit = config.data.max_patterns
+        if limit is not None and any(limit < s.n_patterns for s in scans):
+            scans = [s.subset(np.arange(limit)) if limit < s.n_patterns else s for s in scans]
+            scan = scans[0] if len(scans) == 1 else ScanCorpus(scans)
         config = resolve_model_size(config, scan)
         self.config = config
         self.scan = scan
-        self.norm_factor = float(norm_factor) if norm_factor is not None else dataset_norm_factor(scan)
+        if norm_factor is None:
+            self.norm_factors = [dataset_norm_factor(s) for s in scans]
+        else:
+            self.norm_factors = [float(r) for r in np.atleast_1d(np.asarray(norm_factor, dtype=np.float64))]
+            if len(self.norm_factors) != len(scans):
+                raise ValueError(f"{len(self.norm_factors)} normalisation factors given for {len(scans)} scans")
+        self.norm_factor = self.norm_factors[0]
         rng = np.random.default_rng(config.execution.seed)
-        groups = make_groups(scan.positions, config.model.gridsize,
-                             neighbor_count=config.data.neighbor_count,
-                             n_groups=config.data.n_groups,
-                             rng=rng if config.model.gridsize > 1 else None)
+        grouping = dict(neighbor_count=config.data.neighbor_count, n_groups=config.data.n_groups,
+                        rng=rng if config.model.gridsize > 1 else None)
+        if len(scans) == 1:
+            groups = make_groups(scan.positions, config.model.gridsize, **grouping)
+        else:
+            groups = make_groups_per_scan([s.positions for s in scans], config.model.gridsize, **grouping)
         order = rng.permutation(len(groups))
         n_val = int(round(config.data.val_fraction * len(groups)))
         if config.data.val_fraction > 0 and n_val == 0:
@@ -144,7 +175,7 @@ class PtychoDataModule(L.LightningDataModule):
         one process, a 1-worker Ray run and a resumed run see the same batches: Lightning calls
         `set_epoch` on it each epoch, and the permutation is drawn from seed + epoch.
         """
-        dataset = GroupDataset(self.scan, groups, self.norm_factor)
+        dataset = GroupDataset(self.scan, groups, self.norm_factors)
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,

@@ -8,6 +8,7 @@ columns by increasing x). For gridsize 1 a group is a single pattern.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -77,3 +78,41 @@ def make_groups(
         indices[g] = arranged
         seed_channel[g] = int(np.flatnonzero(arranged == seed)[0])
     return Groups(indices, seed_channel)
+
+
+def share_out(total: int, sizes: Sequence[int]) -> list[int]:
+    """`total` split over parts in proportion to `sizes` (largest remainders), summing to `total`."""
+    sizes_a = np.asarray(sizes, dtype=np.float64)
+    exact = total * sizes_a / sizes_a.sum()
+    counts = np.floor(exact).astype(np.int64)
+    for k in np.argsort(-(exact - counts), kind="stable")[: total - int(counts.sum())]:
+        counts[k] += 1
+    return [int(c) for c in counts]
+
+
+def make_groups_per_scan(
+    positions: Sequence[np.ndarray],
+    gridsize: int,
+    *,
+    neighbor_count: int = 6,
+    n_groups: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> Groups:
+    """Groups of several scans, each scan grouped on its own, so a group never holds patterns of two
+    scans. positions[k] (M_k, 2) (x, y) pixels in scan k's own frame; the returned indices are global
+    (scan k's rows follow those of scans 0..k-1). `n_groups` is shared out over the scans in
+    proportion to their patterns (None = one group per position); `rng` as in make_groups, drawn
+    from scan by scan."""
+    sizes = [len(p) for p in positions]
+    counts = [None] * len(sizes) if n_groups is None else share_out(n_groups, sizes)
+    indices, seed_channel, offset = [], [], 0
+    C = gridsize * gridsize
+    for pos, count in zip(positions, counts):
+        if count != 0:
+            groups = make_groups(pos, gridsize, neighbor_count=neighbor_count, n_groups=count, rng=rng)
+            indices.append(groups.indices + offset)
+            seed_channel.append(groups.seed_channel)
+        offset += len(pos)
+    if not indices:
+        return Groups(np.zeros((0, C), np.int64), np.zeros(0, np.int64))
+    return Groups(np.concatenate(indices), np.concatenate(seed_channel))

@@ -167,10 +167,18 @@ def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Train
 
 
 def build_module(config: RunConfig, datamodule: PtychoDataModule) -> PtychoPINNModule:
-    """A fresh module for the scan of `datamodule` (probe from the file, r from the data)."""
-    probe = torch.from_numpy(datamodule.scan.probe)
+    """A fresh module for the scan of `datamodule` (probe from the file, r from the data); for
+    several scans, scan 0's probe and r are the module's own and every scan's are its tables."""
+    from ptycho_torch.data.corpus import ScanCorpus
+
+    scan = datamodule.scan
+    probe = torch.from_numpy(scan.probe)
+    tables = {}
+    if isinstance(scan, ScanCorpus):
+        tables = {"scan_probes": torch.from_numpy(scan.probes()), "scan_norm_factors": datamodule.norm_factors}
     return PtychoPINNModule(config.model.to_dict(), config.training.to_dict(), config.execution.to_dict(),
-                            datamodule.norm_factor, probe.shape[0], probe, monitor=monitored_metric(config))
+                            datamodule.norm_factor, probe.shape[0], probe, monitor=monitored_metric(config),
+                            **tables)
 
 
 def configure_threads() -> None:
@@ -247,14 +255,15 @@ class Launch:
     the launcher's driver, and this machine's devices are not checked (the launcher placed the
     process). `trainer` replaces derived Trainer arguments (strategy, plugins, devices, num_nodes,
     accelerator, enable_checkpointing); `checkpoint` is the Lightning checkpoint to continue from
-    (None = from scratch); `norm_factor` is r as computed by the driver (None = from the data);
+    (None = from scratch); `norm_factor` is r as computed by the driver, a list of one r per scan
+    when training on several (None = from the data);
     `after_fit(trainer, module)` runs on every rank after the fit and returns extra manifest.json
     entries (it may use collectives).
     """
 
     trainer: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
-    norm_factor: float | None = None
+    norm_factor: float | list[float] | None = None
     after_fit: Callable[[L.Trainer, PtychoPINNModule], dict[str, Any]] | None = None
 
 
@@ -336,10 +345,12 @@ def _drop_if_nothing_trained(run_dir: Path, created: bool, resume: bool) -> None
 def run_truth_loss(config: RunConfig, datamodule: PtychoDataModule) -> float | None:
     """The loss of the true object on the training scan when the scan holds one (simulations), else
     None; a failure here never costs the trained run, it only loses the relative loss plot."""
+    from ptycho_torch.data.corpus import corpus_scans
     from ptycho_torch.truth import truth_loss
 
     try:
-        return truth_loss(datamodule.scan, config.model.gridsize, eps=config.training.eps)
+        losses = [truth_loss(s, config.model.gridsize, eps=config.training.eps) for s in corpus_scans(datamodule.scan)]
+        return None if any(v is None for v in losses) else float(sum(losses) / len(losses))
     except Exception as exc:  # noqa: BLE001 - a diagnostic, not the run
         log.warning("loss of the truth not computed (%s); loss.png shows absolute losses", exc)
         return None
@@ -357,6 +368,7 @@ def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, train
         write_manifest(run_dir, config, datamodule.scan, extra={
             "final_metrics": metrics, "epochs_completed": trainer.current_epoch,
             "fit_seconds": seconds, "norm_factor": datamodule.norm_factor,
+            **({"norm_factors": datamodule.norm_factors} if len(datamodule.norm_factors) > 1 else {}),
             "world_size": trainer.world_size, **(extra or {})})
         floor = run_truth_loss(config, datamodule)
         if history:
