@@ -1,3 +1,37 @@
-"""ptycho_dist: thin Ray adapters (Train, Tune, Data) over ptycho_torch."""
+"""ptycho_dist: thin Ray adapters (Train, Tune, Data) over ptycho_torch.
+
+The Python API (docs/api.md), loaded on first use so that `import ptycho_dist` does not start
+importing Ray:
+
+    import ptycho_dist as pd
+    run = pd.train("scan.npz", "runs/ddp", N=32, epochs=5, devices=2)      # Ray Train
+    sweep = pd.tune("sweep.yaml", "sweep_out", data="scan.npz")            # Ray Tune
+    obj = pd.reconstruct(run, "scan_*.h5", "recon", concurrency=4)         # Ray Data, (H, W) complex64
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "reconstruct", "train", "tune"]
+# `train` and `tune` are also the names of modules; those modules are callable (api.CallableModule)
+_EXPORTS = {"train": "ptycho_dist.train", "tune": "ptycho_dist.tune", "reconstruct": "ptycho_dist.api"}
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
+    from ptycho_dist.api import reconstruct, train, tune
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(_EXPORTS[name])
+        value = module if module.__name__ == f"ptycho_dist.{name}" else getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ptycho_dist' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

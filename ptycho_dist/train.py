@@ -435,3 +435,7 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
             if asked_autoscaler:
                 release_autoscaler_request()
 
+
+from ptycho_dist.api import make_callable  # noqa: E402 - the module's own names come first
+
+make_callable(__name__)  # `ptycho_dist.train(...)` is ptycho_dist.api.train (docs/api.md)

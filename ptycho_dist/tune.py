@@ -416,3 +416,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
         sys.exit(130)
     print(f"best trial {result.best.trial_id}: {result.best.params}, {result.metric} = {result.best.last_value:.6g}")
     print(f"train it longer with: ptycho-dist train --config {result.files[BEST_CONFIG]} --out RUN_DIR")
+
+
+from ptycho_dist.api import make_callable  # noqa: E402 - the module's own names come first
+
+make_callable(__name__)  # `ptycho_dist.tune(...)` is ptycho_dist.api.tune (docs/api.md)

@@ -1,0 +1,46 @@
+"""The Python API of ptycho_dist (`import ptycho_dist as pd`) on a real local Ray: pd.train (Ray Train),
+pd.reconstruct (Ray Data, equal to pt.reconstruct) and pd.tune (a one-trial Ray Tune sweep); keywords
+are the flags of `ptycho-dist`. Tiny: N=32, 1 epoch, one worker."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ptycho_dist as pd
+import ptycho_torch as pt
+from ptycho_torch.config import ConfigError
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # ~80 s: a Ray Train run, a Ray Data run, a one-trial sweep
+RAY_DASHBOARD = True  # Tune (conftest.ray_local)
+
+TINY = {"N": 32, "epochs": 1, "batch_size": 16, "logger": None, "progress_bar": False,
+        "overrides": {"model.n_filters_scale": 0.25}}
+
+
+def test_train_reconstruct_and_tune_over_ray(ray_local, tiny_scan, tmp_path):
+    from ptycho_dist.train import fit_distributed  # the module stays importable next to pd.train
+
+    assert callable(fit_distributed) and callable(pd.train) and callable(pd.tune)
+    run = pd.train(tiny_scan, tmp_path / "runs" / "one", address=ray_local, **TINY)
+    assert run.world_size == 1 and run.epochs_completed >= 1
+    assert run.run_dir == str(tmp_path / "runs" / "one")
+    obj = pd.reconstruct(run, tiny_scan, tmp_path / "recon", concurrency=1, address=ray_local)
+    assert (tmp_path / "recon" / "object.npz").is_file()
+    local = pt.reconstruct(run, tiny_scan)
+    assert obj.shape == local.shape and np.abs(obj - local).max() <= 1e-5
+    sweep = {"metric": "val_loss", "mode": "min", "scheduler": {"name": "fifo"}, "workers_per_trial": 1,
+             "space": {"execution.learning_rate": {"grid": [1e-3]}}}
+    result = pd.tune(sweep, tmp_path / "sweep", data=tiny_scan, address=ray_local,
+                     config=pt.api.run_config(None, **TINY))
+    assert result.complete and len(result.trials) == 1 and result.best_config is not None
+    assert result.best_config.training.nepochs == 1
+
+
+def test_unknown_keywords_are_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="batchsize: unknown keyword.*batch_size"):
+        pd.train("scan.npz", tmp_path / "run", batchsize=8)
+    with pytest.raises(ConfigError, match="concurrency: got 0"):
+        pd.reconstruct("run", "scan.npz", tmp_path / "recon", concurrency=0)
+    with pytest.raises(ConfigError, match="epochs: unknown keyword"):
+        pd.tune({"space": {}}, tmp_path / "sweep", epochs=3)
