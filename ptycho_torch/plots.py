@@ -53,20 +53,31 @@ def _limits(values: np.ndarray) -> tuple[float, float]:
     return lo, hi
 
 
+def physical_unit(extent_m: float) -> tuple[str, float]:
+    """(unit, metres per unit) for an axis spanning `extent_m` metres: um from 1 um up, else nm."""
+    return ("\u00b5m", 1e-6) if extent_m >= 1e-6 else ("nm", 1e-9)
+
+
 def _show(fig: Any, ax: Any, img: np.ndarray, title: str, cmap: str, label: str,
-          limits: tuple[float, float] | None = None, origin: tuple[int, int] = (0, 0)) -> None:
+          limits: tuple[float, float] | None = None, origin: tuple[int, int] = (0, 0),
+          pixel_size_m: float | None = None) -> None:
     """imshow with masked pixels (NaN) in light grey, a colourbar labelled `label`, axes in px of the
-    full image (`origin` = (y0, x0) of a cropped `img`)."""
+    full image (`origin` = (y0, x0) of a cropped `img`), or in um / nm with `pixel_size_m`."""
     import matplotlib
 
     cm = matplotlib.colormaps[cmap].with_extremes(bad="lightgrey")
     lo, hi = limits if limits is not None else _limits(img)
     (y0, x0), (h, w) = origin, img.shape
+    extent = np.array([x0 - 0.5, x0 + w - 0.5, y0 + h - 0.5, y0 - 0.5])
+    unit = "px"
+    if pixel_size_m:
+        unit, per = physical_unit(max(h, w) * pixel_size_m)
+        extent = extent * (pixel_size_m / per)
     im = ax.imshow(np.ma.masked_invalid(img), cmap=cm, vmin=lo, vmax=hi, interpolation="nearest",
-                   extent=(x0 - 0.5, x0 + w - 0.5, y0 + h - 0.5, y0 - 0.5))
+                   extent=tuple(float(e) for e in extent))
     ax.set_title(title)
-    ax.set_xlabel("x (px)")
-    ax.set_ylabel("y (px)")
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
     fig.colorbar(im, ax=ax, label=label, shrink=0.85)
 
 
@@ -76,8 +87,10 @@ def _phase_cmap(lo: float, hi: float) -> tuple[str, tuple[float, float]]:
 
 
 def save_complex_images(obj: np.ndarray, out_dir: str | Path, prefix: str = "",
-                        weight: np.ndarray | None = None, weight_threshold: float = 0.0) -> tuple[Path, Path]:
-    """Write `{prefix}amplitude.png` and `{prefix}phase.png` of a complex object (H, W).
+                        weight: np.ndarray | None = None, weight_threshold: float = 0.0,
+                        pixel_size_m: float | None = None) -> tuple[Path, Path]:
+    """Write `{prefix}amplitude.png` and `{prefix}phase.png` of a complex object (H, W); with the
+    object pixel size (metres) the axes are in um or nm, else in pixels.
 
     Pixels where `weight` (H, W) <= weight_threshold * max(weight) (i.e. never seen by the scan with
     the default 0) are shown grey and excluded from the colour limits. The phase is shown with the
@@ -96,11 +109,13 @@ def save_complex_images(obj: np.ndarray, out_dir: str | Path, prefix: str = "",
     out_dir = Path(out_dir)
     paths = []
     fig, ax = _figure()
-    _show(fig, ax[0, 0], amp, "object amplitude |O|", "gray", "amplitude (transmission, unitless)")
+    _show(fig, ax[0, 0], amp, "object amplitude |O|", "gray", "amplitude (transmission, unitless)",
+          pixel_size_m=pixel_size_m)
     paths.append(_save(fig, out_dir / f"{prefix}amplitude.png"))
     fig, ax = _figure()
     cmap, lim = _phase_cmap(*_limits(phase))
-    _show(fig, ax[0, 0], phase, "object phase arg O (global offset removed)", cmap, "phase (rad)", lim)
+    _show(fig, ax[0, 0], phase, "object phase arg O (global offset removed)", cmap, "phase (rad)", lim,
+          pixel_size_m=pixel_size_m)
     paths.append(_save(fig, out_dir / f"{prefix}phase.png"))
     return paths[0], paths[1]
 

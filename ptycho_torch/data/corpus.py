@@ -31,8 +31,9 @@ from typing import Sequence, Union
 import numpy as np
 
 from ptycho_torch.config import ConfigError
+from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.contract import ScanData, read_scan
-from ptycho_torch.data.scan_files import Scan, ScanFiles, ScanPaths, resolve_scan_paths, scan_parts
+from ptycho_torch.data.scan_files import Scan, ScanFiles, ScanPaths, resolve_scan_sources, scan_parts
 
 log = logging.getLogger("ptycho_torch")
 
@@ -162,13 +163,15 @@ def _as_scan(parts: list[ScanData]) -> Scan:
 
 
 def read_training_scans(data: ScanPaths, *, scans: str = "auto", validate: bool = True,
-                        max_patterns: int | None = None) -> TrainingScans:
+                        max_patterns: int | None = None, options: ReadOptions | None = None) -> TrainingScans:
     """Read `data` (a path, a glob, or several) for training: one scan (ScanData / ScanFiles) or a
     ScanCorpus of separate scans, as `scans` says (module docstring). With `max_patterns` each scan
     keeps only its first `max_patterns` patterns."""
     if scans not in SCAN_MODES:
         raise ConfigError(f"data.scans: got {scans!r}; allowed values are {', '.join(SCAN_MODES)}")
-    files = [read_scan(p, validate=validate) for p in resolve_scan_paths(data)]
+    # options: how beamline files are read (ReadOptions.from_config); 'FILE.h5::/frames' keeps its dataset
+    files = [read_scan(p, validate=validate, options=(options or ReadOptions()).with_frames(frames))
+             for p, frames in resolve_scan_sources(data)]
     if scans == "one" or len(files) == 1:
         members = [_as_scan(files)]
     elif scans == "per_file":

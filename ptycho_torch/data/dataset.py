@@ -7,6 +7,7 @@ One item is one group (C = gridsize**2 patterns):
     offsets    (C, 2)    float32  positions relative to the group centroid (pixels)
     index      ()        int64    group index in the dataset
     scan       ()        int64    the scan the group belongs to (0 for one scan; see data.corpus)
+    mask       (1, N, N) bool     only with a detector mask: True = excluded pixel (not in the loss)
 
 Training reads `data.path` through `data.corpus.read_training_scans`: one scan, or several scans
 (a ScanCorpus) each normalised by its own factor r, grouped on its own and tagged with its scan id.
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
+from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.corpus import ScanCorpus, TrainingScans, corpus_scans, read_training_scans
 from ptycho_torch.data.grouping import Groups, make_groups, make_groups_per_scan
 from ptycho_torch.data.scan_files import Scan
@@ -40,6 +42,8 @@ class GroupDataset(Dataset):
         factors = [float(r) for r in np.atleast_1d(np.asarray(norm_factor, dtype=np.float64))]
         self.norm_factor = factors[0]
         self._positions = scan.positions.astype(np.float32)
+        mask = getattr(scan, "mask", None)  # (N, N) bool detector mask, True = excluded pixel
+        self._mask = None if mask is None else torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None]
         if isinstance(scan, ScanCorpus):
             if len(factors) == 1:
                 factors = factors * scan.n_scans
@@ -68,7 +72,7 @@ class GroupDataset(Dataset):
         amp = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
         pos = torch.from_numpy(self._positions[members])  # (C, 2)
         k = int(self._group_scan[i])
-        return {
+        sample = {
             "x": amp * self._factors[k],
             "amp": amp,
             "positions": pos,
@@ -76,6 +80,9 @@ class GroupDataset(Dataset):
             "index": torch.tensor(i, dtype=torch.int64),
             "scan": torch.tensor(k, dtype=torch.int64),
         }
+        if self._mask is not None:
+            sample["mask"] = self._mask  # (1, N, N): left out of the Poisson loss
+        return sample
 
 
 def dataloader_kwargs(execution: PyTorchExecutionConfig) -> dict[str, Any]:
@@ -131,7 +138,8 @@ class PtychoDataModule(L.LightningDataModule):
         if scan is None:
             if not config.data.path:
                 raise ConfigError("data.path: no scan file given; pass --data SCAN.npz")
-            scan = read_training_scans(config.data.path, scans=config.data.scans, validate=validate)
+            scan = read_training_scans(config.data.path, scans=config.data.scans, validate=validate,
+                                       options=ReadOptions.from_config(config))
         scans = corpus_scans(scan)
         limit = config.data.max_patterns
         if limit is not None and any(limit < s.n_patterns for s in scans):

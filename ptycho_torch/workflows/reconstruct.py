@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ptycho_torch.config import RunConfig
+from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.contract import ScanData
 from ptycho_torch.data.dataset import GroupDataset, dataloader_kwargs, dataset_norm_factor
 from ptycho_torch.data.grouping import Groups, make_groups
@@ -94,19 +95,30 @@ def inference_loader(scan: Scan, groups: Groups, config: RunConfig, batch_size: 
 
 
 def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarray, scan: Scan,
-                         metadata: dict[str, Any]) -> dict[str, Any]:
-    """Write object.npz, amplitude.png, phase.png and, with a ground truth (the scan's objectGuess,
-    already in memory), metrics.json: scored from the arrays, nothing is read back."""
+                         metadata: dict[str, Any], probe: np.ndarray | torch.Tensor | None = None) -> dict[str, Any]:
+    """Write object.npz (with `pixel_size_m` when the scan's metadata knows it), amplitude.png,
+    phase.png (axes in um / nm then), the products of ptycho_torch.products (probe.npy when `probe`
+    (P, N, N) is given, amplitude.tif, phase.tif, reconstruction.cxi) and, with a ground truth (the
+    scan's objectGuess, already in memory), metrics.json: scored from the arrays, nothing is read back."""
     from ptycho_torch.outputs import atomic_path
     from ptycho_torch.plots import save_complex_images
+    from ptycho_torch.products import pixel_size_of, write_products
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    pixel = pixel_size_of(scan.metadata)
+    scan_geometry = {k: scan.metadata[k] for k in ("pixel_size_m", "position_origin_m", "energy_j", "wavelength_m",
+                                                   "distance_m", "detector_pixel_m") if k in scan.metadata}
+    metadata = {**metadata, **scan_geometry} if pixel is not None else dict(metadata)
+    extra = {"pixel_size_m": np.float64(pixel)} if pixel is not None else {}
     with atomic_path(out_dir / "object.npz") as tmp:
         np.savez(tmp, object=obj.astype(np.complex64), weight=weight.astype(np.float32),
-                 xcoords=scan.xcoords, ycoords=scan.ycoords, metadata=np.array(json.dumps(metadata)))
-    save_complex_images(obj, out_dir, weight=weight)
-    result: dict[str, Any] = {"object_path": str(out_dir / "object.npz")}
+                 xcoords=scan.xcoords, ycoords=scan.ycoords, metadata=np.array(json.dumps(metadata)), **extra)
+    save_complex_images(obj, out_dir, weight=weight, pixel_size_m=pixel)
+    probe_np = probe.detach().cpu().numpy() if isinstance(probe, torch.Tensor) else probe
+    result: dict[str, Any] = {"object_path": str(out_dir / "object.npz"),
+                              "products": write_products(out_dir, obj, weight, probe_np, scan.xcoords, scan.ycoords,
+                                                         scan.N, metadata)}
     truth = scan.object_guess
     if truth is not None:
         from ptycho_torch.workflows.evaluate import score
@@ -139,7 +151,8 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
     with `out_dir` None nothing is written (a refinement then keeps no network/ copy)."""
     predictor = PatchPredictor(model, device=device)
     config = predictor.config
-    scan = data if isinstance(data, (ScanData, ScanFiles)) else read_scans(data)
+    # beamline files are read as the model's training data were (dataset paths, N, mask, geometry)
+    scan = data if isinstance(data, (ScanData, ScanFiles)) else read_scans(data, options=ReadOptions.from_config(config))
     if scan.N != config.model.N:
         raise UserError(f"the model was trained on {config.model.N}x{config.model.N} patterns but "
                          f"{data if scan.path is not None else 'the diffraction given'} holds {scan.N}x{scan.N} patterns")
@@ -180,7 +193,7 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
         obj, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta)
     if out_dir is None:
         return ReconResult(None, obj, weight, rate, None)
-    written = write_reconstruction(out_dir, obj, weight, scan, meta)
+    written = write_reconstruction(out_dir, obj, weight, scan, meta, probe=predictor.probe)
     return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"))
 
 
@@ -193,7 +206,7 @@ def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predi
     from ptycho_torch.refine import refine_stitched
 
     if out_dir is not None:
-        write_reconstruction(Path(out_dir) / "network", obj, weight, scan, meta)
+        write_reconstruction(Path(out_dir) / "network", obj, weight, scan, meta, probe=predictor.probe)
     scale = math.exp(float(predictor.module.log_scale.detach())) / predictor.norm_factor
     log.info("refining the network's object for %.0f s (gradient descent through the forward model)", seconds)
     refined, record = refine_stitched(obj, weight, scan, predictor.probe.numpy(), scale, seconds,
