@@ -18,17 +18,17 @@ Diffraction is read lazily where the file allows it: an HDF5 dataset, or an NPZ 
 uncompressed (what np.savez and write_scan write) through a read-only memory map. `ScanData` keeps the
 path and the dataset/member name and opens the file on demand inside the process that reads, so it
 pickles cheaply to DataLoader and Ray workers. A compressed NPZ member is loaded into memory.
-`read_object_guess` reads the ground truth alone (evaluation never touches the patterns).
+`read_object_guess` reads the ground truth alone (evaluation never touches the patterns). Beamline
+files (CXI, NeXus, dataset paths) are read by beamline.py into the same ScanData; `write_scan` lives
+in scan_writer.py (re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
-import uuid
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -46,16 +46,17 @@ from ptycho_torch.data.beamline import (
 )
 from ptycho_torch.data.detector import FrameMap, MappedFrames
 from ptycho_torch.data.npz_files import check_member_crc, npz_memmap, npz_problem
+from ptycho_torch.data.scan_writer import write_scan
 from ptycho_torch.data.validation import (
     ALIASES,
     H5_SUFFIXES,
-    NPZ_SUFFIXES,
     OPTIONAL,
     REQUIRED,
     ScanValidationError,
     canonical_keys,
     check_arrays,
     parse_metadata,
+    scan_suffix,
 )
 
 __all__ = ["ScanValidationError", "ScanData", "canvas_shape", "read_object_guess", "read_scan", "validate_scan",
@@ -263,14 +264,6 @@ class ScanData:
 
 # ------------------------------------------------------------------ reading
 
-def _suffix(path: Path) -> str:
-    s = path.suffix.lower()
-    if s not in NPZ_SUFFIXES + H5_SUFFIXES:
-        raise ScanValidationError([f"file: expected a .npz, .h5 or .hdf5 scan file (or .cxi / .nxs), found "
-                                   f"suffix '{path.suffix}'; convert it or rename it"], str(path))
-    return s
-
-
 def _read_arrays(path: Path, handle: Any, is_h5: bool) -> tuple[dict[str, Any], list[str]]:
     """Canonical-key arrays from an open NpzFile / h5py.File: HDF5 diffraction stays a dataset, an
     uncompressed NPZ diffraction member becomes a memory map (`npz_memmap`)."""
@@ -316,7 +309,7 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
     """
     text, frames = split_source(str(path))
     path, options = Path(text), (options or ReadOptions()).with_frames(frames)
-    is_h5 = _suffix(path) in H5_SUFFIXES
+    is_h5 = scan_suffix(path) in H5_SUFFIXES
     if not path.is_file():
         raise FileNotFoundError(f"scan file {path} does not exist")
     if options.explicit and not is_h5:
@@ -430,7 +423,7 @@ def photon_units(arrays: dict[str, Any], mean_energy: Any) -> tuple[float, str]:
 def read_object_guess(path: str | Path) -> np.ndarray | None:
     """The (H, W) complex64 objectGuess of a scan file read alone (never the diffraction), or None."""
     path = Path(path)
-    if _suffix(path) in H5_SUFFIXES:
+    if scan_suffix(path) in H5_SUFFIXES:
         import h5py
 
         with h5py.File(path, "r") as f:
@@ -439,58 +432,3 @@ def read_object_guess(path: str | Path) -> np.ndarray | None:
 
     with open_npz(path) as z:
         return np.asarray(read_member(z, "objectGuess", path), np.complex64) if "objectGuess" in z.files else None
-
-
-# ------------------------------------------------------------------ writing
-
-def write_scan(
-    path: str | Path,
-    *,
-    diffraction: np.ndarray,
-    probe: np.ndarray,
-    xcoords: np.ndarray,
-    ycoords: np.ndarray,
-    object_guess: np.ndarray | None = None,
-    scan_index: np.ndarray | None = None,
-    metadata: dict | str | None = None,
-) -> Path:
-    """Validate, then write a scan as NPZ or HDF5 (by suffix) atomically (temp file + rename).
-
-    diffraction (M, N, N) amplitudes -> float32 (integer photon counts are kept as they are, and read
-    back as sqrt(counts)); probe (N, N)/(P, N, N) -> complex64; coords -> float64;
-    object_guess -> complex64; scan_index -> int64; metadata dict -> JSON string.
-    """
-    path = Path(path)
-    is_h5 = _suffix(path) in H5_SUFFIXES
-    meta_json = metadata if isinstance(metadata, str) else json.dumps(metadata or {})
-    arrays = {"diffraction": np.asarray(diffraction), "probeGuess": np.asarray(probe),
-              "xcoords": np.asarray(xcoords), "ycoords": np.asarray(ycoords),
-              "objectGuess": None if object_guess is None else np.asarray(object_guess),
-              "scan_index": None if scan_index is None else np.asarray(scan_index),
-              "metadata": meta_json}
-    problems, _ = check_arrays(arrays)
-    if problems:
-        raise ScanValidationError(problems, str(path))
-    casts = {"diffraction": np.float32, "probeGuess": np.complex64, "xcoords": np.float64,
-             "ycoords": np.float64, "objectGuess": np.complex64, "scan_index": np.int64}
-    if arrays["diffraction"].dtype.kind in "iu":
-        casts["diffraction"] = arrays["diffraction"].dtype  # counts stay counts
-    out = {k: arrays[k].astype(t, copy=False) for k, t in casts.items() if arrays[k] is not None}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        if is_h5:
-            import h5py
-            with h5py.File(tmp, "w") as f:
-                for k, v in out.items():
-                    chunks = (min(len(v), 64),) + v.shape[1:] if k == "diffraction" and len(v) else None
-                    f.create_dataset(k, data=v, chunks=chunks)
-                f.create_dataset("metadata", data=meta_json)
-        else:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **out, metadata=np.array(meta_json))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path

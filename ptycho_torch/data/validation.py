@@ -7,6 +7,7 @@ and returns the list of problems plus diffraction statistics; HDF5 diffraction i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -36,6 +37,15 @@ class ScanValidationError(UserError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.problems, self.source))
+
+
+def scan_suffix(path: Path) -> str:
+    """The lower-case suffix of a scan file path, or one ScanValidationError naming the kinds read."""
+    s = path.suffix.lower()
+    if s not in NPZ_SUFFIXES + H5_SUFFIXES:
+        raise ScanValidationError([f"file: expected a .npz, .h5 or .hdf5 scan file (or .cxi / .nxs), found "
+                                   f"suffix '{path.suffix}'; convert it or rename it"], str(path))
+    return s
 
 
 # ------------------------------------------------------------------ validation
