@@ -1,5 +1,6 @@
-"""Lightning callbacks of every run: per-epoch history (kept in checkpoints) and a one-line epoch
-summary with throughput, printed on rank 0."""
+"""Lightning callbacks of every run: per-epoch history (kept in checkpoints), a one-line epoch
+summary with throughput printed on rank 0, and the learning rate (Lightning's LearningRateMonitor).
+The reconstruction images logged while training are progress_images.ReconstructionImages."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 
 log = logging.getLogger("ptycho_torch")
 
@@ -61,3 +63,24 @@ class EpochSummary(Callback):
         text = " ".join(f"{k}={v:.5g}" for k, v in shown.items())
         log.info("epoch %d/%d %s %.0f samples/s", trainer.current_epoch + 1, trainer.max_epochs, text,
                  self._samples / seconds)
+
+
+class LearningRate(LearningRateMonitor):
+    """Lightning's LearningRateMonitor once per epoch: every optimiser's learning rate goes to the
+    run's loggers under Lightning's names (`lr-Adam`). It also keeps the first optimiser's rate as
+    the epoch metric `lr` (History, the epoch line, Ray Train / Tune reports), and runs without a
+    logger too (then only that metric)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging_interval="epoch")
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        if trainer.loggers:
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+        if trainer.optimizers:
+            rate = float(trainer.optimizers[0].param_groups[0]["lr"])
+            trainer.callback_metrics["lr"] = torch.tensor(rate, device=trainer.strategy.root_device)

@@ -299,6 +299,9 @@ class PyTorchExecutionConfig(ConfigSection):
     enable_progress_bar: Optional[bool] = config_field(None, "progress bar (None = only on a terminal)")
     logger_backend: LoggerName = config_field("csv", "metrics logger: csv, tensorboard, mlflow or none")
     log_every_n_steps: int = config_field(10, "how often step-level metrics are logged")
+    log_images_every_n_epochs: int = config_field(
+        5, "every this many epochs (and after the last) the logger gets the current reconstruction of a fixed "
+        "validation region, amplitude and phase (TensorBoard/MLflow images, PNGs under logs/ for csv); 0 = off")
     # Inference
     inference_batch_size: Optional[int] = config_field(None, "reconstruction batch size (None = training.batch_size)")
     # Seeds
@@ -344,6 +347,8 @@ class PyTorchExecutionConfig(ConfigSection):
             self._fail("early_stop_patience", f"got {self.early_stop_patience}; must be >= 1 or null (off)")
         if self.log_every_n_steps < 1:
             self._fail("log_every_n_steps", f"got {self.log_every_n_steps}; must be >= 1")
+        if self.log_images_every_n_epochs < 0:
+            self._fail("log_images_every_n_epochs", f"got {self.log_images_every_n_epochs}; must be >= 0 (0 = off)")
         if self.inference_batch_size is not None and self.inference_batch_size < 1:
             self._fail("inference_batch_size", f"got {self.inference_batch_size}; must be >= 1 or null")
         if self.logger_backend == "none":

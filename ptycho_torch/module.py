@@ -253,11 +253,6 @@ class PtychoPINNModule(L.LightningModule):
             self.log(f"val_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True,
                      prog_bar=name == "loss")
 
-    def on_train_epoch_start(self) -> None:
-        optimizer = self.optimizers()
-        optimizer = optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer
-        self.log("lr", optimizer.param_groups[0]["lr"], on_step=False, on_epoch=True, sync_dist=False)
-
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
         ex = self.execution_config

@@ -32,6 +32,7 @@ CONSUMED_BY = {
     "checkpoint_mode": "ModelCheckpoint, EarlyStopping, ReduceLROnPlateau; Ray order",
     "early_stop_patience": "EarlyStopping(patience)", "enable_progress_bar": "Trainer(enable_progress_bar)",
     "logger_backend": "Trainer(logger)", "log_every_n_steps": "Trainer(log_every_n_steps)",
+    "log_images_every_n_epochs": "progress_images.ReconstructionImages callback",
     "inference_batch_size": "reconstruct (local and Ray Data)", "seed": "seed_everything, DistributedSampler, data split",
 }
 

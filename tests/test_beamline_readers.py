@@ -210,3 +210,68 @@ def test_unknown_layout_says_how_to_name_the_datasets(tmp_path):
         f["stuff"] = np.zeros((3, 4, 4))
     with pytest.raises(ScanValidationError, match=r"FILE.h5::/path/to/frames and data.datasets"):
         read_scan(tmp_path / "x.h5")
+
+
+def test_the_data_format_example_runs(tmp_path, truth, monkeypatch):
+    """The Python example of docs/data_format.md ('Beamline files') on files written in its layouts."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "data_format.md").read_text()
+    section = text[text.index("## Beamline files"):text.index("## Reconstruction products")]
+    code = section[section.index("```python") + len("```python"):section.rindex("```")]
+    counts = detector_frames(_amplitudes(truth))
+    write_cxi(tmp_path / "scan_1234.cxi", counts, metres(truth.xcoords, truth.ycoords, N), truth.probe[0])
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "eiger.h5", "w") as f:  # non-square frames, beam off centre
+        frames = rng.poisson(5, (4, 70, 90)).astype(np.uint32)
+        frames[:, 30:40, 50:60] += 5000
+        f["entry/data/data"] = frames
+        f["entry/sample/x"], f["entry/sample/y"] = np.arange(4) * 1e-7, np.zeros(4)
+        f["entry/energy"], f["entry/z"], f["entry/pixel"] = 8000.0, 5.0, 75e-6
+        f["entry/probe"] = np.ones((64, 64), np.complex64)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "data_format.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert namespace["scan"].metadata["format"] == "cxi"
+    big = namespace["big"]
+    assert big.N == 64 and big.metadata["crop_window"] == [3, 67, 22, 86]
+    assert big.metadata["pixel_size_m"] == pytest.approx(object_pixel_m(8000 * EV_J, 5.0, 64, 75e-6), rel=1e-9)
+
+
+def test_damaged_nexus_names_what_is_missing(tmp_path, truth):
+    counts = detector_frames(_amplitudes(truth))
+    t = metres(truth.xcoords, truth.ycoords, N)
+    path = write_nexus(tmp_path / "bad.nxs", counts, t[:-1, 0], t[:-1, 1], truth.probe[0])  # one position short
+    with h5py.File(path, "a") as f:
+        del f["scan/beamline/mono"]  # no energy
+    with pytest.raises(ScanValidationError) as err:
+        read_scan(path)
+    text = str(err.value)
+    assert "positions: no scan positions found" in text and "data.datasets.translation" in text
+    with h5py.File(path, "a") as f:  # positions of the right length, still no energy
+        del f["scan/measurement/x"], f["scan/measurement/y"]
+        f["scan/measurement/x"], f["scan/measurement/y"] = t[:, 0], t[:, 1]
+    with pytest.raises(ScanValidationError, match=r"needs energy \(the nexus layout names none; or set data.energy_ev\)"):
+        read_scan(path)
+    assert read_scan(path, options=ReadOptions(energy_ev=ENERGY_EV)).metadata["pixel_size_m"] == pytest.approx(
+        pixel_m(N), rel=1e-9)
+
+
+def test_plots_get_physical_axes():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ptycho_torch.plots import _show, physical_unit
+
+    assert physical_unit(5e-6) == ("\u00b5m", 1e-6) and physical_unit(5e-7) == ("nm", 1e-9)
+    fig, ax = plt.subplots()
+    _show(fig, ax, np.ones((40, 80)), "t", "gray", "a", pixel_size_m=50e-9)  # 80 px x 50 nm = 4 um
+    assert ax.get_xlabel() == "x (\u00b5m)" and ax.get_ylabel() == "y (\u00b5m)"
+    x0, x1 = ax.get_xlim()
+    assert x1 - x0 == pytest.approx(80 * 0.05)
+    fig2, ax2 = plt.subplots()
+    _show(fig2, ax2, np.ones((4, 8)), "t", "gray", "a")
+    assert ax2.get_xlabel() == "x (px)"
+    plt.close("all")

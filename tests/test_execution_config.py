@@ -309,6 +309,14 @@ def check_logger_backend(scan, tmp):
     assert (mlf.run_dir / "mlruns" / "mlflow.db").stat().st_size > 0
 
 
+def check_log_images_every_n_epochs(scan, tmp):
+    shown = fit(scan, tmp, **{"training.nepochs": 1})  # the default (5) still shows the last epoch
+    assert sorted(p.name for p in shown.run_dir.glob("logs/version_*/images/*.png")) == [
+        "epoch000_amplitude.png", "epoch000_phase.png"]
+    off = fit(scan, tmp, **{"training.nepochs": 1, "execution.log_images_every_n_epochs": 0})
+    assert not list(off.run_dir.glob("logs/version_*/images"))
+
+
 def check_log_every_n_steps(scan, tmp):
     trainer = build_trainer(tiny_config(scan, **{"execution.log_every_n_steps": 3}), tmp / "les")
     assert trainer.log_every_n_steps == 3

@@ -32,7 +32,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from ptycho_torch.callbacks import EpochSummary, History, scalar_metrics
+from ptycho_torch.callbacks import EpochSummary, History, LearningRate, scalar_metrics
 from ptycho_torch.checkpoints import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, resume_checkpoint
 from ptycho_torch.config import ConfigError, RunConfig, save_run_config
 from ptycho_torch.data.dataset import PtychoDataModule
@@ -80,7 +80,9 @@ def check_logger_backend(backend: str | None) -> None:
 
 
 def build_logger(config: RunConfig, run_dir: Path) -> Any:
-    """The Lightning logger for `execution.logger_backend` (False when None)."""
+    """The Lightning logger for `execution.logger_backend` (False when None). MLflow logs to
+    MLFLOW_TRACKING_URI (experiment MLFLOW_EXPERIMENT_NAME, default 'ptycho-dist') when set, else to a
+    SQLite store in run_dir/mlruns."""
     backend = config.execution.logger_backend
     check_logger_backend(backend)
     if backend is None:
@@ -95,19 +97,28 @@ def build_logger(config: RunConfig, run_dir: Path) -> Any:
         return TensorBoardLogger(save_dir=str(run_dir), name="logs")
     from lightning.pytorch.loggers import MLFlowLogger
 
-    # a local SQLite store under the run directory (recent MLflow refuses new file stores)
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "ptycho-dist"
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:  # the team's tracking server or store; it decides where artifacts go
+        return MLFlowLogger(experiment_name=experiment, run_name=run_dir.name, tracking_uri=uri)
+    # none set: a local SQLite store under the run directory (recent MLflow refuses new file stores)
     store = (run_dir / "mlruns").resolve()
     store.mkdir(parents=True, exist_ok=True)
-    return MLFlowLogger(experiment_name="ptycho-dist", run_name=run_dir.name,
+    return MLFlowLogger(experiment_name=experiment, run_name=run_dir.name,
                         tracking_uri=f"sqlite:///{store / 'mlflow.db'}", artifact_location=store.as_uri())
 
 
 def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
-    """History, EpochSummary, ModelCheckpoint (top-k by the monitored metric, plus last.ckpt) and
-    EarlyStopping."""
+    """LearningRate (Lightning's LearningRateMonitor), History, EpochSummary, ReconstructionImages
+    (every execution.log_images_every_n_epochs, with a logger), ModelCheckpoint (top-k by the
+    monitored metric, plus last.ckpt) and EarlyStopping."""
+    from ptycho_torch.progress_images import ReconstructionImages
+
     ex = config.execution
     monitor = monitored_metric(config)
-    callbacks: list[Callback] = [History(), EpochSummary()]
+    callbacks: list[Callback] = [LearningRate(), History(), EpochSummary()]
+    if ex.log_images_every_n_epochs > 0 and ex.logger_backend is not None:
+        callbacks.append(ReconstructionImages(ex.log_images_every_n_epochs))
     if ex.enable_checkpointing:
         callbacks.append(ModelCheckpoint(
             dirpath=str(run_dir / CHECKPOINT_DIR), monitor=monitor, mode=ex.checkpoint_mode,
