@@ -43,6 +43,8 @@ ALIASES: dict[str, str] = {
     "--early-stop-patience": "execution.early_stop_patience",
     "--seed": "execution.seed",
     "--inference-batch-size": "execution.inference_batch_size",
+    "--init-from": "training.init_from",
+    "--freeze": "training.freeze",
 }
 BOOL_ALIASES: dict[str, str] = {
     "--deterministic": "execution.deterministic",
@@ -92,9 +94,11 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len(_PREFIX):]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}
 
 
-def resolve_run_config(args: argparse.Namespace, base_file: Path | None = None) -> RunConfig:
-    """defaults <- base_file (e.g. a resumed run's config.yaml) <- --config <- CLI flags, plus --data."""
-    config = RunConfig()
+def resolve_run_config(args: argparse.Namespace, base_file: Path | None = None, base: RunConfig | None = None
+                       ) -> RunConfig:
+    """defaults (or `base`, e.g. the model section of a warm start's bundle) <- base_file (e.g. a resumed
+    run's config.yaml) <- --config <- CLI flags, plus --data."""
+    config = RunConfig() if base is None else base
     if base_file is not None:
         config = load_run_config(base_file)
     if getattr(args, "config", None) is not None:

@@ -172,6 +172,12 @@ class TrainingConfig(ConfigSection):
     mae_weight: float = config_field(0.0, "weight of the mean absolute error on normalised amplitudes")
     tv_weight: float = config_field(0.0, "weight of the total-variation penalty on the object patches")
     eps: float = config_field(1e-6, "floor added to the predicted counts inside the log (photons)")
+    init_from: Optional[str] = config_field(
+        None, "warm start: a model bundle (model.pt) or training run directory whose network weights this run "
+        "starts from (a new optimiser; probe and normalisation come from this run's data); `--init-from` sets it")
+    freeze: Union[str, list[str]] = config_field(
+        [], "with init_from: parts of the network kept fixed while fine-tuning, any of 'encoder', 'decoders'; "
+        "`--freeze encoder` sets it")
 
     def _check(self) -> None:
         if self.nepochs < 1:
@@ -185,6 +191,17 @@ class TrainingConfig(ConfigSection):
             self._fail("nll_weight", "nll_weight and mae_weight are both 0; the loss would be empty")
         if self.eps <= 0:
             self._fail("eps", f"got {self.eps}; must be > 0")
+        if isinstance(self.freeze, str):  # `--freeze encoder`
+            object.__setattr__(self, "freeze", [self.freeze])
+        unknown = [p for p in self.freeze if p not in FREEZABLE]
+        if unknown:
+            self._fail("freeze", f"got {unknown}; parts that can be frozen are {', '.join(FREEZABLE)}")
+        if self.freeze and not self.init_from:
+            self._fail("freeze", "freezing parts of an untrained network keeps them random; give the trained "
+                       "model to start from with --init-from BUNDLE (training.init_from), or drop --freeze")
+
+
+FREEZABLE: tuple[str, ...] = ("encoder", "decoders")  # training.freeze: PtychoNet.blocks; amplitude/phase decoders
 
 
 @dataclass(frozen=True)

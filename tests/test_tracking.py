@@ -69,6 +69,7 @@ def test_mlflow_honours_the_tracking_uri(tiny_scan, tmp_path, monkeypatch):
     (tmp_path / "team").mkdir()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "beamtime")
+    monkeypatch.chdir(tmp_path)  # a sqlite store without an artifact root keeps artifacts in ./mlruns
     result = fit(tiny_scan, tmp_path / "ml", **{"execution.logger_backend": "mlflow",
                                                 "execution.log_images_every_n_epochs": 1})
     assert not (result.run_dir / "mlruns").exists()  # nothing local when a store is set

@@ -7,6 +7,8 @@ A bundle is a plain dict of tensors and builtins, so it loads with `torch.load(w
     norm_factor   float, r of the training data (SPEC 4.1)
     probe_modes   int
     versions      {"ptycho_dist", "torch", "lightning", "python"}
+    data_probe    (P, N, N) complex64, the probe of the training data as read (scan 0 of a corpus),
+                  before any refinement; absent in bundles written before it existed
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def save_bundle(module: PtychoPINNModule, config: RunConfig, path: str | Path) -> Path:
-    """Write the bundle of a trained module (weights moved to CPU) atomically."""
+def save_bundle(module: PtychoPINNModule, config: RunConfig, path: str | Path,
+                data_probe: torch.Tensor | None = None) -> Path:
+    """Write the bundle of a trained module (weights moved to CPU) atomically; `data_probe` is the
+    probe of its training data (what `reconstruct --probe auto` compares a new scan's probe with)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     bundle = {
@@ -47,6 +51,8 @@ def save_bundle(module: PtychoPINNModule, config: RunConfig, path: str | Path) -
         "probe_modes": int(module.probe.shape[0]),
         "versions": versions(),
     }
+    if data_probe is not None:
+        bundle["data_probe"] = data_probe.detach().cpu().to(torch.complex64)
     from ptycho_torch.outputs import atomic_path
 
     with atomic_path(path) as tmp:
@@ -61,6 +67,7 @@ class LoadedBundle:
     norm_factor: float
     path: Path
     versions: dict[str, Any]
+    data_probe: torch.Tensor | None = None  # (P, N, N) complex64: the training data's probe (see save_bundle)
 
 
 def resolve_bundle_path(path: str | Path) -> Path:
@@ -104,4 +111,5 @@ def load_bundle(path: str | Path) -> LoadedBundle:
                               config.execution.to_dict(), bundle["norm_factor"], bundle["probe_modes"])
     module.load_state_dict(bundle["state_dict"])
     module.eval()
-    return LoadedBundle(module, config, float(bundle["norm_factor"]), path, bundle.get("versions", {}))
+    return LoadedBundle(module, config, float(bundle["norm_factor"]), path, bundle.get("versions", {}),
+                        bundle.get("data_probe"))

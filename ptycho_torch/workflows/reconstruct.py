@@ -11,6 +11,7 @@ weight float32 (H, W), xcoords, ycoords, metadata json), amplitude.png, phase.pn
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -44,11 +45,12 @@ class PatchPredictor:
     normalised) to object patches (B, C, N, N) complex64 on the CPU. For groups (C > 1) with their
     offsets (B, C, 2) it returns the overlap-constrained patches, i.e. exactly what the loss trained;
     without offsets, the network's raw patches. Normalisation uses the bundle's factor unless
-    `norm_factor` is given. bfloat16 runs the network under autocast (weights stay float32).
+    `norm_factor` is given, the probe the bundle's unless `probe` (P, N, N) is (another scan's: see
+    `use_probe`). bfloat16 runs the network under autocast (weights stay float32).
     """
 
     def __init__(self, model: str | Path | LoadedBundle, device: str = "cpu", dtype: str | None = None,
-                 norm_factor: float | None = None) -> None:
+                 norm_factor: float | None = None, probe: np.ndarray | torch.Tensor | None = None) -> None:
         self.bundle = model if isinstance(model, LoadedBundle) else load_bundle(model)
         self.config = self.bundle.config
         self.device = torch.device(device)
@@ -57,6 +59,20 @@ class PatchPredictor:
         self.module = self.bundle.module.to(self.device).eval()
         self.probe = self.bundle.module.probe.detach().cpu()
         self.gridsize = self.config.model.gridsize
+        if probe is not None:
+            self.use_probe(probe)
+
+    def use_probe(self, probe: np.ndarray | torch.Tensor) -> None:
+        """Read and stitch with `probe` (P, N, N) complex, e.g. a new scan's, instead of the model's:
+        the network input is back-propagated with it and the scale follows its units
+        (PtychoPINNModule.adopt_probe). The module is copied first, so a bundle other predictors
+        share is left as it was; the model's own probe changes nothing."""
+        new = torch.as_tensor(np.asarray(probe)).to(torch.complex64).reshape(-1, *self.probe.shape[-2:])
+        if new.shape == self.probe.shape and torch.equal(new, self.probe):
+            return
+        self.module = copy.deepcopy(self.module)
+        self.module.adopt_probe(new)
+        self.probe = self.module.probe.detach().cpu()
 
     @torch.inference_mode()
     def __call__(self, amp: torch.Tensor | np.ndarray, offsets: torch.Tensor | np.ndarray | None = None
@@ -65,6 +81,33 @@ class PatchPredictor:
         offs = None if offsets is None else torch.as_tensor(offsets, dtype=torch.float32).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
             return self.module(x, offs).to(torch.complex64).cpu()
+
+
+PROBE_CHOICES = ("auto", "scan", "model")
+NORMALIZATION_CHOICES = ("scan", "model")
+
+
+def choose_probe(bundle: LoadedBundle, scan_probe: np.ndarray, choice: str = "auto") -> tuple[np.ndarray | None, str]:
+    """Which probe reconstructs a scan whose file holds `scan_probe` (P, N, N): (the probe to use, or
+    None for the model's own; what was chosen). 'scan' = the scan's; 'model' = the model's (its
+    training scan's, refined when model.probe_trainable); 'auto' = the scan's, except the model's
+    refined probe when the model learned its probe starting from this very probe (its own training
+    scan, or one taken with the same optics), or when an older bundle does not say what it started
+    from. A model whose probe was fixed holds its training scan's probe, so for that scan 'auto' and
+    'model' are the same."""
+    if choice not in PROBE_CHOICES:
+        raise UserError(f"--probe: got {choice!r}; choose one of {', '.join(PROBE_CHOICES)}")
+    if choice == "model":
+        return None, "model"
+    if choice == "auto" and bundle.config.model.probe_trainable:
+        start = bundle.data_probe
+        if start is None:
+            return None, "model (an older bundle: its starting probe is unknown)"
+        start_np = start.numpy()
+        scale = float(np.abs(start_np).max())
+        if start_np.shape == scan_probe.shape and np.allclose(start_np, scan_probe, rtol=1e-5, atol=1e-6 * scale):
+            return None, "model (refined from this scan's probe)"
+    return scan_probe, "scan"
 
 
 def inference_groups(scan: Scan, gridsize: int, neighbor_count: int = 6, seed: int = 0) -> Groups:
@@ -140,7 +183,8 @@ class ReconResult:
 def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_dir: str | Path | None, *,
                 batch_size: int | None = None,
                 device: str = "cpu", renormalize: bool = False, progress: bool | None = None,
-                refine_seconds: float = 0.0, align_phases: bool = False) -> ReconResult:
+                refine_seconds: float = 0.0, align_phases: bool = False, probe: str = "auto",
+                normalization: str = "scan") -> ReconResult:
     """Reconstruct the scan `data` (a file, a glob, or several files of one scan) with the bundle
     `model` into `out_dir` (local, one process). With `refine_seconds` > 0 the network's stitched
     object (kept in out_dir/network/) is then refined by gradient descent through the forward model
@@ -156,8 +200,14 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
     if scan.N != config.model.N:
         raise UserError(f"the model was trained on {config.model.N}x{config.model.N} patterns but "
                          f"{data if scan.path is not None else 'the diffraction given'} holds {scan.N}x{scan.N} patterns")
-    if renormalize:
+    if normalization not in NORMALIZATION_CHOICES:
+        raise UserError(f"--normalization: got {normalization!r}; choose one of {', '.join(NORMALIZATION_CHOICES)}")
+    if renormalize or normalization == "scan":  # the scan's own dose (for its training scan: the model's r)
+        normalization = "scan"
         predictor.norm_factor = dataset_norm_factor(scan)
+    chosen, probe_used = choose_probe(predictor.bundle, scan.probe, probe)
+    if chosen is not None:
+        predictor.use_probe(chosen)
     groups = inference_groups(scan, predictor.gridsize, config.data.neighbor_count, config.execution.seed)
     loader = inference_loader(scan, groups, config, batch_size)
     acc = StitchAccumulator(scan.object_shape, stitch_weight(predictor.probe, config.inference.stitch_weight))
@@ -188,7 +238,7 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
     meta = {"model": str(predictor.bundle.path), "n_patterns": len(groups),
             "data": scan_paths(scan) if scan.path is not None else "in-memory arrays",
             "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local",
-            "align_phases": align_phases}
+            "align_phases": align_phases, "probe": probe_used, "normalization": normalization}
     if refine_seconds > 0:
         obj, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta)
     if out_dir is None:

@@ -41,6 +41,7 @@ from ptycho_torch.module import PtychoPINNModule
 from ptycho_torch.outputs import atomic_write_text, check_output_dir, claim_run_dir
 from ptycho_torch.workflows.bundle import BUNDLE_NAME, save_bundle
 from ptycho_torch.workflows.manifest import write_manifest
+from ptycho_torch.workflows.warm_start import apply_warm_start
 
 log = logging.getLogger("ptycho_torch")
 
@@ -304,6 +305,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
                                       norm_factor=launch.norm_factor if launch is not None else None)
         config = datamodule.config  # model.N resolved from the scan when it was left unset
         module = build_module(config, datamodule)
+        warm = apply_warm_start(module, config, resuming=ckpt_path is not None)  # --init-from, --freeze
         # only rank 0 of our own processes claims, writes and cleans up the directory (DDP subprocesses
         # use the one rank 0 prepared; a launcher prepared it itself)
         lead = launch is None and launched_rank() == 0
@@ -327,7 +329,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
             seconds = time.perf_counter() - start
             signals.saving = True  # the run is complete: a late signal waits for the files below
             extra = launch.after_fit(trainer, module) if launch is not None and launch.after_fit else None
-            return finish_run(config, run_dir, module, trainer, datamodule, seconds, extra=extra)
+            return finish_run(config, run_dir, module, trainer, datamodule, seconds, extra={**warm, **(extra or {})})
         except TrainingInterrupted as e:
             if e.checkpoint is None and last_checkpoint(run_dir) is not None:
                 e = TrainingInterrupted(e.signum, None, resume_hint(run_dir))
@@ -375,7 +377,7 @@ def finish_run(config: RunConfig, run_dir: Path, module: PtychoPINNModule, train
     bundle_path = run_dir / BUNDLE_NAME
     history = next((cb.rows for cb in trainer.callbacks if isinstance(cb, History)), [])
     if trainer.is_global_zero:
-        save_bundle(module, config, bundle_path)
+        save_bundle(module, config, bundle_path, data_probe=torch.from_numpy(datamodule.scan.probe))
         write_manifest(run_dir, config, datamodule.scan, extra={
             "final_metrics": metrics, "epochs_completed": trainer.current_epoch,
             "fit_seconds": seconds, "norm_factor": datamodule.norm_factor,
