@@ -13,6 +13,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from beamline_layouts import (
     ADHOC_DATASETS,
     DET_PIXEL_M,
@@ -28,6 +29,7 @@ from conftest import simulate, tiny_config
 
 from ptycho_torch.data.contract import read_scan
 from ptycho_torch.data.detector import EV_J, LIGHT_M_S, PLANCK_J_S
+from ptycho_torch.data.validation import ScanValidationError
 from ptycho_torch.physics import poisson_nll
 
 N = 32
@@ -135,3 +137,22 @@ def test_a_mask_reaches_the_training_batches(tmp_path, truth):
     batch = next(iter(dm.train_dataloader()))
     assert batch["mask"].shape == (16, 1, N, N) and batch["mask"][:, 0, 10, 20].all()
     assert (batch["amp"][:, :, 10:12, 20] == 0).all()
+
+
+def test_larger_frames_train_cropped_to_N(tmp_path, truth):
+    from ptycho_torch.config import ConfigError
+    from ptycho_torch.workflows.train import train
+
+    counts = detector_frames(truth.diffraction_block(0, truth.n_patterns), frame=48, corner=(8, 8))
+    path = str(write_cxi(tmp_path / "big.cxi", counts, metres(truth.xcoords, truth.ycoords, N), truth.probe[0]))
+    quiet = {"training.nepochs": 1, "execution.logger_backend": "none", "execution.enable_checkpointing": False}
+    with pytest.raises(ScanValidationError, match=r"probe: expected 48x48 \(the patterns\) .* found 32x32; or set --N 32"):
+        train(tiny_config(path, **quiet, **{"model.N": None}), tmp_path / "refused")
+    with pytest.raises(ConfigError, match=r"holds 48x48 patterns.*set --N to one of these"):  # a 48x48 probe
+        np.save(tmp_path / "probe48.npy", np.ones((48, 48), np.complex64))
+        train(tiny_config(path, **quiet, **{"model.N": None, "data.probe": str(tmp_path / "probe48.npy")}),
+              tmp_path / "refused")
+    run = train(tiny_config(path, **quiet, **{"data.beam_center": [24, 24]}), tmp_path / "run")
+    assert run.epochs_completed == 1 and np.isfinite(run.metrics["train_loss"])
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["beam_center"] == [24.0, 24.0] and saved["model"]["N"] == 32

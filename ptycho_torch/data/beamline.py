@@ -374,8 +374,10 @@ def _probe(roles: _Roles, options: ReadOptions, frame: tuple[int, int], N: int, 
         return probe.astype(np.complex64)
     if probe.shape[-2:] == tuple(frame) and frame[0] == frame[1] and frame[0] >= N * b:
         return fit_probe(probe, frame, N, b)
-    p.append(f"probe: expected {N}x{N} (the patterns) or {frame[0]}x{frame[1]} (the detector frames) at {source}, "
-             f"found {probe.shape[-2]}x{probe.shape[-1]}; resample the probe")
+    hint = (f"; or set --N {probe.shape[-1]} (model.N) to crop the frames to the probe's size"
+            if options.N is None and probe.shape[-2] == probe.shape[-1] < min(frame) else "; resample the probe")
+    where = f"{N}x{N} (the patterns)" + ("" if tuple(frame) == (N, N) else f" or {frame[0]}x{frame[1]} (the detector frames)")
+    p.append(f"probe: expected {where} at {source}, found {probe.shape[-2]}x{probe.shape[-1]}{hint}")
     return np.ones((1, N, N), np.complex64)
 
 

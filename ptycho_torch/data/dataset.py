@@ -105,8 +105,9 @@ def resolve_model_size(config: RunConfig, scan: Scan) -> RunConfig:
     if config.model.N is None:
         if scan.N not in N_BLOCKS:
             raise ConfigError(f"model.N: the scan {scan.path or ''} holds {scan.N}x{scan.N} patterns but the "
-                              f"network takes only {', '.join(map(str, sorted(N_BLOCKS)))}; crop or bin the "
-                              "patterns to one of these sizes")
+                              f"network takes only {', '.join(map(str, sorted(N_BLOCKS)))}; set --N to one of these "
+                              "(beamline files are then cropped or binned to it, see data.frame_fit) or crop "
+                              "the patterns")
         return config.replace(model=dataclasses.replace(config.model, N=scan.N))
     if scan.N != config.model.N:
         raise ConfigError(f"model.N: the model expects {config.model.N}x{config.model.N} patterns "
