@@ -243,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("train", help="train PtychoPINN with Lightning on this machine")
-    p.add_argument("--data", nargs="+", default=None, help="scan file(s) (.npz/.h5/.hdf5) or quoted glob(s) such "
-                   "as 'scans/part*.npz' of one scan (default: data.path of --config)")
+    p.add_argument("--data", nargs="+", default=None, help="scan file(s) (.npz/.h5/.hdf5, CXI .cxi, NeXus .nxs; "
+                   "FILE.h5::/path/to/frames for any HDF5 layout, see data.datasets) or quoted glob(s) such "
+                   "as 'scans/part*.npz' (default: data.path of --config)")
     p.add_argument("--out", type=Path, default=None, help="run directory to create (default: none; required)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue RUN_DIR from its last.ckpt up to the configured epochs (default: off)")
@@ -256,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reconstruct", help="reconstruct a scan with a trained model")
     p.add_argument("--model", required=True, type=Path, help="training run directory or model.pt")
-    p.add_argument("--data", required=True, nargs="+", help="scan file(s) (.npz/.h5/.hdf5) or quoted glob(s) of "
+    p.add_argument("--data", required=True, nargs="+", help="scan file(s) (.npz/.h5/.hdf5, CXI, NeXus, or "
+                   "FILE.h5::/path/to/frames, read with the model's data settings) or quoted glob(s) of "
                    "one scan, positions in one object frame (required)")
     p.add_argument("--out", required=True, type=Path, help="reconstruction directory")
     p.add_argument("--inference-batch-size", type=int, default=None,
