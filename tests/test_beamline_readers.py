@@ -275,3 +275,16 @@ def test_plots_get_physical_axes():
     _show(fig2, ax2, np.ones((4, 8)), "t", "gray", "a")
     assert ax2.get_xlabel() == "x (px)"
     plt.close("all")
+
+
+def test_cxi_with_nexus_attributes_and_no_version_is_read_as_cxi(tmp_path, truth):
+    counts = detector_frames(_amplitudes(truth))
+    path = write_cxi(tmp_path / "nx.cxi", counts, metres(truth.xcoords, truth.ycoords, N), truth.probe[0])
+    with h5py.File(path, "a") as f:
+        del f["cxi_version"]
+        f["entry_1"].attrs["NX_class"] = "NXentry"
+        f["entry_1/data_1"].attrs["NX_class"] = "NXdata"
+        f["entry_1/data_1"].attrs["signal"] = "data"
+    scan = read_scan(path)
+    assert scan.metadata["format"] == "cxi"
+    _expect_positions(truth, scan.xcoords, scan.ycoords)

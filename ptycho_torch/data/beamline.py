@@ -89,15 +89,11 @@ class ReadOptions:
     def from_config(cls, config: Any) -> "ReadOptions":
         """From a RunConfig (its data section and model.N)."""
         d = config.data
-        return cls(N=config.model.N, datasets=dict(getattr(d, "datasets", None) or {}),
-                   probe=getattr(d, "probe", None), mask=getattr(d, "mask", None),
-                   frame_fit=getattr(d, "frame_fit", "crop"),
-                   beam_center=tuple(d.beam_center) if getattr(d, "beam_center", None) else None,
-                   positions_transpose=getattr(d, "positions_transpose", False),
-                   positions_flip_x=getattr(d, "positions_flip_x", False),
-                   positions_flip_y=getattr(d, "positions_flip_y", False),
-                   energy_ev=getattr(d, "energy_ev", None), distance_m=getattr(d, "distance_m", None),
-                   detector_pixel_m=getattr(d, "detector_pixel_m", None))
+        return cls(N=config.model.N, datasets=dict(d.datasets or {}), probe=d.probe, mask=d.mask,
+                   frame_fit=d.frame_fit, beam_center=tuple(d.beam_center) if d.beam_center else None,
+                   positions_transpose=d.positions_transpose, positions_flip_x=d.positions_flip_x,
+                   positions_flip_y=d.positions_flip_y, energy_ev=d.energy_ev, distance_m=d.distance_m,
+                   detector_pixel_m=d.detector_pixel_m)
 
     def with_frames(self, frames: str | None) -> "ReadOptions":
         from dataclasses import replace

@@ -32,8 +32,9 @@ CXI_ROLES: dict[str, list[str]] = {
 
 
 def is_cxi(f: Any) -> bool:
-    """Whether an open h5py file looks like CXI: a `cxi_version` dataset or an `entry_1` group."""
-    return "cxi_version" in f or "entry_1" in f
+    """Whether an open h5py file is CXI: a `cxi_version` dataset, or frames at a CXI path (CXI files
+    that also carry NeXus attributes are read as CXI)."""
+    return "cxi_version" in f or any(path in f for path in CXI_ROLES["frames"])
 
 
 def cxi_roles(f: Any) -> dict[str, list[str]]:
