@@ -49,8 +49,8 @@ class DataConfig(ConfigSection):
     datasets: Optional[dict[str, str]] = config_field(
         None, "HDF5 dataset path of each role, for any layout (and over what CXI / NeXus discovery finds), e.g. "
         "{frames: /scan/ccd, x: /scan/samx, y: /scan/samy, energy: /scan/energy, distance: /scan/det_z, "
-        "detector_pixel: /scan/pixel}; roles: frames, translation, x, y, xcoords, ycoords, energy, distance, "
-        "detector_pixel, detector_pixel_y, probe, mask")
+        "detector_pixel: /scan/pixel}; roles: frames, translation, x, y, xcoords, ycoords, energy, wavelength, "
+        "distance, detector_pixel, detector_pixel_y, probe, mask")
     probe: Optional[str] = config_field(
         None, "probe to use instead of the file's: a .npy file or FILE.h5::/dataset, complex (N, N), (P, N, N) or "
         "sampled for the full detector frames")
@@ -70,7 +70,6 @@ class DataConfig(ConfigSection):
     energy_ev: Optional[float] = config_field(None, "photon energy in eV (None = the file's)")
     distance_m: Optional[float] = config_field(None, "sample-detector distance in metres (None = the file's)")
     detector_pixel_m: Optional[float] = config_field(None, "detector pixel size in metres (None = the file's)")
-
 
     def _check(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:

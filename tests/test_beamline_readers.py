@@ -288,3 +288,18 @@ def test_cxi_with_nexus_attributes_and_no_version_is_read_as_cxi(tmp_path, truth
     scan = read_scan(path)
     assert scan.metadata["format"] == "cxi"
     _expect_positions(truth, scan.xcoords, scan.ycoords)
+
+
+def test_nexus_wavelength_instead_of_energy(tmp_path, truth):
+    counts = detector_frames(_amplitudes(truth))
+    t = metres(truth.xcoords, truth.ycoords, N)
+    path = write_nexus(tmp_path / "wl.nxs", counts, t[:, 0], t[:, 1], truth.probe[0])
+    with h5py.File(path, "a") as f:  # NXptycho style: NXbeam incident_wavelength in angstrom
+        del f["scan/beamline/mono"]
+        beam = f.create_group("scan/beamline/beam")
+        beam.attrs["NX_class"] = "NXbeam"
+        beam["incident_wavelength"] = wavelength_m(ENERGY_EV * EV_J) * 1e10
+        beam["incident_wavelength"].attrs["units"] = "Angstrom"
+    scan = read_scan(path)
+    assert scan.metadata["pixel_size_m"] == pytest.approx(pixel_m(N), rel=1e-9)
+    assert scan.metadata["energy_ev"] == pytest.approx(ENERGY_EV, rel=1e-9)

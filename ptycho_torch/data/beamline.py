@@ -8,6 +8,7 @@ A finder (cxi_files, nexus_files, or none) says where each *role* lives in the f
     x, y            (M,) scan positions in metres (same units rule), instead of translation
     xcoords, ycoords  (M,) scan positions already in object pixels (x = column, y = row)
     energy          photon energy: joules (CXI) unless a `units` attribute says eV / keV
+    wavelength      photon wavelength in metres (`units` may say nm, angstrom), when there is no energy
     distance        sample-detector distance in metres
     detector_pixel  detector pixel size in metres (x_pixel_size; y_pixel_size must agree)
     probe           (Fr, Fc), (N, N) or (P, ., .) complex probe
@@ -31,6 +32,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ptycho_torch.data.detector import (
+    LIGHT_M_S,
+    PLANCK_J_S,
     FrameMap,
     centroid,
     fit_mask,
@@ -49,8 +52,8 @@ from ptycho_torch.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("frames", "translation", "x", "y", "xcoords", "ycoords", "energy", "distance", "detector_pixel",
-         "detector_pixel_y", "probe", "mask")
+ROLES = ("frames", "translation", "x", "y", "xcoords", "ycoords", "energy", "wavelength", "distance",
+         "detector_pixel", "detector_pixel_y", "probe", "mask")
 SEPARATOR = "::"
 
 
@@ -153,6 +156,10 @@ class _Roles:
                                      f"(data.datasets.{role})")
                 return None
         return None
+
+    def exists(self, role: str) -> bool:
+        """Whether any candidate path of `role` exists in the file."""
+        return any(path in self.f for path in self.found.get(role, []))
 
     def where(self, role: str) -> str:
         paths = self.found.get(role, [])
@@ -266,6 +273,9 @@ def _full_mask(roles: _Roles, options: ReadOptions, frame: tuple[int, int]) -> n
 def _geometry(roles: _Roles, options: ReadOptions, N: int, b: int, meta: dict[str, Any]) -> float | None:
     """The object pixel size in metres (None when energy, distance or detector pixel is unknown)."""
     energy = (to_joules(options.energy_ev, "eV") if options.energy_ev else roles.scalar("energy", to_joules, "energy"))
+    if energy is None and not roles.exists("energy"):  # NXptycho gives the wavelength instead
+        wavelength = roles.scalar("wavelength", to_metres, "length")
+        energy = None if wavelength is None else PLANCK_J_S * LIGHT_M_S / wavelength
     distance = options.distance_m or roles.scalar("distance", to_metres, "length")
     det = options.detector_pixel_m or roles.scalar("detector_pixel", to_metres, "length")
     if not options.detector_pixel_m:

@@ -211,14 +211,14 @@ def positions_px(x_m: np.ndarray, y_m: np.ndarray, pixel_m: float, N: int, *, tr
     return (x - ox) / pixel_m + half, (y - oy) / pixel_m + half, {"x_m": ox, "y_m": oy}
 
 
-LENGTH_UNITS = {"m": 1.0, "metre": 1.0, "meter": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "micron": 1e-6,
-                "microns": 1e-6, "nm": 1e-9, "pm": 1e-12, "cm": 1e-2}
+LENGTH_UNITS = {"m": 1.0, "metre": 1.0, "meter": 1.0, "mm": 1e-3, "um": 1e-6, "\u00b5m": 1e-6, "micron": 1e-6,
+                "microns": 1e-6, "nm": 1e-9, "pm": 1e-12, "cm": 1e-2, "angstrom": 1e-10, "\u00e5": 1e-10}
 ENERGY_UNITS = {"j": 1.0, "ev": EV_J, "kev": 1e3 * EV_J}
 
 
 def to_metres(value: np.ndarray, units: str | None) -> np.ndarray | None:
     """Lengths in `units` (None = metres) -> metres; None for units not known."""
-    scale = 1.0 if not units else LENGTH_UNITS.get(units.strip())
+    scale = 1.0 if not units else LENGTH_UNITS.get(units.strip().lower())
     return None if scale is None else np.asarray(value, np.float64) * scale
 
 

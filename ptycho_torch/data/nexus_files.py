@@ -6,7 +6,8 @@
     x, y            NXdata axes of length M (the `axes` attribute, names x/y-like), else in NXsample:
                     NXpositioner groups (their `value`) or datasets (also inside NXtransformations)
                     named x / y / sample_x / sample_y / translation_x ...; metres unless `units` says
-    energy          NXsource `energy`, NXmonochromator `energy`, or NXbeam `incident_energy` (units attr)
+    energy          NXsource `energy`, NXmonochromator `energy`, or NXbeam `incident_energy` (units attr);
+                    without one, NXbeam `incident_wavelength` / NXmonochromator `wavelength` (NXptycho)
     distance        NXdetector `distance`
     detector_pixel  NXdetector `x_pixel_size` (and `y_pixel_size`)
     probe           a dataset named `probe` or `illumination` anywhere under the entry (optional)
@@ -144,6 +145,8 @@ def nexus_roles(f: Any) -> dict[str, list[str]]:
     roles["x"], roles["y"] = ax_x + s_x, ax_y + s_y
     roles["energy"] = (_fields(entry, "NXsource", ("energy",)) + _fields(entry, "NXmonochromator", ("energy",))
                        + _fields(entry, "NXbeam", ("incident_energy", "energy")))
+    roles["wavelength"] = (_fields(entry, "NXbeam", ("incident_wavelength", "wavelength"))
+                           + _fields(entry, "NXmonochromator", ("wavelength",)))
     roles["distance"] = _fields(entry, "NXdetector", ("distance",))
     roles["detector_pixel"] = _fields(entry, "NXdetector", ("x_pixel_size",))
     roles["detector_pixel_y"] = _fields(entry, "NXdetector", ("y_pixel_size",))
