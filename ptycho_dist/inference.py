@@ -13,7 +13,9 @@ Pipeline (one Ray Dataset, streamed; the driver never holds the patterns or the 
                object = sum(w*O) / sum(w) where sum(w) is large enough, and write_reconstruction
 
 Driver memory: the (H, W) canvas (12 bytes/pixel), O(M) positions and a few partial canvases; the
-ground truth for metrics is the scan's objectGuess, scored in memory. The read step is fused into
+ground truth for metrics is the scan's objectGuess, scored in memory. Files are read with the
+bundle's reading options (dataset paths, crop / binning to N, detector mask, geometry) and the
+products are those of the local reconstruct (write_reconstruction: probe.npy, TIFFs, CXI). The read step is fused into
 the actors by Ray Data; files must be readable from every node.
 """
 
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 from ptycho_dist.config import RayConfig
 from ptycho_dist.scan_source import RowReader, default_block_size, id_energies, pattern_ids, read_ids
 from ptycho_torch.config import ConfigError
+from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.scan_files import read_scans, scan_paths
 from ptycho_torch.errors import UserError
 from ptycho_torch.physics import normalization_factor
@@ -87,8 +90,10 @@ def reconstruct_distributed(
     """Reconstruct the scan `data` (a file, a glob, or several files of one object frame) with the
     bundle `model` on Ray Data into `out_dir`.
 
-    Writes the same files as the local `ptycho_torch.workflows.reconstruct.reconstruct` (object.npz,
-    PNGs, metrics.json when the scan has an objectGuess) and returns the same ReconResult; the object
+    Reads the files with the reading options the model was trained with (ReadOptions.from_config)
+    and writes the same files as the local `ptycho_torch.workflows.reconstruct.reconstruct` (object.npz,
+    PNGs, the products probe.npy / TIFFs / reconstruction.cxi, metrics.json when the scan has an
+    objectGuess) with `write_reconstruction`, and returns the same ReconResult; the object
     equals the local one for the same files (up to float32 summation order). `validate` False trusts
     the pattern values (shapes, probe and positions are still checked).
     """
@@ -104,14 +109,16 @@ def reconstruct_distributed(
     batch = batch_size or config.inference_batch_size
     if batch < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch}")
-    scan = read_scans(data, validate=validate)
+    # read as the model's training data were (dataset paths, cropping to N, detector mask, geometry)
+    scan = read_scans(data, validate=validate, options=ReadOptions.from_config(config))
     if scan.N != config.model.N:
         raise UserError(f"the model {bundle_path} was trained on {config.model.N}x{config.model.N} patterns "
                          f"but {scan.path} holds {scan.N}x{scan.N} patterns")
     groups = inference_groups(scan, config.model.gridsize, config.data.neighbor_count, config.execution.seed)
     reader = RowReader(scan.without_object(), groups)
     canvas_hw, n = scan.object_shape, scan.n_patterns
-    weight = stitch_weight(bundle.module.probe.detach().cpu(), config.inference.stitch_weight)
+    probe = bundle.module.probe.detach().cpu()  # the actors stitch with the model's probe
+    weight = stitch_weight(probe, config.inference.stitch_weight)
     ray_config = ray_config or RayConfig()
 
     import ray.data
@@ -158,8 +165,9 @@ def reconstruct_distributed(
             "num_cpus_per_actor": num_cpus_per_actor, "num_gpus_per_actor": num_gpus_per_actor,
             "dtype": dtype or config.inference.dtype, "block_size": rows_per_block, "n_blocks": n_blocks,
             "seconds": seconds, "first_result_seconds": first, "compute_seconds": compute,
-            "patterns_per_second_compute": steady}
-    written = write_reconstruction(out_dir, obj, obj_weight, scan, meta)
+            "patterns_per_second_compute": steady, "probe": "model",
+            "normalization": "scan" if renormalize else "model"}
+    written = write_reconstruction(out_dir, obj, obj_weight, scan, meta, probe=probe)
     return ReconResult(Path(out_dir), obj, obj_weight, rate, written.get("metrics"))
 
 
@@ -196,7 +204,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "reconstruct", help="reconstruct scan file(s) with a trained model on Ray Data",
         description="Batch inference on Ray Data (model loaded once per actor) with streaming stitching; "
-                    "writes object.npz, amplitude.png, phase.png and metrics.json (with a ground truth).")
+                    "reads the files as the model's training data were read; writes object.npz, "
+                    "amplitude.png, phase.png, probe.npy, amplitude.tif, phase.tif, reconstruction.cxi and "
+                    "metrics.json (with a ground truth).")
     p.add_argument("--model", required=True, type=Path,
                    help="training run directory (holding model.pt) or the bundle file (required)")
     p.add_argument("--data", required=True, nargs="+",

@@ -132,6 +132,36 @@ def test_gridsize2_equals_local(ray_local, scans, bundles, tmp_path):
     assert np.abs(multi.weight - weight).max() < TOL * weight.max()
 
 
+def test_beamline_file_read_as_trained_and_products_as_local(ray_local, tmp_path):
+    """A CXI file of 48x48 uint16 frames with a detector mask, trained cropped to N=32 around a
+    given beam centre: the Ray path reads it with the bundle's reading options (crop, mask,
+    geometry) and writes the products of the local reconstruct (probe.npy, TIFFs, CXI)."""
+    import h5py
+    import tifffile
+    from beamline_layouts import detector_frames, metres, write_cxi
+
+    sim = read_scan(simulate(tmp_path / "sim.npz", n_positions=40))
+    counts = detector_frames(sim.diffraction_block(0, sim.n_patterns), frame=48, corner=(8, 8))
+    mask = np.zeros((48, 48), bool)
+    mask[20:22, 30] = True  # inside the crop: read as 0
+    path = str(write_cxi(tmp_path / "big.cxi", counts, metres(sim.xcoords, sim.ycoords, 32), sim.probe[0], mask=mask))
+    config = tiny_config(path, **{"training.nepochs": 1, "execution.logger_backend": None,
+                                  "execution.enable_checkpointing": False, "data.beam_center": [24, 24]})
+    bundle = train(config, tmp_path / "run").bundle_path
+    local = reconstruct(bundle, path, tmp_path / "local", progress=False)
+    dist = reconstruct_distributed(bundle, path, tmp_path / "dist", concurrency=1, progress=False)
+    assert dist.object.shape == local.object.shape
+    assert np.abs(dist.object - local.object).max() < TOL
+    for name in ("probe.npy", "amplitude.tif", "phase.tif", "reconstruction.cxi"):
+        assert (tmp_path / "dist" / name).is_file(), name
+    np.testing.assert_array_equal(np.load(tmp_path / "dist" / "probe.npy"), np.load(tmp_path / "local" / "probe.npy"))
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "dist" / "amplitude.tif"), np.abs(dist.object), rtol=1e-6)
+    with np.load(tmp_path / "dist" / "object.npz") as z, np.load(tmp_path / "local" / "object.npz") as zl:
+        assert float(z["pixel_size_m"]) == float(zl["pixel_size_m"])  # geometry read from the file
+    with h5py.File(tmp_path / "dist" / "reconstruction.cxi") as f:
+        np.testing.assert_allclose(f["entry_1/image_1/data"][()], dist.object)
+
+
 # ------------------------------------------------------------------ the predictor without Ray
 
 def _reader(files, gridsize: int) -> RowReader:
