@@ -98,3 +98,24 @@ def test_region_and_render():
 def test_bad_image_interval_is_a_config_error():
     with pytest.raises(ConfigError, match="log_images_every_n_epochs: got -1; must be >= 0"):
         PyTorchExecutionConfig(log_images_every_n_epochs=-1)
+
+
+def test_several_scans_show_a_region_of_scan_0(tmp_path):
+    """Two scans in other frames: the region's groups all come from scan 0 (one frame), and the run
+    (gridsize 2, csv) writes its pictures."""
+    from ptycho_torch.cli import main
+    from ptycho_torch.config import apply_overrides
+    from ptycho_torch.data.dataset import PtychoDataModule
+    from ptycho_torch.progress_images import _region_dataset
+
+    out = tmp_path / "scans"
+    assert main(["simulate", "--n-scans", "2", "--out", str(out), "--N", "32", "--n-positions", "40"]) == 0
+    files = sorted(str(p) for p in out.glob("scan_*.npz"))
+    config = apply_overrides(tiny_config(files[0]), {"data.path": files, "model.gridsize": 2,
+                                                     "training.nepochs": 1, "training.batch_size": 8,
+                                                     "execution.log_images_every_n_epochs": 1})
+    datamodule = PtychoDataModule(config)
+    dataset, indices = _region_dataset(datamodule)
+    assert len(indices) > 0 and (datamodule.scan.pattern_scan[dataset.groups.indices[indices]] == 0).all()
+    result = train(config, tmp_path / "run")
+    assert len(list(result.run_dir.glob("logs/version_0/images/epoch000_*.png"))) == 2
