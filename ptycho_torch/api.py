@@ -198,21 +198,25 @@ def _bundle(model: Any) -> Any:
 
 def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Path | None = None, *,
                 diffraction: Any = None, positions: Any = None, object_guess: Any = None,
-                inference_batch_size: int | None = None, device: str = "cpu", renormalize: bool = False,
-                align_phases: bool = False, refine_seconds: float = 0.0, progress: bool | None = False,
-                with_weight: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                inference_batch_size: int | None = None, device: str = "cpu", probe: Any = "auto",
+                normalization: str = "scan", renormalize: bool = False, align_phases: bool = False,
+                refine_seconds: float = 0.0, progress: bool | None = False, with_weight: bool = False
+                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Reconstruct a scan with a trained model (`ptycho-torch reconstruct`) and return the object,
     (H, W) complex64 in the positions' pixel frame (object[y, x]); zero where no patch reached.
 
     `model`: a run directory or model.pt, a loaded bundle (workflows.bundle.load_bundle) or a train
     result. The scan is either `data` (file(s)/glob, or a scan from pt.read_scan / pt.simulate) or the
     arrays `diffraction` (n, N, N) amplitudes or integer counts and `positions` (n, 2) (x, y) object
-    pixels (with optional `object_guess` (H, W), see scan_from_arrays); the arrays use the model's
-    probe. Both give the same numbers for the same patterns. With `out` the reconstruction directory is
-    written as on the command line (object.npz, PNGs, metrics.json with a ground truth). The other
-    keywords are the CLI flags: inference_batch_size (patterns per batch), device ('cpu', 'cuda:0'),
-    renormalize, align_phases, refine_seconds (s). `with_weight` also returns the stitching weight
-    (H, W) float32 (its support is the scanned region; pt.evaluate uses it)."""
+    pixels (with optional `object_guess` (H, W), see scan_from_arrays). Both give the same numbers for
+    the same patterns. With `out` the reconstruction directory is written as on the command line
+    (object.npz, PNGs, products, metrics.json with a ground truth). The other keywords are the CLI
+    flags: inference_batch_size (patterns per batch), device ('cpu', 'cuda:0'), probe ('auto', 'scan',
+    'model'; with arrays also the probe of those frames, (N, N) or (P, N, N) complex, which then is
+    their 'scan' probe; arrays without one take the model's), normalization ('scan' = r of these
+    patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s). `with_weight` also
+    returns the stitching weight (H, W) float32 (its support is the scanned region; pt.evaluate uses
+    it)."""
     from ptycho_torch.cli import check_batch_size, check_device
     from ptycho_torch.workflows.reconstruct import reconstruct as reconstruct_scan
 
@@ -236,18 +240,19 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
         from ptycho_torch.workflows.bundle import LoadedBundle, load_bundle
 
         model = model if isinstance(model, LoadedBundle) else load_bundle(model)
-        probe = model.module.probe.detach().cpu().numpy()
-        data = scan_from_arrays(diffraction, positions, probe, object_guess)
-    elif object_guess is not None:
-        raise UserError("reconstruct: object_guess goes with diffraction= and positions=; a scan file carries "
-                        "its own objectGuess")
+        frames_probe = model.module.probe.detach().cpu().numpy() if isinstance(probe, str) else probe
+        data = scan_from_arrays(diffraction, positions, frames_probe, object_guess)
+        probe = probe if isinstance(probe, str) else "scan"
+    elif object_guess is not None or not isinstance(probe, str):
+        raise UserError("reconstruct: object_guess and a probe array go with diffraction= and positions=; a scan "
+                        "file carries its own objectGuess and probeGuess (probe= then picks 'auto', 'scan' or 'model')")
     if out is not None:
         from ptycho_torch.outputs import check_output_dir
 
         check_output_dir(out, "out")
     result = reconstruct_scan(model, data, out, batch_size=inference_batch_size, device=device,
                               renormalize=renormalize, progress=progress, refine_seconds=refine_seconds,
-                              align_phases=align_phases)
+                              align_phases=align_phases, probe=probe, normalization=normalization)
     return (result.object, result.weight) if with_weight else result.object
 
 

@@ -112,3 +112,20 @@ def test_bad_arguments_are_one_clear_error(run, arrays):
         pt.reconstruct(run, diffraction=d, positions=positions, inference_batch_size=0)
     with pytest.raises(ConfigError, match="simulation: unknown field.*n_position"):
         pt.simulate(n_position=10)
+
+
+def test_frames_of_another_probe_match_the_file_path(run, tmp_path):
+    """A scan taken with another probe: its frames with probe=<that probe> give the file's numbers
+    (the file's probe is the 'scan' probe), for both normalisations; without it, the model's probe
+    gives another object."""
+    other = pt.simulate(tmp_path / "other.npz", N=32, n_positions=48, seed=5, nphotons=1e5, probe_defocus=3.0)
+    scan = pt.read_scan(other)
+    frames = {"diffraction": scan.diffraction_block(0, scan.n_patterns), "positions": scan.positions,
+              "object_guess": scan.object_guess}
+    for normalization in ("scan", "model"):
+        on_file = pt.reconstruct(run, other, normalization=normalization)
+        in_memory = pt.reconstruct(run, probe=scan.probe, normalization=normalization, **frames)
+        assert np.abs(in_memory - on_file).max() <= 1e-6
+    assert np.abs(pt.reconstruct(run, normalization="model", **frames) - on_file).max() > 1e-3
+    with pytest.raises(UserError, match="probe array go with diffraction="):
+        pt.reconstruct(run, other, probe=scan.probe)
