@@ -70,10 +70,10 @@ def train(data: Any = None, out: str | Path | None = None, *, config: Any = None
     from ptycho_dist.flags import RAY_FLAGS
     from ptycho_dist.train import fit_distributed
     from ptycho_dist.train_cli import resolve_dist_configs
-    from ptycho_torch.api import _flag_keywords
+    from ptycho_torch.api import flag_keywords
 
     run_flags, ray_fields = _split_flags(dict(flags), RAY_FLAGS)
-    known = _flag_keywords()
+    known = flag_keywords()
     unknown = sorted(set(run_flags) - set(known))
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: unknown keyword(s); the flag keywords are "

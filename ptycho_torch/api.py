@@ -28,13 +28,15 @@ from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans
 from ptycho_torch.data.validation import ScanValidationError, check_arrays
 from ptycho_torch.errors import UserError
 
-__all__ = ["RunConfig", "SimulationConfig", "evaluate", "read_scan", "reconstruct", "run_config", "scan_from_arrays",
-           "simulate", "train"]
+__all__ = ["RunConfig", "SimulationConfig", "evaluate", "flag_keywords", "read_scan", "reconstruct", "run_config",
+           "scan_from_arrays", "simulate", "train"]
 
 ConfigLike = Union[RunConfig, Mapping[str, Any], str, Path, None]
 
-# the run-config flags of `ptycho-torch train` as Python keywords: --batch-size -> batch_size
-def _flag_keywords() -> dict[str, str]:
+
+def flag_keywords() -> dict[str, str]:
+    """The run-config flags of `ptycho-torch train` as Python keywords -> dotted fields
+    (--batch-size -> batch_size -> training.batch_size, --no-progress-bar -> progress_bar=False)."""
     from ptycho_torch.cli_args import ALIASES, BOOL_ALIASES
 
     return {flag.lstrip("-").replace("-", "_"): dotted for flag, dotted in {**ALIASES, **BOOL_ALIASES}.items()}
@@ -57,7 +59,7 @@ def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
     else:
         raise ConfigError(f"config: expected a RunConfig, a dict of sections or a YAML path, got "
                           f"{type(config).__name__}")
-    known = _flag_keywords()
+    known = flag_keywords()
     unknown = sorted(set(flags) - set(known))
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: unknown keyword(s); the flag keywords are {', '.join(sorted(known))}, "
