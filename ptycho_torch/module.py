@@ -34,18 +34,22 @@ from ptycho_torch.physics import (
 )
 
 
-class WarmupCosine:
-    """lr factor: linear warm-up over `warmup` epochs, then cosine decay to `min_ratio` at `total`."""
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min_ratio: float
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The `WarmupCosine` schedule, stepped once per epoch, from torch's own schedulers: a linear
+    warm-up (LinearLR) whose epoch e < warmup has lr * (e + 1) / (warmup + 1), then cosine decay
+    (CosineAnnealingLR) from lr to min_ratio * lr over the remaining max(1, total - warmup - 1) epochs,
+    reaching it at the last epoch; joined by SequentialLR at epoch `warmup`."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-    def __init__(self, warmup: int, total: int, min_ratio: float) -> None:
-        self.warmup, self.total, self.min_ratio = warmup, total, min_ratio
-
-    def __call__(self, epoch: int) -> float:
-        if epoch < self.warmup:
-            return (epoch + 1) / (self.warmup + 1)
-        span = max(1, self.total - self.warmup - 1)
-        progress = min(1.0, (epoch - self.warmup) / span)
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    base = [group["lr"] for group in optimizer.param_groups]
+    if len(set(base)) != 1:
+        raise ValueError("warmup_cosine: expects one learning rate for every parameter group")
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup - 1), eta_min=min_ratio * base[0])
+    if warmup <= 0:
+        return cosine
+    linear = LinearLR(optimizer, start_factor=1.0 / (warmup + 1), end_factor=1.0, total_iters=warmup)
+    return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
 class PtychoPINNModule(L.LightningModule):
@@ -268,8 +272,7 @@ class PtychoPINNModule(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.MultiStepLR(
                 optimizer, milestones=list(ex.scheduler_milestones), gamma=ex.scheduler_gamma)
         elif sched == "WarmupCosine":
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, WarmupCosine(ex.warmup_epochs, epochs, ex.min_lr_ratio))
+            scheduler = warmup_cosine(optimizer, ex.warmup_epochs, epochs, ex.min_lr_ratio)
         else:  # ReduceLROnPlateau
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode=ex.checkpoint_mode, factor=ex.plateau_factor, patience=ex.plateau_patience)

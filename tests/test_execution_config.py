@@ -22,7 +22,7 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig
 from ptycho_torch.data.contract import read_scan
-from ptycho_torch.module import WarmupCosine
+from ptycho_torch.module import warmup_cosine
 from ptycho_torch.workflows.reconstruct import inference_groups, inference_loader
 from ptycho_torch.workflows.train import TrainResult, build_trainer, resolve_accelerator, train
 
@@ -214,9 +214,33 @@ def check_scheduler_milestones(scan, tmp):
     assert lrs(result) == pytest.approx([1e-3, 1e-3, 1e-4])
 
 
+def _warmup_cosine_factor(epoch: int, warmup: int, total: int, min_ratio: float) -> float:
+    """The documented WarmupCosine curve (docs/configuration.md), written out as a formula."""
+    if epoch < warmup:
+        return (epoch + 1) / (warmup + 1)
+    progress = min(1.0, (epoch - warmup) / max(1, total - warmup - 1))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _warmup_cosine(warmup, min_ratio, epochs=4):
-    f = WarmupCosine(warmup, epochs, min_ratio)
-    return [1e-3 * f(e) for e in range(epochs)]
+    return [1e-3 * _warmup_cosine_factor(e, warmup, epochs, min_ratio) for e in range(epochs)]
+
+
+@pytest.mark.parametrize("warmup, total, min_ratio", [(0, 1, 0.01), (0, 4, 0.5), (1, 1, 0.01), (1, 2, 0.01),
+                                                     (2, 4, 0.01), (3, 10, 0.1), (5, 5, 0.2), (6, 5, 0.1)])
+def test_warmup_cosine_is_the_formula_at_every_step(warmup, total, min_ratio):
+    # torch's SequentialLR(LinearLR, CosineAnnealingLR), stepped per epoch as Lightning does
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    scheduler = warmup_cosine(optimizer, warmup, total, min_ratio)
+    got = []
+    for _ in range(total):
+        got.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [2e-3 * _warmup_cosine_factor(e, warmup, total, min_ratio) for e in range(total)]
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    if total - warmup >= 2:  # a decay of at least one step ends at min_ratio * lr
+        assert got[-1] == pytest.approx(2e-3 * min_ratio)
 
 
 def check_warmup_epochs(scan, tmp):
