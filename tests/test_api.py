@@ -129,3 +129,15 @@ def test_frames_of_another_probe_match_the_file_path(run, tmp_path):
     assert np.abs(pt.reconstruct(run, normalization="model", **frames) - on_file).max() > 1e-3
     with pytest.raises(UserError, match="probe array go with diffraction="):
         pt.reconstruct(run, other, probe=scan.probe)
+
+
+def test_train_resume_and_config_forms(tiny_scan, tmp_path):
+    first = pt.train(tiny_scan, tmp_path / "run", config=pt.RunConfig.from_dict({"training": {"nepochs": 1}}),
+                     **{k: v for k, v in TINY.items() if k != "epochs"})
+    assert first.epochs_completed == 1
+    resumed = pt.train(out=tmp_path / "run", resume=True, epochs=2)  # config.yaml of the run, then the flags
+    assert resumed.epochs_completed == 2 and [row["epoch"] for row in resumed.history] == [0.0, 1.0]
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        pt.train(resume=tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="train needs out=RUN_DIR"):
+        pt.train(tiny_scan)
