@@ -75,12 +75,16 @@ def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
 # ------------------------------------------------------------------ simulate / read
 
 def simulate(out: str | Path | None = None, *, config: SimulationConfig | None = None, noise: bool = True,
-             **fields: Any) -> Path | ScanData:
+             n_scans: int | None = None, defocus_range: tuple[float, float] | None = None,
+             diameter_range: tuple[float, float] | None = None, nphotons_range: tuple[float, float] | None = None,
+             **fields: Any) -> Path | ScanData | list[Path]:
     """A synthetic scan (`ptycho-torch simulate`). `fields` are SimulationConfig fields (N=32,
     n_positions=100, object='grf', nphotons=1e6, seed=0, ...), applied over `config`. With `out` (.npz or
     .h5) the scan is written there and its path returned; without, the scan is returned in memory as a
     ScanData (diffraction (M, N, N) float32 sqrt(counts), positions (M, 2) (x, y) object pixels, probe
-    (P, N, N), object_guess (H, W) complex64)."""
+    (P, N, N), object_guess (H, W) complex64). `n_scans` K writes a corpus of K scans into the folder
+    `out` (out/scan_000.npz, ...; other objects, probes spread over `defocus_range` (rad) and
+    `diameter_range` (px), doses over `nphotons_range`, as --n-scans does) and returns their paths."""
     import dataclasses
 
     from ptycho_torch.data.simulate import simulate_scan, simulate_to_file
@@ -91,6 +95,22 @@ def simulate(out: str | Path | None = None, *, config: SimulationConfig | None =
     if unknown:
         raise ConfigError(f"simulation: unknown field(s) {', '.join(unknown)}; SimulationConfig has {', '.join(sorted(names))}")
     sim = SimulationConfig.from_dict({**base.to_dict(), **fields})
+    ranges = {"defocus_range": defocus_range, "diameter_range_px": diameter_range, "nphotons_range": nphotons_range}
+    if n_scans is not None:
+        if out is None:
+            raise ConfigError("simulate: n_scans writes a folder of scans; give out=DIR")
+        from ptycho_torch.data.corpus_simulation import corpus_settings, simulate_corpus
+        from ptycho_torch.outputs import check_output_dir, holds_files
+
+        if Path(out).suffix.lower() in (".npz", ".h5", ".hdf5"):
+            raise ConfigError(f"out {out}: n_scans writes a folder of scans; give a directory")
+        check_output_dir(out, "out")
+        if holds_files(Path(out)):
+            raise ConfigError(f"out {out}: already holds files; choose an empty or new directory")
+        return simulate_corpus(corpus_settings(sim, n_scans, **ranges), out, suffix=".npz")
+    if any(v is not None for v in ranges.values()):
+        raise ConfigError("simulate: defocus_range, diameter_range and nphotons_range vary the scans of a corpus; "
+                          "add n_scans=K")
     if out is not None:
         from ptycho_torch.outputs import check_output_dir
 

@@ -141,3 +141,12 @@ def test_train_resume_and_config_forms(tiny_scan, tmp_path):
         pt.train(resume=tmp_path / "nothing")
     with pytest.raises(ConfigError, match="train needs out=RUN_DIR"):
         pt.train(tiny_scan)
+
+
+def test_simulate_a_corpus(tmp_path):
+    paths = pt.simulate(tmp_path / "corpus", n_scans=2, N=32, n_positions=16, nphotons_range=(1e4, 1e6))
+    assert [p.name for p in paths] == ["scan_000.npz", "scan_001.npz"]
+    energies = [pt.read_scan(p).mean_energy() for p in paths]
+    assert energies[1] > 10 * energies[0]  # the doses spread over the range
+    with pytest.raises(ConfigError, match="add n_scans=K"):
+        pt.simulate(tmp_path / "x.npz", nphotons_range=(1e4, 1e6))
