@@ -46,6 +46,12 @@ def filter_benign_ray_lines() -> bool:
     the streamed worker logs and the raylet's warnings reach the driver's console. Returns whether
     the filter is in place (False, changing nothing, when that private hook is not there); calling
     it again does not wrap twice.
+
+    Why a private hook and not the public API (checked in Ray 2.60): `ray.LoggingConfig` has only
+    encoding, log_level and additional_log_standard_attrs, and configures Python's `logging` in the
+    workers, while these two lines come from C++ (core_worker.cc, the raylet's warning channel);
+    `ray.init(log_to_driver=False)` would drop every worker line, our epoch progress and worker
+    tracebacks included. Neither can drop two lines and keep the rest.
     """
     try:
         from ray._private import worker
@@ -131,7 +137,9 @@ def ray_session(config: RayConfig, **init_kwargs: Any) -> Iterator[dict[str, Any
         where = f"cluster at {address}"
     else:
         dashboard = True if config.include_dashboard is None else config.include_dashboard
-        kwargs.update(num_cpus=config.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        # 'local': a new Ray even when `ray start` left /tmp/ray/ray_current_cluster, which a bare
+        # ray.init() would join (and then refuse num_cpus)
+        kwargs.update(address="local", num_cpus=config.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
         where = "embedded local Ray"
         secure_token_file()
     kwargs.update(init_kwargs)

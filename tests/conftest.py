@@ -51,6 +51,7 @@ def ray_local(request):
     import ray
 
     dashboard = bool(getattr(request.module, "RAY_DASHBOARD", False))
-    ray.init(num_cpus=4, include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+    # address 'local': a Ray of its own even while another `ray start` cluster runs on this machine
+    ray.init(address="local", num_cpus=4, include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

@@ -253,3 +253,25 @@ def test_benign_ray_lines_are_dropped_on_the_driver_and_others_kept(capsys, monk
     out, err = capsys.readouterr()
     assert "epoch 1/3 val_loss=1.0" in err and "Traceback (most recent call last):" in err
     assert not any(b in out + err for b in BENIGN_RAY_LINES)
+
+
+def test_embedded_ray_is_a_new_local_one_even_beside_a_running_cluster(monkeypatch):
+    """A bare ray.init() joins the cluster named in /tmp/ray/ray_current_cluster (then refuses
+    num_cpus); the embedded Ray asks for address='local', an address given is used as is."""
+    import ray
+
+    from ptycho_dist import session
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(session, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(session, "secure_token_file", lambda *a: None)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with session.ray_session(RayConfig(num_cpus=2, verbose=True)):
+        pass
+    with session.ray_session(RayConfig(address="auto", verbose=True)):
+        pass
+    assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
+    assert calls[1]["address"] == "auto" and "num_cpus" not in calls[1]
