@@ -14,8 +14,7 @@ from ptycho_torch.config import ConfigError
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # ~80 s: a Ray Train run, a Ray Data run, a one-trial sweep
 RAY_DASHBOARD = True  # Tune (conftest.ray_local)
 
-TINY = {"N": 32, "epochs": 1, "batch_size": 16, "logger": None, "progress_bar": False,
-        "overrides": {"model.n_filters_scale": 0.25}}
+TINY = {"N": 32, "epochs": 1, "batch_size": 16, "progress_bar": False, "overrides": {"model.n_filters_scale": 0.25}}
 
 
 def test_train_reconstruct_and_tune_over_ray(ray_local, tiny_scan, tmp_path):
@@ -25,6 +24,10 @@ def test_train_reconstruct_and_tune_over_ray(ray_local, tiny_scan, tmp_path):
     run = pd.train(tiny_scan, tmp_path / "runs" / "one", address=ray_local, **TINY)
     assert run.world_size == 1 and run.epochs_completed >= 1
     assert run.run_dir == str(tmp_path / "runs" / "one")
+    # the worker's csv logger got the learning rate and the picture of the last epoch
+    assert sorted(p.name for p in (tmp_path / "runs" / "one").glob("logs/version_*/images/*.png")) == [
+        "epoch000_amplitude.png", "epoch000_phase.png"]
+    assert "lr-Adam" in next((tmp_path / "runs" / "one").glob("logs/version_*/metrics.csv")).read_text()
     obj = pd.reconstruct(run, tiny_scan, tmp_path / "recon", concurrency=1, address=ray_local)
     assert (tmp_path / "recon" / "object.npz").is_file()
     local = pt.reconstruct(run, tiny_scan)
