@@ -1,48 +1,27 @@
-"""Results of a sweep: one record per trial, trials.csv, the printed table, the best trial's config
-and run directory, and the per-trial curves (trials.png).
+"""Ray Tune's side of a sweep's results: TrialRecords (ptycho_torch.sweep_results) from a ResultGrid,
+the best trial's run files copied out of the storage path, and the driver's progress lines.
 
-A trial's status is one of
-    completed  trained to its last epoch (or stopped by its own EarlyStopping): it has a model bundle
-    stopped    stopped early by the scheduler (ASHA) after `epochs` epochs
-    error      raised (the message is in the `error` column; Tune keeps error.txt in the trial directory)
-The best trial is the completed trial with the best metric at its last epoch (the weights in its
-model bundle); `best_<metric>` is the best value a trial reached at any epoch.
+The last and the best reported metric of each trial are Ray's own `ResultGrid.get_dataframe()`
+(last result) and `get_dataframe(filter_metric, filter_mode)` (best result at any epoch); the curves
+for trials.png are each trial's `metrics_dataframe`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ray.tune import Callback
 
 from ptycho_dist.sweep_trial import EPOCHS_KEY, plain, run_location
+from ptycho_torch.sweep_results import TrialRecord
 
 log = logging.getLogger("ptycho_dist")
 
 RUN_FILES = ("model.pt", "config.yaml", "manifest.json", "metrics.json", "loss.png")  # copied to DIR/best
-
-
-@dataclass
-class TrialRecord:
-    """One trial as it appears in trials.csv."""
-
-    trial_id: str
-    params: dict[str, Any]
-    status: str  # completed | stopped | error
-    epochs: int  # epochs reported to Tune
-    last_value: float  # metric at the last reported epoch (NaN if none)
-    best_value: float  # best metric over the reported epochs (NaN if none)
-    stopped_early: bool  # fewer epochs than a full trial (by the scheduler or by EarlyStopping)
-    seconds: float
-    run_dir: str
-    error: str = ""
-    curve: list[tuple[int, float]] = field(default_factory=list)  # (epochs_completed, metric)
 
 
 def _manifest_epochs(run_dir: str) -> int | None:
@@ -62,108 +41,43 @@ def _curve(dataframe: Any, metric: str) -> list[tuple[int, float]]:
     """(epoch, value) per reported epoch; a repeated epoch (a continued trial) keeps its last value."""
     if dataframe is None or EPOCHS_KEY not in getattr(dataframe, "columns", ()) or metric not in dataframe.columns:
         return []
-    by_epoch: dict[int, float] = {}
-    for epoch, value in zip(dataframe[EPOCHS_KEY], dataframe[metric]):
-        if epoch == epoch and value is not None:  # skip NaN epochs
-            by_epoch[int(epoch)] = float(value)
-    return sorted(by_epoch.items())
+    rows = dataframe[[EPOCHS_KEY, metric]].dropna().drop_duplicates(EPOCHS_KEY, keep="last")
+    return sorted((int(e), float(v)) for e, v in zip(rows[EPOCHS_KEY], rows[metric]))
+
+
+def _rows(frame: Any) -> dict[str, dict[str, Any]]:
+    """trial id -> its row of a ResultGrid dataframe (errored trials that reported nothing are absent)."""
+    return {str(r["trial_id"]): r for r in frame.to_dict("records")} if "trial_id" in frame.columns else {}
+
+
+def _number(row: dict[str, Any], key: str) -> float:
+    value = row.get(key)
+    return float(value) if isinstance(value, (int, float)) else math.nan
 
 
 def collect_trials(result_grid: Any, metric: str, mode: str, full_epochs: int, experiment: str) -> list[TrialRecord]:
     """TrialRecords from a Tune ResultGrid, in trial-id order."""
+    last = _rows(result_grid.get_dataframe())
+    best = _rows(result_grid.get_dataframe(filter_metric=metric, filter_mode=mode))
     records = []
     for result in result_grid:
         trial_id = Path(result.path).name
-        curve = _curve(result.metrics_dataframe, metric)
-        values = [v for _, v in curve if math.isfinite(v)]
-        epochs = curve[-1][0] if curve else 0
+        row = last.get(trial_id, {})
+        epochs = int(_number(row, EPOCHS_KEY)) if math.isfinite(_number(row, EPOCHS_KEY)) else 0
         run_dir = run_location(experiment, trial_id)
-        finished = _manifest_epochs(run_dir)
         if result.error is not None:
             status = "error"
-        elif epochs >= full_epochs or (finished is not None and finished == epochs):
+        elif epochs >= full_epochs or _manifest_epochs(run_dir) == epochs:
             status = "completed"
         else:
             status = "stopped"
-        pick = min if mode == "min" else max
         error = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
         records.append(TrialRecord(
             trial_id=trial_id, params={k: plain(v) for k, v in (result.config or {}).items()}, status=status,
-            epochs=epochs, last_value=curve[-1][1] if curve else math.nan,
-            best_value=pick(values) if values else math.nan, stopped_early=status != "error" and epochs < full_epochs,
-            seconds=float((result.metrics or {}).get("time_total_s", math.nan)), run_dir=run_dir, error=error,
-            curve=curve))
+            epochs=epochs, last_value=_number(row, metric), best_value=_number(best.get(trial_id, {}), metric),
+            stopped_early=status != "error" and epochs < full_epochs, seconds=_number(row, "time_total_s"),
+            run_dir=run_dir, error=error, curve=_curve(result.metrics_dataframe, metric)))
     return sorted(records, key=lambda r: r.trial_id)
-
-
-def choose_best(records: Sequence[TrialRecord], mode: str) -> TrialRecord | None:
-    """The completed trial with the best last-epoch metric (ties: the better best value, then the id)."""
-    done = [r for r in records if r.status == "completed" and math.isfinite(r.last_value)]
-    if not done:
-        return None
-    sign = 1.0 if mode == "min" else -1.0
-    return min(done, key=lambda r: (sign * r.last_value, sign * r.best_value, r.trial_id))
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
-    return "" if value is None else str(value)
-
-
-def table_rows(records: Sequence[TrialRecord], space_keys: Sequence[str], metric: str) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the results table (the columns of trials.csv)."""
-    header = ["trial_id", "status", *space_keys, "epochs", "stopped_early", f"last_{metric}", f"best_{metric}",
-              "seconds", "run_dir", "error"]
-    rows = [[r.trial_id, r.status, *(_fmt(r.params.get(k)) for k in space_keys), str(r.epochs),
-             str(r.stopped_early).lower(), _fmt(r.last_value), _fmt(r.best_value), _fmt(round(r.seconds, 1)),
-             r.run_dir, r.error] for r in records]
-    return header, rows
-
-
-def write_trials_csv(records: Sequence[TrialRecord], space_keys: Sequence[str], metric: str, path: Path) -> Path:
-    """trials.csv: one row per trial (see `table_rows`)."""
-    header, rows = table_rows(records, space_keys, metric)
-    from ptycho_torch.outputs import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def format_table(records: Sequence[TrialRecord], space_keys: Sequence[str], metric: str, mode: str,
-                 best: TrialRecord | None) -> str:
-    """A fixed-width summary, best first ('*' marks the best trial); errors shortened."""
-    header, _ = table_rows(records, space_keys, metric)
-    keep = [h for h in header if h not in ("run_dir", "seconds") and (h != "error" or any(r.error for r in records))]
-    sign = 1.0 if mode == "min" else -1.0
-    order = sorted(records, key=lambda r: (r.status != "completed", r.status != "stopped",
-                                           sign * r.last_value if math.isfinite(r.last_value) else math.inf))
-    short = {k: k.split(".", 1)[-1] for k in space_keys}
-    head = ["", *(short.get(h, h) for h in keep)]
-    body = []
-    for r in order:
-        _, (row,) = table_rows([r], space_keys, metric)
-        cells = dict(zip(header, row))
-        cells["error"] = r.error if len(r.error) <= 70 else r.error[:67] + "..."
-        body.append(["*" if r is best else "", *(cells[h] for h in keep)])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [head, *body]]
-    return "\n".join(lines)
-
-
-def save_curves(records: Sequence[TrialRecord], space_keys: Sequence[str], metric: str, path: Path) -> Path:
-    """trials.png: the metric per epoch of every trial (legend: trial id and its values)."""
-    from ptycho_torch.plots import save_trial_curves
-
-    def label(r: TrialRecord) -> str:
-        values = ", ".join(f"{k.split('.', 1)[-1]}={_fmt(r.params.get(k))}" for k in space_keys)
-        return f"{r.trial_id} {values}" + ("" if r.status == "completed" else f" ({r.status})")
-
-    curves = {label(r): ([e for e, _ in r.curve], [v for _, v in r.curve]) for r in records}
-    return save_trial_curves(curves, path, metric, title=f"{metric} per trial ({len(records)} trials)")
 
 
 def copy_run(run_dir: str, dest: Path, names: Sequence[str] = RUN_FILES) -> Path:

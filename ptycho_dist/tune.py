@@ -67,7 +67,7 @@ class SweepResult:
     experiment: str
     out_dir: Path
     metric: str
-    trials: list[Any]  # sweep_report.TrialRecord, in trial-id order
+    trials: list[Any]  # ptycho_torch.sweep_results.TrialRecord, in trial-id order
     table: str  # the printed summary
     complete: bool  # False when the sweep was interrupted (resume it with --resume NAME)
     best: Any = None  # the best TrialRecord (None if no trial completed)
@@ -317,10 +317,11 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
 def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experiment: str,
                   out_dir: Path) -> SweepResult:
     """trials.csv, trials.png, best_config.yaml and best/ in `out_dir` from a Tune ResultGrid."""
-    from ptycho_dist import sweep_report as report
+    from ptycho_dist.sweep_report import collect_trials, copy_run
+    from ptycho_torch import sweep_results as report
 
     full_epochs = sweep.epochs_per_trial(base)
-    records = report.collect_trials(result_grid, sweep.metric, sweep.mode, full_epochs, experiment)
+    records = collect_trials(result_grid, sweep.metric, sweep.mode, full_epochs, experiment)
     analysis = getattr(result_grid, "_experiment_analysis", None)
     statuses = {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
     for r in records:
@@ -348,7 +349,7 @@ def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experim
                          + (f"; first error: {errors[0]}" if errors else ""))
     result.best_config = sweep.trial_config(base, best.params)
     files[BEST_CONFIG] = save_run_config(result.best_config, out_dir / BEST_CONFIG)
-    files[BEST_DIR] = report.copy_run(best.run_dir, out_dir / BEST_DIR)
+    files[BEST_DIR] = copy_run(best.run_dir, out_dir / BEST_DIR)
     return result
 
 

@@ -15,7 +15,6 @@ from conftest import tiny_config
 from ptycho_dist import tune as dist_tune
 from ptycho_dist.config import SweepConfig
 from ptycho_dist.scaling import ClusterResources
-from ptycho_dist.sweep_report import TrialRecord, choose_best, format_table, write_trials_csv
 from ptycho_dist.tune import (
     SPEC_FILE,
     concurrent_trials,
@@ -25,6 +24,7 @@ from ptycho_dist.tune import (
     sweep_config_from_dict,
 )
 from ptycho_torch.config import ConfigError, RunConfig
+from ptycho_torch.sweep_results import TrialRecord, choose_best, format_table, write_trials_csv
 
 SPEC_EXAMPLE = """
 metric: val_loss            # any logged metric; mode min|max
