@@ -1,19 +1,18 @@
 """Configuration of the Ray layer: where Ray runs and how runs are stored (RayConfig).
 
 Plain frozen dataclasses validated on creation with messages naming the field, like
-ptycho_torch.config (they reuse its checking machinery). Sweep settings (SweepConfig) live here too.
+ptycho_torch.config (they reuse its checking machinery). The sweep file (SweepConfig) lives here too;
+its search space is checked by ptycho_torch.search_space.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from ptycho_torch.config import ConfigError, ConfigSection, RunConfig, config_field
+from ptycho_torch.search_space import SWEEP_METRICS, metric_problems, normalise_space, space_problems
 
 
 @dataclass(frozen=True)
@@ -59,24 +58,6 @@ class RayConfig(ConfigSection):
 # Sweeps (`ptycho-dist tune`): the sweep YAML file
 # --------------------------------------------------------------------------------------------
 
-# Metrics the LightningModule logs once per epoch (the *_mae / *_tv terms only with a non-zero weight,
-# val_* only with validation), any of which a sweep can rank trials by.
-SWEEP_METRICS: tuple[str, ...] = (
-    *(f"{split}_{term}" for split in ("val", "train") for term in ("loss", "nll", "mae", "tv")), "lr")
-# Search-space entry kinds: `field: {kind: values}`.
-SPACE_KINDS: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "randint")
-# Fields a sweep may not search, and what to do instead.
-NOT_SEARCHABLE: dict[str, str] = {
-    "data.path": "the scan comes from --data (or data.path of the run config)",
-    "execution.devices": "the workers of each trial are set by workers_per_trial",
-    "execution.num_nodes": "the workers of each trial are set by workers_per_trial",
-}
-_MAX_COMBINATIONS_CHECKED = 512
-
-
-def _fail_sweep(key: str, message: str) -> typing.NoReturn:
-    raise ConfigError(f"sweep.{key}: {message}")
-
 
 @dataclass(frozen=True)
 class SweepScheduler(ConfigSection):
@@ -116,54 +97,6 @@ class SweepSearch(ConfigSection):
                   "sampled once per grid point and repeat (the two names are synonyms); optuna = Optuna's TPE sampler "
                   "(pip install 'ptycho-dist[optuna]'; no grid entries)")
     seed: Optional[int] = config_field(None, "seed of the random sampling / of Optuna (None = not reproducible)")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _normalise_entry(dotted: str, entry: Any) -> dict[str, list[Any]]:
-    """One space entry -> {kind: [values]}; raises ConfigError naming the field."""
-    key = f"space.{dotted}"
-    if not isinstance(entry, dict) or len(entry) != 1:
-        _fail_sweep(key, f"got {entry!r}; expected a mapping with exactly one of {', '.join(SPACE_KINDS)}, "
-                         "e.g. {grid: [1, 2]} or {loguniform: [1.0e-4, 1.0e-2]} (fixed values belong in the "
-                         "run config)")
-    ((kind, values),) = entry.items()
-    if kind not in SPACE_KINDS:
-        _fail_sweep(key, f"unknown kind {kind!r}; use one of {', '.join(SPACE_KINDS)}")
-    if kind in ("grid", "choice"):
-        if not isinstance(values, list) or not values:
-            _fail_sweep(key, f"{kind} needs a non-empty list of values, got {values!r}")
-        return {kind: list(values)}
-    if not isinstance(values, list) or len(values) != 2 or not all(_number(v) for v in values):
-        _fail_sweep(key, f"{kind} needs [low, high] (two numbers), got {values!r}")
-    low, high = values
-    if kind == "randint":
-        if not all(isinstance(v, int) or float(v).is_integer() for v in values):
-            _fail_sweep(key, f"randint needs integer bounds [low, high), got {values!r}")
-        low, high = int(low), int(high)
-    if low >= high:
-        _fail_sweep(key, f"{kind} [{low}, {high}]: low must be < high"
-                         + (" (high is exclusive: randint [1, 4] draws 1, 2 or 3)" if kind == "randint" else ""))
-    if kind == "loguniform" and low <= 0:
-        _fail_sweep(key, f"loguniform [{low}, {high}]: low must be > 0 (sampled on a log scale)")
-    if kind != "randint":
-        low, high = float(low), float(high)
-    return {kind: [low, high]}
-
-
-def _section_fields(section: str) -> list[str]:
-    from ptycho_torch.config import SECTIONS
-
-    return sorted(f.name for f in dataclasses.fields(SECTIONS[section]))
-
-
-def _is_int_field(dotted: str) -> bool:
-    from ptycho_torch.config import SECTIONS
-
-    section, name = dotted.split(".")
-    return typing.get_type_hints(SECTIONS[section]).get(name) is int
 
 
 @dataclass(frozen=True)
@@ -215,7 +148,7 @@ class SweepConfig(ConfigSection):
         search = self._subsection("search", SweepSearch, "{name: grid}")
         object.__setattr__(self, "scheduler", scheduler)
         object.__setattr__(self, "search", search)
-        object.__setattr__(self, "space", self._normalised_space())
+        object.__setattr__(self, "space", normalise_space(self.space))
 
         if self.metric not in SWEEP_METRICS:
             self._fail("metric", f"got {self.metric!r}; the module logs {', '.join(SWEEP_METRICS)} "
@@ -243,26 +176,6 @@ class SweepConfig(ConfigSection):
                 self._fail(f"space.{dotted}", "ASHA sets training.nepochs of every trial to scheduler.max_epochs; "
                                               "search it with scheduler: {name: fifo}")
 
-    def _normalised_space(self) -> dict[str, dict[str, list[Any]]]:
-        from ptycho_torch.config import SECTIONS
-
-        space = self.space if self.space is not None else {}
-        if not isinstance(space, dict) or not space:
-            self._fail("space", f"got {space!r}; expected a non-empty mapping of dotted config fields to search "
-                                "entries, e.g. execution.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}")
-        out: dict[str, dict[str, list[Any]]] = {}
-        for dotted, entry in space.items():
-            section, _, name = str(dotted).partition(".")
-            if section not in SECTIONS or not name:
-                self._fail(f"space.{dotted}", f"expected 'section.field' with section one of {', '.join(SECTIONS)}")
-            if name not in _section_fields(section):
-                self._fail(f"space.{dotted}", f"unknown field {name!r} of section {section}; "
-                                              f"{section} has {', '.join(_section_fields(section))}")
-            if dotted in NOT_SEARCHABLE:
-                self._fail(f"space.{dotted}", f"cannot be searched: {NOT_SEARCHABLE[dotted]}")
-            out[str(dotted)] = _normalise_entry(str(dotted), entry)
-        return out
-
     # ---------------------------------------------------------------- with the run config
 
     @property
@@ -288,70 +201,19 @@ class SweepConfig(ConfigSection):
 
     def check_against(self, base: RunConfig) -> None:
         """Check the sweep against the run config before any trial starts; raise one ConfigError that
-        lists every problem: value types and ranges (each grid/choice value and the range ends are
-        applied to `base` with apply_overrides), combinations of discrete values, metric availability
-        and ASHA's epochs."""
+        lists every problem: value types and ranges (search_space.space_problems, through
+        `trial_config`), metric availability and ASHA's epochs."""
         problems: list[str] = []
-
-        def attempt(params: dict[str, Any], what: str) -> bool:
-            try:
-                self.trial_config(base, params)
-            except ConfigError as e:
-                problems.append(f"sweep.{what}: {e}")
-                return False
-            return True
-
-        ok = attempt({}, "workers_per_trial")
-        discrete: dict[str, list[Any]] = {}
-        lows: dict[str, Any] = {}
-        for dotted, entry in self.space.items():
-            ((kind, values),) = entry.items()
-            if kind in ("grid", "choice"):
-                good = [attempt({dotted: v}, f"space.{dotted}: {kind} value {v!r}") for v in values]
-                ok &= all(good)
-                discrete[dotted] = values
-                continue
-            low, high = values
-            probes = [low, high - 1] if kind == "randint" else [low, math.nextafter(low, high), high]
-            hint = " (an integer field: use randint or grid)" if kind != "randint" and _is_int_field(dotted) else ""
-            good = [attempt({dotted: v}, f"space.{dotted}: {kind} [{low}, {high}]{hint} sample {v!r}")
-                    for v in probes]
-            ok &= all(good)
-            lows[dotted] = low
-        if ok and discrete:  # cross-field checks (e.g. persistent_workers needs num_workers > 0)
-            for i, combo in enumerate(itertools.product(*discrete.values())):
-                if i >= _MAX_COMBINATIONS_CHECKED:
-                    break
-                params = {**lows, **dict(zip(discrete, combo))}
-                if not attempt(params, f"space: the combination {params}"):
-                    break
-        problems += self._metric_problems(base)
-        if self.is_asha and self.grace_period_exceeds(base):
+        try:
+            self.trial_config(base, {})
+        except ConfigError as e:
+            problems.append(f"sweep.workers_per_trial: {e}")
+        if not problems:
+            problems += space_problems(self.space, lambda params: self.trial_config(base, params))
+        problems += metric_problems(self.metric, self.space, base)
+        if self.is_asha and self.scheduler.grace_period > self.epochs_per_trial(base):
             problems.append(f"sweep.scheduler.grace_period: {self.scheduler.grace_period} epochs is more than the "
                             f"{self.epochs_per_trial(base)} epochs of a trial (training.nepochs); lower grace_period "
                             "or set scheduler.max_epochs")
         if problems:
             raise ConfigError("invalid sweep:\n  - " + "\n  - ".join(problems))
-
-    def grace_period_exceeds(self, base: RunConfig) -> bool:
-        return self.scheduler.grace_period > self.epochs_per_trial(base)
-
-    def _values_of(self, dotted: str, base: RunConfig) -> list[Any]:
-        """The base value of a field, or the swept values/range ends when the sweep searches it."""
-        if dotted in self.space:
-            ((_, values),) = self.space[dotted].items()
-            return list(values)
-        section, name = dotted.split(".")
-        return [getattr(getattr(base, section), name)]
-
-    def _metric_problems(self, base: RunConfig) -> list[str]:
-        split, _, term = self.metric.partition("_")
-        problems = []
-        if split == "val" and not all(v and v > 0 for v in self._values_of("data.val_fraction", base)):
-            problems.append(f"sweep.metric: {self.metric} needs validation, but data.val_fraction is 0 (in the run "
-                            f"config or the space); set data.val_fraction > 0 or use train_{term}")
-        weights = {"mae": "training.mae_weight", "tv": "training.tv_weight"}
-        if term in weights and not all(v and v > 0 for v in self._values_of(weights[term], base)):
-            problems.append(f"sweep.metric: {self.metric} is only logged when {weights[term]} > 0 (in every trial); "
-                            "set it in the run config or rank by val_loss")
-        return problems
