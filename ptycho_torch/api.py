@@ -44,8 +44,9 @@ def flag_keywords() -> dict[str, str]:
 
 def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
                overrides: Mapping[str, Any] | None = None, base: RunConfig | None = None, **flags: Any) -> RunConfig:
-    """One RunConfig the way the command line builds it: `base` (e.g. a resumed run's config) <-
-    `config` (a RunConfig, a dict of sections, or a YAML file) <- `overrides` (dotted fields) <- `flags`
+    """One RunConfig the way the command line builds it: `config` (a RunConfig, a dict of sections, or a
+    YAML file; it replaces `base`, e.g. a resumed run's config, as --config does) <- `overrides` (dotted
+    fields) <- `flags`
     (keywords of the CLI flags, e.g. epochs=5, batch_size=8, N=32, learning_rate=3e-3, logger='csv'),
     plus `data` (a scan file, glob, or list of files) as data.path. Values are checked as in a file."""
     if isinstance(config, RunConfig):
