@@ -123,13 +123,18 @@ def tune(sweep: SweepConfig | Mapping[str, Any] | str | Path | None, out: str | 
     elif isinstance(sweep, Mapping):
         sweep = sweep_config_from_dict(dict(sweep))
     if resume is None and sweep is None:
-        raise ConfigError("tune needs sweep= (a sweep YAML, dict or SweepConfig), or resume=NAME to continue one")
+        raise ConfigError("tune needs --sweep SWEEP.yaml (sweep= in Python: a YAML, dict or SweepConfig), or "
+                          "--resume NAME to continue a sweep")
     if resume is not None and name is not None and name != resume:
-        raise ConfigError(f"name {name} contradicts resume {resume}; give one")
+        raise ConfigError(f"--name {name} contradicts --resume {resume}; give one")
+    stored = None  # resuming with data alone: the data is checked against the sweep's own run config
+    if resume is not None and config is None and data is not None:
+        from ptycho_dist.tune import stored_base
+
+        stored = stored_base(sweep, out, resume, storage_path)
     base = None
-    if config is not None or data is not None or resume is None:
-        absolute = None if data is None else str(Path(data).expanduser().resolve())
-        base = run_config(config, absolute)
+    if config is not None or resume is None or stored is not None:
+        base = run_config(config, None if data is None else str(Path(data).expanduser().resolve()), base=stored)
     ray_config = RayConfig.from_dict({**_ray_fields(ray), **ray_fields})
     return run_sweep(base, sweep, out, ray_config=ray_config, name=resume or name, resume=resume is not None,
                      storage_path=storage_path)

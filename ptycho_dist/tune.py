@@ -42,8 +42,6 @@ from ptycho_dist.run_files import absolute_location, is_uri, run_location
 from ptycho_torch.config import (
     ConfigError,
     RunConfig,
-    apply_overrides,
-    load_run_config,
     read_yaml_mapping,
     save_run_config,
 )
@@ -197,6 +195,12 @@ def _read_spec(experiment: str) -> dict[str, Any] | None:
 
     text = read_run_file(experiment, SPEC_FILE)
     return None if text is None else yaml.safe_load(text)
+
+
+def stored_base(sweep: SweepConfig | None, out_dir: str | Path, name: str, storage_path: str | None) -> RunConfig | None:
+    """The run config the sweep `name` started with (its experiment's SPEC_FILE), or None."""
+    stored = _read_spec(run_location(_storage(sweep, Path(out_dir).expanduser().resolve(), storage_path), name))
+    return RunConfig.from_dict(stored["base"]) if stored else None
 
 
 def _resume_spec(experiment: str, name: str, base: RunConfig | None,
@@ -384,31 +388,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     """Run or resume a sweep and print its table and where the results are."""
+    from ptycho_dist.api import tune as api_tune
     from ptycho_dist.flags import ray_config_from_args
     from ptycho_torch.outputs import check_output_dir
 
     check_output_dir(args.out, "--out")  # before Ray starts
-    ray_config = ray_config_from_args(args)
-    sweep = load_sweep_config(args.sweep) if args.sweep is not None else None
-    resume = args.resume is not None
-    if resume and args.name is not None and args.name != args.resume:
-        raise ConfigError(f"--name {args.name} contradicts --resume {args.resume}; give one")
-    if not resume and sweep is None:
-        raise ConfigError("tune needs --sweep SWEEP.yaml (or --resume NAME to continue a sweep)")
-    name = args.resume if resume else args.name
-    base: RunConfig | None = None
-    if args.config is not None:
-        base = load_run_config(args.config)
-    elif resume and args.data is not None:  # check --data against the sweep's own scan
-        experiment = run_location(_storage(sweep, Path(args.out).resolve(), args.storage_path), name)
-        stored = _read_spec(experiment)
-        base = RunConfig.from_dict(stored["base"]) if stored else None
-    elif not resume:
-        base = RunConfig()
-    if base is not None and args.data is not None:
-        base = apply_overrides(base, {"data.path": str(Path(args.data).expanduser().resolve())})
-    result = run_sweep(base, sweep, args.out, ray_config=ray_config, name=name, resume=resume,
-                       storage_path=args.storage_path)
+    result = api_tune(args.sweep, args.out, config=args.config, data=args.data, name=args.name, resume=args.resume,
+                      storage_path=args.storage_path, ray=ray_config_from_args(args))
     print(result.table)
     for label, path in result.files.items():
         print(f"{label:>16}: {path}")

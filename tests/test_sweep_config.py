@@ -266,6 +266,21 @@ def test_resume_checks_the_stored_sweep(no_ray, tiny_scan, tmp_path):
         run_sweep(None, _sweep(metric="train_loss"), out, name="s1", resume=True)
 
 
+def test_resume_with_data_alone_keeps_the_stored_run_config(no_ray, tiny_scan, small_scan, tmp_path):
+    """`--resume NAME --data SCAN` (CLI and pd.tune, one code path): the stored base config with that
+    scan, so the same scan resumes and another one is refused as a changed run config."""
+    import ptycho_dist as pd
+
+    out = tmp_path / "out"
+    base = tiny_config(tiny_scan, **{"execution.learning_rate": 0.5, "data.path": str(tiny_scan.resolve())})
+    (out / "s1").mkdir(parents=True)
+    (out / "s1" / SPEC_FILE).write_text(yaml.safe_dump({"base": base.to_dict(), "sweep": _sweep().to_dict()}))
+    with pytest.raises(AssertionError, match="Ray must not start"):  # passed every check, then Ray would start
+        pd.tune(None, out, data=tiny_scan, resume="s1")
+    with pytest.raises(ConfigError, match=r"the run config differs .*data.path"):
+        pd.tune(None, out, data=small_scan, resume="s1")
+
+
 def test_cli_reports_one_line_and_exit_status_2(no_ray, tiny_scan, tmp_path, capsys):
     from ptycho_dist.cli import main
 
