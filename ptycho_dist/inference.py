@@ -5,7 +5,7 @@ Pipeline (one Ray Dataset, streamed; the driver never holds the patterns or the 
     driver     read_scans: one file, a glob or several files, validated once, patterns left on disk;
                groups per file (inference_groups, as the local loop); global ids cut into blocks
     Ray Data   pattern_ids (blocks of global ids)                    8 bytes per pattern
-               .map_batches(read_ids)                              ids -> rows (scan_source)
+               .map_batches(read_ids)                              ids -> rows (RowReader)
                .map_batches(BatchPredictor, ActorPoolStrategy(K))  model loaded once per actor;
                                                                    each batch -> network -> seed
                                                                    patches -> partial canvases
@@ -33,14 +33,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ptycho_dist.config import RayConfig
-from ptycho_dist.scan_source import RowReader, default_block_size, id_energies, pattern_ids, read_ids
 from ptycho_torch.config import ConfigError
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.scan_files import read_scans, scan_paths
 from ptycho_torch.errors import UserError
 from ptycho_torch.physics import normalization_factor
 from ptycho_torch.stitching import CanvasSum, stitch_weight
-from ptycho_torch.workflows.batch_predictor import BatchPredictor
+from ptycho_torch.workflows.batch_predictor import (
+    BatchPredictor,
+    RowReader,
+    default_block_size,
+    id_energies,
+    read_ids,
+)
 from ptycho_torch.workflows.bundle import load_bundle, resolve_bundle_path
 from ptycho_torch.workflows.reconstruct import ReconResult, inference_groups, write_reconstruction
 
@@ -58,6 +63,21 @@ def _quiet_ray_data(verbose: bool) -> None:
     if not verbose:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
+
+
+def pattern_ids(n_patterns: int, block_size: int) -> Any:
+    """A Ray Dataset of the global pattern indices (column "data", int64) in blocks of `block_size`.
+
+    Built from in-memory blocks (8 bytes per pattern) rather than from block descriptors or
+    `ray.data.range`, for two measured reasons: Ray Data fuses the read into the actors and bundles
+    >= batch_size input rows per actor task, so one descriptor row per block would put many blocks on
+    a single actor; and `range` runs as separate 1-CPU read tasks that deadlock when the actors hold
+    every CPU.
+    """
+    import ray.data
+
+    return ray.data.from_numpy([np.arange(s, min(s + block_size, n_patterns), dtype=np.int64)
+                                for s in range(0, n_patterns, block_size)])
 
 
 def streaming_norm_factor(reader: RowReader, block_size: int) -> float:

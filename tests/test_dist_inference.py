@@ -15,7 +15,6 @@ import torch
 from conftest import simulate, tiny_config
 
 from ptycho_dist.inference import add_parser, reconstruct_distributed
-from ptycho_dist.scan_source import RowReader
 from ptycho_torch.config import ConfigError, apply_overrides
 from ptycho_torch.data.contract import ScanValidationError, read_scan, write_scan
 from ptycho_torch.data.dataset import GroupDataset
@@ -27,7 +26,7 @@ from ptycho_torch.stitching import (
     partial_canvas,
     stitch_weight,
 )
-from ptycho_torch.workflows.batch_predictor import BatchPredictor
+from ptycho_torch.workflows.batch_predictor import BatchPredictor, RowReader
 from ptycho_torch.workflows.reconstruct import (
     PatchPredictor,
     inference_groups,

@@ -1,22 +1,75 @@
-"""Batches of rows -> partial canvases: the model side of streamed reconstruction (Ray Data actors
-use it as their callable class; it needs no Ray).
+"""Streamed reconstruction without Ray: a scan's rows by global index (`RowReader`) and batches of
+rows -> partial canvases (`BatchPredictor`). ptycho_dist.inference runs both on Ray Data (read tasks
+and an actor pool); neither needs Ray.
 
-Input batch (dict of numpy arrays, B rows, the columns of ptycho_dist.scan_source): amp (B, C, N, N)
-or (B, N, N) float32 sqrt(counts); x, y (B,) float64 object pixels; seed_channel (B,) int64 and
-offsets (B, C, 2) float32 (optional when C = 1); index (B,) int64 global pattern indices.
+A row (one per pattern, columns of a batch dict of numpy arrays, B rows):
+
+    index         ()          int64    global pattern index (file order, then row order)
+    x, y          ()          float64  the pattern's scan position, object pixels (column, row)
+    seed_channel  ()          int64    channel of the pattern inside its group
+    offsets       (C, 2)      float32  group members' positions relative to the group centroid (px)
+    amp           (C, N, N)   float32  measured amplitudes sqrt(counts) of the group, C = gridsize**2
+
+BatchPredictor also takes amp (B, N, N) and no seed_channel / offsets when C = 1.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ptycho_torch.data.grouping import Groups
+from ptycho_torch.data.scan_files import Scan
 from ptycho_torch.stitching import compact_subsets, partial_canvas, stitch_weight
 from ptycho_torch.workflows.reconstruct import PatchPredictor
+
+DEFAULT_BLOCK_BYTES = 16 * 2**20  # target size of one read block of amplitudes
+
+
+@dataclass(eq=False)
+class RowReader:
+    """Rows (module docstring) of a scan by global index; picklable in a few bytes per pattern when
+    the scan is read lazily and without its objectGuess (`scan.without_object()`)."""
+
+    scan: Scan
+    groups: Groups  # one group per pattern, global indices (workflows.reconstruct.inference_groups)
+
+    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows of the patterns `ids` (k,), sorted by global index."""
+        ids = np.sort(np.asarray(ids, dtype=np.int64).reshape(-1))
+        members = self.groups.indices[ids]  # (k, C)
+        positions = self.scan.positions
+        member_pos = positions[members].astype(np.float32)  # (k, C, 2), as GroupDataset computes it
+        return {"index": ids, "x": positions[ids, 0], "y": positions[ids, 1],
+                "seed_channel": self.groups.seed_channel[ids].astype(np.int64),
+                "offsets": member_pos - member_pos.mean(axis=1, keepdims=True),
+                "amp": self.scan.diffraction_rows(members)}  # (k, C, N, N)
+
+
+def read_ids(batch: dict[str, np.ndarray], reader: RowReader) -> dict[str, np.ndarray]:
+    """A block of global ids (column "data") -> its rows (a Ray Data `map_batches` function)."""
+    return reader.rows(batch["data"])
+
+
+def id_energies(batch: dict[str, np.ndarray], reader: RowReader) -> dict[str, np.ndarray]:
+    """A block of global ids (column "data") -> sum_m sum_xy X_m**2 (float64, photons) and its
+    pattern count: the pieces of the scan's normalisation factor r (`--renormalize`)."""
+    x = reader.scan.diffraction_rows(np.asarray(batch["data"], np.int64)).astype(np.float64)
+    return {"energy": np.array([float(np.square(x).sum())]), "count": np.array([len(x)], np.int64)}
+
+
+def default_block_size(n_patterns: int, channels: int, N: int, actors: int = 1) -> int:
+    """Patterns per read block: ~DEFAULT_BLOCK_BYTES of amplitudes, and at least 4 blocks per actor
+    when the scan is large enough."""
+    by_bytes = max(1, DEFAULT_BLOCK_BYTES // (4 * channels * N * N))
+    by_count = max(1, math.ceil(n_patterns / (4 * max(actors, 1))))
+    return int(min(by_bytes, by_count))
 
 
 class BatchPredictor:
