@@ -66,14 +66,13 @@ def render(obj: np.ndarray, weight: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _region_dataset(datamodule: Any) -> tuple[Any, np.ndarray] | None:
-    """(dataset, group indices of the region) of a PtychoDataModule, or None when there is nothing
-    to show (no datamodule of ours, no groups)."""
-    if datamodule is None or not hasattr(datamodule, "val_dataloader"):
-        return None
-    loader = datamodule.val_dataloader() if getattr(datamodule, "val_groups", None) is not None \
-        else datamodule.train_dataloader()
-    dataset = getattr(loader, "dataset", None)
-    groups, scan = getattr(dataset, "groups", None), getattr(dataset, "scan", None)
+    """(dataset, indices of its groups) of the region of a PtychoDataModule: a GroupDataset of the
+    chosen groups alone (built from the module's groups and scan, so it does not matter which loaders
+    feed the training, e.g. Ray Data shards), or None when there is nothing to show."""
+    from ptycho_torch.data.dataset import GroupDataset
+
+    groups = getattr(datamodule, "val_groups", None) or getattr(datamodule, "train_groups", None)
+    scan = getattr(datamodule, "scan", None)
     if groups is None or scan is None or len(groups) == 0:
         return None
     members = groups.indices  # (G, C) pattern indices
@@ -84,7 +83,10 @@ def _region_dataset(datamodule: Any) -> tuple[Any, np.ndarray] | None:
     if candidates.size == 0:
         return None
     centroids = np.asarray(scan.positions)[members[candidates]].mean(axis=1)  # (G', 2)
-    return dataset, candidates[region_indices(centroids, min(MAX_GROUPS, candidates.size))]
+    chosen = candidates[region_indices(centroids, min(MAX_GROUPS, candidates.size))]
+    factors = getattr(datamodule, "norm_factors", None) or [datamodule.norm_factor]
+    dataset = GroupDataset(scan, groups.take(chosen), factors)
+    return dataset, np.arange(len(chosen))
 
 
 class ReconstructionImages(Callback):

@@ -117,5 +117,7 @@ def test_several_scans_show_a_region_of_scan_0(tmp_path):
     datamodule = PtychoDataModule(config)
     dataset, indices = _region_dataset(datamodule)
     assert len(indices) > 0 and (datamodule.scan.pattern_scan[dataset.groups.indices[indices]] == 0).all()
+    val = {tuple(g) for g in datamodule.val_groups.indices}
+    assert all(tuple(g) in val for g in dataset.groups.indices)  # validation groups
     result = train(config, tmp_path / "run")
     assert len(list(result.run_dir.glob("logs/version_0/images/epoch000_*.png"))) == 2
