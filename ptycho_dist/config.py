@@ -40,6 +40,10 @@ class RayConfig(ConfigSection):
     include_dashboard: Optional[bool] = config_field(None, "dashboard of the embedded Ray (bound to 127.0.0.1); "
                                                  "None = on (Tune needs it for clean early stopping)")
     verbose: bool = config_field(False, "show Ray's own logs (default: kept quiet)")
+    ingest: Literal["auto", "sampler", "ray_data"] = config_field(
+        "auto", "how train workers get their groups: 'ray_data' = streamed shards of a Ray Dataset read across the "
+        "cluster (ptycho_dist.ingest), 'sampler' = each worker reads its DistributedSampler share of the files, "
+        "'auto' = ray_data for a corpus of several scans, else sampler")
 
     def _check(self) -> None:
         if self.num_cpus is not None and self.num_cpus < 1:

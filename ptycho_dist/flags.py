@@ -28,6 +28,7 @@ RUN_FLAGS: dict[str, tuple[str, Any]] = {
     "--gpus-per-worker": ("gpus_per_worker", float),
     "--placement-strategy": ("placement_strategy", str.upper),
     "--autoscaling": ("autoscaling", str),  # true/false, checked by RayConfig
+    "--ingest": ("ingest", str),
 }
 RAY_FLAGS = {**SESSION_FLAGS, **RUN_FLAGS}
 

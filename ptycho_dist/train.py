@@ -41,6 +41,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_dist.config import RayConfig
+from ptycho_dist.ingest import check_read_room, group_datasets, shard_loaders, split_rows, use_ray_data
 from ptycho_dist.run_files import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -146,7 +147,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     `loop_config` (plain data, built once by the driver): config (the resolved RunConfig as a dict),
     norm_factor (r from the driver's validation pass), run_dir (path or URI), strategy, accelerator,
-    threads (torch intra-op threads), verbose, callbacks (extra picklable Lightning callbacks).
+    threads (torch intra-op threads), verbose, callbacks (extra picklable Lightning callbacks), ingest
+    (True: batches come from this worker's shards of the Ray Datasets, ptycho_dist.ingest).
     Returns a summary on rank 0.
     """
     import ray.train
@@ -168,7 +170,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     def after_fit(trainer: L.Trainer, module: torch.nn.Module) -> dict[str, Any]:
         ranks = _gather({"checksum": state_checksum(module), "node_id": ray.get_runtime_context().get_node_id()})
         replicas.update(replica_checksums=[r["checksum"] for r in ranks], replica_nodes=[r["node_id"] for r in ranks])
-        return {"ray": {"world_size": trainer.world_size, "start_epoch": start.epoch, **replicas}}
+        return {"ray": {"world_size": trainer.world_size, "start_epoch": start.epoch, **replicas,
+                        "ingest": "ray_data" if loop_config.get("ingest") else "sampler"}}
 
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as ckpt_dir:
@@ -177,7 +180,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         launch = Launch(trainer={"strategy": strategy_class(loop_config["strategy"])(), "devices": "auto",
                                  "num_nodes": 1, "accelerator": loop_config["accelerator"],
                                  "plugins": [RayLightningEnvironment()], "enable_checkpointing": False},
-                        checkpoint=ckpt, norm_factor=loop_config["norm_factor"], after_fit=after_fit)
+                        checkpoint=ckpt, norm_factor=loop_config["norm_factor"], after_fit=after_fit,
+                        loaders=shard_loaders if loop_config.get("ingest") else None)
         result = train(config, staging or Path(target), callbacks=[start, report, *loop_config["callbacks"]],
                        launch=launch)
     rank = ray.train.get_context().get_world_rank()
@@ -370,6 +374,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     config = datamodule.config
     factors = datamodule.norm_factors  # one r per scan of a multi-scan corpus
     norm_factor = factors[0] if len(factors) == 1 else factors
+    rows = split_rows(datamodule) if use_ray_data(ray_config.ingest, datamodule) else None  # Ray Data reads
     del datamodule
     ray_run_config = run_config(config, ray_config, name)
     if ray_callbacks:
@@ -379,7 +384,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     fresh = not resume and not is_uri(location) and not Path(location).exists()  # never an older run
     try:
         result, plan = _fit_on_cluster(config, norm_factor, ray_config, location, resume, overwrite, ray_run_config,
-                                       callbacks)
+                                       callbacks, rows=rows)
     except USER_ERRORS:
         if fresh:
             _drop_untrained_run(location)
@@ -395,14 +400,23 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
 
 
 def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_config: RayConfig, location: str, resume: bool,
-                    overwrite: bool, ray_run_config: Any, callbacks: Sequence[Callback]) -> tuple[Any, Any]:
-    """In a Ray session: the pre-flight check, the run files, the TorchTrainer fit; (Result, plan)."""
+                    overwrite: bool, ray_run_config: Any, callbacks: Sequence[Callback],
+                    rows: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """In a Ray session: the pre-flight check, the run files, the TorchTrainer fit; (Result, plan).
+    With `rows` (ingest.split_rows) the groups reach the workers as Ray Datasets (ptycho_dist.ingest)."""
     from ray.train import ControllerError, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     name = str(ray_config.name)
     with ray_session(ray_config):
         plan, asked_autoscaler = plan_for_cluster(config.execution, ray_config)
+        datasets = None
+        if rows is not None:
+            import ray
+
+            check_read_room(float(ray.cluster_resources().get("CPU", 0.0)), plan.num_workers,
+                            float(plan.resources_per_worker.get("CPU", 0.0)))
+            datasets = group_datasets(rows, plan.num_workers, verbose=ray_config.verbose)
         if overwrite:
             claim_ray_run(location, name, resume, overwrite, move=True)
         write_run_file(location, CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -411,8 +425,8 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
                  name, plan.num_workers, plan.resources_per_worker, plan.strategy, plan.accelerator, location)
         loop_config = {"config": config.to_dict(), "norm_factor": norm_factor, "run_dir": location, "strategy": plan.strategy,
                        "accelerator": plan.accelerator, "threads": plan.torch_threads,
-                       "verbose": ray_config.verbose, "callbacks": list(callbacks)}
-        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config,
+                       "verbose": ray_config.verbose, "callbacks": list(callbacks), "ingest": datasets is not None}
+        trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, datasets=datasets,
                                scaling_config=plan.scaling_config(), run_config=ray_run_config)
         try:
             return _fit_interruptibly(trainer, location, ray_config), plan

@@ -16,7 +16,7 @@ Training reads `data.path` through `data.corpus.read_training_scans`: one scan, 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import lightning as L
 import numpy as np
@@ -177,6 +177,11 @@ class PtychoDataModule(L.LightningDataModule):
     def has_validation(self) -> bool:
         return self.val_groups is not None
 
+    def use_loaders(self, train: Iterable, val: Iterable | None) -> None:
+        """Serve these iterables of batches (dicts as GroupDataset's, collated) instead of the
+        DataLoaders, e.g. a Ray Data shard of this process (ptycho_dist.ingest)."""
+        self._external = (train, val)
+
     def _loader(self, groups: Groups, shuffle: bool) -> DataLoader:
         """A loader whose order depends only on (seed, epoch, rank, world size).
 
@@ -197,8 +202,12 @@ class PtychoDataModule(L.LightningDataModule):
             **dataloader_kwargs(self.config.execution),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_groups, shuffle=True)
+    def train_dataloader(self) -> DataLoader | Iterable:
+        external = getattr(self, "_external", None)
+        return external[0] if external is not None else self._loader(self.train_groups, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> DataLoader | Iterable | list:
+        external = getattr(self, "_external", None)
+        if external is not None:
+            return external[1] if external[1] is not None else []
         return self._loader(self.val_groups, shuffle=False) if self.val_groups is not None else []

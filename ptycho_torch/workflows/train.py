@@ -270,12 +270,14 @@ class Launch:
     (None = from scratch); `norm_factor` is r as computed by the driver, a list of one r per scan
     when training on several (None = from the data);
     `after_fit(trainer, module)` runs on every rank after the fit and returns extra manifest.json
-    entries (it may use collectives).
+    entries (it may use collectives); `loaders(datamodule)` gives (train, val) iterables of batches
+    that replace the datamodule's DataLoaders (Ray Data shards).
     """
 
     trainer: dict[str, Any] = field(default_factory=dict)
     checkpoint: Path | None = None
     norm_factor: float | list[float] | None = None
+    loaders: Callable[[PtychoDataModule], tuple[Any, Any]] | None = None  # (train, val) iterables instead of DataLoaders
     after_fit: Callable[[L.Trainer, PtychoPINNModule], dict[str, Any]] | None = None
 
 
@@ -304,6 +306,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         datamodule = PtychoDataModule(config, validate=launch is None,
                                       norm_factor=launch.norm_factor if launch is not None else None)
         config = datamodule.config  # model.N resolved from the scan when it was left unset
+        if launch is not None and launch.loaders is not None:
+            datamodule.use_loaders(*launch.loaders(datamodule))  # e.g. this worker's Ray Data shard
         module = build_module(config, datamodule)
         warm = apply_warm_start(module, config, resuming=ckpt_path is not None)  # --init-from, --freeze
         # only rank 0 of our own processes claims, writes and cleans up the directory (DDP subprocesses
