@@ -153,3 +153,15 @@ def test_corpus_errors_are_one_line(corpus, tmp_path, capsys):
     assert not (tmp_path / "b").exists()
     assert main(["simulate", "--out", str(tmp_path / "c.npz"), "--nphotons-range", "1", "2"]) == 2
     assert "--n-scans" in capsys.readouterr().err
+
+
+def test_a_corpus_trains_with_one_detector_mask(corpus, tmp_path):
+    mask = np.zeros((32, 32), bool)
+    mask[15:17, :] = True  # a masked detector row pair
+    np.save(tmp_path / "mask.npy", mask)
+    dm = PtychoDataModule(_config(corpus, **{"data.mask": str(tmp_path / "mask.npy")}))
+    assert isinstance(dm.scan, ScanCorpus)
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch["scan"].tolist()) == {0, 1}
+    np.testing.assert_array_equal(batch["mask"][0, 0].numpy(), mask)
+    assert float(batch["amp"][:, :, 15:17].abs().max()) == 0.0  # masked pixels read as 0 in every scan

@@ -97,6 +97,18 @@ class ScanCorpus:
         return self.scans[0].metadata
 
     @property
+    def mask(self) -> np.ndarray | None:
+        """(N, N) bool detector mask shared by the scans (True = excluded pixel), or None. Scans with
+        different masks cannot be one corpus yet (GroupDataset applies one mask to every group)."""
+        masks = [getattr(s, "mask", None) for s in self.scans]
+        first = masks[0]
+        if any((m is None) != (first is None) or (m is not None and not np.array_equal(m, first)) for m in masks):
+            raise ConfigError("data.mask: the scans of this corpus have different detector masks, and one corpus "
+                              "trains with one mask; give one mask for all (--data.mask MASK.npy) or train on "
+                              "scans of one detector")
+        return first
+
+    @property
     def object_guess(self) -> None:
         """None: the scans lie in different object frames (their truths stay with each scan)."""
         return None
