@@ -56,7 +56,9 @@ def _number(row: dict[str, Any], key: str) -> float:
 
 
 def collect_trials(result_grid: Any, metric: str, mode: str, full_epochs: int, experiment: str) -> list[TrialRecord]:
-    """TrialRecords from a Tune ResultGrid, in trial-id order."""
+    """TrialRecords from a Tune ResultGrid, in trial-id order (status: ptycho_torch.sweep_results)."""
+    analysis = getattr(result_grid, "_experiment_analysis", None)  # Tune's trial states: no public accessor
+    running = {t.trial_id for t in getattr(analysis, "trials", []) if t.status not in ("TERMINATED", "ERROR")}
     last = _rows(result_grid.get_dataframe())
     best = _rows(result_grid.get_dataframe(filter_metric=metric, filter_mode=mode))
     records = []
@@ -67,6 +69,8 @@ def collect_trials(result_grid: Any, metric: str, mode: str, full_epochs: int, e
         run_dir = run_location(experiment, trial_id)
         if result.error is not None:
             status = "error"
+        elif trial_id in running:  # the sweep was interrupted while it ran
+            status = "unfinished"
         elif epochs >= full_epochs or _manifest_epochs(run_dir) == epochs:
             status = "completed"
         else:

@@ -326,11 +326,6 @@ def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experim
 
     full_epochs = sweep.epochs_per_trial(base)
     records = collect_trials(result_grid, sweep.metric, sweep.mode, full_epochs, experiment)
-    analysis = getattr(result_grid, "_experiment_analysis", None)
-    statuses = {t.trial_id: t.status for t in getattr(analysis, "trials", [])}
-    for r in records:
-        if statuses.get(r.trial_id, "TERMINATED") not in ("TERMINATED", "ERROR") and r.status != "error":
-            r.status = "unfinished"
     complete = all(r.status != "unfinished" for r in records)
     keys = list(sweep.space)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -338,3 +338,42 @@ def test_docs_list_every_sweep_key_with_its_default():
             default = f.default if f.default is not MISSING else None
             if key != "space":
                 assert rows[key] == ("null" if default is None else str(default)), (key, rows[key], default)
+
+
+def test_trial_records_from_a_result_grid_without_ray(tmp_path):
+    """collect_trials reads Ray's get_dataframe() (last result) and get_dataframe(filter_metric,
+    filter_mode) (best result); a trial Tune still runs is unfinished, one that raised is an error."""
+    import pandas as pd
+
+    from ptycho_dist.sweep_report import collect_trials
+
+    curves = {"t_1": [3.0, 2.0, 2.5], "t_2": [4.0], "t_3": [5.0, 1.0]}
+    frames = {t: pd.DataFrame({"epochs_completed": range(1, len(v) + 1), "val_loss": v, "trial_id": t,
+                               "time_total_s": 1.5}) for t, v in curves.items()}
+
+    class Grid:
+        _experiment_analysis = SimpleNamespace(trials=[SimpleNamespace(trial_id="t_1", status="TERMINATED"),
+                                                       SimpleNamespace(trial_id="t_2", status="TERMINATED"),
+                                                       SimpleNamespace(trial_id="t_3", status="RUNNING"),
+                                                       SimpleNamespace(trial_id="t_4", status="ERROR")])
+
+        def get_dataframe(self, filter_metric=None, filter_mode=None):
+            pick = (lambda f: f.loc[f[filter_metric].idxmin()]) if filter_metric else (lambda f: f.iloc[-1])
+            return pd.DataFrame([pick(f) for f in frames.values()])
+
+        def __iter__(self):
+            for t in ("t_4", "t_1", "t_2", "t_3"):
+                yield SimpleNamespace(path=str(tmp_path / t), config={"execution.accum_steps": int(t[-1])},
+                                      error=RuntimeError("boom\nValueError: bad") if t == "t_4" else None,
+                                      metrics_dataframe=frames.get(t))
+
+    records = collect_trials(Grid(), "val_loss", "min", 3, str(tmp_path / "exp"))
+    by_id = {r.trial_id: r for r in records}
+    assert [r.trial_id for r in records] == ["t_1", "t_2", "t_3", "t_4"]
+    assert (by_id["t_1"].status, by_id["t_1"].last_value, by_id["t_1"].best_value) == ("completed", 2.5, 2.0)
+    assert by_id["t_1"].curve == [(1, 3.0), (2, 2.0), (3, 2.5)] and by_id["t_1"].seconds == 1.5
+    assert (by_id["t_2"].status, by_id["t_2"].epochs, by_id["t_2"].stopped_early) == ("stopped", 1, True)
+    assert by_id["t_3"].status == "unfinished" and by_id["t_3"].best_value == 1.0
+    t4 = by_id["t_4"]
+    assert (t4.status, t4.epochs, t4.error) == ("error", 0, "ValueError: bad") and math.isnan(t4.last_value)
+    assert t4.run_dir == str(tmp_path / "exp" / "runs" / "t_4")
