@@ -272,50 +272,29 @@ def resume_command(ray_config: RayConfig) -> str:
 
 
 def _fit_interruptibly(trainer: Any, location: str, ray_config: RayConfig) -> Any:
-    """`trainer.fit()` in a helper thread, so that SIGTERM / SIGINT reach this (main) thread at once
-    (Ray's own SIGINT handler, installed only on the main thread, would exit with status 0). On a
-    signal, raise TrainingInterrupted naming the latest checkpoint and the resume command; leaving
-    `ray_session` then shuts the embedded Ray down, or disconnects, which ends the controller and
-    workers this driver owns."""
-    import threading
+    """`trainer.fit()` under ptycho_torch.interrupt.run_interruptibly (Ray's own SIGINT handler,
+    installed only on the main thread, would exit with status 0). On a signal, wait up to
+    REGISTER_GRACE_S for Ray to register the checkpoint being written, then raise TrainingInterrupted
+    naming the latest checkpoint and the resume command; leaving `ray_session` then shuts the embedded
+    Ray down, or disconnects, which ends the controller and workers this driver owns."""
+    from ptycho_torch.interrupt import BackgroundCall, TrainingInterrupted, run_interruptibly
 
-    from ptycho_torch.interrupt import TrainingInterrupted, interruptible
+    def on_signal(e: TrainingInterrupted, call: BackgroundCall) -> Any:
+        deadline = time.monotonic() + REGISTER_GRACE_S
+        pending = newest_checkpoint_name(location)  # written when the signal came; wait for Ray to register it
+        while not _registered_since(location, pending) and not call.done.is_set() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if call.succeeded:
+            log.warning("training finished before the %s took effect", signal.Signals(e.signum).name)
+            return call.get()
+        latest = registered_checkpoint(location)
+        if latest:
+            log.warning("stopping: the run continues after epoch %d on resume", latest[1] + 1)
+        detail = None if latest else "no epoch had finished, so no checkpoint exists yet (a resume starts at epoch 1)"
+        raise TrainingInterrupted(e.signum, Path(location, latest[0]) if latest else None,
+                                  resume_command(ray_config), detail) from None
 
-    outcome: dict[str, Any] = {}
-    done = threading.Event()  # not Thread.is_alive(): a signal during join() marks a live thread stopped
-
-    def run() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as e:  # re-raised in the main thread
-            outcome["error"] = e
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
-    with interruptible() as signals:
-        thread.start()
-        try:
-            while not done.wait(0.2):
-                pass
-        except TrainingInterrupted as e:
-            signals.saving = True  # further signals are ignored while the checkpoint is registered
-            deadline = time.monotonic() + REGISTER_GRACE_S
-            pending = newest_checkpoint_name(location)  # written when the signal came; wait for Ray to register it
-            while not _registered_since(location, pending) and not done.is_set() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if done.is_set() and "result" in outcome:
-                log.warning("training finished before the %s took effect", signal.Signals(e.signum).name)
-                return outcome["result"]
-            latest = registered_checkpoint(location)
-            where = Path(location, latest[0]) if latest else None
-            if latest:
-                log.warning("stopping: the run continues after epoch %d on resume", latest[1] + 1)
-            detail = None if latest else "no epoch had finished, so no checkpoint exists yet (a resume starts at epoch 1)"
-            raise TrainingInterrupted(e.signum, where, resume_command(ray_config), detail) from None
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    return run_interruptibly(trainer.fit, on_signal, name="ray-train-fit")
 
 
 def claim_ray_run(location: str, name: str, resume: bool, overwrite: bool, move: bool = False) -> None:

@@ -7,6 +7,8 @@ epoch and batch counters, loss history) and raises `TrainingInterrupted`. The co
 into one line naming the resume command and exit status 128 + signal (143 for SIGTERM, 130 for SIGINT),
 so no pipeline mistakes an interrupted run for a finished one. A second signal while the checkpoint is
 being written is ignored; outside a Trainer (setup, data loading) the first signal interrupts at once.
+`run_interruptibly` serves a driver that only waits (ptycho-dist train waiting for Ray Train): the
+blocking call runs in a helper thread and the signal goes to the caller's `on_signal`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+T = TypeVar("T")
 
 
 class TrainingInterrupted(BaseException):
@@ -86,6 +89,53 @@ def interruptible() -> Iterator[InterruptState]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+class BackgroundCall:
+    """`fn()` running in a daemon thread: `done` is set when it returned or raised."""
+
+    def __init__(self, fn: Callable[[], Any], name: str = "background-call") -> None:
+        self.done = threading.Event()  # not Thread.is_alive(): a signal during join() marks a live thread stopped
+        self._outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self._outcome["result"] = fn()
+            except BaseException as e:  # re-raised by get() in the caller's thread
+                self._outcome["error"] = e
+            finally:
+                self.done.set()
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.done.is_set() and "result" in self._outcome
+
+    def get(self) -> Any:
+        """fn's result, or its exception raised here."""
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        return self._outcome["result"]
+
+
+def run_interruptibly(fn: Callable[[], T], on_signal: Callable[[TrainingInterrupted, BackgroundCall], T],
+                      name: str = "background-call") -> T:
+    """`fn()` in a helper thread inside `interruptible()`, so that SIGTERM / SIGINT reach this (main)
+    thread at once while fn blocks (a library's own SIGINT handler, e.g. Ray's, would otherwise decide
+    what a signal does). On a signal, further ones are ignored and `on_signal(error, call)` decides:
+    it raises (e.g. a TrainingInterrupted naming the checkpoint to resume from) or returns a result,
+    e.g. `call.get()` once `call.succeeded`."""
+    call = BackgroundCall(fn, name)
+    with interruptible() as signals:
+        call._thread.start()
+        try:
+            while not call.done.wait(0.2):
+                pass
+        except TrainingInterrupted as e:
+            signals.saving = True
+            return on_signal(e, call)
+    return call.get()
 
 
 class SaveOnInterrupt(Callback):

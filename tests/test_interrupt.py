@@ -99,3 +99,30 @@ def test_two_process_ddp_claims_the_run_directory_once(tiny_scan, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "already holds a run" not in proc.stderr
     assert (run / "model.pt").is_file() and json.loads((run / "manifest.json").read_text())["world_size"] == 2
+
+
+def test_run_interruptibly_hands_the_signal_to_its_caller():
+    """fn runs in a helper thread; a SIGTERM reaches the caller at once, a second one is ignored while
+    on_signal decides (here: wait for fn and return its result); without a signal fn's result or
+    exception comes back as from a plain call."""
+    import threading
+
+    from ptycho_torch.interrupt import run_interruptibly
+
+    release = threading.Event()
+    seen = []
+
+    def on_signal(error, call):
+        seen.append((error.signum, call.done.is_set()))
+        os.kill(os.getpid(), signal.SIGTERM)  # ignored: the caller is deciding
+        release.set()
+        assert call.done.wait(5) and call.succeeded
+        return f"{call.get()} after {signal.Signals(error.signum).name}"
+
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    assert run_interruptibly(lambda: "done" if release.wait(10) else "timed out", on_signal) == "done after SIGTERM"
+    assert seen == [(signal.SIGTERM, False)]
+    assert run_interruptibly(lambda: 7, on_signal) == 7
+    with pytest.raises(ZeroDivisionError):
+        run_interruptibly(lambda: 1 / 0, on_signal)
+    assert signal.getsignal(signal.SIGTERM) is not None and seen == [(signal.SIGTERM, False)]
