@@ -246,8 +246,8 @@ def _drop_untrained_run(location: str) -> None:
 
 
 def with_absolute_data_path(config: RunConfig) -> RunConfig:
-    """config with data.path made absolute (every worker process resolves it the same way); the
-    file (or, for a glob, at least one file) must exist."""
+    """config with data.path (and training.init_from) made absolute (every worker process resolves
+    them the same way); the file (or, for a glob, at least one file) and the bundle must exist."""
     from ptycho_torch.data.scan_files import resolve_scan_paths
 
     if not config.data.path:
@@ -255,7 +255,13 @@ def with_absolute_data_path(config: RunConfig) -> RunConfig:
     resolve_scan_paths(config.data.path)
     paths = [os.path.abspath(os.path.expanduser(p)) for p in (config.data.path if isinstance(config.data.path, list)
                                                              else [config.data.path])]
-    return apply_overrides(config, {"data.path": paths[0] if len(paths) == 1 else paths})
+    changes: dict[str, Any] = {"data.path": paths[0] if len(paths) == 1 else paths}
+    if config.training.init_from:  # a warm start's bundle, found by every worker the same way
+        from ptycho_torch.workflows.warm_start import init_source
+
+        init_source(config.training.init_from)
+        changes["training.init_from"] = os.path.abspath(os.path.expanduser(config.training.init_from))
+    return apply_overrides(config, changes)
 
 
 REGISTER_GRACE_S = 15.0  # on a signal, how long to wait for Ray to register a checkpoint being written

@@ -160,8 +160,9 @@ def warm_start_base(source: str) -> RunConfig:
     """Defaults for `train --init-from BUNDLE` without --config: the bundle's model section (so its
     network shape is kept unless a flag changes it), every other section at its default."""
     from ptycho_torch.workflows.bundle import load_bundle
+    from ptycho_torch.workflows.warm_start import init_source
 
-    return RunConfig(model=load_bundle(source).config.model)
+    return RunConfig(model=load_bundle(init_source(source)).config.model)
 
 
 # ------------------------------------------------------------------ reconstruct / evaluate

@@ -100,3 +100,15 @@ def test_a_worker_group_that_leaves_no_cpu_for_reading_is_refused():
     check_read_room(2.0, 2, 0.5)
     with pytest.raises(ConfigError, match="--cpus-per-worker"):
         check_read_room(2.0, 2, 1.0)
+
+
+def test_the_driver_hands_workers_an_absolute_init_from(corpus, tmp_path, monkeypatch):
+    from ptycho_dist.train import with_absolute_data_path
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "model.pt").write_bytes(b"")  # only its place is checked here
+    monkeypatch.chdir(tmp_path)
+    config = apply_overrides(_config(corpus, 8), {"training.init_from": "run"})
+    assert with_absolute_data_path(config).training.init_from == str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="training.init_from: no model bundle"):
+        with_absolute_data_path(apply_overrides(config, {"training.init_from": "elsewhere"}))

@@ -95,6 +95,9 @@ def test_incompatible_models_and_freezing_alone_are_refused(scans, run_a, tmp_pa
     assert main(["train", "--data", str(scans["B"]), "--out", str(tmp_path / "f"), "--freeze", "encoder",
                  *COMMON]) == 2
     assert "training.freeze" in capsys.readouterr().err
+    assert main(["train", "--init-from", str(tmp_path / "none"), "--data", str(scans["B"]), "--out",
+                 str(tmp_path / "m"), *COMMON]) == 2
+    assert "training.init_from: no model bundle" in capsys.readouterr().err
 
 
 def test_a_new_scan_is_read_with_its_own_probe_and_dose_by_default(scans, run_a, tmp_path):

@@ -21,7 +21,7 @@ import torch
 
 from ptycho_torch.config import ConfigError, ModelConfig, RunConfig
 from ptycho_torch.module import PtychoPINNModule
-from ptycho_torch.workflows.bundle import LoadedBundle, load_bundle
+from ptycho_torch.workflows.bundle import BUNDLE_NAME, LoadedBundle, load_bundle, resolve_bundle_path
 
 log = logging.getLogger("ptycho_torch")
 
@@ -50,10 +50,20 @@ def check_compatible(bundle: LoadedBundle, module: PtychoPINNModule) -> None:
                           "from scratch")
 
 
+def init_source(source: str | Path) -> Path:
+    """The bundle file of training.init_from (a model.pt or a run directory holding one); a missing
+    one is a ConfigError naming the field."""
+    try:
+        return resolve_bundle_path(Path(source).expanduser())
+    except FileNotFoundError:
+        raise ConfigError(f"training.init_from: no model bundle at {source}; give a {BUNDLE_NAME} or the training "
+                          f"run directory holding it (--init-from RUN_DIR)") from None
+
+
 def init_from_bundle(module: PtychoPINNModule, source: str | Path) -> LoadedBundle:
     """Copy the network weights of the bundle at `source` (a model.pt or a run directory) into
     `module` in place and carry its intensity scale over (module docstring). Returns the bundle."""
-    bundle = load_bundle(source)
+    bundle = load_bundle(init_source(source))
     check_compatible(bundle, module)
     weights = {k: v for k, v in bundle.module.state_dict().items() if k.startswith("net.")}
     module.net.load_state_dict({k[len("net."):]: v for k, v in weights.items()})
