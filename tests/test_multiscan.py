@@ -102,10 +102,13 @@ def test_per_sample_physics_equals_the_shared_path():
     torch.testing.assert_close(per, manual)
 
 
-def test_each_group_reaches_the_forward_model_with_its_own_scan(corpus):
+@pytest.mark.parametrize("variant", [{}, {"model.partner_input": False}, {"model.group_network": "joint"}],
+                         ids=["partners", "per_pattern", "joint"])
+def test_each_group_reaches_the_forward_model_with_its_own_scan(corpus, variant):
     """The module's scan tables hold every file's probe; a mixed batch gives each group exactly the
-    patches and predicted amplitudes of a one-scan module that was handed that scan's probe."""
-    dm = PtychoDataModule(_config(corpus))
+    patches and predicted amplitudes of a one-scan module that was handed that scan's probe (for each
+    way the network reads a group)."""
+    dm = PtychoDataModule(_config(corpus, **variant))
     module = build_module(dm.config, dm).eval()
     for k, path in enumerate(corpus):
         np.testing.assert_array_equal(torch.view_as_complex(module.scan_probes_ri[k]).numpy(), read_scan(path).probe)
