@@ -1,0 +1,47 @@
+"""benchmarks/generalize.py runs end to end at its --smoke sizes (with shorter budgets still): corpus,
+pretraining, fine-tuning, from-scratch training, the chunked iterative solver and refinement, one
+table row each, and leaves docs/benchmarks.md and benchmarks/results alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow  # about 30-45 s on 2 CPU cores: three short Lightning runs
+
+
+def test_generalize_smoke(tmp_path):
+    docs = ROOT / "docs" / "benchmarks.md"
+    before = docs.read_text() if docs.is_file() else None
+    keep = tmp_path / "work"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "generalize.py"), "--smoke", "--keep", str(keep),
+           "--pretrain-minutes", "0.05", "--finetune-minutes", "0.03", "--scratch-minutes", "0.03",
+           "--iterative-seconds", "1", "--refine-seconds", "0.5", "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((keep / "generalize.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["pretrained", "fine-tuned", "scratch", "iterative", "refined"]
+    for r in rows.values():
+        assert -1.0 <= r["phase_ssim"] <= 1.0 and -1.0 <= r["amplitude_ssim"] <= 1.0
+        assert r["frc_half_resolution_px"] > 0
+    assert rows["pretrained"]["reconstruct_s"] > 0 and rows["fine-tuned"]["train_s"] > 0
+    curve = rows["iterative"]["curve"]
+    assert curve and curve[-1]["seconds"] == pytest.approx(rows["iterative"]["seconds"])
+    assert all(a["seconds"] < b["seconds"] for a, b in zip(curve, curve[1:]))
+    reach = rows["iterative"]["reach_s"]
+    if reach is not None:  # the first scored point at the pretrained model's phase SSIM
+        first = next(p for p in curve if p["phase_ssim"] >= rows["pretrained"]["phase_ssim"])
+        assert reach == first["seconds"]
+    assert len(sorted((keep / "corpus").glob("scan_*.npz"))) == 2 and (keep / "heldout.npz").is_file()
+    manifest = json.loads((keep / "run_finetuned" / "manifest.json").read_text())
+    assert manifest.get("init_from")  # (b) started from (a)'s weights
+    assert "## Generalization to unseen scans" in done.stdout
+    assert (docs.read_text() if docs.is_file() else None) == before
