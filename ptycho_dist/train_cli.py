@@ -139,6 +139,10 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
         overrides["data.path"] = data_path(args.data)
     try:
         config = apply_overrides(config, overrides)
+        if config.training.init_from and run_data is None:  # a warm start keeps the bundle's model section
+            from ptycho_torch.workflows.warm_start import warm_start_base
+
+            config = apply_overrides(warm_start_base(config.training.init_from), overrides)
     except ConfigError as e:
         raise ConfigError(f"command line: {e}") from None
     return config, ray_config, resume

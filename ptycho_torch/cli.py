@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ptycho_torch.config import ConfigError, RunConfig, SimulationConfig
+from ptycho_torch.config import ConfigError, SimulationConfig
 from ptycho_torch.console import setup_logging
 from ptycho_torch.errors import USER_ERRORS, UserError, one_line
 
@@ -145,6 +145,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         run_dir = Path(args.out)
         config = resolve_run_config(args)
         if config.training.init_from and getattr(args, "config", None) is None:
+            from ptycho_torch.workflows.warm_start import warm_start_base
+
             config = resolve_run_config(args, base=warm_start_base(config.training.init_from))
         if not config.data.path:
             raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
@@ -154,15 +156,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
     print(f"trained {result.epochs_completed} epochs in {result.seconds:.1f} s {shown}; "
           f"model bundle: {result.bundle_path}")
-
-
-def warm_start_base(source: str) -> RunConfig:
-    """Defaults for `train --init-from BUNDLE` without --config: the bundle's model section (so its
-    network shape is kept unless a flag changes it), every other section at its default."""
-    from ptycho_torch.workflows.bundle import load_bundle
-    from ptycho_torch.workflows.warm_start import init_source
-
-    return RunConfig(model=load_bundle(init_source(source)).config.model)
 
 
 # ------------------------------------------------------------------ reconstruct / evaluate
@@ -220,7 +213,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from ptycho_torch.cli_args import add_config_arguments
+    from ptycho_torch.cli_args import add_config_arguments, add_probe_normalization_flags
 
     parser = argparse.ArgumentParser(prog="ptycho-torch", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")
@@ -265,16 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-batch-size", type=int, default=None,
                    help="patterns per batch (default: the model's execution.inference_batch_size or batch_size)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
-    p.add_argument("--probe", choices=("auto", "scan", "model"), default="auto",
-                   help="which probe the network reads and stitching weighs with: 'scan' = the probe in --data, "
-                        "'model' = the model's (its training scan's, refined if it learned it), 'auto' = the scan's, "
-                        "except the model's refined probe when the scan's probe is the one the model was trained "
-                        "from (default: auto)")
-    p.add_argument("--normalization", choices=("scan", "model"), default="scan",
-                   help="normalisation factor r: 'scan' = from the patterns of --data (its dose), 'model' = the "
-                        "model's training r (default: scan)")
-    p.add_argument("--renormalize", action="store_true",
-                   help="same as --normalization scan (the default); kept for old scripts (default: off)")
+    add_probe_normalization_flags(p)
     p.add_argument("--align-phases", action="store_true",
                    help="give every patch the global phase that agrees with its overlapping neighbours before "
                         "stitching (helps when patches differ by their invisible global phase; holds the patches "

@@ -134,3 +134,17 @@ def test_auto_keeps_a_learned_probe_only_for_the_probe_it_started_from(scans, tm
         reconstruct(run, scans[name], tmp_path / name, progress=False)
         with np.load(tmp_path / name / "object.npz") as z:
             assert json.loads(str(z["metadata"]))["probe"] == expected
+
+
+def test_ray_train_flags_take_the_bundles_model_section_like_local(scans, run_a, tmp_path):
+    """ptycho-dist train --init-from without --config resolves the same run config as ptycho-torch
+    train: the bundle's network shape (gridsize 2 here, the default being 1), flags still winning."""
+    from ptycho_dist.cli import build_parser
+    from ptycho_dist.train_cli import resolve_dist_configs
+
+    argv = ["train", "--init-from", str(run_a), "--data", str(scans["B"]), "--out", str(tmp_path / "r")]
+    config, _, resume = resolve_dist_configs(build_parser().parse_args(argv))
+    assert not resume and config.model.gridsize == 2
+    assert config.model == load_bundle(run_a / "model.pt").config.model
+    config, _, _ = resolve_dist_configs(build_parser().parse_args(argv + ["--model.n_filters_scale", "0.5"]))
+    assert config.model.gridsize == 2 and config.model.n_filters_scale == 0.5

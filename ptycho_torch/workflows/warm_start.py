@@ -100,3 +100,9 @@ def apply_warm_start(module: PtychoPINNModule, config: RunConfig, resuming: bool
     if config.training.freeze:
         record["frozen_parameters"] = freeze_parts(module, list(config.training.freeze))
     return record
+
+
+def warm_start_base(source: str | Path) -> RunConfig:
+    """Defaults for `train --init-from BUNDLE` without --config (local and Ray): the bundle's model
+    section (so its network shape is kept unless a flag changes it), every other section at its default."""
+    return RunConfig(model=load_bundle(init_source(source)).config.model)
