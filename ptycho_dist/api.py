@@ -144,7 +144,7 @@ def reconstruct(model: Any, data: Any, out: str | Path, *, concurrency: int | No
                 inference_batch_size: int | None = None, num_gpus_per_actor: float = 0.0,
                 num_cpus_per_actor: float = 1.0, dtype: str | None = None, block_size: int | None = None,
                 renormalize: bool = False, validate: bool = True, ray: RayLike = None, progress: bool | None = False,
-                with_weight: bool = False, **flags: Any) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                with_weight: bool = False, probe: str = "auto", normalization: str = "scan", **flags: Any) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Reconstruct scan file(s) on Ray Data (`ptycho-dist reconstruct`) into `out` and return the
     object (H, W) complex64 (with `with_weight`, also the stitching weight (H, W) float32). `model` is
     a run directory, model.pt or a train result; `data` a file, glob or list of files every node can
@@ -174,7 +174,8 @@ def reconstruct(model: Any, data: Any, out: str | Path, *, concurrency: int | No
     result = reconstruct_distributed(
         model, data, out, concurrency=concurrency, batch_size=inference_batch_size,
         num_gpus_per_actor=num_gpus_per_actor, num_cpus_per_actor=num_cpus_per_actor, dtype=dtype,
-        block_size=block_size, renormalize=renormalize, validate=validate, ray_config=ray_config, progress=progress)
+        block_size=block_size, renormalize=renormalize, validate=validate, ray_config=ray_config, progress=progress,
+        probe=probe, normalization=normalization)
     return (result.object, result.weight) if with_weight else result.object
 
 

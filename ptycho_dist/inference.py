@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from ptycho_dist.config import RayConfig
@@ -47,7 +48,13 @@ from ptycho_torch.workflows.batch_predictor import (
     read_ids,
 )
 from ptycho_torch.workflows.bundle import load_bundle, resolve_bundle_path
-from ptycho_torch.workflows.reconstruct import ReconResult, inference_groups, write_reconstruction
+from ptycho_torch.workflows.reconstruct import (
+    NORMALIZATION_CHOICES,
+    ReconResult,
+    choose_probe,
+    inference_groups,
+    write_reconstruction,
+)
 
 log = logging.getLogger("ptycho_dist")
 
@@ -106,6 +113,8 @@ def reconstruct_distributed(
     validate: bool = True,
     ray_config: RayConfig | None = None,
     progress: bool | None = None,
+    probe: str = "auto",
+    normalization: str = "scan",
 ) -> ReconResult:
     """Reconstruct the scan `data` (a file, a glob, or several files of one object frame) with the
     bundle `model` on Ray Data into `out_dir`.
@@ -115,7 +124,9 @@ def reconstruct_distributed(
     PNGs, the products probe.npy / TIFFs / reconstruction.cxi, metrics.json when the scan has an
     objectGuess) with `write_reconstruction`, and returns the same ReconResult; the object
     equals the local one for the same files (up to float32 summation order). `validate` False trusts
-    the pattern values (shapes, probe and positions are still checked).
+    the pattern values (shapes, probe and positions are still checked). `probe` and `normalization`
+    choose as the local reconstruct does (default: the scan's own probe and r; `renormalize` is
+    the old spelling of normalization 'scan').
     """
     from ptycho_dist.scaling import actor_pool_size
 
@@ -137,8 +148,13 @@ def reconstruct_distributed(
     groups = inference_groups(scan, config.model.gridsize, config.data.neighbor_count, config.execution.seed)
     reader = RowReader(scan.without_object(), groups)
     canvas_hw, n = scan.object_shape, scan.n_patterns
-    probe = bundle.module.probe.detach().cpu()  # the actors stitch with the model's probe
-    weight = stitch_weight(probe, config.inference.stitch_weight)
+    if normalization not in NORMALIZATION_CHOICES:
+        raise UserError(f"--normalization: got {normalization!r}; choose one of {', '.join(NORMALIZATION_CHOICES)}")
+    normalization = "scan" if renormalize else normalization
+    chosen, probe_used = choose_probe(bundle, scan.probe, probe)  # None: the model's own
+    probe_t = bundle.module.probe.detach().cpu() if chosen is None else \
+        torch.as_tensor(np.asarray(chosen)).to(torch.complex64).reshape(-1, scan.N, scan.N)
+    weight = stitch_weight(probe_t, config.inference.stitch_weight)  # the probe the actors read with
     ray_config = ray_config or RayConfig()
 
     import ray.data
@@ -151,13 +167,15 @@ def reconstruct_distributed(
         actors = actor_pool_size(ClusterResources.from_ray(), concurrency, num_cpus_per_actor, num_gpus_per_actor)
         rows_per_block = block_size or default_block_size(n, groups.indices.shape[1], scan.N, actors)
         n_blocks = math.ceil(n / rows_per_block)
-        norm_factor = streaming_norm_factor(reader, rows_per_block) if renormalize else bundle.norm_factor
+        scan_r = normalization == "scan"
+        norm_factor = streaming_norm_factor(reader, rows_per_block) if scan_r else bundle.norm_factor
         ds = pattern_ids(n, rows_per_block).map_batches(read_ids, batch_size=None, fn_kwargs={"reader": reader})
         ds = ds.map_batches(
             BatchPredictor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor,
             fn_constructor_kwargs={"model": str(bundle_path), "canvas_hw": canvas_hw,
-                                   "norm_factor": norm_factor if renormalize else None, "dtype": dtype,
+                                   "norm_factor": norm_factor if scan_r else None, "dtype": dtype,
+                                   "probe": None if chosen is None else np.asarray(chosen),
                                    "device": "cuda" if num_gpus_per_actor > 0 else "cpu",
                                    "num_threads": max(1, round(num_cpus_per_actor))})
         total = CanvasSum(canvas_hw, weight, n)
@@ -185,9 +203,8 @@ def reconstruct_distributed(
             "num_cpus_per_actor": num_cpus_per_actor, "num_gpus_per_actor": num_gpus_per_actor,
             "dtype": dtype or config.inference.dtype, "block_size": rows_per_block, "n_blocks": n_blocks,
             "seconds": seconds, "first_result_seconds": first, "compute_seconds": compute,
-            "patterns_per_second_compute": steady, "probe": "model",
-            "normalization": "scan" if renormalize else "model"}
-    written = write_reconstruction(out_dir, obj, obj_weight, scan, meta, probe=probe)
+            "patterns_per_second_compute": steady, "probe": probe_used, "normalization": normalization}
+    written = write_reconstruction(out_dir, obj, obj_weight, scan, meta, probe=probe_t)
     return ReconResult(Path(out_dir), obj, obj_weight, rate, written.get("metrics"))
 
 
@@ -203,7 +220,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         args.model, args.data, args.out, concurrency=args.concurrency, batch_size=args.batch_size,
         num_gpus_per_actor=args.num_gpus_per_actor, num_cpus_per_actor=args.num_cpus_per_actor,
         dtype=args.dtype, block_size=args.block_size, renormalize=args.renormalize,
-        validate=not args.no_validate,
+        probe=args.probe, normalization=args.normalization, validate=not args.no_validate,
         ray_config=ray_config_from_args(args))
     print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
     if result.metrics:
@@ -220,6 +237,7 @@ def _positive_int(text: str) -> int:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """The `reconstruct` command of `ptycho-dist`."""
     from ptycho_dist.flags import add_ray_flags
+    from ptycho_torch.cli_args import add_probe_normalization_flags
 
     p = subparsers.add_parser(
         "reconstruct", help="reconstruct scan file(s) with a trained model on Ray Data",
@@ -247,9 +265,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=_positive_int, default=None,
                    help="patterns per read block, several blocks per file (default: ~16 MiB of "
                         "amplitudes, at least 4 blocks per actor)")
-    p.add_argument("--renormalize", action="store_true",
-                   help="normalise with r of these files (a streaming pass) instead of the bundle's "
-                        "training r (default: off)")
+    add_probe_normalization_flags(p)
     p.add_argument("--no-validate", action="store_true",
                    help="skip the driver's full pass over the patterns (NaN/Inf/negative checks); shapes, "
                         "probe and positions are still checked (default: validate)")

@@ -116,3 +116,18 @@ def data_path(data: Any) -> str | list[str]:
     """`--data` (one or several paths or globs) as the value of data.path."""
     items = [str(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
     return items[0] if len(items) == 1 else items
+
+
+def add_probe_normalization_flags(parser: argparse.ArgumentParser) -> None:
+    """--probe, --normalization and --renormalize of a reconstruct command (local and Ray): which probe
+    and which normalisation factor r reconstruct a scan (workflows.reconstruct.choose_probe)."""
+    parser.add_argument("--probe", choices=("auto", "scan", "model"), default="auto",
+                        help="which probe the network reads and stitching weighs with: 'scan' = the probe in "
+                             "--data, 'model' = the model's (its training scan's, refined if it learned it), "
+                             "'auto' = the scan's, except the model's refined probe when the scan's probe is the "
+                             "one the model was trained from (default: auto)")
+    parser.add_argument("--normalization", choices=("scan", "model"), default="scan",
+                        help="normalisation factor r: 'scan' = from the patterns of --data (its dose), 'model' = "
+                             "the model's training r (default: scan)")
+    parser.add_argument("--renormalize", action="store_true",
+                        help="same as --normalization scan (the default); kept for old scripts (default: off)")

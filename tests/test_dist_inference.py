@@ -117,6 +117,28 @@ def test_renormalize_equals_local_renormalize(ray_local, scans, bundles, tmp_pat
     assert r_dist == pytest.approx(r_local, rel=1e-8)  # float64 sums in another order
 
 
+def test_scan_from_elsewhere_uses_its_own_probe_and_dose_like_local(ray_local, scans, bundles, tmp_path):
+    """A scan taken with another probe at another dose: by default both paths read and stitch with the
+    scan's own probe and r, and --probe model / --normalization model both with the model's."""
+    arrays = read_scan(scans["merged"]).arrays()
+    other = write_scan(tmp_path / "other.npz", **{**arrays, "probe": arrays["probe"] * 1.5,
+                                                  "diffraction": arrays["diffraction"] * 2.0})
+    dist = reconstruct_distributed(bundles[1], other, tmp_path / "dist", concurrency=1, progress=False)
+    local = reconstruct(bundles[1], other, tmp_path / "local", progress=False)
+    assert np.abs(dist.object - local.object).max() < TOL
+    with np.load(tmp_path / "dist" / "object.npz") as z:
+        meta = json.loads(str(z["metadata"]))
+    assert meta["probe"] == "scan" and meta["normalization"] == "scan"
+    np.testing.assert_allclose(np.load(tmp_path / "dist" / "probe.npy").reshape(arrays["probe"].shape),
+                               arrays["probe"] * 1.5, rtol=1e-6)
+    dist_m = reconstruct_distributed(bundles[1], other, tmp_path / "dist_m", concurrency=1, progress=False,
+                                     probe="model", normalization="model")
+    local_m = reconstruct(bundles[1], other, tmp_path / "local_m", progress=False, probe="model",
+                          normalization="model")
+    assert np.abs(dist_m.object - local_m.object).max() < TOL
+    assert np.abs(dist_m.object - dist.object).max() > 100 * TOL  # the choice matters
+
+
 def test_gridsize2_equals_local(ray_local, scans, bundles, tmp_path):
     # one file, blocks of 8: partners of a block's patterns are read from outside the block
     dist = reconstruct_distributed(bundles[2], scans["merged"], tmp_path / "one", concurrency=2,

@@ -76,18 +76,20 @@ class BatchPredictor:
     """A callable class: a batch of rows (module docstring) -> its partial canvases.
 
     Loads the bundle once (PatchPredictor, inference mode, float32 or bfloat16) in `__init__`;
-    `num_threads` sets torch's intra-op threads (the actor's CPUs), None keeps OMP_NUM_THREADS.
+    `num_threads` sets torch's intra-op threads (the actor's CPUs), None keeps OMP_NUM_THREADS;
+    `probe` (P, N, N) complex, when given, replaces the model's (PatchPredictor.use_probe).
     """
 
     def __init__(self, model: str | Path, *, canvas_hw: tuple[int, int], norm_factor: float | None = None,
-                 dtype: str | None = None, device: str = "cpu", num_threads: int | None = None) -> None:
+                 dtype: str | None = None, device: str = "cpu", num_threads: int | None = None,
+                 probe: np.ndarray | None = None) -> None:
         if num_threads is not None:
             torch.set_num_threads(max(1, int(num_threads)))
         else:
             from ptycho_torch.workflows.train import configure_threads
 
             configure_threads()  # OMP_NUM_THREADS when set (Ray sets it for its workers)
-        self.predictor = PatchPredictor(model, device=device, dtype=dtype, norm_factor=norm_factor)
+        self.predictor = PatchPredictor(model, device=device, dtype=dtype, norm_factor=norm_factor, probe=probe)
         config = self.predictor.config
         self.canvas_hw = (int(canvas_hw[0]), int(canvas_hw[1]))
         self.weight = stitch_weight(self.predictor.probe, config.inference.stitch_weight)  # (N, N)
