@@ -55,3 +55,23 @@ def ray_local(request):
     ray.init(address="local", num_cpus=4, include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A 2-node Ray cluster on this machine (ray.cluster_utils.Cluster, 1 CPU per node, no dashboard),
+    connected for the test module; yields the Cluster."""
+    import logging
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, logging_level=logging.WARNING)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

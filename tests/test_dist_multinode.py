@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 from conftest import tiny_config
 
@@ -15,22 +13,6 @@ from ptycho_dist.train import fit_distributed
 from ptycho_torch.config import ConfigError
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level=logging.WARNING)
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 def test_resource_checks_see_every_node(two_nodes):

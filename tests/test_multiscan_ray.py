@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -22,22 +21,6 @@ from ptycho_torch.data.dataset import PtychoDataModule
 from ptycho_torch.workflows.train import train
 
 pytestmark = pytest.mark.ray
-
-
-@pytest.fixture(scope="module")
-def two_nodes():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level=logging.WARNING)
-        yield cluster
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
