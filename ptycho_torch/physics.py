@@ -245,20 +245,15 @@ def backpropagate(x: torch.Tensor, probe: torch.Tensor, scale: float | torch.Ten
     holds the object's structure (and its twin) in the patch frame, so the network maps real space
     to real space, which convolutions do well, instead of learning a Fourier transform.
     """
-    if probe.dim() == 4:  # one probe and scale per sample
-        p0 = probe[:, 0]  # (B, N, N)
-        ref = far_field(p0)
-        ref = (ref / ref.abs().clamp_min(1e-12))[:, None]
-        field = torch.fft.ifft2(torch.fft.ifftshift(x.to(torch.complex64) * ref, dim=(-2, -1)), norm="ortho")
-        power = p0.abs().square()
-        inverse = p0.conj() / (power + floor * power.amax(dim=(-2, -1), keepdim=True))
-        return field * inverse[:, None] / torch.as_tensor(scale).reshape(-1, 1, 1, 1)
-    p0 = probe.reshape(-1, *probe.shape[-2:])[0]
+    if probe.dim() == 4:  # one probe and scale per sample: (B, 1, N, N) and (B, 1, 1, 1)
+        p0, scale = probe[:, :1], torch.as_tensor(scale).reshape(-1, 1, 1, 1)
+    else:
+        p0 = probe.reshape(-1, *probe.shape[-2:])[0]  # (N, N)
     ref = far_field(p0)
     ref = ref / ref.abs().clamp_min(1e-12)
     field = torch.fft.ifft2(torch.fft.ifftshift(x.to(torch.complex64) * ref, dim=(-2, -1)), norm="ortho")
     power = p0.abs().square()
-    inverse = p0.conj() / (power + floor * power.max())
+    inverse = p0.conj() / (power + floor * power.amax(dim=(-2, -1), keepdim=True))
     return field * inverse / scale
 
 

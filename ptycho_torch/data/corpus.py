@@ -33,7 +33,14 @@ import numpy as np
 from ptycho_torch.config import ConfigError
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.contract import ScanData, read_scan
-from ptycho_torch.data.scan_files import Scan, ScanFiles, ScanPaths, resolve_scan_sources, scan_parts
+from ptycho_torch.data.scan_files import (
+    Scan,
+    ScanFiles,
+    ScanPaths,
+    resolve_scan_sources,
+    rows_by_part,
+    scan_parts,
+)
 
 log = logging.getLogger("ptycho_torch")
 
@@ -126,14 +133,7 @@ class ScanCorpus:
     # -- reading rows by global index
     def diffraction_rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Patterns at global `indices` (any shape) as (*indices.shape, N, N) float32, one read per scan."""
-        idx = np.asarray(indices, dtype=np.int64)
-        flat = idx.reshape(-1)
-        out = np.empty((flat.size, self.N, self.N), np.float32)
-        owner = np.searchsorted(self.offsets, flat, side="right") - 1
-        for k in np.unique(owner):
-            hit = owner == k
-            out[hit] = self.scans[k].diffraction_rows(flat[hit] - self.offsets[k])
-        return out.reshape(*idx.shape, self.N, self.N)
+        return rows_by_part(self.scans, self.offsets, indices, self.N)
 
     def diffraction_block(self, start: int, stop: int) -> np.ndarray:
         return self.diffraction_rows(np.arange(max(start, 0), min(stop, self.n_patterns)))

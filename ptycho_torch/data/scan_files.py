@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 
@@ -163,21 +163,10 @@ class ScanFiles:
         return None if truth is None else truth.object_guess
 
     # -- reading rows by global index
-    def _split(self, indices: np.ndarray) -> np.ndarray:
-        """The file of each global index, (k,) int64."""
-        return np.searchsorted(self.offsets, indices, side="right") - 1
-
     def diffraction_rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Patterns at global `indices` (any shape and order) as (*indices.shape, N, N) float32, one
         read per file holding some of them."""
-        idx = np.asarray(indices, dtype=np.int64)
-        flat = idx.reshape(-1)
-        out = np.empty((flat.size, self.N, self.N), np.float32)
-        files = self._split(flat)
-        for k in np.unique(files):
-            hit = files == k
-            out[hit] = self.parts[k].diffraction_rows(flat[hit] - self.offsets[k])
-        return out.reshape(*idx.shape, self.N, self.N)
+        return rows_by_part(self.parts, self.offsets, indices, self.N)
 
     def diffraction_block(self, start: int, stop: int) -> np.ndarray:
         """Patterns start..stop-1 (global) as (k, N, N) float32."""
@@ -203,6 +192,21 @@ class ScanFiles:
 
 
 Scan = Union[ScanData, ScanFiles]
+
+
+def rows_by_part(parts: Sequence[Any], offsets: np.ndarray, indices: Sequence[int] | np.ndarray, N: int
+                 ) -> np.ndarray:
+    """Patterns at global `indices` (any shape and order) of sources laid end to end (part k holds
+    rows offsets[k]..offsets[k+1]-1, offsets (K + 1,)), as (*indices.shape, N, N) float32: one
+    `diffraction_rows` read per part holding some of them."""
+    idx = np.asarray(indices, dtype=np.int64)
+    flat = idx.reshape(-1)
+    out = np.empty((flat.size, N, N), np.float32)
+    owner = np.searchsorted(offsets, flat, side="right") - 1
+    for k in np.unique(owner):
+        hit = owner == k
+        out[hit] = parts[k].diffraction_rows(flat[hit] - offsets[k])
+    return out.reshape(*idx.shape, N, N)
 
 
 def read_scans(data: ScanPaths, *, validate: bool = True, options: ReadOptions | None = None) -> Scan:
