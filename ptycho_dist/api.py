@@ -23,8 +23,9 @@ from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
-from ptycho_dist.config import RayConfig, SweepConfig
+from ptycho_dist.config import RayConfig
 from ptycho_torch.config import ConfigError, RunConfig
+from ptycho_torch.sweep_config import SweepConfig, load_sweep_config, sweep_config_from_dict
 
 __all__ = ["CallableModule", "make_callable", "reconstruct", "train", "tune"]
 
@@ -107,9 +108,9 @@ def tune(sweep: SweepConfig | Mapping[str, Any] | str | Path | None, out: str | 
     """A Ray Tune sweep (`ptycho-dist tune`): `sweep` a sweep YAML, a dict or a SweepConfig (None only
     with `resume=NAME`), `out` the results directory, `config` the run every trial starts from (YAML,
     RunConfig or dict), `data` its scan. `flags` are the Ray session flags (address, num_cpus,
-    worker_start_timeout). Returns ptycho_dist.tune.SweepResult (table, best_config, files)."""
+    worker_start_timeout). Returns ptycho_torch.sweep_results.SweepResult (table, best_config, files)."""
     from ptycho_dist.flags import SESSION_FLAGS
-    from ptycho_dist.tune import load_sweep_config, run_sweep, sweep_config_from_dict
+    from ptycho_dist.tune import run_sweep
     from ptycho_torch.api import run_config
     from ptycho_torch.outputs import check_output_dir
 

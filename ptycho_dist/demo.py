@@ -45,8 +45,9 @@ def run_demo(out: Path, *, epochs: int = 15, n_positions: int = 1000, sweep_epoc
     from ptycho_dist.inference import reconstruct_distributed
     from ptycho_dist.session import ray_session
     from ptycho_dist.train import fit_distributed
-    from ptycho_dist.tune import run_sweep, sweep_config_from_dict
+    from ptycho_dist.tune import run_sweep
     from ptycho_torch.data.simulate import simulate_to_file
+    from ptycho_torch.sweep_config import sweep_config_from_dict
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from ray.tune import Callback
 
 from ptycho_dist.sweep_trial import EPOCHS_KEY, plain, run_location
-from ptycho_torch.sweep_results import TrialRecord
+from ptycho_torch.sweep_results import TrialRecord, metric_curve, number, rows_by_trial
 
 log = logging.getLogger("ptycho_dist")
 
@@ -37,35 +37,17 @@ def _manifest_epochs(run_dir: str) -> int | None:
         return None
 
 
-def _curve(dataframe: Any, metric: str) -> list[tuple[int, float]]:
-    """(epoch, value) per reported epoch; a repeated epoch (a continued trial) keeps its last value."""
-    if dataframe is None or EPOCHS_KEY not in getattr(dataframe, "columns", ()) or metric not in dataframe.columns:
-        return []
-    rows = dataframe[[EPOCHS_KEY, metric]].dropna().drop_duplicates(EPOCHS_KEY, keep="last")
-    return sorted((int(e), float(v)) for e, v in zip(rows[EPOCHS_KEY], rows[metric]))
-
-
-def _rows(frame: Any) -> dict[str, dict[str, Any]]:
-    """trial id -> its row of a ResultGrid dataframe (errored trials that reported nothing are absent)."""
-    return {str(r["trial_id"]): r for r in frame.to_dict("records")} if "trial_id" in frame.columns else {}
-
-
-def _number(row: dict[str, Any], key: str) -> float:
-    value = row.get(key)
-    return float(value) if isinstance(value, (int, float)) else math.nan
-
-
 def collect_trials(result_grid: Any, metric: str, mode: str, full_epochs: int, experiment: str) -> list[TrialRecord]:
     """TrialRecords from a Tune ResultGrid, in trial-id order (status: ptycho_torch.sweep_results)."""
     analysis = getattr(result_grid, "_experiment_analysis", None)  # Tune's trial states: no public accessor
     running = {t.trial_id for t in getattr(analysis, "trials", []) if t.status not in ("TERMINATED", "ERROR")}
-    last = _rows(result_grid.get_dataframe())
-    best = _rows(result_grid.get_dataframe(filter_metric=metric, filter_mode=mode))
+    last = rows_by_trial(result_grid.get_dataframe())
+    best = rows_by_trial(result_grid.get_dataframe(filter_metric=metric, filter_mode=mode))
     records = []
     for result in result_grid:
         trial_id = Path(result.path).name
         row = last.get(trial_id, {})
-        epochs = int(_number(row, EPOCHS_KEY)) if math.isfinite(_number(row, EPOCHS_KEY)) else 0
+        epochs = int(number(row, EPOCHS_KEY)) if math.isfinite(number(row, EPOCHS_KEY)) else 0
         run_dir = run_location(experiment, trial_id)
         if result.error is not None:
             status = "error"
@@ -78,9 +60,9 @@ def collect_trials(result_grid: Any, metric: str, mode: str, full_epochs: int, e
         error = str(result.error).strip().splitlines()[-1] if result.error is not None else ""
         records.append(TrialRecord(
             trial_id=trial_id, params={k: plain(v) for k, v in (result.config or {}).items()}, status=status,
-            epochs=epochs, last_value=_number(row, metric), best_value=_number(best.get(trial_id, {}), metric),
-            stopped_early=status != "error" and epochs < full_epochs, seconds=_number(row, "time_total_s"),
-            run_dir=run_dir, error=error, curve=_curve(result.metrics_dataframe, metric)))
+            epochs=epochs, last_value=number(row, metric), best_value=number(best.get(trial_id, {}), metric),
+            stopped_early=status != "error" and epochs < full_epochs, seconds=number(row, "time_total_s"),
+            run_dir=run_dir, error=error, curve=metric_curve(result.metrics_dataframe, metric)))
     return sorted(records, key=lambda r: r.trial_id)
 
 

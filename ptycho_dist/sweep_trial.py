@@ -26,7 +26,8 @@ from typing import Any
 
 from ray.tune.integration.ray_train import TuneReportCallback
 
-EPOCHS_KEY = "epochs_completed"  # epochs finished so far (Lightning's 0-based epoch + 1)
+from ptycho_torch.sweep_results import EPOCHS_KEY
+
 RUNS_DIR = "runs"  # training runs of the trials, under the experiment directory
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes of Ray's `memory` resource asked for each trial's driver fn
 
@@ -67,10 +68,11 @@ def run_trial(params: dict[str, Any], *, spec: dict[str, Any]) -> None:
     """
     from ray import tune
 
-    from ptycho_dist.config import RayConfig, SweepConfig
+    from ptycho_dist.config import RayConfig
     from ptycho_dist.run_files import CONFIG_FILE, read_run_file
     from ptycho_dist.train import fit_distributed
     from ptycho_torch.config import RunConfig
+    from ptycho_torch.sweep_config import SweepConfig
 
     trial_id = tune.get_context().get_trial_id()
     sweep = SweepConfig.from_dict(spec["sweep"])

@@ -30,69 +30,20 @@ import dataclasses
 import importlib.util
 import logging
 import sys
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ptycho_dist.config import RayConfig, SweepConfig
+from ptycho_dist.config import RayConfig
 from ptycho_dist.run_files import absolute_location, is_uri, run_location
-from ptycho_torch.config import (
-    ConfigError,
-    RunConfig,
-    read_yaml_mapping,
-    save_run_config,
-)
-from ptycho_torch.errors import UserError
+from ptycho_torch.config import ConfigError, RunConfig
+from ptycho_torch.sweep_config import SweepConfig, check_resumed_spec, default_sweep_name
+from ptycho_torch.sweep_results import BEST_CONFIG, SweepResult, write_sweep_results
 
 log = logging.getLogger("ptycho_dist")
 
 SPEC_FILE = "ptycho_sweep.yaml"  # in the experiment directory: the base config and the sweep
-TRIALS_CSV = "trials.csv"
-BEST_CONFIG = "best_config.yaml"
-BEST_DIR = "best"
-TRIALS_PNG = "trials.png"
-_EPS = 1e-9
-
-
-@dataclass
-class SweepResult:
-    """What a sweep produced (paths are local, except `experiment` which may be a URI)."""
-
-    name: str
-    experiment: str
-    out_dir: Path
-    metric: str
-    trials: list[Any]  # ptycho_torch.sweep_results.TrialRecord, in trial-id order
-    table: str  # the printed summary
-    complete: bool  # False when the sweep was interrupted (resume it with --resume NAME)
-    best: Any = None  # the best TrialRecord (None if no trial completed)
-    best_config: RunConfig | None = None
-    files: dict[str, Path] = field(default_factory=dict)  # trials.csv, best_config.yaml, best/, trials.png
-
-
-# ------------------------------------------------------------------ sweep files
-
-def sweep_config_from_dict(data: dict[str, Any] | None, where: str = "sweep") -> SweepConfig:
-    """A SweepConfig from a mapping (a parsed sweep YAML); errors name the key."""
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of sweep keys, got {type(data).__name__}")
-    return SweepConfig.from_dict(data or {})
-
-
-def load_sweep_config(path: str | Path) -> SweepConfig:
-    """Read and check a sweep YAML file (see docs/sweeps.md)."""
-    data = read_yaml_mapping(path, "sweep file")
-    try:
-        return sweep_config_from_dict(data, str(path))
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
-def default_sweep_name(now: datetime | None = None) -> str:
-    return (now or datetime.now()).strftime("sweep-%Y%m%d-%H%M%S")
 
 
 # ------------------------------------------------------------------ Tune objects
@@ -178,18 +129,6 @@ def _storage(sweep: SweepConfig | None, out_dir: Path, storage_path: str | None)
     return absolute_location(storage_path or (sweep.storage_path if sweep else None) or str(out_dir))
 
 
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, f"{prefix}{k}.")
-        elif x != y:
-            out.append(f"{prefix}{k} ({y!r} in the sweep, {x!r} now)")
-    return out
-
-
 def _read_spec(experiment: str) -> dict[str, Any] | None:
     from ptycho_dist.run_files import read_run_file
 
@@ -210,19 +149,7 @@ def _resume_spec(experiment: str, name: str, base: RunConfig | None,
     if stored is None:
         raise FileNotFoundError(f"cannot resume: no sweep {name!r} at {experiment} ({SPEC_FILE} missing); "
                                 "check --resume, --out and the sweep's storage_path")
-    stored_base, stored_sweep = RunConfig.from_dict(stored["base"]), SweepConfig.from_dict(stored["sweep"])
-    for what, now, then, flag in (("run config", base, stored_base, "--config/--data"),
-                                  ("sweep", sweep, stored_sweep, "--sweep")):
-        if now is None:
-            continue
-        ignore = {"name", "storage_path"} if what == "sweep" else set()
-        diff = _differences({k: v for k, v in now.to_dict().items() if k not in ignore},
-                            {k: v for k, v in then.to_dict().items() if k not in ignore})
-        if diff:
-            raise ConfigError(f"--resume {name}: the {what} differs from the one the sweep started with: "
-                              f"{'; '.join(diff[:8])}; drop {flag} to resume with the stored one, or start a "
-                              "new sweep with --name")
-    return stored_base, stored_sweep
+    return check_resumed_spec(name, stored, base, sweep)
 
 
 # ------------------------------------------------------------------ running
@@ -320,36 +247,12 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
 
 def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experiment: str,
                   out_dir: Path) -> SweepResult:
-    """trials.csv, trials.png, best_config.yaml and best/ in `out_dir` from a Tune ResultGrid."""
+    """trials.csv, trials.png, best_config.yaml and best/ in `out_dir` from a Tune ResultGrid
+    (ptycho_torch.sweep_results.write_sweep_results)."""
     from ptycho_dist.sweep_report import collect_trials, copy_run
-    from ptycho_torch import sweep_results as report
 
-    full_epochs = sweep.epochs_per_trial(base)
-    records = collect_trials(result_grid, sweep.metric, sweep.mode, full_epochs, experiment)
-    complete = all(r.status != "unfinished" for r in records)
-    keys = list(sweep.space)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = {TRIALS_CSV: report.write_trials_csv(records, keys, sweep.metric, out_dir / TRIALS_CSV)}
-    if any(r.curve for r in records):
-        files[TRIALS_PNG] = report.save_curves(records, keys, sweep.metric, out_dir / TRIALS_PNG)
-    best = report.choose_best(records, sweep.mode) if complete else None
-    table = report.format_table(records, keys, sweep.metric, sweep.mode, best)
-    result = SweepResult(name=str(sweep.name), experiment=experiment, out_dir=out_dir, metric=sweep.metric,
-                         trials=records, table=table,
-                         complete=complete, best=best, files=files)
-    if not complete:
-        log.warning("sweep %r was interrupted; continue it with: ptycho-dist tune --out %s --resume %s",
-                    sweep.name, out_dir, sweep.name)
-        return result
-    if best is None:
-        errors = [f"{r.trial_id}: {r.error}" for r in records if r.error]
-        raise UserError(f"no trial of sweep {sweep.name!r} completed its {full_epochs} epochs "
-                         f"({len(records)} trials; see {files[TRIALS_CSV]})"
-                         + (f"; first error: {errors[0]}" if errors else ""))
-    result.best_config = sweep.trial_config(base, best.params)
-    files[BEST_CONFIG] = save_run_config(result.best_config, out_dir / BEST_CONFIG)
-    files[BEST_DIR] = copy_run(best.run_dir, out_dir / BEST_DIR)
-    return result
+    records = collect_trials(result_grid, sweep.metric, sweep.mode, sweep.epochs_per_trial(base), experiment)
+    return write_sweep_results(records, base, sweep, experiment, out_dir, copy_run)
 
 
 # ------------------------------------------------------------------ command line

@@ -5,7 +5,7 @@ A space maps dotted RunConfig field names to one entry each: `{grid: [...]}`, `{
 checks the names and the entries (one message naming `sweep.space.<field>`); `space_problems` applies
 every discrete value, the range ends and the combinations of discrete values to a run config, so a
 value of the wrong type or range is found before any trial starts; `metric_problems` says when the
-ranking metric would never be logged. ptycho_dist.config.SweepConfig (the sweep file) uses these;
+ranking metric would never be logged. ptycho_torch.sweep_config.SweepConfig (the sweep file) uses these;
 nothing here needs Ray.
 """
 

@@ -9,17 +9,34 @@ A trial's status is one of
 The best trial is the completed trial with the best metric at its last epoch (the weights in its
 model bundle); `best_<metric>` is the best value a trial reached at any epoch.
 
-Nothing here needs Ray: ptycho_dist.sweep_report fills TrialRecords from Ray Tune's ResultGrid.
+`write_sweep_results` writes a sweep's results directory (trials.csv, trials.png, best_config.yaml,
+best/) and returns its SweepResult. Nothing here needs Ray: ptycho_dist.sweep_report fills
+TrialRecords from Ray Tune's ResultGrid (with `rows_by_trial`, `number` and `metric_curve` over its
+dataframes) and copies the best trial's run files.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from ptycho_torch.config import RunConfig, save_run_config
+from ptycho_torch.errors import UserError
+
+if TYPE_CHECKING:
+    from ptycho_torch.sweep_config import SweepConfig
+
+log = logging.getLogger("ptycho_torch")
 
 STATUS_ORDER = ("completed", "stopped", "unfinished", "error")  # table order, best first within each
+EPOCHS_KEY = "epochs_completed"  # epochs a trial finished so far (Lightning's 0-based epoch + 1)
+TRIALS_CSV = "trials.csv"
+BEST_CONFIG = "best_config.yaml"
+BEST_DIR = "best"
+TRIALS_PNG = "trials.png"
 
 
 @dataclass
@@ -37,6 +54,43 @@ class TrialRecord:
     run_dir: str
     error: str = ""
     curve: list[tuple[int, float]] = field(default_factory=list)  # (epochs_completed, metric)
+
+
+@dataclass
+class SweepResult:
+    """What a sweep produced (paths are local, except `experiment` which may be a URI)."""
+
+    name: str
+    experiment: str
+    out_dir: Path
+    metric: str
+    trials: list[TrialRecord]  # in trial-id order
+    table: str  # the printed summary
+    complete: bool  # False when the sweep was interrupted (resume it with --resume NAME)
+    best: TrialRecord | None = None  # the best trial (None if no trial completed)
+    best_config: RunConfig | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # trials.csv, best_config.yaml, best/, trials.png
+
+
+def rows_by_trial(frame: Any) -> dict[str, dict[str, Any]]:
+    """trial id -> its row of a results dataframe with a trial_id column (pandas; trials that reported
+    nothing are absent)."""
+    return {str(r["trial_id"]): r for r in frame.to_dict("records")} if "trial_id" in frame.columns else {}
+
+
+def number(row: dict[str, Any], key: str) -> float:
+    """row[key] as a float; NaN when it is missing or not a number."""
+    value = row.get(key)
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
+def metric_curve(dataframe: Any, metric: str) -> list[tuple[int, float]]:
+    """(epoch, value) per reported epoch of a trial's per-epoch dataframe (pandas, with an EPOCHS_KEY
+    column); a repeated epoch (a continued trial) keeps its last value."""
+    if dataframe is None or EPOCHS_KEY not in getattr(dataframe, "columns", ()) or metric not in dataframe.columns:
+        return []
+    rows = dataframe[[EPOCHS_KEY, metric]].dropna().drop_duplicates(EPOCHS_KEY, keep="last")
+    return sorted((int(e), float(v)) for e, v in zip(rows[EPOCHS_KEY], rows[metric]))
 
 
 def choose_best(records: Sequence[TrialRecord], mode: str) -> TrialRecord | None:
@@ -106,3 +160,37 @@ def save_curves(records: Sequence[TrialRecord], space_keys: Sequence[str], metri
 
     curves = {label(r): ([e for e, _ in r.curve], [v for _, v in r.curve]) for r in records}
     return save_trial_curves(curves, path, metric, title=f"{metric} per trial ({len(records)} trials)")
+
+
+def write_sweep_results(records: Sequence[TrialRecord], base: RunConfig, sweep: SweepConfig, experiment: str,
+                        out_dir: Path, copy_run: Callable[[str, Path], Path]) -> SweepResult:
+    """trials.csv, trials.png, best_config.yaml and best/ in `out_dir` from the trials' `records`.
+
+    An interrupted sweep (a trial `unfinished`) gets the table only (resume it); a finished sweep with no
+    completed trial is a UserError naming the first error. `copy_run(run_dir, dest)` copies the best
+    trial's run files (from a path or URI) into `dest`."""
+    full_epochs = sweep.epochs_per_trial(base)
+    complete = all(r.status != "unfinished" for r in records)
+    keys = list(sweep.space)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {TRIALS_CSV: write_trials_csv(records, keys, sweep.metric, out_dir / TRIALS_CSV)}
+    if any(r.curve for r in records):
+        files[TRIALS_PNG] = save_curves(records, keys, sweep.metric, out_dir / TRIALS_PNG)
+    best = choose_best(records, sweep.mode) if complete else None
+    table = format_table(records, keys, sweep.metric, sweep.mode, best)
+    result = SweepResult(name=str(sweep.name), experiment=experiment, out_dir=out_dir, metric=sweep.metric,
+                         trials=list(records), table=table,
+                         complete=complete, best=best, files=files)
+    if not complete:
+        log.warning("sweep %r was interrupted; continue it with: ptycho-dist tune --out %s --resume %s",
+                    sweep.name, out_dir, sweep.name)
+        return result
+    if best is None:
+        errors = [f"{r.trial_id}: {r.error}" for r in records if r.error]
+        raise UserError(f"no trial of sweep {sweep.name!r} completed its {full_epochs} epochs "
+                         f"({len(records)} trials; see {files[TRIALS_CSV]})"
+                         + (f"; first error: {errors[0]}" if errors else ""))
+    result.best_config = sweep.trial_config(base, best.params)
+    files[BEST_CONFIG] = save_run_config(result.best_config, out_dir / BEST_CONFIG)
+    files[BEST_DIR] = copy_run(best.run_dir, out_dir / BEST_DIR)
+    return result

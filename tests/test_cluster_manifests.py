@@ -160,8 +160,8 @@ def test_command_is_accepted_by_the_real_cli(source: str, words: list[str]) -> N
 
             resolve_run_config(args)
     if command == "tune":
-        from ptycho_dist.tune import load_sweep_config
         from ptycho_torch.config import load_run_config
+        from ptycho_torch.sweep_config import load_sweep_config
 
         sweep = _local(getattr(args, "sweep", None), "sweep.yaml")
         if sweep is not None:

@@ -13,17 +13,10 @@ import yaml
 from conftest import tiny_config
 
 from ptycho_dist import tune as dist_tune
-from ptycho_dist.config import SweepConfig
 from ptycho_dist.scaling import ClusterResources
-from ptycho_dist.tune import (
-    SPEC_FILE,
-    concurrent_trials,
-    load_sweep_config,
-    param_space,
-    run_sweep,
-    sweep_config_from_dict,
-)
+from ptycho_dist.tune import SPEC_FILE, concurrent_trials, param_space, run_sweep
 from ptycho_torch.config import ConfigError, RunConfig
+from ptycho_torch.sweep_config import SweepConfig, load_sweep_config, sweep_config_from_dict
 from ptycho_torch.sweep_results import TrialRecord, choose_best, format_table, write_trials_csv
 
 SPEC_EXAMPLE = """
@@ -324,7 +317,7 @@ def test_best_is_the_completed_trial_with_the_best_last_value(tmp_path):
 def test_docs_list_every_sweep_key_with_its_default():
     from dataclasses import MISSING, fields
 
-    from ptycho_dist.config import SweepScheduler, SweepSearch
+    from ptycho_torch.sweep_config import SweepScheduler, SweepSearch
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
     rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip().strip("`")
