@@ -9,26 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import apply_overrides
-from ptycho_torch.workflows.demo import demo_run_config, demo_simulation
+from ptycho_torch.workflows.demo import DEMO_SWEEP, demo_run_config, demo_simulation, write_summary
 
 log = logging.getLogger("ptycho_dist")
-
-DEMO_SWEEP = {
-    "metric": "val_loss",
-    "mode": "min",
-    "num_samples": 1,
-    "scheduler": {"name": "fifo"},
-    "search": {"name": "grid"},
-    "workers_per_trial": 1,
-    "max_concurrent_trials": 2,
-    "space": {"execution.learning_rate": {"grid": [1.0e-3, 3.0e-3]}},
-}
 
 
 def _step(number: int, text: str) -> float:
@@ -84,70 +72,6 @@ def run_demo(out: Path, *, epochs: int = 15, n_positions: int = 1000, sweep_epoc
     t = _step(5, "writing the summary")
     summary = write_summary(out, trained, swept, recon, timings)
     timings["summary_s"] = time.perf_counter() - t
-    return summary
-
-
-def _headline(metrics: dict[str, Any] | None) -> dict[str, float]:
-    keys = ("amplitude_psnr", "amplitude_ssim", "phase_psnr", "phase_ssim", "frc_half_resolution_px",
-            "frc_17_resolution_px")
-    return {k: float(metrics[k]) for k in keys if metrics and isinstance(metrics.get(k), (int, float))}
-
-
-def write_summary(out: Path, trained: Any, swept: Any, recon: Any, timings: dict[str, float]) -> dict[str, Any]:
-    """summary.md + summary.json, with the pictures copied next to them."""
-    pictures = {
-        "comparison.png": out / "recon" / "comparison.png",
-        "loss.png": Path(trained.run_dir) / "loss.png",
-        "frc.png": out / "recon" / "frc.png",
-        "trials.png": out / "sweep" / "trials.png",
-    }
-    for name, source in pictures.items():
-        if source.is_file():
-            shutil.copyfile(source, out / name)
-    metrics = _headline(recon.metrics)
-    best = getattr(swept, "best_config", None)
-    summary = {
-        "run": str(trained.run_dir), "epochs": trained.epochs_completed, "world_size": trained.world_size,
-        "final_val_loss": trained.metrics.get("val_loss"), "metrics": metrics,
-        "best_learning_rate": best.execution.learning_rate if best is not None else None,
-        "reconstruction_patterns_per_s": recon.patterns_per_second, "timings_s": timings,
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    rows = "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
-    times = "\n".join(f"| {k[:-2]} | {v:.1f} |" for k, v in timings.items())
-    (out / "summary.md").write_text(f"""# ptycho-dist demo
-
-Simulated scan `scan.npz` -> {trained.world_size}-worker Ray Train run ({trained.epochs_completed} epochs,
-final val_loss {summary['final_val_loss']:.4g}) -> 2-trial Ray Tune sweep of the learning rate (best:
-{summary['best_learning_rate']}) -> Ray Data reconstruction ({recon.patterns_per_second:.0f} patterns/s)
--> evaluation against the ground truth.
-
-## Ground truth vs reconstruction
-
-![comparison](comparison.png)
-
-| metric | value |
-|---|---|
-{rows}
-
-## Training
-
-![loss curves](loss.png)
-
-## Resolution (Fourier ring correlation)
-
-![FRC](frc.png)
-
-## Sweep
-
-![trials](trials.png)
-
-## Time (s)
-
-| step | seconds |
-|---|---|
-{times}
-""")
     return summary
 
 
