@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import shutil
@@ -65,10 +64,10 @@ from ptycho_dist.scaling import (
     strategy_class,
 )
 from ptycho_dist.session import ray_session
-from ptycho_torch.config import ConfigError, RunConfig, apply_overrides
+from ptycho_torch.config import ConfigError, RunConfig
+from ptycho_torch.workflows.launcher import StartEpoch, gather, state_checksum, with_absolute_data_path
 
 log = logging.getLogger("ptycho_dist")
-
 
 
 @dataclass
@@ -90,36 +89,6 @@ class DistTrainResult:
 
 
 # ------------------------------------------------------------------ worker side
-
-class _StartEpoch(Callback):
-    """Remembers the epoch the fit starts at (non-zero when resumed from a checkpoint)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.epoch = int(trainer.current_epoch)
-
-
-def state_checksum(module: torch.nn.Module) -> str:
-    """sha256 over every (name, bytes) of the state dict, in name order."""
-    digest = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _gather(value: Any) -> list[Any]:
-    """`value` (picklable) of every rank, in rank order; [value] outside a process group."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [value]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
-
 
 # Harmless warnings every worker would print each run (kept with verbose=True)
 _WORKER_WARNINGS = (
@@ -161,14 +130,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     config = RunConfig.from_dict(loop_config["config"])
     target = str(loop_config["run_dir"])
     staging = Path(tempfile.mkdtemp(prefix="ptycho-dist-run-")) if is_uri(target) else None
-    start = _StartEpoch()
+    start = StartEpoch()
     # Ray's checkpoints replace Lightning's ModelCheckpoint (module docstring)
     report = RayTrainReportCallback() if config.execution.enable_checkpointing else _MetricsReport()
 
     replicas: dict[str, Any] = {}
 
     def after_fit(trainer: L.Trainer, module: torch.nn.Module) -> dict[str, Any]:
-        ranks = _gather({"checksum": state_checksum(module), "node_id": ray.get_runtime_context().get_node_id()})
+        ranks = gather({"checksum": state_checksum(module), "node_id": ray.get_runtime_context().get_node_id()})
         replicas.update(replica_checksums=[r["checksum"] for r in ranks], replica_nodes=[r["node_id"] for r in ranks])
         return {"ray": {"world_size": trainer.world_size, "start_epoch": start.epoch, **replicas,
                         "ingest": "ray_data" if loop_config.get("ingest") else "sampler"}}
@@ -243,25 +212,6 @@ def _drop_untrained_run(location: str) -> None:
     run = Path(location)
     if run.is_dir() and not any(run.glob(f"checkpoint_*/{CHECKPOINT_FILE}")):
         shutil.rmtree(run, ignore_errors=True)
-
-
-def with_absolute_data_path(config: RunConfig) -> RunConfig:
-    """config with data.path (and training.init_from) made absolute (every worker process resolves
-    them the same way); the file (or, for a glob, at least one file) and the bundle must exist."""
-    from ptycho_torch.data.scan_files import resolve_scan_paths
-
-    if not config.data.path:
-        raise ConfigError("data.path: no scan file given; pass --data SCAN (or data.path in --config)")
-    resolve_scan_paths(config.data.path)
-    paths = [os.path.abspath(os.path.expanduser(p)) for p in (config.data.path if isinstance(config.data.path, list)
-                                                             else [config.data.path])]
-    changes: dict[str, Any] = {"data.path": paths[0] if len(paths) == 1 else paths}
-    if config.training.init_from:  # a warm start's bundle, found by every worker the same way
-        from ptycho_torch.workflows.warm_start import init_source
-
-        init_source(config.training.init_from)
-        changes["training.init_from"] = os.path.abspath(os.path.expanduser(config.training.init_from))
-    return apply_overrides(config, changes)
 
 
 REGISTER_GRACE_S = 15.0  # on a signal, how long to wait for Ray to register a checkpoint being written

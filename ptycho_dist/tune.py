@@ -178,7 +178,7 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
     from ptycho_dist.run_files import write_run_file
     from ptycho_dist.scaling import ClusterResources, check_request, plan_scaling
     from ptycho_dist.session import ray_session
-    from ptycho_dist.train import with_absolute_data_path
+    from ptycho_torch.workflows.launcher import with_absolute_data_path
 
     out_dir = Path(out_dir).expanduser().resolve()
     ray_config = ray_config or RayConfig()

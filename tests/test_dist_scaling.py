@@ -28,9 +28,10 @@ from ptycho_dist.scaling import (
     storage_path,
     strategy_class,
 )
-from ptycho_dist.train import _user_error, state_checksum
+from ptycho_dist.train import _user_error
 from ptycho_dist.train_cli import load_dist_config, resolve_dist_configs
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig, load_run_config
+from ptycho_torch.workflows.launcher import state_checksum
 
 CPU4 = ClusterResources.single_node(4)
 

@@ -22,9 +22,10 @@ from conftest import tiny_config
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_dist.config import RayConfig
-from ptycho_dist.train import fit_distributed, state_checksum
+from ptycho_dist.train import fit_distributed
 from ptycho_torch.config import ConfigError
 from ptycho_torch.workflows.bundle import load_bundle
+from ptycho_torch.workflows.launcher import state_checksum
 from ptycho_torch.workflows.reconstruct import reconstruct
 from ptycho_torch.workflows.train import train
 

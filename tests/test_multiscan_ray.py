@@ -86,7 +86,7 @@ def test_a_worker_group_that_leaves_no_cpu_for_reading_is_refused():
 
 
 def test_the_driver_hands_workers_an_absolute_init_from(corpus, tmp_path, monkeypatch):
-    from ptycho_dist.train import with_absolute_data_path
+    from ptycho_torch.workflows.launcher import with_absolute_data_path
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.pt").write_bytes(b"")  # only its place is checked here
