@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ptycho_dist.config import RayConfig
+from ptycho_dist.ingest import pattern_ids
 from ptycho_torch.config import ConfigError
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.scan_files import read_scans, scan_paths
@@ -59,32 +60,6 @@ from ptycho_torch.workflows.reconstruct import (
 log = logging.getLogger("ptycho_dist")
 
 DTYPES = ("float32", "bfloat16")
-
-
-def _quiet_ray_data(verbose: bool) -> None:
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = verbose  # the driver shows its own tqdm bar over patterns
-    ctx.print_on_execution_start = verbose
-    if not verbose:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
-
-
-def pattern_ids(n_patterns: int, block_size: int) -> Any:
-    """A Ray Dataset of the global pattern indices (column "data", int64) in blocks of `block_size`.
-
-    Built from in-memory blocks (8 bytes per pattern) rather than from block descriptors or
-    `ray.data.range`, for two measured reasons: Ray Data fuses the read into the actors and bundles
-    >= batch_size input rows per actor task, so one descriptor row per block would put many blocks on
-    a single actor; and `range` runs as separate 1-CPU read tasks that deadlock when the actors hold
-    every CPU.
-    """
-    import ray.data
-
-    return ray.data.from_numpy([np.arange(s, min(s + block_size, n_patterns), dtype=np.int64)
-                                for s in range(0, n_patterns, block_size)])
 
 
 def streaming_norm_factor(reader: RowReader, block_size: int) -> float:
@@ -160,10 +135,10 @@ def reconstruct_distributed(
     import ray.data
 
     from ptycho_dist.scaling import ClusterResources
-    from ptycho_dist.session import ray_session
+    from ptycho_dist.session import quiet_ray_data, ray_session
 
     with ray_session(ray_config):
-        _quiet_ray_data(ray_config.verbose)
+        quiet_ray_data(ray_config.verbose)
         actors = actor_pool_size(ClusterResources.from_ray(), concurrency, num_cpus_per_actor, num_gpus_per_actor)
         rows_per_block = block_size or default_block_size(n, groups.indices.shape[1], scan.N, actors)
         n_blocks = math.ceil(n / rows_per_block)

@@ -9,7 +9,8 @@ splits each dataset into one disjoint, equal shard per worker (Ray Train's defau
 split, the last G mod world_size groups of an epoch left out), and each worker iterates its shard
 (`ShardBatches`, re-read every epoch, shuffled in a local buffer seeded by execution.seed + epoch)
 instead of its DistributedSampler shard of the whole corpus. No worker holds more than its batches,
-and more nodes read in parallel. With `sampler` (and `auto` for one scan) nothing changes.
+and more nodes read in parallel. With `sampler` (and `auto` for one scan) nothing changes. The rows
+come from ptycho_torch.data.dataset (`split_rows`, `GroupRows`, `read_groups`, `block_count`).
 
 Read tasks take READ_CPUS each: the workers must leave at least that much CPU free on the cluster
 (a Train worker group that holds every CPU starves its own dataset; measured: it hangs), which
@@ -19,16 +20,14 @@ Read tasks take READ_CPUS each: the workers must leave at least that much CPU fr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
 from ptycho_torch.config import ConfigError
-from ptycho_torch.data.dataset import GroupDataset, PtychoDataModule
+from ptycho_torch.data.dataset import GroupRows, PtychoDataModule, block_count, read_groups
 
 READ_CPUS = 0.25  # CPUs of one Ray Data read task
-BLOCK_BYTES = 16 * 2**20  # target size of one block of rows (x and amp)
 SHUFFLE_BUFFER = 256  # groups in each worker's local shuffle buffer
 SPLITS = ("train", "val")
 
@@ -40,63 +39,36 @@ def use_ray_data(ingest: str, datamodule: PtychoDataModule) -> bool:
     return ingest == "ray_data" or (ingest == "auto" and isinstance(datamodule.scan, ScanCorpus))
 
 
-@dataclass(eq=False)
-class GroupRows:
-    """Rows of one split by group index (picklable: the scans stay lazy, without their objects)."""
+def pattern_ids(n_patterns: int, block_size: int) -> Any:
+    """A Ray Dataset of the indices 0 .. n_patterns - 1 (column "data", int64) in blocks of `block_size`:
+    the global pattern ids of `ptycho-dist reconstruct`, the group ids of a training split.
 
-    dataset: GroupDataset
+    Built from in-memory blocks (8 bytes per pattern) rather than from block descriptors or
+    `ray.data.range`, for two measured reasons: Ray Data fuses the read into the actors and bundles
+    >= batch_size input rows per actor task, so one descriptor row per block would put many blocks on
+    a single actor; and `range` runs as separate 1-CPU read tasks that deadlock when the actors hold
+    every CPU.
+    """
+    import ray.data
 
-    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """The groups `ids` (k,) as columns: x, amp (k, C, N, N) float32, positions, offsets (k, C, 2),
-        index, scan (k,) int64 (and mask (k, 1, N, N) bool with a detector mask)."""
-        items = self.dataset.__getitems__([int(i) for i in np.asarray(ids).reshape(-1)])
-        return {key: np.stack([item[key].numpy() for item in items]) for key in items[0]}
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-
-def read_groups(batch: dict[str, np.ndarray], rows: GroupRows) -> dict[str, np.ndarray]:
-    """Ray Data `map_batches` function: a block of group indices (column "data") -> its rows."""
-    return rows.rows(batch["data"])
-
-
-def split_rows(datamodule: PtychoDataModule) -> dict[str, GroupRows]:
-    """What the read tasks of each split need, built on the driver from its validated datamodule."""
-    scan = datamodule.scan.without_object()
-    out = {"train": GroupRows(GroupDataset(scan, datamodule.train_groups, datamodule.norm_factors))}
-    if datamodule.val_groups is not None:
-        out["val"] = GroupRows(GroupDataset(scan, datamodule.val_groups, datamodule.norm_factors))
-    return out
-
-
-def block_count(n_groups: int, channels: int, N: int, workers: int) -> int:
-    """Blocks of a split: about BLOCK_BYTES of rows each, and at least two per worker (read tasks are
-    Ray's unit of parallel reading; each costs a task launch)."""
-    by_bytes = math.ceil(n_groups * 2 * channels * N * N * 4 / BLOCK_BYTES)
-    return int(max(1, min(n_groups, max(by_bytes, 2 * workers))))
+    return ray.data.from_numpy([np.arange(s, min(s + block_size, n_patterns), dtype=np.int64)
+                                for s in range(0, n_patterns, block_size)])
 
 
 def group_datasets(rows: dict[str, GroupRows], workers: int, verbose: bool = False) -> dict[str, Any]:
     """One Ray Dataset per split: `block_count` blocks of group indices (from_numpy: one block each, so
     reads run in parallel) mapped to rows by read tasks of READ_CPUS. Needs a Ray session. Ray Data's
     progress bars and execution banners (printed by every epoch's split) only with `verbose`."""
-    import logging
+    from ptycho_dist.session import quiet_ray_data
 
-    import ray.data
-
-    ctx = ray.data.DataContext.get_current()  # captured by the datasets made below
-    ctx.enable_progress_bars = verbose
-    ctx.print_on_execution_start = verbose
-    if not verbose:
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    quiet_ray_data(verbose)
     out = {}
     for name, split in rows.items():
         n = len(split)
         groups = split.dataset.groups.indices
         step = max(1, math.ceil(n / block_count(n, groups.shape[1], split.dataset.scan.N, workers)))
-        ids = ray.data.from_numpy([np.arange(s, min(s + step, n), dtype=np.int64) for s in range(0, n, step)])
-        out[name] = ids.map_batches(read_groups, batch_size=None, fn_kwargs={"rows": split}, num_cpus=READ_CPUS)
+        out[name] = pattern_ids(n, step).map_batches(read_groups, batch_size=None, fn_kwargs={"rows": split},
+                                                     num_cpus=READ_CPUS)
     return out
 
 

@@ -73,6 +73,19 @@ def filter_benign_ray_lines() -> bool:
     return True
 
 
+def quiet_ray_data(verbose: bool) -> None:
+    """Ray Data's progress bars and execution banners only with `verbose` (the driver shows its own
+    progress); applies to the datasets made after the call (they capture the current DataContext)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = verbose
+    ctx.print_on_execution_start = verbose
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
+
+
 def default_token_path() -> Path:
     """Where Ray keeps the token of local clusters it starts (Ray 2.60: ~/.ray/auth_token)."""
     return Path.home() / ".ray" / "auth_token"

@@ -40,7 +40,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_dist.config import RayConfig
-from ptycho_dist.ingest import check_read_room, group_datasets, shard_loaders, split_rows, use_ray_data
+from ptycho_dist.ingest import check_read_room, group_datasets, shard_loaders, use_ray_data
 from ptycho_dist.run_files import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -65,6 +65,7 @@ from ptycho_dist.scaling import (
 )
 from ptycho_dist.session import ray_session
 from ptycho_torch.config import ConfigError, RunConfig
+from ptycho_torch.data.dataset import split_rows
 from ptycho_torch.workflows.launcher import StartEpoch, gather, state_checksum, with_absolute_data_path
 
 log = logging.getLogger("ptycho_dist")
@@ -338,7 +339,7 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
                     overwrite: bool, ray_run_config: Any, callbacks: Sequence[Callback],
                     rows: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """In a Ray session: the pre-flight check, the run files, the TorchTrainer fit; (Result, plan).
-    With `rows` (ingest.split_rows) the groups reach the workers as Ray Datasets (ptycho_dist.ingest)."""
+    With `rows` (ptycho_torch.data.dataset.split_rows) the groups reach the workers as Ray Datasets (ptycho_dist.ingest)."""
     from ray.train import ControllerError, TrainingFailedError
     from ray.train.torch import TorchTrainer
 

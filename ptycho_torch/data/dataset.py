@@ -11,11 +11,17 @@ One item is one group (C = gridsize**2 patterns):
 
 Training reads `data.path` through `data.corpus.read_training_scans`: one scan, or several scans
 (a ScanCorpus) each normalised by its own factor r, grouped on its own and tagged with its scan id.
+
+`GroupRows` / `split_rows` give the groups of a datamodule's splits as columns of numpy arrays by
+group index, in blocks (`block_count`): what ptycho_dist.ingest streams to Ray Train workers through
+Ray Data (`read_groups` is its read function); nothing here needs Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import lightning as L
@@ -29,6 +35,8 @@ from ptycho_torch.data.corpus import ScanCorpus, TrainingScans, corpus_scans, re
 from ptycho_torch.data.grouping import Groups, make_groups, make_groups_per_scan
 from ptycho_torch.data.scan_files import Scan
 from ptycho_torch.physics import normalization_factor
+
+BLOCK_BYTES = 16 * 2**20  # target size of one block of group rows (x and amp)
 
 
 class GroupDataset(Dataset):
@@ -211,3 +219,41 @@ class PtychoDataModule(L.LightningDataModule):
         if external is not None:
             return external[1] if external[1] is not None else []
         return self._loader(self.val_groups, shuffle=False) if self.val_groups is not None else []
+
+
+@dataclass(eq=False)
+class GroupRows:
+    """Rows of one split by group index (picklable: the scans stay lazy, without their objects)."""
+
+    dataset: GroupDataset
+
+    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The groups `ids` (k,) as columns: x, amp (k, C, N, N) float32, positions, offsets (k, C, 2),
+        index, scan (k,) int64 (and mask (k, 1, N, N) bool with a detector mask)."""
+        items = self.dataset.__getitems__([int(i) for i in np.asarray(ids).reshape(-1)])
+        return {key: np.stack([item[key].numpy() for item in items]) for key in items[0]}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def read_groups(batch: dict[str, np.ndarray], rows: GroupRows) -> dict[str, np.ndarray]:
+    """A block of group indices (column "data") -> its rows (a Ray Data `map_batches` function)."""
+    return rows.rows(batch["data"])
+
+
+def split_rows(datamodule: PtychoDataModule) -> dict[str, GroupRows]:
+    """What the read tasks of each split need ({'train': ..., 'val': ...} when there is validation),
+    built on the driver from its validated datamodule."""
+    scan = datamodule.scan.without_object()
+    out = {"train": GroupRows(GroupDataset(scan, datamodule.train_groups, datamodule.norm_factors))}
+    if datamodule.val_groups is not None:
+        out["val"] = GroupRows(GroupDataset(scan, datamodule.val_groups, datamodule.norm_factors))
+    return out
+
+
+def block_count(n_groups: int, channels: int, N: int, workers: int) -> int:
+    """Blocks of a split: about BLOCK_BYTES of rows each, and at least two per worker (read tasks are
+    Ray's unit of parallel reading; each costs a task launch)."""
+    by_bytes = math.ceil(n_groups * 2 * channels * N * N * 4 / BLOCK_BYTES)
+    return int(max(1, min(n_groups, max(by_bytes, 2 * workers))))
