@@ -36,9 +36,7 @@ from tqdm.auto import tqdm
 from ptycho_dist.config import RayConfig
 from ptycho_dist.ingest import pattern_ids
 from ptycho_torch.config import ConfigError
-from ptycho_torch.data.beamline import ReadOptions
-from ptycho_torch.data.scan_files import read_scans, scan_paths
-from ptycho_torch.errors import UserError
+from ptycho_torch.data.scan_files import scan_paths
 from ptycho_torch.physics import normalization_factor
 from ptycho_torch.stitching import CanvasSum, stitch_weight
 from ptycho_torch.workflows.batch_predictor import (
@@ -49,13 +47,7 @@ from ptycho_torch.workflows.batch_predictor import (
     read_ids,
 )
 from ptycho_torch.workflows.bundle import load_bundle, resolve_bundle_path
-from ptycho_torch.workflows.reconstruct import (
-    NORMALIZATION_CHOICES,
-    ReconResult,
-    choose_probe,
-    inference_groups,
-    write_reconstruction,
-)
+from ptycho_torch.workflows.reconstruct import ReconResult, scan_for_model, write_reconstruction
 
 log = logging.getLogger("ptycho_dist")
 
@@ -115,18 +107,12 @@ def reconstruct_distributed(
     batch = batch_size or config.inference_batch_size
     if batch < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch}")
-    # read as the model's training data were (dataset paths, cropping to N, detector mask, geometry)
-    scan = read_scans(data, validate=validate, options=ReadOptions.from_config(config))
-    if scan.N != config.model.N:
-        raise UserError(f"the model {bundle_path} was trained on {config.model.N}x{config.model.N} patterns "
-                         f"but {scan.path} holds {scan.N}x{scan.N} patterns")
-    groups = inference_groups(scan, config.model.gridsize, config.data.neighbor_count, config.execution.seed)
+    ready = scan_for_model(bundle, data, validate=validate, probe=probe, normalization=normalization,
+                           renormalize=renormalize)
+    scan, groups, normalization, probe_used = ready.scan, ready.groups, ready.normalization, ready.probe_used
+    chosen = ready.probe  # None: the model's own
     reader = RowReader(scan.without_object(), groups)
     canvas_hw, n = scan.object_shape, scan.n_patterns
-    if normalization not in NORMALIZATION_CHOICES:
-        raise UserError(f"--normalization: got {normalization!r}; choose one of {', '.join(NORMALIZATION_CHOICES)}")
-    normalization = "scan" if renormalize else normalization
-    chosen, probe_used = choose_probe(bundle, scan.probe, probe)  # None: the model's own
     probe_t = bundle.module.probe.detach().cpu() if chosen is None else \
         torch.as_tensor(np.asarray(chosen)).to(torch.complex64).reshape(-1, scan.N, scan.N)
     weight = stitch_weight(probe_t, config.inference.stitch_weight)  # the probe the actors read with

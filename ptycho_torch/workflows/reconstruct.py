@@ -125,6 +125,40 @@ def inference_groups(scan: Scan, gridsize: int, neighbor_count: int = 6, seed: i
     return Groups(np.concatenate(indices), np.concatenate(seed_channel))
 
 
+@dataclass
+class ScanForModel:
+    """A scan read and checked for a model: what the local loop and the Ray Data path start from."""
+
+    scan: Scan
+    groups: Groups  # one group per pattern, global indices (inference_groups)
+    normalization: str  # 'scan' (r from these patterns) or 'model' (the model's training r)
+    probe: np.ndarray | None  # (P, N, N) the probe to read and stitch with; None = the model's own
+    probe_used: str  # what was chosen and why (choose_probe), for the metadata
+
+
+def scan_for_model(bundle: LoadedBundle, data: ScanPaths | Scan, *, validate: bool = True, probe: str = "auto",
+                   normalization: str = "scan", renormalize: bool = False) -> ScanForModel:
+    """Read `data` (a file, a glob or several files; or a scan already in memory) as the model's
+    training data were read (ReadOptions.from_config: dataset paths, cropping to N, detector mask,
+    geometry), check its pattern size against the model's, group it, and choose the probe
+    (choose_probe) and the normalisation (`renormalize` is the old spelling of normalization 'scan').
+    `validate` False trusts the pattern values (shapes, probe and positions are still checked)."""
+    config = bundle.config
+    if normalization not in NORMALIZATION_CHOICES:
+        raise UserError(f"--normalization: got {normalization!r}; choose one of {', '.join(NORMALIZATION_CHOICES)}")
+    if isinstance(data, (ScanData, ScanFiles)):
+        scan = data
+    else:
+        scan = read_scans(data, validate=validate, options=ReadOptions.from_config(config))
+    if scan.N != config.model.N:
+        where = ", ".join(scan_paths(scan)) if scan.path is not None else "the diffraction given"
+        raise UserError(f"the model {bundle.path} was trained on {config.model.N}x{config.model.N} patterns "
+                        f"but {where} holds {scan.N}x{scan.N} patterns")
+    chosen, probe_used = choose_probe(bundle, scan.probe, probe)
+    groups = inference_groups(scan, config.model.gridsize, config.data.neighbor_count, config.execution.seed)
+    return ScanForModel(scan, groups, "scan" if renormalize else normalization, chosen, probe_used)
+
+
 def seed_patches(patches: torch.Tensor, seed_channel: torch.Tensor) -> torch.Tensor:
     """patches (B, C, N, N), seed_channel (B,) -> each group's own pattern's patch (B, N, N)."""
     return patches[torch.arange(len(patches)), seed_channel]
@@ -195,20 +229,12 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
     with `out_dir` None nothing is written (a refinement then keeps no network/ copy)."""
     predictor = PatchPredictor(model, device=device)
     config = predictor.config
-    # beamline files are read as the model's training data were (dataset paths, N, mask, geometry)
-    scan = data if isinstance(data, (ScanData, ScanFiles)) else read_scans(data, options=ReadOptions.from_config(config))
-    if scan.N != config.model.N:
-        raise UserError(f"the model was trained on {config.model.N}x{config.model.N} patterns but "
-                         f"{data if scan.path is not None else 'the diffraction given'} holds {scan.N}x{scan.N} patterns")
-    if normalization not in NORMALIZATION_CHOICES:
-        raise UserError(f"--normalization: got {normalization!r}; choose one of {', '.join(NORMALIZATION_CHOICES)}")
-    if renormalize or normalization == "scan":  # the scan's own dose (for its training scan: the model's r)
-        normalization = "scan"
+    ready = scan_for_model(predictor.bundle, data, probe=probe, normalization=normalization, renormalize=renormalize)
+    scan, groups, normalization, probe_used = ready.scan, ready.groups, ready.normalization, ready.probe_used
+    if normalization == "scan":  # the scan's own dose (for its training scan: the model's r)
         predictor.norm_factor = dataset_norm_factor(scan)
-    chosen, probe_used = choose_probe(predictor.bundle, scan.probe, probe)
-    if chosen is not None:
-        predictor.use_probe(chosen)
-    groups = inference_groups(scan, predictor.gridsize, config.data.neighbor_count, config.execution.seed)
+    if ready.probe is not None:
+        predictor.use_probe(ready.probe)
     loader = inference_loader(scan, groups, config, batch_size)
     acc = StitchAccumulator(scan.object_shape, stitch_weight(predictor.probe, config.inference.stitch_weight))
     seed_channel = torch.from_numpy(groups.seed_channel)
