@@ -71,15 +71,10 @@ def train(data: Any = None, out: str | Path | None = None, *, config: Any = None
     from ptycho_dist.flags import RAY_FLAGS
     from ptycho_dist.train import fit_distributed
     from ptycho_dist.train_cli import resolve_dist_configs
-    from ptycho_torch.api import flag_keywords
+    from ptycho_torch.api import dotted_overrides
 
     run_flags, ray_fields = _split_flags(dict(flags), RAY_FLAGS)
-    known = flag_keywords()
-    unknown = sorted(set(run_flags) - set(known))
-    if unknown:
-        raise ConfigError(f"{', '.join(unknown)}: unknown keyword(s); the flag keywords are "
-                          f"{', '.join(sorted(set(known) | set(_ray_keywords(RAY_FLAGS))))}, and any config field "
-                          "goes in overrides={'section.field': value}")
+    flag_fields = dotted_overrides(run_flags, overrides, more_keywords=list(_ray_keywords(RAY_FLAGS)))
     dotted: dict[str, Any] = {}
     config_path = None
     if isinstance(config, (str, Path)):
@@ -88,8 +83,7 @@ def train(data: Any = None, out: str | Path | None = None, *, config: Any = None
         dotted = _dotted(config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config)))
     elif config is not None:
         raise ConfigError(f"config: expected a RunConfig, a dict of sections or a YAML path, got {type(config).__name__}")
-    dotted.update(dict(overrides or {}))
-    dotted.update({known[k]: v for k, v in run_flags.items()})
+    dotted.update(flag_fields)
     args = argparse.Namespace(config=config_path, out=None if out is None else Path(out),
                               resume=None if resume is None else str(resume),
                               data=None if data is None else [str(d) for d in (data if isinstance(data, (list, tuple))

@@ -42,6 +42,20 @@ def flag_keywords() -> dict[str, str]:
     return {flag.lstrip("-").replace("-", "_"): dotted for flag, dotted in {**ALIASES, **BOOL_ALIASES}.items()}
 
 
+def dotted_overrides(flags: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+                     more_keywords: Sequence[str] = ()) -> dict[str, Any]:
+    """`overrides` (dotted fields) <- `flags` (keywords of the CLI flags) as one dict of dotted fields.
+    An unknown keyword is a ConfigError listing the flag keywords (and `more_keywords`, those a caller
+    such as ptycho_dist.api takes besides)."""
+    known = flag_keywords()
+    unknown = sorted(set(flags) - set(known))
+    if unknown:
+        raise ConfigError(f"{', '.join(unknown)}: unknown keyword(s); the flag keywords are "
+                          f"{', '.join(sorted(set(known) | set(more_keywords)))}, and any config field goes in "
+                          "overrides={'section.field': value}")
+    return {**dict(overrides or {}), **{known[k]: v for k, v in flags.items()}}
+
+
 def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
                overrides: Mapping[str, Any] | None = None, base: RunConfig | None = None, **flags: Any) -> RunConfig:
     """One RunConfig the way the command line builds it: `config` (a RunConfig, a dict of sections, or a
@@ -60,12 +74,7 @@ def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
     else:
         raise ConfigError(f"config: expected a RunConfig, a dict of sections or a YAML path, got "
                           f"{type(config).__name__}")
-    known = flag_keywords()
-    unknown = sorted(set(flags) - set(known))
-    if unknown:
-        raise ConfigError(f"{', '.join(unknown)}: unknown keyword(s); the flag keywords are {', '.join(sorted(known))}, "
-                          "and any config field goes in overrides={'section.field': value}")
-    dotted = {**dict(overrides or {}), **{known[k]: v for k, v in flags.items()}}
+    dotted = dotted_overrides(flags, overrides)
     if data is not None:
         from ptycho_torch.cli_args import data_path
 
