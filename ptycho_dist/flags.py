@@ -9,7 +9,6 @@ collects the ones given (plus `-v`).
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, fields
 from typing import Any
 
 from ptycho_dist.config import RayConfig
@@ -33,18 +32,13 @@ RUN_FLAGS: dict[str, tuple[str, Any]] = {
 RAY_FLAGS = {**SESSION_FLAGS, **RUN_FLAGS}
 
 
-def _default(name: str) -> Any:
-    f = next(f for f in fields(RayConfig) if f.name == name)
-    return f.default if f.default is not MISSING else None
-
-
 def add_ray_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[str, Any]] = SESSION_FLAGS) -> None:
     """Add `flags` in a "Ray" group, each documented with its RayConfig field and default."""
     group = parser.add_argument_group("Ray (the `ray:` section of a run config)")
-    docs = RayConfig.field_docs()
+    docs, defaults = RayConfig.field_docs(), RayConfig().to_dict()
     for flag, (name, kind) in flags.items():
         group.add_argument(flag, dest="ray:" + name, type=kind, default=None, metavar=name.upper(),
-                           help=f"{docs[name]} (sets ray.{name}; default: {_default(name)!r})")
+                           help=f"{docs[name]} (sets ray.{name}; default: {defaults[name]!r})")
 
 
 def ray_overrides(args: argparse.Namespace) -> dict[str, Any]:

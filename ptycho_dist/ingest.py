@@ -29,7 +29,6 @@ from ptycho_torch.data.dataset import GroupRows, PtychoDataModule, block_count, 
 
 READ_CPUS = 0.25  # CPUs of one Ray Data read task
 SHUFFLE_BUFFER = 256  # groups in each worker's local shuffle buffer
-SPLITS = ("train", "val")
 
 
 def use_ray_data(ingest: str, datamodule: PtychoDataModule) -> bool:
