@@ -27,7 +27,7 @@ import yaml
 from ptycho_dist.config import RayConfig
 from ptycho_dist.flags import RAY_FLAGS, add_ray_flags, ray_overrides
 from ptycho_dist.run_files import CONFIG_FILE, RAY_FILE, read_run_file, run_location, storage_path
-from ptycho_torch.config import ConfigError, RunConfig, apply_overrides, read_yaml_mapping, yaml_problem
+from ptycho_torch.config import ConfigError, RunConfig, read_yaml_mapping, yaml_problem
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def _text_config(text: str | None, where: str) -> dict[str, Any]:
 
 def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig, bool]:
     """(RunConfig, RayConfig, resume) from the flags; see the module docstring for precedence."""
-    from ptycho_torch.cli_args import cli_overrides, data_path
+    from ptycho_torch.cli_args import resolve_run_config
 
     file_run, file_ray = split_dist_yaml(args.config) if args.config is not None else (None, {})
     cli_ray = ray_overrides(args)
@@ -134,17 +134,12 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
     except ConfigError as e:
         where = f"{RAY_FILE} of the resumed run, --config or the flags" if resume else "--config or the flags"
         raise ConfigError(f"{where}: {e}") from None
-    overrides = cli_overrides(args)
-    if args.data is not None:
-        overrides["data.path"] = data_path(args.data)
-    try:
-        config = apply_overrides(config, overrides)
-        if config.training.init_from and run_data is None:  # a warm start keeps the bundle's model section
-            from ptycho_torch.workflows.warm_start import warm_start_base
+    flags = argparse.Namespace(**{**vars(args), "config": None})  # --config was read above (its ray: split off)
+    config = resolve_run_config(flags, base=config)  # <- the flags and --data, as ptycho-torch train
+    if config.training.init_from and run_data is None:  # a warm start keeps the bundle's model section
+        from ptycho_torch.workflows.warm_start import warm_start_base
 
-            config = apply_overrides(warm_start_base(config.training.init_from), overrides)
-    except ConfigError as e:
-        raise ConfigError(f"command line: {e}") from None
+        config = resolve_run_config(flags, base=warm_start_base(config.training.init_from))
     return config, ray_config, resume
 
 
