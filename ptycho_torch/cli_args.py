@@ -24,6 +24,7 @@ ALIASES: dict[str, str] = {
     "--n-filters-scale": "model.n_filters_scale",
     "--probe-trainable": "model.probe_trainable",
     "--epochs": "training.nepochs",
+    "--max-minutes": "training.max_minutes",
     "--batch-size": "training.batch_size",
     "--val-fraction": "data.val_fraction",
     "--n-groups": "data.n_groups",

@@ -166,6 +166,9 @@ class TrainingConfig(ConfigSection):
     section: typing.ClassVar[str] = "training"
 
     nepochs: int = config_field(10, "training epochs")
+    max_minutes: Optional[float] = config_field(
+        None, "wall-clock budget: stop after this many minutes of training, even before nepochs (Lightning "
+        "max_time; resumed runs count the time already spent); WarmupCosine then anneals over the budget")
     batch_size: int = config_field(16, "groups per optimisation step per device")
     nll_weight: float = config_field(1.0, "weight of the Poisson negative log-likelihood (photon counts)")
     mae_weight: float = config_field(0.0, "weight of the mean absolute error on normalised amplitudes")
@@ -181,6 +184,8 @@ class TrainingConfig(ConfigSection):
     def _check(self) -> None:
         if self.nepochs < 1:
             self._fail("nepochs", f"got {self.nepochs}; must be >= 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            self._fail("max_minutes", f"got {self.max_minutes}; must be > 0 minutes (or None = no budget)")
         if self.batch_size < 1:
             self._fail("batch_size", f"got {self.batch_size}; must be >= 1")
         for name in ("nll_weight", "mae_weight", "tv_weight"):
@@ -298,7 +303,9 @@ class PyTorchExecutionConfig(ConfigSection):
     prefetch_factor: Optional[int] = config_field(None, "batches prefetched per worker (needs num_workers > 0)")
     # Optimisation
     learning_rate: float = config_field(1e-3, "Adam learning rate")
-    scheduler: SchedulerName = config_field("Default", "learning-rate schedule ('Default' = constant)")
+    scheduler: SchedulerName = config_field(
+        "WarmupCosine", "learning-rate schedule ('Default' = constant; WarmupCosine: warm-up, then cosine decay to "
+        "the last epoch, or over training.max_minutes when set)")
     scheduler_gamma: float = config_field(0.9, "Exponential: lr *= gamma each epoch; MultiStage: lr *= gamma at each milestone")
     scheduler_milestones: list[int] = config_field([5, 8], "MultiStage: epochs at which lr is multiplied by scheduler_gamma")
     warmup_epochs: int = config_field(1, "WarmupCosine: linear warm-up epochs before the cosine decay")

@@ -52,6 +52,25 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
+def budget_cosine(optimizer: torch.optim.Optimizer, trainer: Any, warmup_steps: int, min_ratio: float
+                  ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The `WarmupCosine` schedule of a wall-clock budget (training.max_minutes), stepped every
+    optimiser step: lr * min(1, (s + 1) / (warmup_steps + 1)) * (min_ratio + (1 - min_ratio) *
+    (1 + cos(pi * f)) / 2), with s the step and f the fraction of the budget spent (Lightning's Timer,
+    which a resumed run restores; rank 0's value on every rank, so DDP replicas keep one lr)."""
+    from lightning.pytorch.callbacks import Timer
+
+    timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer) and cb.time_remaining() is not None)
+
+    def factor(step: int) -> float:
+        elapsed = timer.time_elapsed()
+        spent = trainer.strategy.broadcast(min(1.0, elapsed / max(elapsed + (timer.time_remaining() or 0.0), 1e-9)))
+        warm = min(1.0, (step + 1) / (warmup_steps + 1))
+        return warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * spent)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class PtychoPINNModule(L.LightningModule):
     """PtychoPINN. Batches are dicts from `GroupDataset` (x, amp, positions, offsets, index)."""
 
@@ -271,6 +290,11 @@ class PtychoPINNModule(L.LightningModule):
         elif sched == "MultiStage":
             scheduler = torch.optim.lr_scheduler.MultiStepLR(
                 optimizer, milestones=list(ex.scheduler_milestones), gamma=ex.scheduler_gamma)
+        elif sched == "WarmupCosine" and self.training_config.max_minutes is not None:
+            per_epoch = self.trainer.estimated_stepping_batches / max(1, epochs)  # optimiser steps per epoch
+            warmup = round(ex.warmup_epochs * per_epoch) if math.isfinite(per_epoch) else 0
+            scheduler = budget_cosine(optimizer, self.trainer, warmup, ex.min_lr_ratio)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         elif sched == "WarmupCosine":
             scheduler = warmup_cosine(optimizer, ex.warmup_epochs, epochs, ex.min_lr_ratio)
         else:  # ReduceLROnPlateau

@@ -190,7 +190,7 @@ def check_prefetch_factor(scan, tmp):
 
 
 def check_learning_rate(scan, tmp):
-    result = fit(scan, tmp, **{"execution.learning_rate": 3e-3})
+    result = fit(scan, tmp, **{"execution.learning_rate": 3e-3, "execution.scheduler": "Default"})
     assert result.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(3e-3)
     assert lrs(result) == pytest.approx([3e-3, 3e-3])
 
@@ -198,8 +198,10 @@ def check_learning_rate(scan, tmp):
 def check_scheduler(scan, tmp):
     result = fit(scan, tmp, **{"execution.scheduler": "Exponential", "training.nepochs": 3})
     assert lrs(result) == pytest.approx([1e-3, 0.9e-3, 0.81e-3])
-    default = fit(scan, tmp, **{"training.nepochs": 3})
-    assert lrs(default) == pytest.approx([1e-3] * 3)
+    constant = fit(scan, tmp, **{"execution.scheduler": "Default", "training.nepochs": 3})
+    assert lrs(constant) == pytest.approx([1e-3] * 3)
+    default = fit(scan, tmp, **{"training.nepochs": 3})  # WarmupCosine, 1 warm-up epoch, to 1% of lr
+    assert lrs(default) == pytest.approx(_warmup_cosine(1, 0.01, epochs=3))
 
 
 def check_scheduler_gamma(scan, tmp):
@@ -255,6 +257,38 @@ def check_min_lr_ratio(scan, tmp):
                                "execution.min_lr_ratio": 0.5, "training.nepochs": 4})
     assert lrs(result) == pytest.approx(_warmup_cosine(0, 0.5))
     assert lrs(result)[-1] == pytest.approx(0.5e-3)
+
+
+def test_budget_cosine_follows_the_time_spent():
+    # the factor is a function of the step (warm-up) and of the budget's fraction spent (Timer)
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+
+    from ptycho_torch.module import budget_cosine
+
+    timer = Timer(duration=timedelta(seconds=100))
+    trainer = SimpleNamespace(callbacks=[timer], strategy=SimpleNamespace(broadcast=lambda value: value))
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    scheduler = budget_cosine(optimizer, trainer, warmup_steps=3, min_ratio=0.1)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 1 / 4)  # step 0 of the warm-up, none spent
+    for spent, expected in ((0.0, 1.0), (0.5, 0.1 + 0.9 * 0.5), (1.0, 0.1), (1.5, 0.1)):
+        timer._offset = 100 * spent  # what a resumed run restores; no clock running
+        for _ in range(4):  # past the warm-up
+            optimizer.step()
+            scheduler.step()
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * expected), spent
+
+
+def test_max_minutes_stops_training_and_anneals_over_the_budget(scan, tmp_path):
+    result = train(tiny_config(scan, **{"training.nepochs": 100_000, "training.max_minutes": 0.05}), tmp_path / "run")
+    assert 1 <= result.epochs_completed < 100_000  # the budget, not the epoch count, ended it
+    schedulers = result.trainer.lr_scheduler_configs
+    assert schedulers[0].interval == "step" and isinstance(schedulers[0].scheduler, torch.optim.lr_scheduler.LambdaLR)
+    assert result.trainer.optimizers[0].param_groups[0]["lr"] < 0.5e-3  # more than half the budget spent
+    with pytest.raises(ConfigError, match="training.max_minutes"):
+        tiny_config(scan, **{"training.max_minutes": 0})
 
 
 def _plateau(scan, tmp, **extra):

@@ -38,8 +38,9 @@ def test_csv_run_saves_pngs_every_k_epochs_and_lr_in_the_metrics(tiny_scan, tmp_
     assert picture.shape[0] >= 256 and picture.shape[2] in (3, 4) and picture[..., :3].std() > 0
     with open(folder / "metrics.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")] == [1e-3] * 3
-    assert [row["lr"] for row in result.history] == [pytest.approx(1e-3)] * 3  # the epoch metric stays
+    default_schedule = [5e-4, 1e-3, 1e-5]  # WarmupCosine: 1 warm-up epoch, then cosine to 1% at the last epoch
+    assert [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")] == pytest.approx(default_schedule)
+    assert [row["lr"] for row in result.history] == pytest.approx(default_schedule)  # the epoch metric stays
     off = fit(tiny_scan, tmp_path / "off", **{"training.nepochs": 1, "execution.log_images_every_n_epochs": 0})
     assert not list(off.run_dir.glob("logs/*/images"))
 
@@ -78,7 +79,7 @@ def test_mlflow_honours_the_tracking_uri(tiny_scan, tmp_path, monkeypatch):
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "ml"
     assert {"lr-Adam", "train_loss", "val_loss"} <= set(run.data.metrics)
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "lr-Adam")] == [1e-3, 1e-3]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "lr-Adam")] == pytest.approx([5e-4, 1e-3])
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert any("reconstruction_amplitude" in p for p in images) and any("reconstruction_phase" in p for p in images)
 

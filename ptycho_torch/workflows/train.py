@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -147,6 +148,8 @@ def trainer_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         "gradient_clip_algorithm": ex.gradient_clip_algorithm,
         "accumulate_grad_batches": ex.accum_steps,
         "max_epochs": config.training.nepochs,
+        "max_time": (None if config.training.max_minutes is None
+                     else timedelta(minutes=config.training.max_minutes)),
         "enable_checkpointing": ex.enable_checkpointing,
         "enable_progress_bar": progress,
         "logger": build_logger(config, run_dir),
