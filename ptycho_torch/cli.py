@@ -206,7 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if holds_files(Path(args.out) / "run"):
         raise ConfigError(f"--out {args.out}: already holds a demo run ({Path(args.out) / 'run'}); choose another "
                           "--out (or move that one away): trained runs are never overwritten")
-    summary = run_demo(Path(args.out), epochs=args.epochs, n_positions=args.n_positions)
+    summary = run_demo(Path(args.out), epochs=args.epochs, n_positions=args.n_positions, minutes=args.minutes or None)
     print(f"demo finished: {summary}")
 
 
@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate -> train -> reconstruct -> evaluate on built-in defaults")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--epochs", type=int, default=15, help="training epochs (default: 15)")
+    p.add_argument("--minutes", type=float, default=6.0,
+                   help="training budget in minutes of wall clock; 0 = none (default: 6)")
+    p.add_argument("--epochs", type=int, default=200, help="training epochs at most (default: 200)")
     p.add_argument("--n-positions", type=int, default=1000, help="scan positions (default: 1000)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -52,12 +52,13 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min
     return SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def budget_cosine(optimizer: torch.optim.Optimizer, trainer: Any, warmup_steps: int, min_ratio: float
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
+def budget_cosine(optimizer: torch.optim.Optimizer, trainer: Any, warmup_steps: int, min_ratio: float,
+                  total_steps: float = math.inf) -> torch.optim.lr_scheduler.LambdaLR:
     """The `WarmupCosine` schedule of a wall-clock budget (training.max_minutes), stepped every
     optimiser step: lr * min(1, (s + 1) / (warmup_steps + 1)) * (min_ratio + (1 - min_ratio) *
-    (1 + cos(pi * f)) / 2), with s the step and f the fraction of the budget spent (Lightning's Timer,
-    which a resumed run restores; rank 0's value on every rank, so DDP replicas keep one lr)."""
+    (1 + cos(pi * f)) / 2), with s the step and f the larger of the fraction of the budget spent
+    (Lightning's Timer, which a resumed run restores; rank 0's value on every rank, so DDP replicas keep
+    one lr) and s / total_steps (the epochs' steps, for a run whose epochs end before its budget)."""
     from lightning.pytorch.callbacks import Timer
 
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer) and cb.time_remaining() is not None)
@@ -65,6 +66,7 @@ def budget_cosine(optimizer: torch.optim.Optimizer, trainer: Any, warmup_steps: 
     def factor(step: int) -> float:
         elapsed = timer.time_elapsed()
         spent = trainer.strategy.broadcast(min(1.0, elapsed / max(elapsed + (timer.time_remaining() or 0.0), 1e-9)))
+        spent = max(spent, min(1.0, step / max(total_steps, 1.0)))
         warm = min(1.0, (step + 1) / (warmup_steps + 1))
         return warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * spent)))
 
@@ -291,9 +293,10 @@ class PtychoPINNModule(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.MultiStepLR(
                 optimizer, milestones=list(ex.scheduler_milestones), gamma=ex.scheduler_gamma)
         elif sched == "WarmupCosine" and self.training_config.max_minutes is not None:
-            per_epoch = self.trainer.estimated_stepping_batches / max(1, epochs)  # optimiser steps per epoch
+            total = float(self.trainer.estimated_stepping_batches)  # optimiser steps of all epochs
+            per_epoch = total / max(1, epochs)
             warmup = round(ex.warmup_epochs * per_epoch) if math.isfinite(per_epoch) else 0
-            scheduler = budget_cosine(optimizer, self.trainer, warmup, ex.min_lr_ratio)
+            scheduler = budget_cosine(optimizer, self.trainer, warmup, ex.min_lr_ratio, total)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
         elif sched == "WarmupCosine":
             scheduler = warmup_cosine(optimizer, ex.warmup_epochs, epochs, ex.min_lr_ratio)

@@ -279,6 +279,12 @@ def test_budget_cosine_follows_the_time_spent():
             optimizer.step()
             scheduler.step()
         assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * expected), spent
+    timer._offset = 0.0  # epochs that end before the budget: the steps' fraction rules
+    steps = budget_cosine(optimizer, trainer, warmup_steps=0, min_ratio=0.1, total_steps=10)
+    for _ in range(5):
+        optimizer.step()
+        steps.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
 
 
 def test_max_minutes_stops_training_and_anneals_over_the_budget(scan, tmp_path):

@@ -67,7 +67,7 @@ class PatchPredictor:
         the network input is back-propagated with it and the scale follows its units
         (PtychoPINNModule.adopt_probe). The module is copied first, so a bundle other predictors
         share is left as it was; the model's own probe changes nothing."""
-        new = torch.as_tensor(np.asarray(probe)).to(torch.complex64).reshape(-1, *self.probe.shape[-2:])
+        new = torch.as_tensor(np.array(probe)).to(torch.complex64).reshape(-1, *self.probe.shape[-2:])  # a copy: read-only arrays warn
         if new.shape == self.probe.shape and torch.equal(new, self.probe):
             return
         self.module = copy.deepcopy(self.module)
