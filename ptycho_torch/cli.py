@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from ptycho_torch.config import ConfigError, SimulationConfig
 from ptycho_torch.console import setup_logging
 from ptycho_torch.errors import USER_ERRORS, UserError, one_line
+from ptycho_torch.workflows.demo import DEMO_EPOCHS, DEMO_MINUTES
 
 
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
@@ -277,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate -> train -> reconstruct -> evaluate on built-in defaults")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--minutes", type=float, default=6.0,
-                   help="training budget in minutes of wall clock; 0 = none (default: 6)")
-    p.add_argument("--epochs", type=int, default=200, help="training epochs at most (default: 200)")
+    p.add_argument("--minutes", type=float, default=DEMO_MINUTES,
+                   help=f"training budget in minutes of wall clock; 0 = none (default: {DEMO_MINUTES:g})")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS, help=f"training epochs at most (default: {DEMO_EPOCHS})")
     p.add_argument("--n-positions", type=int, default=1000, help="scan positions (default: 1000)")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -65,7 +65,7 @@ def budget_cosine(optimizer: torch.optim.Optimizer, trainer: Any, warmup_steps: 
 
     def factor(step: int) -> float:
         elapsed = timer.time_elapsed()
-        spent = trainer.strategy.broadcast(min(1.0, elapsed / max(elapsed + (timer.time_remaining() or 0.0), 1e-9)))
+        spent = trainer.strategy.broadcast(min(1.0, elapsed / max(elapsed + timer.time_remaining(), 1e-9)))
         spent = max(spent, min(1.0, step / max(total_steps, 1.0)))
         warm = min(1.0, (step + 1) / (warmup_steps + 1))
         return warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * spent)))

@@ -1,6 +1,6 @@
 """The main single-machine job on built-in defaults: simulate -> train -> reconstruct -> evaluate.
 
-`ptycho-torch demo --out DIR` runs it in about 7 minutes on 2 CPU cores (6 of training) and leaves DIR/scan.npz,
+`ptycho-torch demo --out DIR` trains for 6 minutes of wall clock (DEMO_MINUTES) and leaves DIR/scan.npz,
 DIR/run (training run), DIR/recon (reconstruction with metrics.json and pictures). The Ray demo
 (`ptycho-dist demo`) uses the same scan and config, its sweep DEMO_SWEEP and `write_summary`.
 """
