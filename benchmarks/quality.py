@@ -22,11 +22,14 @@ import json
 import logging
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from docs_page import write_section
 
@@ -145,6 +148,51 @@ def iterative(args: argparse.Namespace, scored: Path) -> dict[str, Any]:
     return row
 
 
+PTYCHI_METHODS = {"epie": "Pty-chi ePIE", "lsqml": "Pty-chi LSQML"}
+
+
+def ptychi_python(asked: str | None) -> str | None:
+    """The Python that runs Pty-chi: --ptychi-python, $PTYCHI_PYTHON, or this one; None when it has no
+    ptychi (pip install -e ".[bench]", or a separate environment)."""
+    python = asked or os.environ.get("PTYCHI_PYTHON") or sys.executable
+    found = subprocess.run([python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('ptychi') is None)"],
+                           capture_output=True, check=False)
+    return python if found.returncode == 0 else None
+
+
+def ptychi_rows(args: argparse.Namespace, scored: Path, work: Path) -> list[dict[str, Any]]:
+    """Pty-chi ePIE and LSQML on the scored scan (benchmarks/ptychi_solver.py in `ptychi_python`),
+    known probe, flat start, `--iterative-seconds` each; scored like the network."""
+    from ptycho_torch.data.contract import read_scan
+    from ptycho_torch.metrics import evaluate_reconstruction
+    from ptycho_torch.refine import coverage
+
+    python = ptychi_python(args.ptychi_python)
+    if python is None:
+        print("Pty-chi rows skipped: no ptychi in this Python (pip install -e '.[bench]' or --ptychi-python)",
+              flush=True)
+        return []
+    scan = read_scan(scored)
+    rows = []
+    for method, name in PTYCHI_METHODS.items():
+        out = work / f"ptychi_{method}.npz"
+        proc = subprocess.run([python, str(Path(__file__).with_name("ptychi_solver.py")), str(scored), str(out),
+                               "--method", method, "--seconds", f"{args.iterative_seconds:g}", "--seed", str(args.seed)],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
+        run = json.loads(proc.stdout.strip().splitlines()[-1])
+        with np.load(out) as f:
+            obj = f["object"]
+        metrics = evaluate_reconstruction(obj, scan.object_guess, coverage(scan.positions, scan.probe, obj.shape))
+        row = {"method": f"{name} (batch {run['batch_size']}), known probe, flat start", "iterations": "epochs",
+               "steps": run["epochs"], "seconds": run["seconds"], "torchvision_replaced": run["torchvision_replaced"],
+               **{k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def section(result: dict[str, Any]) -> str:
     s = result["settings"]
     command = f"benchmarks/quality.py --preset {s['preset']} --budget-minutes {s['budget_minutes']:g}"
@@ -176,12 +224,18 @@ def section(result: dict[str, Any]) -> str:
                      f"{f('frc_half_resolution_px', '.1f')} | {f('frc_17_resolution_px', '.1f')} |")
     for note in result.get("notes", []):  # what a merged result says about its rows
         lines += ["", note]
-    for r in result.get("iterative", []):
-        lines += ["", f"Iterative baseline on the same scored scan, same metric and region: {r['method']}, "
-                  f"{r['steps']} steps in {r['seconds']:.0f} s: phase SSIM {r['phase_ssim']:.3f}, amplitude SSIM "
-                  f"{r['amplitude_ssim']:.3f}, FRC 0.5 {r['frc_half_resolution_px']:.1f} px. (Pty-chi, the issue's "
-                  "reference solver, does not run on this machine: its torchvision dependency has no CPU build for "
-                  "torch 2.13 in the package index.)"]
+    iterative_rows = result.get("iterative", [])
+    if iterative_rows:
+        lines += ["", "Iterative solvers on the same scored scan, same metric and region"
+                  + (f" ({result['iterative_date']})" if result.get("iterative_date") else "") + ":", "",
+                  "| solver | iterations | seconds | phase SSIM | amplitude SSIM | FRC 0.5 px |", "|---|---|---|---|---|---|"]
+        for r in iterative_rows:
+            lines.append(f"| {r['method']} | {r['steps']} {r.get('iterations', 'steps')} | {r['seconds']:.0f} | "
+                         f"{r['phase_ssim']:.3f} | {r['amplitude_ssim']:.3f} | {r['frc_half_resolution_px']:.1f} |")
+        if any(r.get("torchvision_replaced") for r in iterative_rows):
+            lines += ["", "Pty-chi ran with torchvision replaced (benchmarks/ptychi_solver.py: PyPI's torchvision "
+                      "for torch 2.13 does not load on a CPU-only torch; Pty-chi needs it only to draw a random "
+                      "initial object, which these runs do not use)."]
     g2 = [r for r in result["runs"] if r["gridsize"] == 2 and "phase_ssim" in r]
     phase_target, amp_target = result["targets"]
     if g2:
@@ -225,6 +279,12 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--iterative-seconds", type=float, default=60.0,
                         help="wall clock of the iterative baseline on the scored scan; 0 = skip (default: 60)")
+    parser.add_argument("--ptychi-python", default=None,
+                        help="a Python with ptychi for the Pty-chi rows (default: $PTYCHI_PYTHON, else this one; "
+                             "rows skipped when it has no ptychi)")
+    parser.add_argument("--iterative-only", action="store_true",
+                        help="simulate the preset's scan again (same seed) and rerun only the iterative rows, "
+                             "kept with the network rows of the last results file")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the scan, run and reconstruction folders (with their PNGs) here")
     args = parser.parse_args()
@@ -234,14 +294,24 @@ def main() -> None:
     results, title, targets = run_identity(args)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PTYCHO_QUIET_LIGHTNING", "1")
-    print(f"training budget: {args.budget_minutes:g} min per gridsize, gridsizes {args.gridsizes}", flush=True)
+    if not args.iterative_only:
+        print(f"training budget: {args.budget_minutes:g} min per gridsize, gridsizes {args.gridsizes}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="ptycho-quality-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         scan = simulate(args, work)
+        if args.iterative_only:
+            result = json.loads(results.read_text())
+            result["iterative"] = [iterative(args, scan[1]), *ptychi_rows(args, scan[1], work)]
+            result["iterative_date"] = time.strftime("%Y-%m-%d")
+            results.write_text(json.dumps(result, indent=2))
+            if not args.no_docs:
+                write_section(result["section"], section(result))
+            return
         runs = [one_gridsize(args, scan, g, work) for g in args.gridsizes]
-        baseline = [iterative(args, scan[1])] if args.iterative_seconds > 0 else []
+        baseline = ([iterative(args, scan[1]), *ptychi_rows(args, scan[1], work)]
+                    if args.iterative_seconds > 0 else [])
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -11,11 +11,15 @@ do not depend on the content) and bundles trained for one epoch on a small simul
                batch) vs partial canvases (per-batch bounding boxes summed into the canvas)
 3. memory      peak RSS of the Ray Data driver process for 10^4 vs 10^5 patterns on the same
                canvas, each in a fresh subprocess (embedded Ray, 2 actors)
+4. evaluation  peak RSS of that driver on one 10^5-pattern NPZ with an objectGuess (metrics scored)
+               vs the same file without one: evaluation must not load the diffraction data
 
 Writes benchmarks/results/reconstruct_scaling.json and the "## Reconstruction scaling" section of
 docs/benchmarks.md (other sections are kept). Usage:
 
-    .venv/bin/python benchmarks/reconstruct_scaling.py [--patterns 20000] [--quick]
+    .venv/bin/python benchmarks/reconstruct_scaling.py [--patterns 20000] [--quick] [--parts evaluation]
+
+`--parts` runs some of the four and keeps the others from the last results file.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from docs_page import DOCS, load_note, write_section
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "reconstruct_scaling.json"
 SECTION = "## Reconstruction scaling"
+PARTS = ("throughput", "stitching", "memory", "evaluation")
 
 
 # ------------------------------------------------------------------ data and models
@@ -69,6 +74,24 @@ def write_synthetic_h5(path: Path, M: int, N: int, step: float, probe: np.ndarra
         f["probeGuess"] = probe.astype(np.complex64)
         f["xcoords"], f["ycoords"] = pos[:, 0], pos[:, 1]
         f["metadata"] = json.dumps({"synthetic": True, "n_patterns": M})
+    return path
+
+
+def write_synthetic_npz(path: Path, M: int, N: int, step: float, probe: np.ndarray, canvas_px: int,
+                        with_truth: bool, seed: int = 0) -> Path:
+    """An uncompressed contract-valid NPZ of M random amplitude patterns (read through a memory map);
+    `with_truth` adds a (canvas_px, canvas_px) complex64 objectGuess, which makes reconstruct score
+    the result."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {
+        "diffraction": np.abs(rng.standard_normal((M, N, N), dtype=np.float32)) * 10.0,
+        "probeGuess": probe.astype(np.complex64)}
+    pos = raster_positions(M, N, step, rng)
+    arrays["xcoords"], arrays["ycoords"] = pos[:, 0], pos[:, 1]
+    if with_truth:
+        phase = rng.uniform(-1.0, 1.0, (canvas_px, canvas_px)).astype(np.float32)
+        arrays["objectGuess"] = np.exp(1j * phase).astype(np.complex64)
+    np.savez(path, **arrays)
     return path
 
 
@@ -266,6 +289,35 @@ def memory(work: Path, counts: list[int], canvas_px: int = 1024, N: int = 32) ->
     return rows
 
 
+def evaluation_memory(work: Path, M: int = 100_000, canvas_px: int = 1024, N: int = 32) -> list[dict[str, Any]]:
+    """Peak driver RSS reconstructing one M-pattern NPZ with and without an objectGuess (fresh
+    processes, same warm-up as `memory`)."""
+    bundle = one_epoch_bundle(work, N, 0.25)
+    probe = bundle_probe(bundle)
+    warm_M = 1000
+    warmup = write_synthetic_h5(work / "eval_warmup.h5", warm_M, N,
+                                (canvas_px - N - 4) / math.ceil(math.sqrt(warm_M)), probe, seed=2)
+    step = (canvas_px - N - 4) / math.ceil(math.sqrt(M))
+    rows = []
+    for with_truth in (False, True):
+        data = write_synthetic_npz(work / f"eval_{M}_{int(with_truth)}.npz", M, N, step, probe, canvas_px,
+                                   with_truth, seed=1)
+        out = work / f"eval_out_{int(with_truth)}"
+        cmd = [sys.executable, __file__, "--rss-child", str(bundle), str(warmup), str(data), str(out)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"RSS child failed:\n{proc.stderr[-3000:]}")
+        scored = (out / "metrics.json").is_file()
+        if scored != with_truth:
+            raise RuntimeError(f"metrics.json {'missing' if with_truth else 'written'} for with_truth={with_truth}")
+        row = {"n_patterns": M, "evaluated": with_truth, "file_mb": data.stat().st_size / 2**20,
+               **json.loads(proc.stdout.strip().splitlines()[-1])}
+        data.unlink()
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------ report
 
 def markdown(result: dict[str, Any]) -> str:
@@ -325,6 +377,24 @@ def markdown(result: dict[str, Any]) -> str:
                   f"x{mem[-1]['streaming_peak_rss_mb'] / mem[0]['streaming_peak_rss_mb']:.2f}), growth over the warm baseline "
                   f"{mem[0]['growth_mb']:.0f} -> {mem[-1]['growth_mb']:.0f} MB, while the diffraction data "
                   f"grow {mem[0]['diffraction_mb']:.0f} -> {mem[-1]['diffraction_mb']:.0f} MB."]
+    ev = result.get("evaluation") or []
+    if len(ev) == 2:
+        plain, scored = ev
+        lines += ["", f"### Driver memory with evaluation ({plain['n_patterns']} patterns, NPZ through a memory map, "
+                  f"{result.get('evaluation_date', result['date'])})", "",
+                  "The same random-amplitude NPZ written twice, once with a 1024x1024 objectGuess (so the "
+                  "driver scores the reconstruction: metrics.json) and once without; fresh driver "
+                  "processes, same warm-up as above."
+                  + (f" 1-minute load average {result['partial_run']['load_start']:.1f} at the start, "
+                     f"{result['partial_run']['load_end']:.1f} at the end."
+                     if "evaluation" in result.get("partial_run", {}).get("parts", []) else ""), "",
+                  "| objectGuess | file MB | driver RSS before MB | peak RSS overall MB | seconds |",
+                  "|---|---|---|---|---|"]
+        for r in ev:
+            lines.append(f"| {'yes (scored)' if r['evaluated'] else 'no'} | {r['file_mb']:.0f} | "
+                         f"{r['baseline_rss_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['seconds']:.1f} |")
+        lines += ["", f"Peak driver RSS with evaluation / without: "
+                  f"**{scored['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x** (target <= 1.2x)."]
     return "\n".join(lines) + "\n"
 
 
@@ -340,6 +410,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="inference batch size (default: 64)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per throughput case; the fastest is reported (default: 1)")
+    parser.add_argument("--evaluation-patterns", type=int, default=100_000,
+                        help="patterns of the NPZ of the evaluation-memory part (default: 100000)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure; the other parts are kept from the last results file "
+                             "(default: all)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run (default: off)")
     parser.add_argument("--rss-child", nargs=4, metavar=("MODEL", "WARMUP", "DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -348,6 +423,7 @@ def main() -> None:
         return
     if args.quick:
         args.patterns, args.big_patterns, args.stitch, args.memory = 2000, 0, [1000, 5000], [2000, 10000]
+        args.evaluation_patterns = 10000
     import ray
     import torch
 
@@ -356,22 +432,31 @@ def main() -> None:
     models = [(32, 0.25, args.patterns)] + ([(64, 1.0, args.big_patterns)] if args.big_patterns else [])
     with tempfile.TemporaryDirectory(prefix="recon_scaling_") as tmp:
         work = Path(tmp)
-        result = {
-            "date": time.strftime("%Y-%m-%d"),
-            "environment": {"cpus": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
-                            "python": platform.python_version(), "machine": platform.machine(),
-                            "load_start": os.getloadavg()[0]},
-            "settings": vars(args),
-            "throughput": throughput(work, models, args.batch_size, args.repeats),
-            "stitching": stitching(args.stitch),
-            "memory": memory(work, args.memory),
-        }
-    result["total_seconds"] = time.perf_counter() - started
-    result["load_end"] = os.getloadavg()[0]
+        today = time.strftime("%Y-%m-%d")
+        environment = {"cpus": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
+                       "python": platform.python_version(), "machine": platform.machine(),
+                       "load_start": os.getloadavg()[0]}
+        runs = {"throughput": lambda: throughput(work, models, args.batch_size, args.repeats),
+                "stitching": lambda: stitching(args.stitch), "memory": lambda: memory(work, args.memory),
+                "evaluation": lambda: evaluation_memory(work, args.evaluation_patterns)}
+        if set(args.parts) == set(PARTS):
+            result = {"date": today, "environment": environment, "settings": vars(args)}
+        else:  # the parts not run now stay as last measured (their date and environment with them)
+            result = json.loads(RESULTS.read_text())
+        for part in args.parts:
+            result[part] = runs[part]()
+        if "evaluation" in args.parts:
+            result["evaluation_date"] = today
+    if set(args.parts) == set(PARTS):
+        result["total_seconds"] = time.perf_counter() - started
+        result["load_end"] = os.getloadavg()[0]
+    else:
+        result["partial_run"] = {"parts": args.parts, "date": today, "seconds": time.perf_counter() - started,
+                                 "load_start": environment["load_start"], "load_end": os.getloadavg()[0]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2, default=str))
     write_section(SECTION, markdown(result))
-    print(f"wrote {RESULTS} and the '{SECTION}' section of {DOCS} in {result['total_seconds']:.0f} s")
+    print(f"wrote {RESULTS} and the '{SECTION}' section of {DOCS} in {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
