@@ -128,22 +128,28 @@ def one_gridsize(args: argparse.Namespace, scans: tuple[Path, Path], gridsize: i
     return row
 
 
+def headline_scores(scan: Any, obj: np.ndarray) -> dict[str, float]:
+    """HEADLINE metrics of an (H, W) object against the scan's objectGuess, inside the scanned region
+    (the region and metric every row of the tables uses)."""
+    from ptycho_torch.metrics import evaluate_reconstruction
+    from ptycho_torch.refine import coverage
+
+    metrics = evaluate_reconstruction(obj, scan.object_guess, coverage(scan.positions, scan.probe, obj.shape))
+    return {k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
+
+
 def iterative(args: argparse.Namespace, scored: Path) -> dict[str, Any]:
     """The iterative baseline on the scored scan: Adam on the object pixels through our own forward
     model (ptycho_torch.refine), known probe, flat start, for `--iterative-seconds` of wall clock."""
     from ptycho_torch.data.contract import read_scan
-    from ptycho_torch.metrics import evaluate_reconstruction
-    from ptycho_torch.refine import coverage, flat_start, refine_object
+    from ptycho_torch.refine import flat_start, refine_object
 
     scan = read_scan(scored)
     start = flat_start(scan.mean_energy(), scan.probe, scan.object_guess.shape)
     result = refine_object(scan.diffraction_rows, scan.positions, scan.probe, start,
                            seconds=args.iterative_seconds, seed=args.seed)
-    metrics = evaluate_reconstruction(result.object, scan.object_guess,
-                                      coverage(scan.positions, scan.probe, start.shape))
     row = {"method": "gradient descent on the object (ptycho_torch.refine), known probe, flat start",
-           "steps": result.steps, "seconds": result.seconds,
-           **{k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}}
+           "steps": result.steps, "seconds": result.seconds, **headline_scores(scan, result.object)}
     print(json.dumps(row), flush=True)
     return row
 
@@ -164,8 +170,6 @@ def ptychi_rows(args: argparse.Namespace, scored: Path, work: Path) -> list[dict
     """Pty-chi ePIE and LSQML on the scored scan (benchmarks/ptychi_solver.py in `ptychi_python`),
     known probe, flat start, `--iterative-seconds` each; scored like the network."""
     from ptycho_torch.data.contract import read_scan
-    from ptycho_torch.metrics import evaluate_reconstruction
-    from ptycho_torch.refine import coverage
 
     python = ptychi_python(args.ptychi_python)
     if python is None:
@@ -184,13 +188,17 @@ def ptychi_rows(args: argparse.Namespace, scored: Path, work: Path) -> list[dict
         run = json.loads(proc.stdout.strip().splitlines()[-1])
         with np.load(out) as f:
             obj = f["object"]
-        metrics = evaluate_reconstruction(obj, scan.object_guess, coverage(scan.positions, scan.probe, obj.shape))
         row = {"method": f"{name} (batch {run['batch_size']}), known probe, flat start", "iterations": "epochs",
                "steps": run["epochs"], "seconds": run["seconds"], "torchvision_replaced": run["torchvision_replaced"],
-               **{k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}}
+               **headline_scores(scan, obj)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def iterative_rows(args: argparse.Namespace, scored: Path, work: Path) -> list[dict[str, Any]]:
+    """Our gradient descent, then Pty-chi's ePIE and LSQML where available, on the scored scan."""
+    return [iterative(args, scored), *ptychi_rows(args, scored, work)]
 
 
 def section(result: dict[str, Any]) -> str:
@@ -301,27 +309,23 @@ def main() -> None:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         scan = simulate(args, work)
-        if args.iterative_only:
+        if args.iterative_only:  # the network rows stay as last measured
             result = json.loads(results.read_text())
-            result["iterative"] = [iterative(args, scan[1]), *ptychi_rows(args, scan[1], work)]
+            result["iterative"] = iterative_rows(args, scan[1], work)
             result["iterative_date"] = time.strftime("%Y-%m-%d")
-            results.write_text(json.dumps(result, indent=2))
-            if not args.no_docs:
-                write_section(result["section"], section(result))
-            return
-        runs = [one_gridsize(args, scan, g, work) for g in args.gridsizes]
-        baseline = ([iterative(args, scan[1]), *ptychi_rows(args, scan[1], work)]
-                    if args.iterative_seconds > 0 else [])
-    result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-        "settings": {k: getattr(args, k) for k in ("preset", "budget_minutes", "N", "object", "positions",
-                                                   "overlap", "nphotons", "neighbor_count", "split", "max_phase",
-                                                   "min_amplitude",
-                                                   "n_filters_scale", "batch_size", "learning_rate", "seed")},
-        "runs": runs, "iterative": baseline, "section": title, "targets": targets,
-    }
+        else:
+            runs = [one_gridsize(args, scan, g, work) for g in args.gridsizes]
+            baseline = iterative_rows(args, scan[1], work) if args.iterative_seconds > 0 else []
+            result = {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__, "python": platform.python_version()},
+                "settings": {k: getattr(args, k) for k in ("preset", "budget_minutes", "N", "object", "positions",
+                                                           "overlap", "nphotons", "neighbor_count", "split",
+                                                           "max_phase", "min_amplitude", "n_filters_scale",
+                                                           "batch_size", "learning_rate", "seed")},
+                "runs": runs, "iterative": baseline, "section": title, "targets": targets,
+            }
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(result, indent=2))
     text = section(result)

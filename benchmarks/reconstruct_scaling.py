@@ -265,24 +265,38 @@ def rss_child(model: str, warmup: str, data: str, out: str) -> dict[str, Any]:
             "seconds": seconds, "patterns_per_s": res.patterns_per_second}
 
 
-def memory(work: Path, counts: list[int], canvas_px: int = 1024, N: int = 32) -> list[dict[str, Any]]:
+def _raster_step(M: int, N: int, canvas_px: int) -> float:
+    """Raster step (px) that spreads M positions over the same canvas_px x canvas_px object."""
+    return (canvas_px - N - 4) / math.ceil(math.sqrt(M))
+
+
+def _memory_setup(work: Path, canvas_px: int, N: int) -> tuple[Path, np.ndarray, Path]:
+    """(bundle, its probe, the 1000-pattern warm-up file) shared by the driver-memory parts."""
     bundle = one_epoch_bundle(work, N, 0.25)
     probe = bundle_probe(bundle)
+    warmup = work / "mem_warmup.h5"
+    if not warmup.exists():
+        write_synthetic_h5(warmup, 1000, N, _raster_step(1000, N, canvas_px), probe, seed=2)
+    return bundle, probe, warmup
+
+
+def _measure_driver(bundle: Path, warmup: Path, data: Path, out: Path) -> dict[str, Any]:
+    """`rss_child` in a fresh process: its measurements."""
+    cmd = [sys.executable, __file__, "--rss-child", str(bundle), str(warmup), str(data), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"RSS child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory(work: Path, counts: list[int], canvas_px: int = 1024, N: int = 32) -> list[dict[str, Any]]:
+    bundle, probe, warmup = _memory_setup(work, canvas_px, N)
     rows = []
-    warm_M = 1000
-    warmup = write_synthetic_h5(work / "mem_warmup.h5", warm_M, N, (canvas_px - N - 4) / math.ceil(math.sqrt(warm_M)),
-                                probe, seed=2)
     for M in counts:
-        step = (canvas_px - N - 4) / math.ceil(math.sqrt(M))
-        data = write_synthetic_h5(work / f"mem_{M}.h5", M, N, step, probe, seed=1)
-        cmd = [sys.executable, __file__, "--rss-child", str(bundle), str(warmup), str(data),
-               str(work / f"mem_out_{M}")]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"RSS child failed:\n{proc.stderr[-3000:]}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        data = write_synthetic_h5(work / f"mem_{M}.h5", M, N, _raster_step(M, N, canvas_px), probe, seed=1)
         row = {"n_patterns": M, "N": N, "canvas_px": canvas_px, "file_mb": data.stat().st_size / 2**20,
-               "diffraction_mb": M * N * N * 4 / 2**20, **result}
+               "diffraction_mb": M * N * N * 4 / 2**20,
+               **_measure_driver(bundle, warmup, data, work / f"mem_out_{M}")}
         row["growth_mb"] = row["peak_rss_mb"] - row["baseline_rss_mb"]
         rows.append(row)
         print(row, flush=True)
@@ -292,26 +306,16 @@ def memory(work: Path, counts: list[int], canvas_px: int = 1024, N: int = 32) ->
 def evaluation_memory(work: Path, M: int = 100_000, canvas_px: int = 1024, N: int = 32) -> list[dict[str, Any]]:
     """Peak driver RSS reconstructing one M-pattern NPZ with and without an objectGuess (fresh
     processes, same warm-up as `memory`)."""
-    bundle = one_epoch_bundle(work, N, 0.25)
-    probe = bundle_probe(bundle)
-    warm_M = 1000
-    warmup = write_synthetic_h5(work / "eval_warmup.h5", warm_M, N,
-                                (canvas_px - N - 4) / math.ceil(math.sqrt(warm_M)), probe, seed=2)
-    step = (canvas_px - N - 4) / math.ceil(math.sqrt(M))
+    bundle, probe, warmup = _memory_setup(work, canvas_px, N)
     rows = []
     for with_truth in (False, True):
-        data = write_synthetic_npz(work / f"eval_{M}_{int(with_truth)}.npz", M, N, step, probe, canvas_px,
-                                   with_truth, seed=1)
+        data = write_synthetic_npz(work / f"eval_{M}_{int(with_truth)}.npz", M, N, _raster_step(M, N, canvas_px),
+                                   probe, canvas_px, with_truth, seed=1)
         out = work / f"eval_out_{int(with_truth)}"
-        cmd = [sys.executable, __file__, "--rss-child", str(bundle), str(warmup), str(data), str(out)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"RSS child failed:\n{proc.stderr[-3000:]}")
-        scored = (out / "metrics.json").is_file()
-        if scored != with_truth:
-            raise RuntimeError(f"metrics.json {'missing' if with_truth else 'written'} for with_truth={with_truth}")
         row = {"n_patterns": M, "evaluated": with_truth, "file_mb": data.stat().st_size / 2**20,
-               **json.loads(proc.stdout.strip().splitlines()[-1])}
+               **_measure_driver(bundle, warmup, data, out)}
+        if (out / "metrics.json").is_file() != with_truth:
+            raise RuntimeError(f"metrics.json {'missing' if with_truth else 'written'} for with_truth={with_truth}")
         data.unlink()
         rows.append(row)
         print(row, flush=True)
@@ -432,14 +436,14 @@ def main() -> None:
     models = [(32, 0.25, args.patterns)] + ([(64, 1.0, args.big_patterns)] if args.big_patterns else [])
     with tempfile.TemporaryDirectory(prefix="recon_scaling_") as tmp:
         work = Path(tmp)
-        today = time.strftime("%Y-%m-%d")
+        today, full = time.strftime("%Y-%m-%d"), set(args.parts) == set(PARTS)
         environment = {"cpus": os.cpu_count(), "torch": torch.__version__, "ray": ray.__version__,
                        "python": platform.python_version(), "machine": platform.machine(),
                        "load_start": os.getloadavg()[0]}
         runs = {"throughput": lambda: throughput(work, models, args.batch_size, args.repeats),
                 "stitching": lambda: stitching(args.stitch), "memory": lambda: memory(work, args.memory),
                 "evaluation": lambda: evaluation_memory(work, args.evaluation_patterns)}
-        if set(args.parts) == set(PARTS):
+        if full:
             result = {"date": today, "environment": environment, "settings": vars(args)}
         else:  # the parts not run now stay as last measured (their date and environment with them)
             result = json.loads(RESULTS.read_text())
@@ -447,7 +451,7 @@ def main() -> None:
             result[part] = runs[part]()
         if "evaluation" in args.parts:
             result["evaluation_date"] = today
-    if set(args.parts) == set(PARTS):
+    if full:
         result["total_seconds"] = time.perf_counter() - started
         result["load_end"] = os.getloadavg()[0]
     else:
