@@ -169,6 +169,11 @@ class SaveOnInterrupt(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
+        # After an epoch's last batch the epoch's validation and History row are still to come; a
+        # checkpoint saved here counts the epoch as done, so its resume skipped them and the loss
+        # history lost that epoch. Such a signal is acted on at on_train_epoch_end instead.
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return
         self._check(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -126,3 +126,26 @@ def test_run_interruptibly_hands_the_signal_to_its_caller():
     with pytest.raises(ZeroDivisionError):
         run_interruptibly(lambda: 1 / 0, on_signal)
     assert signal.getsignal(signal.SIGTERM) is not None and seen == [(signal.SIGTERM, False)]
+
+
+class SigintAtEpochEnd(Callback):
+    """Sends SIGINT after the last training batch of the first epoch, before its validation."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == 0 and batch_idx + 1 == trainer.num_training_batches:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_signal_after_an_epochs_last_batch_keeps_that_epoch_in_the_history(tiny_scan, tmp_path):
+    """The race CI once hit: SIGTERM between an epoch's last batch and its end hooks. The saved epoch
+    must have its validation and history row, and the resumed run every epoch's."""
+    run = tmp_path / "run"
+    config = tiny_config(tiny_scan, **{"training.nepochs": 3, "execution.logger_backend": None})
+    with pytest.raises(TrainingInterrupted):
+        train(config, run, callbacks=[SigintAtEpochEnd()])
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert [int(r["epoch"]) for r in saved["callbacks"]["History"]["rows"]] == [0]
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2]
+    assert all("val_loss" in r for r in history)
