@@ -10,10 +10,12 @@ defaults are compared with the constraint removed and with gridsize 1.
 
 Per variant: final train and val loss as a multiple of the truth loss (the same loss for the
 ground-truth object, the noise floor), phase/amplitude SSIM, FRC 0.5 resolution, seconds of
-training and seconds per step (so equal-wall-clock comparisons can be read off). Writes
-benchmarks/results/ablation.json and the "## Ablation" section of docs/benchmarks.md.
+training and seconds per step. Writes benchmarks/results/ablation.json and the "## Ablation"
+section of docs/benchmarks.md. With `--minutes M` every variant instead trains M minutes of wall-clock
+(training.max_minutes, the learning rate annealed over the budget), the comparison that matters when
+variants differ in cost per step; that run writes ablation_wallclock.json and its own section.
 
-    .venv/bin/python benchmarks/ablation.py [--steps 1000] [--only NAME ...]
+    .venv/bin/python benchmarks/ablation.py [--steps 1000 | --minutes 4] [--threads 1] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -78,11 +80,12 @@ def run_variant(args: argparse.Namespace, scan: Path, name: str, model: dict[str
     config = RunConfig(
         data=DataConfig(path=str(scan), val_fraction=0.1),
         model=ModelConfig(N=args.N, n_filters_scale=args.n_filters_scale, **model),
-        training=TrainingConfig(nepochs=100_000, batch_size=args.batch_size),
+        training=TrainingConfig(nepochs=100_000, batch_size=args.batch_size, max_minutes=args.minutes),
         execution=PyTorchExecutionConfig(learning_rate=args.learning_rate, seed=args.seed,
                                          enable_progress_bar=False, logger_backend="csv"))
     start = time.perf_counter()
-    trained = train(config, work / f"run_{name}", callbacks=[StopAtStep(args.steps)])
+    stop = [] if args.minutes else [StopAtStep(args.steps)]  # equal wall-clock: Lightning's max_time stops it
+    trained = train(config, work / f"run_{name}", callbacks=stop)
     train_s = time.perf_counter() - start
     recon = reconstruct(trained.run_dir, scan, work / f"recon_{name}", progress=False)
     truth = truth_loss(scan, model["gridsize"])
@@ -99,32 +102,46 @@ def run_variant(args: argparse.Namespace, scan: Path, name: str, model: dict[str
 
 def section(result: dict[str, Any], title: str = SECTION) -> str:
     s = result["settings"]
-    flags = f"--steps {s['steps']} --batch-size {s['batch_size']}"
+    budget = s.get("minutes")
+    flags = f"--minutes {budget:g}" if budget else f"--steps {s['steps']}"
+    flags += f" --batch-size {s['batch_size']}"
+    if s.get("threads"):
+        flags += f" --threads {s['threads']}"
     if s.get("extraction", "fourier") != "fourier":
         flags += f" --extraction {s['extraction']}"
+    equal = ("every variant trains exactly {} steps (equal steps; the s/step column converts to equal "
+             "wall-clock)".format(s["steps"]) if not budget else
+             f"every variant trains for {budget:g} minutes of wall-clock (equal time, the learning rate annealed "
+             f"over the budget; the steps column is what that time bought)"
+             + (f", torch on {s['threads']} thread(s)" if s.get("threads") else ""))
     lines = [title, "",
              f"`benchmarks/ablation.py {flags}`, {result['date']}, {result['cpu_count']} CPU cores "
              f"(shared), torch {result['torch']}. Standard scan (lines, N={s['N']}, {s['positions']} positions, "
              f"{s['nphotons']:.0e} photons), n_filters_scale {s['n_filters_scale']}, batch {s['batch_size']}, "
-             f"lr {s['learning_rate']:g}; every variant trains exactly {s['steps']} steps (equal steps; the "
-             "s/step column converts to equal wall-clock). Losses are multiples of the loss of the ground "
+             f"lr {s['learning_rate']:g}; {equal}. Losses are multiples of the loss of the ground "
              "truth under the same model (1.0 = the noise floor).", "",
              "| variant | what changed | train loss / truth | val loss / truth | phase SSIM | amplitude SSIM | "
-             "FRC 0.5 px | train s | s/step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "FRC 0.5 px | steps | train s | s/step |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     described = {name: text for name, text, _ in VARIANTS}
     for r in result["runs"]:
         def f(key: str, fmt: str = ".3f", r: dict[str, Any] = r) -> str:
             return format(r[key], fmt) if key in r else "n/a"
         lines.append(f"| {r['variant']} | {described.get(r['variant'], '')} | {f('train_loss_x_truth', '.0f')} | "
                      f"{f('val_loss_x_truth', '.0f')} | {f('phase_ssim')} | {f('amplitude_ssim')} | "
-                     f"{f('frc_half_resolution_px', '.1f')} | {r['train_s']:.0f} | {r['s_per_step']:.3f} |")
+                     f"{f('frc_half_resolution_px', '.1f')} | {r['steps']} | {r['train_s']:.0f} | {r['s_per_step']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per variant (default: 1000)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="equal wall-clock instead of equal steps: every variant trains this many minutes "
+                             "(training.max_minutes); results go to ablation_wallclock.json and their own docs "
+                             "section (default: equal steps)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own choice, all cores)")
     parser.add_argument("--only", nargs="+", default=None, help="run only these variants")
     parser.add_argument("--N", type=int, default=64)
     parser.add_argument("--positions", type=int, default=512)
@@ -144,6 +161,8 @@ def main() -> None:
     from ptycho_torch.config import SimulationConfig
     from ptycho_torch.data.simulate import simulate_to_file
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     chosen = [v for v in VARIANTS if args.only is None or v[0] in args.only]
     with tempfile.TemporaryDirectory(prefix="ptycho-ablation-") as tmp:
         work = Path(tmp)
@@ -153,12 +172,16 @@ def main() -> None:
         runs = [run_variant(args, scan, name, model, work) for name, _, model in chosen]
     result = {"date": time.strftime("%Y-%m-%d"), "cpu_count": os.cpu_count(), "torch": torch.__version__,
               "settings": {k: getattr(args, k) for k in ("steps", "N", "positions", "nphotons", "n_filters_scale",
-                                                         "batch_size", "learning_rate", "seed", "extraction")},
+                                                         "batch_size", "learning_rate", "seed", "extraction", "minutes",
+                                                         "threads")},
               "runs": runs}
     results, title = RESULTS, SECTION
     if args.extraction != "fourier":
         results = RESULTS.with_name(f"ablation_{args.extraction}.json")
         title = f"{SECTION} on {args.extraction}-extraction data (another simulator's convention)"
+    if args.minutes:
+        results = results.with_name(results.stem + "_wallclock.json")
+        title += " at equal wall-clock"
     if args.only and results.is_file():  # a partial run adds its rows to an earlier run of the same settings
         earlier = json.loads(results.read_text())
         if earlier.get("settings") == result["settings"]:

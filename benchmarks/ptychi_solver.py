@@ -87,10 +87,18 @@ def options_for(api: object, method: str, scan: dict[str, np.ndarray], batch_siz
     return options
 
 
+def current_object(task: object) -> np.ndarray:
+    obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))  # type: ignore[attr-defined]
+    return (obj[0] if obj.ndim == 3 else obj).astype(np.complex64)
+
+
 def solve(scan_path: Path, method: str, seconds: float, batch_size: int, seed: int = 0,
-          chunk_epochs: int = 5) -> dict[str, object]:
+          chunk_epochs: int = 5, curve: bool = False) -> dict[str, object]:
     """Reconstruct for about `seconds` of wall clock (whole chunks of `chunk_epochs` epochs; set-up
-    included in the time): {'object': (H, W) complex64, 'epochs', 'seconds', 'torchvision_replaced'}."""
+    included in the time): {'object': (H, W) complex64, 'epochs', 'seconds', 'torchvision_replaced'}.
+    With `curve`, also the object after every chunk: 'snapshots' (K, H, W) complex64 and
+    'snapshot_seconds', 'snapshot_epochs' (K,): solver seconds and epochs at each (copying the
+    snapshots out is not counted)."""
     api, replaced = import_ptychi()
     from ptychi.api.task import PtychographyTask
 
@@ -100,14 +108,23 @@ def solve(scan_path: Path, method: str, seconds: float, batch_size: int, seed: i
     options = options_for(api, method, scan, batch_size, seed)
     options.reconstructor_options.num_epochs = chunk_epochs
     task = PtychographyTask(options)
-    epochs = 0
-    while epochs == 0 or time.perf_counter() - start < seconds:
+    epochs, paused = 0, 0.0
+    snapshots: list[np.ndarray] = []
+    at: list[tuple[float, int]] = []
+    while epochs == 0 or time.perf_counter() - start - paused < seconds:
         task.run(n_epochs=chunk_epochs)
         epochs += chunk_epochs
-    obj = np.asarray(task.get_data_to_cpu("object", as_numpy=True))
-    obj = obj[0] if obj.ndim == 3 else obj
-    return {"object": obj.astype(np.complex64), "epochs": epochs, "seconds": time.perf_counter() - start,
-            "torchvision_replaced": replaced}
+        if curve:
+            t = time.perf_counter()
+            at.append((t - start - paused, epochs))
+            snapshots.append(current_object(task))
+            paused += time.perf_counter() - t
+    out: dict[str, object] = {"object": current_object(task), "epochs": epochs,
+                              "seconds": time.perf_counter() - start - paused, "torchvision_replaced": replaced}
+    if curve:
+        out.update(snapshots=np.stack(snapshots), snapshot_seconds=np.array([a for a, _ in at]),
+                   snapshot_epochs=np.array([e for _, e in at]))
+    return out
 
 
 def main() -> None:
@@ -119,10 +136,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="patterns per update (default: 16 for epie, 96 for lsqml)")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument("--chunk-epochs", type=int, default=5, help="epochs between time checks (default: 5)")
+    parser.add_argument("--curve", action="store_true",
+                        help="also write the object after every chunk (snapshots, snapshot_seconds, snapshot_epochs)")
     args = parser.parse_args()
     batch = args.batch_size or {"epie": 16, "lsqml": 96}[args.method]
-    result = solve(args.scan, args.method, args.seconds, batch, args.seed)
-    np.savez(args.out, object=result.pop("object"))
+    result = solve(args.scan, args.method, args.seconds, batch, args.seed, args.chunk_epochs, args.curve)
+    arrays = {k: result.pop(k) for k in ("object", "snapshots", "snapshot_seconds", "snapshot_epochs") if k in result}
+    np.savez(args.out, **arrays)
     print(json.dumps({"method": args.method, "batch_size": batch, **result}))
 
 

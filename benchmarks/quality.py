@@ -155,6 +155,7 @@ def iterative(args: argparse.Namespace, scored: Path) -> dict[str, Any]:
 
 
 PTYCHI_METHODS = {"epie": "Pty-chi ePIE", "lsqml": "Pty-chi LSQML"}
+PTYCHI_MISSING = "Pty-chi rows skipped: no ptychi in this Python (pip install -e '.[bench]' or --ptychi-python)"
 
 
 def ptychi_python(asked: str | None) -> str | None:
@@ -166,6 +167,26 @@ def ptychi_python(asked: str | None) -> str | None:
     return python if found.returncode == 0 else None
 
 
+def run_ptychi(python: str, scan_path: Path, out: Path, method: str, seconds: float, seed: int,
+               curve: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """benchmarks/ptychi_solver.py on `scan_path` in `python`: (its JSON summary, the arrays it wrote:
+    'object', and with `curve` the per-chunk 'snapshots', 'snapshot_seconds', 'snapshot_epochs')."""
+    command = [python, str(Path(__file__).with_name("ptychi_solver.py")), str(scan_path), str(out),
+               "--method", method, "--seconds", f"{seconds:g}", "--seed", str(seed)]
+    if curve:
+        command += ["--curve", "--chunk-epochs", "2"]
+    proc = subprocess.run(command, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{PTYCHI_METHODS[method]} failed:\n{proc.stderr[-3000:]}")
+    with np.load(out) as f:
+        arrays = {k: f[k] for k in f.files}
+    return json.loads(proc.stdout.strip().splitlines()[-1]), arrays
+
+
+def ptychi_label(method: str, run: dict[str, Any]) -> str:
+    return f"{PTYCHI_METHODS[method]} (batch {run['batch_size']}), known probe, flat start"
+
+
 def ptychi_rows(args: argparse.Namespace, scored: Path, work: Path) -> list[dict[str, Any]]:
     """Pty-chi ePIE and LSQML on the scored scan (benchmarks/ptychi_solver.py in `ptychi_python`),
     known probe, flat start, `--iterative-seconds` each; scored like the network."""
@@ -173,24 +194,16 @@ def ptychi_rows(args: argparse.Namespace, scored: Path, work: Path) -> list[dict
 
     python = ptychi_python(args.ptychi_python)
     if python is None:
-        print("Pty-chi rows skipped: no ptychi in this Python (pip install -e '.[bench]' or --ptychi-python)",
-              flush=True)
+        print(PTYCHI_MISSING, flush=True)
         return []
     scan = read_scan(scored)
     rows = []
-    for method, name in PTYCHI_METHODS.items():
-        out = work / f"ptychi_{method}.npz"
-        proc = subprocess.run([python, str(Path(__file__).with_name("ptychi_solver.py")), str(scored), str(out),
-                               "--method", method, "--seconds", f"{args.iterative_seconds:g}", "--seed", str(args.seed)],
-                              capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{name} failed:\n{proc.stderr[-3000:]}")
-        run = json.loads(proc.stdout.strip().splitlines()[-1])
-        with np.load(out) as f:
-            obj = f["object"]
-        row = {"method": f"{name} (batch {run['batch_size']}), known probe, flat start", "iterations": "epochs",
-               "steps": run["epochs"], "seconds": run["seconds"], "torchvision_replaced": run["torchvision_replaced"],
-               **headline_scores(scan, obj)}
+    for method in PTYCHI_METHODS:
+        run, arrays = run_ptychi(python, scored, work / f"ptychi_{method}.npz", method, args.iterative_seconds,
+                                 args.seed)
+        row = {"method": ptychi_label(method, run), "iterations": "epochs", "steps": run["epochs"],
+               "seconds": run["seconds"], "torchvision_replaced": run["torchvision_replaced"],
+               **headline_scores(scan, arrays["object"])}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
