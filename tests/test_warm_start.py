@@ -148,3 +148,15 @@ def test_ray_train_flags_take_the_bundles_model_section_like_local(scans, run_a,
     assert config.model == load_bundle(run_a / "model.pt").config.model
     config, _, _ = resolve_dist_configs(build_parser().parse_args(argv + ["--model.n_filters_scale", "0.5"]))
     assert config.model.gridsize == 2 and config.model.n_filters_scale == 0.5
+
+
+def test_the_python_api_takes_the_bundles_model_section_like_the_cli(scans, run_a, tmp_path):
+    """pt.train(init_from=...) without a config keeps the bundle's network shape (gridsize 2 here, the
+    default being 1), as `ptycho-torch train --init-from` does; an explicit keyword still wins."""
+    from ptycho_torch import api
+
+    result = api.train(scans["B"], tmp_path / "ft", init_from=str(run_a), epochs=1, batch_size=8, logger="none",
+                       progress_bar=False)
+    assert load_bundle(result.bundle_path).config.model == load_bundle(run_a / "model.pt").config.model
+    with pytest.raises(ConfigError, match="gridsize"):
+        api.train(scans["B"], tmp_path / "bad", init_from=str(run_a), gridsize=1, epochs=1, logger="none")
