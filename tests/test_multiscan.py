@@ -168,3 +168,19 @@ def test_a_corpus_trains_with_one_detector_mask(corpus, tmp_path):
     assert set(batch["scan"].tolist()) == {0, 1}
     np.testing.assert_array_equal(batch["mask"][0, 0].numpy(), mask)
     assert float(batch["amp"][:, :, 15:17].abs().max()) == 0.0  # masked pixels read as 0 in every scan
+
+
+def test_a_corpus_run_resumes_with_its_scans_and_their_factors(corpus, tmp_path):
+    """--resume of a run trained on a glob of scans reads the same files and keeps each scan's r."""
+    run = tmp_path / "run"
+    common = ["--gridsize", "2", "--n-filters-scale", "0.25", "--batch-size", "8", "--logger", "none",
+              "--no-progress-bar"]
+    assert main(["train", "--data", str(corpus[0].parent / "scan_*.npz"), "--out", str(run), "--epochs", "1",
+                 *common]) == 0
+    first = json.loads((run / "manifest.json").read_text())
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0
+    resumed = json.loads((run / "manifest.json").read_text())
+    assert resumed["epochs_completed"] == 2 and resumed["n_patterns"] == 80
+    assert resumed["norm_factors"] == first["norm_factors"] and len(resumed["norm_factors"]) == 2
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [int(r["epoch"]) for r in history] == [0, 1]
