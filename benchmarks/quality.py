@@ -120,7 +120,7 @@ def one_gridsize(args: argparse.Namespace, scans: tuple[Path, Path], gridsize: i
     recon_s = time.perf_counter() - start
     metrics = recon.metrics or {}
     floor = truth_loss(scan, gridsize)
-    row = {"gridsize": gridsize, "epochs": trained.epochs_completed, "steps": steps,
+    row = {"gridsize": gridsize, "date": time.strftime("%Y-%m-%d"), "epochs": trained.epochs_completed, "steps": steps,
            "train_s": train_s, "reconstruct_s": recon_s, "final_val_loss": trained.metrics.get("val_loss"),
            "truth_loss": floor, "train_loss_x_truth": trained.metrics.get("train_loss", float("nan")) / floor,
            **{k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}}
@@ -243,6 +243,10 @@ def section(result: dict[str, Any]) -> str:
                      f"{f('phase_ssim')} | {f('phase_psnr', '.1f')} | "
                      f"{f('amplitude_ssim')} | {f('amplitude_psnr', '.1f')} | "
                      f"{f('frc_half_resolution_px', '.1f')} | {f('frc_17_resolution_px', '.1f')} |")
+    dates = {r.get("date", result["date"]) for r in result["runs"]}
+    if len(dates) > 1:
+        lines += ["", "Rows measured on different days (with the code of that day): "
+                  + ", ".join(f"gridsize {r['gridsize']} {r.get('date', result['date'])}" for r in result["runs"]) + "."]
     for note in result.get("notes", []):  # what a merged result says about its rows
         lines += ["", note]
     iterative_rows = result.get("iterative", [])
@@ -266,6 +270,28 @@ def section(result: dict[str, Any]) -> str:
                      f"{g2[0].get('amplitude_ssim', float('nan')):.2f}); the final val loss is "
                      f"{g2[0]['final_val_loss'] / g2[0]['truth_loss']:.0f}x the loss of the truth.")]
     return "\n".join(lines) + "\n"
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in ("preset", "budget_minutes", "N", "object", "positions", "overlap", "nphotons",
+                                          "neighbor_count", "split", "max_phase", "min_amplitude", "n_filters_scale",
+                                          "batch_size", "learning_rate", "seed")}
+
+
+def merged_with_earlier(results: Path, now: dict[str, Any], runs: list[dict[str, Any]],
+                        baseline: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A run of some gridsizes joins the last results file of the same settings: its rows replace that
+    file's rows of the same gridsize, the others (each with its own date), the notes and, when this run
+    skipped them (--iterative-seconds 0), the iterative rows are kept. None when there is nothing to join."""
+    earlier = json.loads(results.read_text()) if results.is_file() else None
+    if not earlier or earlier.get("settings") != now:
+        return None
+    mine = {r["gridsize"] for r in runs}
+    kept = [{"date": earlier["date"], **r} for r in earlier["runs"] if r["gridsize"] not in mine]
+    earlier.update(date=time.strftime("%Y-%m-%d"), runs=sorted(kept + runs, key=lambda r: r["gridsize"]))
+    if baseline:
+        earlier.update(iterative=baseline, iterative_date=time.strftime("%Y-%m-%d"))
+    return earlier
 
 
 def run_identity(args: argparse.Namespace) -> tuple[Path, str, tuple[float, float]]:
@@ -329,14 +355,11 @@ def main() -> None:
         else:
             runs = [one_gridsize(args, scan, g, work) for g in args.gridsizes]
             baseline = iterative_rows(args, scan[1], work) if args.iterative_seconds > 0 else []
-            result = {
+            result = merged_with_earlier(results, settings(args), runs, baseline) or {
                 "date": time.strftime("%Y-%m-%d"),
                 "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "torch": torch.__version__, "python": platform.python_version()},
-                "settings": {k: getattr(args, k) for k in ("preset", "budget_minutes", "N", "object", "positions",
-                                                           "overlap", "nphotons", "neighbor_count", "split",
-                                                           "max_phase", "min_amplitude", "n_filters_scale",
-                                                           "batch_size", "learning_rate", "seed")},
+                "settings": settings(args),
                 "runs": runs, "iterative": baseline, "section": title, "targets": targets,
             }
     results.parent.mkdir(parents=True, exist_ok=True)
