@@ -130,6 +130,8 @@ def section(result: dict[str, Any], title: str = SECTION) -> str:
         lines.append(f"| {r['variant']} | {described.get(r['variant'], '')} | {f('train_loss_x_truth', '.0f')} | "
                      f"{f('val_loss_x_truth', '.0f')} | {f('phase_ssim')} | {f('amplitude_ssim')} | "
                      f"{f('frc_half_resolution_px', '.1f')} | {r['steps']} | {r['train_s']:.0f} | {r['s_per_step']:.3f} |")
+    for note in result.get("notes", []):  # what was read from the table, kept in the results file
+        lines += ["", note]
     return "\n".join(lines) + "\n"
 
 
