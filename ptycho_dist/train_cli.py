@@ -135,11 +135,11 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
         where = f"{RAY_FILE} of the resumed run, --config or the flags" if resume else "--config or the flags"
         raise ConfigError(f"{where}: {e}") from None
     flags = argparse.Namespace(**{**vars(args), "config": None})  # --config was read above (its ray: split off)
-    config = resolve_run_config(flags, base=config)  # <- the flags and --data, as ptycho-torch train
-    if config.training.init_from and run_data is None:  # a warm start keeps the bundle's model section
-        from ptycho_torch.workflows.warm_start import warm_start_base
+    from ptycho_torch.workflows.warm_start import resolve_with_warm_start  # torch: only once the flags parsed
 
-        config = resolve_run_config(flags, base=warm_start_base(config.training.init_from))
+    stored = config  # <- the flags and --data, as ptycho-torch train (a warm start: over the bundle's model)
+    config = resolve_with_warm_start(lambda base: resolve_run_config(flags, base=stored if base is None else base),
+                                     has_config=run_data is not None)
     return config, ray_config, resume
 
 

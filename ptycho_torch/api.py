@@ -171,12 +171,11 @@ def train(data: ScanPaths | None = None, out: str | Path | None = None, *, confi
         if out is None:
             raise ConfigError("train needs out=RUN_DIR (the run directory to create), or resume=RUN_DIR")
         run_dir = Path(out)
-    resolved = run_config(config, data, overrides=overrides, base=base, **flags)
-    if resolved.training.init_from and config is None and base is None:  # as `train --init-from` without --config
-        from ptycho_torch.workflows.warm_start import warm_start_base
+    from ptycho_torch.workflows.warm_start import resolve_with_warm_start
 
-        resolved = run_config(None, data, overrides=overrides, base=warm_start_base(resolved.training.init_from),
-                              **flags)
+    resolved = resolve_with_warm_start(
+        lambda start: run_config(config, data, overrides=overrides, base=base if start is None else start, **flags),
+        has_config=config is not None or base is not None)
     if not resolved.data.path:
         raise ConfigError("train needs data=SCAN (a scan file, glob or list of files) or data.path in config")
     return train_run(resolved, run_dir, resume=bool(resume), overwrite=overwrite, callbacks=callbacks)

@@ -144,11 +144,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.out is None:
             raise ConfigError("train needs --out RUN_DIR (or --resume RUN_DIR)")
         run_dir = Path(args.out)
-        config = resolve_run_config(args)
-        if config.training.init_from and getattr(args, "config", None) is None:
-            from ptycho_torch.workflows.warm_start import warm_start_base
+        from ptycho_torch.workflows.warm_start import resolve_with_warm_start
 
-            config = resolve_run_config(args, base=warm_start_base(config.training.init_from))
+        config = resolve_with_warm_start(lambda base: resolve_run_config(args, base=base),
+                                         has_config=getattr(args, "config", None) is not None)
         if not config.data.path:
             raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
     if args.resume is not None and args.overwrite:

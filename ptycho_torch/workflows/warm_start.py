@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -106,3 +107,14 @@ def warm_start_base(source: str | Path) -> RunConfig:
     """Defaults for `train --init-from BUNDLE` without --config (local and Ray): the bundle's model
     section (so its network shape is kept unless a flag changes it), every other section at its default."""
     return RunConfig(model=load_bundle(init_source(source)).config.model)
+
+
+def resolve_with_warm_start(resolve: Callable[[RunConfig | None], RunConfig], has_config: bool) -> RunConfig:
+    """`resolve(base)` is a caller's config resolution (its base <- files <- flags; None = its own base).
+    When the result warm-starts (training.init_from) and the user gave no config, resolve again over
+    `warm_start_base`, so the bundle's network shape is kept unless a flag changes it. The one rule of
+    `ptycho-torch train`, `ptycho-dist train` and `pt.train`."""
+    config = resolve(None)
+    if config.training.init_from and not has_config:
+        config = resolve(warm_start_base(config.training.init_from))
+    return config
