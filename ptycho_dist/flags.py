@@ -28,6 +28,7 @@ RUN_FLAGS: dict[str, tuple[str, Any]] = {
     "--placement-strategy": ("placement_strategy", str.upper),
     "--autoscaling": ("autoscaling", str),  # true/false, checked by RayConfig
     "--ingest": ("ingest", str),
+    "--poll-interval": ("poll_interval_s", float),
 }
 RAY_FLAGS = {**SESSION_FLAGS, **RUN_FLAGS}
 

@@ -9,7 +9,8 @@ Mapping (SPEC 6):
     use_gpu             = accelerator gpu/cuda, or 'auto' on a cluster that has GPUs
     resources_per_worker = {CPU: ray.cpus_per_worker, GPU: ray.gpus_per_worker if use_gpu}
     placement_strategy  = ray.placement_strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD)
-    strategy            'auto'/'ddp' -> RayDDPStrategy, 'fsdp' -> RayFSDPStrategy,
+    strategy            'auto' with 1 worker -> Lightning's single-device strategy (no DDP wrapper),
+                        'auto' with more, or 'ddp' -> RayDDPStrategy, 'fsdp' -> RayFSDPStrategy,
                         'deepspeed' -> RayDeepSpeedStrategy (needs the deepspeed package)
     CheckpointConfig    num_to_keep = checkpoint_save_top_k (-1 -> keep all), scored by the monitored
                         metric in checkpoint_mode order; Ray always keeps the latest one as well
@@ -30,6 +31,7 @@ from ptycho_dist.run_files import storage_path
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 _EPS = 1e-9  # resource arithmetic tolerance (Ray resources are floats)
 
 
@@ -69,7 +71,7 @@ class ScalingPlan:
     num_workers: int
     use_gpu: bool
     accelerator: str  # 'gpu' or 'cpu': the Lightning accelerator inside each worker
-    strategy: str  # 'ddp', 'fsdp' or 'deepspeed'
+    strategy: str  # 'single' (one worker, no DDP wrapper), 'ddp', 'fsdp' or 'deepspeed'
     cpus_per_worker: float
     gpus_per_worker: float
     placement_strategy: str
@@ -148,7 +150,7 @@ def _request(execution: PyTorchExecutionConfig, ray_config: RayConfig,
     if use_gpu and ray_config.gpus_per_worker <= 0:
         problems.append(f"ray.gpus_per_worker: {ray_config.gpus_per_worker:g} with a GPU accelerator; "
                         "set --gpus-per-worker > 0 (e.g. 1) or use --accelerator cpu")
-    strategy = "ddp" if execution.strategy == "auto" else execution.strategy
+    strategy = execution.strategy if execution.strategy != "auto" else "single" if workers == 1 else "ddp"
     if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         problems.append("execution.strategy: 'deepspeed' needs the deepspeed package on the driver and "
                         "every worker (pip install deepspeed); or use --strategy ddp or fsdp")
@@ -281,6 +283,12 @@ def release_autoscaler_request() -> None:
         pass
 
 
+def lightning_strategy(name: str) -> Any:
+    """The Trainer's strategy for a plan's strategy name: 'auto' for 'single' (Lightning then runs
+    the one worker's model unwrapped), else an instance of Ray's Lightning strategy class."""
+    return "auto" if name == "single" else strategy_class(name)()
+
+
 def strategy_class(name: str) -> type:
     """The Ray Lightning strategy class for 'ddp', 'fsdp' or 'deepspeed' (imported lazily)."""
     from ray.train import lightning as rl
@@ -336,7 +344,10 @@ def run_config(config: RunConfig, ray_config: RayConfig, name: str) -> Any:
                         logging_config=LoggingConfig(log_level="INFO" if ray_config.verbose else "WARNING"))
 
 
-def set_worker_start_timeout(ray_config: RayConfig) -> None:
-    """Make an unplaceable worker group raise (ControllerError) after worker_start_timeout_s instead of
-    retrying forever; Ray propagates this variable from the driver to the controller."""
+def set_controller_env(ray_config: RayConfig) -> None:
+    """Settings Ray Train's controller reads from the environment (Ray propagates these variables from
+    the driver to the controller): an unplaceable worker group raises (ControllerError) after
+    worker_start_timeout_s instead of retrying forever, and workers are polled every
+    poll_interval_s (Ray's default, 2 s, adds up to two intervals after the last epoch's report)."""
     os.environ[START_TIMEOUT_ENV] = f"{ray_config.worker_start_timeout_s:g}"
+    os.environ[POLL_INTERVAL_ENV] = f"{ray_config.poll_interval_s:g}"

@@ -56,12 +56,12 @@ from ptycho_dist.run_files import (
 )
 from ptycho_dist.scaling import (
     check_request,
+    lightning_strategy,
     plan_for_cluster,
     release_autoscaler_request,
     run_config,
     run_name,
-    set_worker_start_timeout,
-    strategy_class,
+    set_controller_env,
 )
 from ptycho_dist.session import ray_session
 from ptycho_torch.config import ConfigError, RunConfig
@@ -117,11 +117,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     `loop_config` (plain data, built once by the driver): config (the resolved RunConfig as a dict),
     norm_factor (r from the driver's validation pass), run_dir (path or URI), strategy, accelerator,
-    threads (torch intra-op threads), verbose, callbacks (extra picklable Lightning callbacks), ingest
+    threads (torch intra-op threads), verbose, callbacks (extra Lightning callbacks, pickled by the
+    driver: as bytes, Ray's controller passes them on without importing Lightning to unpickle them,
+    which would delay the start of the workers by the ~2 s that import takes), ingest
     (True: batches come from this worker's shards of the Ray Datasets, ptycho_dist.ingest).
     Returns a summary on rank 0.
     """
     import ray.train
+    from ray import cloudpickle
     from ray.train.lightning import RayLightningEnvironment, RayTrainReportCallback
 
     from ptycho_torch.workflows.train import Launch, train
@@ -147,12 +150,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as ckpt_dir:
         # a damaged latest checkpoint falls back to an older intact one; an unsafe one is refused
         ckpt = intact_ray_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, target) if ckpt_dir else None
-        launch = Launch(trainer={"strategy": strategy_class(loop_config["strategy"])(), "devices": "auto",
+        launch = Launch(trainer={"strategy": lightning_strategy(loop_config["strategy"]), "devices": "auto",
                                  "num_nodes": 1, "accelerator": loop_config["accelerator"],
                                  "plugins": [RayLightningEnvironment()], "enable_checkpointing": False},
                         checkpoint=ckpt, norm_factor=loop_config["norm_factor"], after_fit=after_fit,
                         loaders=shard_loaders if loop_config.get("ingest") else None)
-        result = train(config, staging or Path(target), callbacks=[start, report, *loop_config["callbacks"]],
+        result = train(config, staging or Path(target), callbacks=[start, report, *cloudpickle.loads(loop_config["callbacks"])],
                        launch=launch)
     rank = ray.train.get_context().get_world_rank()
     if staging is not None:
@@ -315,7 +318,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     ray_run_config = run_config(config, ray_config, name)
     if ray_callbacks:
         ray_run_config.callbacks = [*(ray_run_config.callbacks or []), *ray_callbacks]
-    set_worker_start_timeout(ray_config)
+    set_controller_env(ray_config)
     wall = time.perf_counter()
     fresh = not resume and not is_uri(location) and not Path(location).exists()  # never an older run
     try:
@@ -340,6 +343,7 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
                     rows: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """In a Ray session: the pre-flight check, the run files, the TorchTrainer fit; (Result, plan).
     With `rows` (ptycho_torch.data.dataset.split_rows) the groups reach the workers as Ray Datasets (ptycho_dist.ingest)."""
+    from ray import cloudpickle
     from ray.train import ControllerError, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
@@ -361,7 +365,7 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
                  name, plan.num_workers, plan.resources_per_worker, plan.strategy, plan.accelerator, location)
         loop_config = {"config": config.to_dict(), "norm_factor": norm_factor, "run_dir": location, "strategy": plan.strategy,
                        "accelerator": plan.accelerator, "threads": plan.torch_threads,
-                       "verbose": ray_config.verbose, "callbacks": list(callbacks), "ingest": datasets is not None}
+                       "verbose": ray_config.verbose, "callbacks": cloudpickle.dumps(list(callbacks)), "ingest": datasets is not None}
         trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, datasets=datasets,
                                scaling_config=plan.scaling_config(), run_config=ray_run_config)
         try:

@@ -16,15 +16,17 @@ from ptycho_dist.config import RayConfig
 from ptycho_dist.flags import RAY_FLAGS
 from ptycho_dist.run_files import read_run_file, write_run_file
 from ptycho_dist.scaling import (
+    POLL_INTERVAL_ENV,
     START_TIMEOUT_ENV,
     ClusterResources,
     check_request,
     checkpoint_config,
     failure_config,
+    lightning_strategy,
     plan_scaling,
     run_config,
     run_name,
-    set_worker_start_timeout,
+    set_controller_env,
     storage_path,
     strategy_class,
 )
@@ -67,9 +69,13 @@ def test_auto_accelerator_uses_gpus_only_when_the_cluster_has_them():
 def test_strategy_mapping():
     from ray.train.lightning import RayDDPStrategy, RayFSDPStrategy
 
-    assert plan_scaling(ex(strategy="auto"), RayConfig(), CPU4).strategy == "ddp"
+    assert plan_scaling(ex(strategy="auto", devices=2), RayConfig(), CPU4).strategy == "ddp"
+    # one worker needs no DDP wrapper (Lightning's single-device strategy); asked-for DDP is kept
+    assert plan_scaling(ex(strategy="auto", devices=1), RayConfig(), CPU4).strategy == "single"
+    assert plan_scaling(ex(strategy="ddp", devices=1), RayConfig(), CPU4).strategy == "ddp"
+    assert lightning_strategy("single") == "auto" and isinstance(lightning_strategy("ddp"), RayDDPStrategy)
     assert strategy_class("ddp") is RayDDPStrategy and strategy_class("fsdp") is RayFSDPStrategy
-    assert plan_scaling(ex(strategy="fsdp"), RayConfig(), CPU4).strategy == "fsdp"
+    assert plan_scaling(ex(strategy="fsdp", devices=2), RayConfig(), CPU4).strategy == "fsdp"
 
 
 @pytest.mark.parametrize("execution, ray_config, cluster, expected", [
@@ -141,8 +147,9 @@ def test_checkpoint_failure_and_run_configs(tmp_path, monkeypatch, tiny_scan):
     with pytest.raises(ConfigError, match="plain directory name"):
         run_name(RayConfig(name="a/b"))
     monkeypatch.delenv(START_TIMEOUT_ENV, raising=False)
-    set_worker_start_timeout(RayConfig(worker_start_timeout_s=12.5))
-    assert os.environ[START_TIMEOUT_ENV] == "12.5"
+    monkeypatch.delenv(POLL_INTERVAL_ENV, raising=False)
+    set_controller_env(RayConfig(worker_start_timeout_s=12.5, poll_interval_s=0.25))
+    assert (os.environ[START_TIMEOUT_ENV], os.environ[POLL_INTERVAL_ENV]) == ("12.5", "0.25")
 
 
 # ------------------------------------------------------------------ run files, checksums, errors
