@@ -29,7 +29,8 @@ def test_generalize_smoke(tmp_path):
     result = json.loads((keep / "generalize.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
     solvers = [m for m in rows if m.startswith("ptychi_")]  # where ptychi is installed (the bench extra)
-    assert [m for m in rows if m not in solvers] == ["pretrained", "fine-tuned", "scratch", "iterative", "refined"]
+    assert [m for m in rows if m not in solvers] == ["pretrained", "pretrained, training scan", "fine-tuned",
+                                                         "scratch", "iterative", "refined"]
     assert solvers in ([], ["ptychi_epie", "ptychi_lsqml"])
     for m in solvers:
         points = rows[m]["curve"]
@@ -52,4 +53,5 @@ def test_generalize_smoke(tmp_path):
     manifest = json.loads((keep / "run_finetuned" / "manifest.json").read_text())
     assert manifest.get("init_from")  # (b) started from (a)'s weights
     assert "## Generalization to unseen scans" in done.stdout
+    assert "(a) scored on training scan 0 instead" in done.stdout  # seen vs unseen, side by side
     assert (docs.read_text() if docs.is_file() else None) == before
