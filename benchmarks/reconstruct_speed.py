@@ -145,7 +145,7 @@ def time_parts(bundle: Path, data: Path, out: Path, batch: int, batches: list[di
     groups = inference_groups(scan, predictor.gridsize)
     loader = inference_loader(scan, groups, predictor.config, batch)
     acc = StitchAccumulator(scan.object_shape, stitch_weight(predictor.probe, predictor.config.inference.stitch_weight))
-    seed_channel = torch.from_numpy(groups.seed_channel)
+    stitch_mask = torch.from_numpy(groups.stitch_mask())  # (G, C): every pattern stitched once
     t3 = time.perf_counter()
     amps = [b["amp"] for b in loader]
     t4 = time.perf_counter()
@@ -159,9 +159,8 @@ def time_parts(bundle: Path, data: Path, out: Path, batch: int, batches: list[di
     a = time.perf_counter()
     for b, patches in zip(batches, outs):
         patches = patches.to(torch.complex64)
-        rows = torch.arange(len(patches))
-        ch = seed_channel[b["index"]]
-        acc.add(patches[rows, ch], b["positions"][rows, ch])
+        mask = stitch_mask[b["index"]]
+        acc.add(patches[mask], b["positions"][mask])
     obj, weight = acc.result(predictor.config.inference.weight_threshold)
     b_ = time.perf_counter()
     write_reconstruction(out, obj, weight, scan, {"engine": "benchmark"})

@@ -3,11 +3,11 @@
 Pipeline (one Ray Dataset, streamed; the driver never holds the patterns or the patches):
 
     driver     read_scans: one file, a glob or several files, validated once, patterns left on disk;
-               groups per file (inference_groups, as the local loop); global ids cut into blocks
-    Ray Data   pattern_ids (blocks of global ids)                    8 bytes per pattern
+               groups per file (inference_groups, as the local loop); group ids cut into blocks
+    Ray Data   pattern_ids (blocks of group ids)                     8 bytes per group
                .map_batches(read_ids)                              ids -> rows (RowReader)
                .map_batches(BatchPredictor, ActorPoolStrategy(K))  model loaded once per actor;
-                                                                   each batch -> network -> seed
+                                                                   each batch -> network -> stitched
                                                                    patches -> partial canvases
     driver     CanvasSum (ptycho_torch.stitching): partial canvases add up in any order, then
                object = sum(w*O) / sum(w) where sum(w) is large enough, and write_reconstruction
@@ -78,6 +78,7 @@ def reconstruct_distributed(
     block_size: int | None = None,
     renormalize: bool = False,
     validate: bool = True,
+    grouping: str | None = None,
     ray_config: RayConfig | None = None,
     progress: bool | None = None,
     probe: str = "auto",
@@ -93,7 +94,8 @@ def reconstruct_distributed(
     equals the local one for the same files (up to float32 summation order). `validate` False trusts
     the pattern values (shapes, probe and positions are still checked). `probe` and `normalization`
     choose as the local reconstruct does (default: the scan's own probe and r; `renormalize` is
-    the old spelling of normalization 'scan').
+    the old spelling of normalization 'scan'), and `grouping` the groups of gridsize > 1 (None = the
+    bundle's inference.grouping).
     """
     from ptycho_dist.scaling import actor_pool_size
 
@@ -108,7 +110,7 @@ def reconstruct_distributed(
     if batch < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch}")
     ready = scan_for_model(bundle, data, validate=validate, probe=probe, normalization=normalization,
-                           renormalize=renormalize)
+                           renormalize=renormalize, grouping=grouping)
     scan, groups, normalization, probe_used = ready.scan, ready.groups, ready.normalization, ready.probe_used
     chosen = ready.probe  # None: the model's own
     reader = RowReader(scan.without_object(), groups)
@@ -126,11 +128,12 @@ def reconstruct_distributed(
     with ray_session(ray_config):
         quiet_ray_data(ray_config.verbose)
         actors = actor_pool_size(ClusterResources.from_ray(), concurrency, num_cpus_per_actor, num_gpus_per_actor)
-        rows_per_block = block_size or default_block_size(n, groups.indices.shape[1], scan.N, actors)
-        n_blocks = math.ceil(n / rows_per_block)
+        n_groups = len(groups)
+        rows_per_block = block_size or default_block_size(n_groups, groups.indices.shape[1], scan.N, actors)
+        n_blocks = math.ceil(n_groups / rows_per_block)
         scan_r = normalization == "scan"
         norm_factor = streaming_norm_factor(reader, rows_per_block) if scan_r else bundle.norm_factor
-        ds = pattern_ids(n, rows_per_block).map_batches(read_ids, batch_size=None, fn_kwargs={"reader": reader})
+        ds = pattern_ids(n_groups, rows_per_block).map_batches(read_ids, batch_size=None, fn_kwargs={"reader": reader})
         ds = ds.map_batches(
             BatchPredictor, batch_size=batch, compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor,
@@ -158,7 +161,8 @@ def reconstruct_distributed(
     steady = n / compute if compute > 0 else rate
     log.info("reconstructed %d patterns in %.2f s: %.0f patterns/s end to end (actor start-up included), "
              "%.0f patterns/s while the actors computed (%.2f s)", n, seconds, rate, steady, compute)
-    meta = {"model": str(bundle_path), "data": scan_paths(scan), "n_patterns": n,
+    meta = {"model": str(bundle_path), "data": scan_paths(scan), "n_patterns": n, "n_groups": n_groups,
+            "grouping": ready.grouping,
             "norm_factor": float(norm_factor), "patterns_per_second": rate,
             "engine": "ray_data", "concurrency": actors, "batch_size": batch,
             "num_cpus_per_actor": num_cpus_per_actor, "num_gpus_per_actor": num_gpus_per_actor,
@@ -181,7 +185,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         args.model, args.data, args.out, concurrency=args.concurrency, batch_size=args.batch_size,
         num_gpus_per_actor=args.num_gpus_per_actor, num_cpus_per_actor=args.num_cpus_per_actor,
         dtype=args.dtype, block_size=args.block_size, renormalize=args.renormalize,
-        probe=args.probe, normalization=args.normalization, validate=not args.no_validate,
+        probe=args.probe, normalization=args.normalization, grouping=args.grouping, validate=not args.no_validate,
         ray_config=ray_config_from_args(args))
     print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
     if result.metrics:
@@ -224,8 +228,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="network dtype (default: the bundle's inference.dtype, normally float32)")
     p.add_argument("--block-size", type=_positive_int, default=None,
-                   help="patterns per read block, several blocks per file (default: ~16 MiB of "
-                        "amplitudes, at least 4 blocks per actor)")
+                   help="groups per read block (a group reads gridsize**2 patterns), several blocks per "
+                        "file (default: ~16 MiB of amplitudes, at least 4 blocks per actor)")
     add_probe_normalization_flags(p)
     p.add_argument("--no-validate", action="store_true",
                    help="skip the driver's full pass over the patterns (NaN/Inf/negative checks); shapes, "

@@ -236,8 +236,8 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
                 diffraction: Any = None, positions: Any = None, object_guess: Any = None,
                 inference_batch_size: int | None = None, device: str = "cpu", probe: Any = "auto",
                 normalization: str = "scan", renormalize: bool = False, align_phases: bool = False,
-                refine_seconds: float = 0.0, progress: bool | None = False, with_weight: bool = False
-                ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                refine_seconds: float = 0.0, progress: bool | None = False, with_weight: bool = False,
+                grouping: str | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Reconstruct a scan with a trained model (`ptycho-torch reconstruct`) and return the object,
     (H, W) complex64 in the positions' pixel frame (object[y, x]); zero where no patch reached.
 
@@ -250,7 +250,8 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     flags: inference_batch_size (patterns per batch), device ('cpu', 'cuda:0'), probe ('auto', 'scan',
     'model'; with arrays also the probe of those frames, (N, N) or (P, N, N) complex, which then is
     their 'scan' probe; arrays without one take the model's), normalization ('scan' = r of these
-    patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s). `with_weight` also
+    patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s), grouping ('cover',
+    'every_pattern'; None = the model's inference.grouping). `with_weight` also
     returns the stitching weight (H, W) float32 (its support is the scanned region; pt.evaluate uses
     it)."""
     from ptycho_torch.cli import check_batch_size, check_device
@@ -288,7 +289,8 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
         check_output_dir(out, "out")
     result = reconstruct_scan(model, data, out, batch_size=inference_batch_size, device=device,
                               renormalize=renormalize, progress=progress, refine_seconds=refine_seconds,
-                              align_phases=align_phases, probe=probe, normalization=normalization)
+                              align_phases=align_phases, probe=probe, normalization=normalization,
+                              grouping=grouping)
     return (result.object, result.weight) if with_weight else result.object
 
 

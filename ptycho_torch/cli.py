@@ -173,7 +173,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         raise UserError(f"--refine-seconds must be >= 0 (0 = no refinement), got {args.refine_seconds:g}")
     result = reconstruct(args.model, args.data, args.out, batch_size=args.inference_batch_size,
                          device=args.device, renormalize=args.renormalize, refine_seconds=args.refine_seconds,
-                         align_phases=args.align_phases, probe=args.probe, normalization=args.normalization)
+                         align_phases=args.align_phases, probe=args.probe, normalization=args.normalization,
+                         grouping=args.grouping)
     print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
     if result.metrics:
         print(json.dumps(_headline(result.metrics), indent=1))

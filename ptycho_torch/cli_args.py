@@ -120,8 +120,9 @@ def data_path(data: Any) -> str | list[str]:
 
 
 def add_probe_normalization_flags(parser: argparse.ArgumentParser) -> None:
-    """--probe, --normalization and --renormalize of a reconstruct command (local and Ray): which probe
-    and which normalisation factor r reconstruct a scan (workflows.reconstruct.choose_probe)."""
+    """--probe, --normalization, --renormalize and --grouping of a reconstruct command (local and Ray):
+    which probe and which normalisation factor r reconstruct a scan (workflows.reconstruct.choose_probe),
+    and which groups a gridsize > 1 model reads (workflows.reconstruct.inference_groups)."""
     parser.add_argument("--probe", choices=("auto", "scan", "model"), default="auto",
                         help="which probe the network reads and stitching weighs with: 'scan' = the probe in "
                              "--data, 'model' = the model's (its training scan's, refined if it learned it), "
@@ -132,3 +133,7 @@ def add_probe_normalization_flags(parser: argparse.ArgumentParser) -> None:
                              "the model's training r (default: scan)")
     parser.add_argument("--renormalize", action="store_true",
                         help="same as --normalization scan (the default); kept for old scripts (default: off)")
+    parser.add_argument("--grouping", choices=("cover", "every_pattern"), default=None,
+                        help="gridsize > 1: 'cover' = about M / C groups that together stitch each pattern once "
+                             "(fast), 'every_pattern' = one group per pattern, its own channel stitched (C times "
+                             "the network work) (default: the model's inference.grouping, normally cover)")

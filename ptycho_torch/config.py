@@ -219,6 +219,10 @@ class InferenceConfig(ConfigSection):
     weight_threshold: float = config_field(
         1e-3, "object pixels whose weight sum is below this fraction of the maximum are set to 0")
     dtype: Literal["float32", "bfloat16"] = config_field("float32", "network dtype during inference")
+    grouping: Literal["cover", "every_pattern"] = config_field(
+        "cover", "gridsize > 1: 'cover' stitches every channel of about M / C groups that hold each pattern "
+        "once (the network reads each pattern about once); 'every_pattern' forms one group per pattern and "
+        "stitches only its own channel (C times the network work)")
 
     def _check(self) -> None:
         if not 0 <= self.weight_threshold < 1:

@@ -62,12 +62,18 @@ def fourier_shift(img: torch.Tensor, shift_xy: torch.Tensor) -> torch.Tensor:
 
 
 def _shift_ramp(shift_xy: torch.Tensor, H: int, W: int, device: torch.device) -> torch.Tensor:
-    """The Fourier phase ramp (..., H, W) complex64 that translates by shift_xy (..., 2) = (dx, dy)."""
-    ky = _frequencies(H, device)[:, None]  # (H, 1) cycles/pixel
-    kx = _frequencies(W, device)[None, :]  # (1, W)
-    dx = shift_xy[..., 0, None, None].to(torch.float32)
-    dy = shift_xy[..., 1, None, None].to(torch.float32)
-    return torch.exp(-2j * math.pi * (ky * dy + kx * dx))
+    """The Fourier phase ramp (..., H, W) complex64 that translates by shift_xy (..., 2) = (dx, dy).
+
+    The ramp is separable, exp(-2 pi i (ky dy + kx dx)) = exp(-2 pi i ky dy) exp(-2 pi i kx dx), so
+    it is built as the outer product of a row and a column ramp: H + W complex exponentials per shift
+    instead of H * W (the exponential dominated the partner-frame translations of gridsize > 1)."""
+    ky = _frequencies(H, device)  # (H,) cycles/pixel
+    kx = _frequencies(W, device)  # (W,)
+    dx = shift_xy[..., 0, None].to(torch.float32)  # (..., 1)
+    dy = shift_xy[..., 1, None].to(torch.float32)
+    row = torch.polar(torch.ones_like(ky * dy), -2 * math.pi * ky * dy)  # (..., H)
+    col = torch.polar(torch.ones_like(kx * dx), -2 * math.pi * kx * dx)  # (..., W)
+    return row[..., :, None] * col[..., None, :]
 
 
 def _split_positions(positions: torch.Tensor, N: int) -> tuple[torch.Tensor, torch.Tensor]:

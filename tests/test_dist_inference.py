@@ -19,6 +19,7 @@ from ptycho_torch.config import ConfigError, apply_overrides
 from ptycho_torch.data.contract import ScanValidationError, read_scan, write_scan
 from ptycho_torch.data.dataset import GroupDataset
 from ptycho_torch.data.scan_files import read_scans
+from ptycho_torch.errors import UserError
 from ptycho_torch.stitching import (
     CanvasSum,
     StitchAccumulator,
@@ -72,11 +73,11 @@ def _local_per_file(bundle: Path, files: list[Path], canvas_hw: tuple[int, int],
     for path in files:
         scan = read_scan(path)
         groups = inference_groups(scan, pred.gridsize, config.data.neighbor_count, config.execution.seed)
-        seed = torch.from_numpy(groups.seed_channel)
+        stitched = torch.from_numpy(groups.stitch_mask())
         for b in inference_loader(scan, groups, config, batch):
             patches = pred(b["amp"], b["offsets"])  # overlap-constrained for groups, as reconstruct does
-            rows, ch = torch.arange(len(patches)), seed[b["index"]]
-            acc.add(patches[rows, ch], b["positions"][rows, ch])
+            mask = stitched[b["index"]]
+            acc.add(patches[mask], b["positions"][mask])
     return acc.result(config.inference.weight_threshold)
 
 
@@ -145,6 +146,15 @@ def test_gridsize2_equals_local(ray_local, scans, bundles, tmp_path):
                                    block_size=8, batch_size=8, progress=False)
     local = reconstruct(bundles[2], scans["merged"], tmp_path / "local", progress=False)
     assert np.abs(dist.object - local.object).max() < TOL
+    with np.load(tmp_path / "one" / "object.npz") as z:
+        meta = json.loads(str(z["metadata"]))
+    assert meta["grouping"] == "cover" and meta["n_groups"] < meta["n_patterns"] / 2
+    # one group per pattern (--grouping every_pattern): the same on both paths too
+    every = reconstruct_distributed(bundles[2], scans["merged"], tmp_path / "every", concurrency=2,
+                                    block_size=16, grouping="every_pattern", progress=False)
+    every_local = reconstruct(bundles[2], scans["merged"], None, grouping="every_pattern", progress=False)
+    assert np.abs(every.object - every_local.object).max() < TOL
+    assert np.abs(every.object - dist.object).max() > 100 * TOL  # other groups, another estimate
     # three files: groups are formed per file (never across files), as the per-file oracle does
     multi = reconstruct_distributed(bundles[2], scans["parts"], tmp_path / "multi", concurrency=2,
                                     block_size=8, progress=False)
@@ -196,41 +206,52 @@ def test_predictor_on_one_batch_without_ray_equals_patch_predictor(scans, bundle
     assert rows["amp"].shape == (17, 1, 32, 32) and rows["index"][0] == 33
     canvas_hw = reader.scan.object_shape
     predictor = BatchPredictor(bundles[1], canvas_hw=canvas_hw)
-    patches = predictor.predict(rows)
+    patches, positions, index = predictor.predict(rows)
     expected = PatchPredictor(bundles[1])(rows["amp"])[:, 0]
     torch.testing.assert_close(patches, expected, rtol=0, atol=0)
+    np.testing.assert_array_equal(index, np.arange(33, 50))  # gridsize 1: group id = pattern index
+    np.testing.assert_array_equal(positions, reader.scan.positions[33:50])
     # __call__: one partial canvas that adds up to what the local accumulator builds
     out = predictor(rows)
     total = CanvasSum(canvas_hw, predictor.weight, reader.scan.n_patterns)
     total.add_batch(out)
     local = StitchAccumulator(canvas_hw, predictor.weight)
-    local.add(patches, torch.from_numpy(np.stack([rows["x"], rows["y"]], 1).astype(np.float32)))
+    local.add(patches, torch.from_numpy(positions.astype(np.float32)))
     torch.testing.assert_close(total.acc.obj_sum, local.obj_sum, rtol=0, atol=1e-6)
     torch.testing.assert_close(total.acc.w_sum, local.w_sum, rtol=0, atol=1e-6)
     with pytest.raises(RuntimeError, match="arrived twice"):
         total.add_batch(out)
-    bf16 = BatchPredictor(bundles[1], canvas_hw=canvas_hw, dtype="bfloat16").predict(rows)
+    bf16 = BatchPredictor(bundles[1], canvas_hw=canvas_hw, dtype="bfloat16").predict(rows)[0]
     assert bf16.dtype == torch.complex64 and (bf16 - patches).abs().max() < 0.1
 
 
 def test_gridsize2_rows_hold_the_local_groups(scans):
     scan = read_scan(scans["parts"][1])
-    rows = _reader([scans["parts"][1]], 2).rows(np.arange(10, 20))
+    rows = _reader([scans["parts"][1]], 2).rows(np.arange(2, 6))
     groups = inference_groups(scan, 2)
-    items = [GroupDataset(scan, groups, 1.0)[i] for i in range(10, 20)]
+    items = [GroupDataset(scan, groups, 1.0)[i] for i in range(2, 6)]
     np.testing.assert_array_equal(rows["amp"], np.stack([it["amp"].numpy() for it in items]))
-    np.testing.assert_array_equal(rows["seed_channel"], groups.seed_channel[10:20])
-    np.testing.assert_array_equal(rows["x"], scan.xcoords[10:20])
+    np.testing.assert_array_equal(rows["members"], groups.indices[2:6])
+    np.testing.assert_array_equal(rows["stitched"], groups.stitch_mask()[2:6])
+    np.testing.assert_array_equal(rows["positions"], scan.positions[groups.indices[2:6]])
+    with pytest.raises(UserError, match="inference.grouping: got 'every'; choose 'cover' or 'every_pattern'"):
+        inference_groups(scan, 2, grouping="every")
 
 
 def test_groups_never_cross_files_and_rows_span_them(scans):
     reader = _reader(scans["parts"], 2)  # 30 + 30 + 30 patterns
-    members = reader.groups.indices
-    assert (members // 30 == np.arange(90)[:, None] // 30).all()
-    rows = reader.rows(np.array([89, 25, 31, 0]))  # any order: rows come sorted by global index
-    np.testing.assert_array_equal(rows["index"], [0, 25, 31, 89])
+    groups = reader.groups
+    members = groups.indices
+    assert (members // 30 == members[:, :1] // 30).all()  # every group inside one file
+    stitched = members[groups.stitch_mask()]
+    np.testing.assert_array_equal(np.sort(stitched), np.arange(90))  # every pattern stitched once
+    G = len(groups)
+    assert G < 90  # cover grouping: fewer groups than patterns
+    ids = np.array([G - 1, 5, 1, 0])
+    rows = reader.rows(ids)  # any order: rows come sorted by group id
+    np.testing.assert_array_equal(rows["index"], np.sort(ids))
     whole = read_scan(scans["merged"])
-    np.testing.assert_array_equal(rows["amp"], whole.diffraction_rows(members[[0, 25, 31, 89]]))
+    np.testing.assert_array_equal(rows["amp"], whole.diffraction_rows(members[np.sort(ids)]))
 
 
 def test_scattered_batches_split_into_small_partial_canvases():

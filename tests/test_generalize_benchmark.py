@@ -29,7 +29,8 @@ def test_generalize_smoke(tmp_path):
     result = json.loads((keep / "generalize.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
     solvers = [m for m in rows if m.startswith("ptychi_")]  # where ptychi is installed (the bench extra)
-    assert [m for m in rows if m not in solvers] == ["pretrained", "pretrained, training scan", "fine-tuned",
+    assert [m for m in rows if m not in solvers] == ["pretrained", "pretrained, every_pattern",
+                                                         "pretrained, training scan", "fine-tuned",
                                                          "scratch", "iterative", "refined"]
     assert solvers in ([], ["ptychi_epie", "ptychi_lsqml"])
     for m in solvers:
@@ -54,4 +55,5 @@ def test_generalize_smoke(tmp_path):
     assert manifest.get("init_from")  # (b) started from (a)'s weights
     assert "## Generalization to unseen scans" in done.stdout
     assert "(a) scored on training scan 0 instead" in done.stdout  # seen vs unseen, side by side
+    assert "(a) with one group per pattern" in done.stdout  # the two groupings, side by side
     assert (docs.read_text() if docs.is_file() else None) == before

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ptycho_torch.data.grouping import make_groups
+from ptycho_torch.data.grouping import cover_groups, make_groups
 from ptycho_torch.physics import (
     TYPICAL_AMPLITUDE,
     extract_patches,
@@ -130,6 +130,38 @@ def test_channel_order_rows_then_columns():
         # channel c -> row c // 2 (y), column c % 2 (x)
         assert p[0, 1] == p[1, 1] < p[2, 1] == p[3, 1]
         assert p[0, 0] < p[1, 0] and p[2, 0] < p[3, 0]
+
+
+@pytest.mark.parametrize("gridsize", [2, 3])
+@pytest.mark.parametrize("seeded", [True, False])
+def test_cover_groups_stitch_every_pattern_once_from_training_like_groups(gridsize, seeded):
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(5)
+    xs, ys = np.meshgrid(np.arange(20, 120, 6.0), np.arange(20, 100, 6.0))
+    positions = np.stack([xs.ravel(), ys.ravel()], 1) + rng.normal(0, 1.0, (xs.size, 2))  # jittered raster
+    M, C, k = len(positions), gridsize**2, 6
+    groups = cover_groups(positions, gridsize, neighbor_count=k, rng=np.random.default_rng(0) if seeded else None)
+    mask = groups.stitch_mask()
+    assert mask.shape == groups.indices.shape == (len(groups), C)
+    np.testing.assert_array_equal(np.sort(groups.indices[mask]), np.arange(M))  # each pattern exactly once
+    assert len(groups) < 0.5 * M  # far fewer network passes than one group per pattern
+    assert mask[np.arange(len(groups)), groups.seed_channel].all()  # a group stitches its own seed
+    _, nbrs = cKDTree(positions).query(positions, k=max(k, C - 1) + 1)
+    for members, seed_ch in zip(groups.indices, groups.seed_channel):
+        assert len(set(members)) == C
+        assert set(members) <= set(nbrs[members[seed_ch]])  # partners among the seed's neighbours
+        p = positions[members].reshape(gridsize, gridsize, 2)  # channel order rows (y) then columns (x)
+        assert (p[:-1, :, 1].max(1) <= p[1:, :, 1].min(1)).all() and (np.diff(p[..., 0], axis=1) > 0).all()
+    again = cover_groups(positions, gridsize, neighbor_count=k, rng=np.random.default_rng(0) if seeded else None)
+    np.testing.assert_array_equal(again.indices, groups.indices)  # reproducible
+
+
+def test_cover_groups_of_gridsize_1_are_the_patterns():
+    positions = np.random.default_rng(1).uniform(0, 50, (12, 2))
+    groups = cover_groups(positions, 1)
+    np.testing.assert_array_equal(groups.indices[:, 0], np.arange(12))
+    assert groups.stitch_mask().all()
 
 
 def test_noiseless_nll_gradient_vanishes_at_truth():

@@ -172,6 +172,18 @@ def test_gridsize2_trains_and_reconstructs_from_the_constrained_output(tiny_scan
     assert np.isfinite(result.metrics["train_loss"])
     recon = reconstruct(result.run_dir, tiny_scan, tmp_path / "g2recon")
     assert np.isfinite(recon.object).all() and recon.object.any()
+    # the default 'cover' groups read each pattern about once; 'every_pattern' reads it C times: both
+    # stitch every pattern exactly once, so the weight maps agree and the objects nearly do
+    every = reconstruct(result.run_dir, tiny_scan, tmp_path / "g2every", grouping="every_pattern")
+    meta = {}
+    for name in ("g2recon", "g2every"):
+        with np.load(tmp_path / name / "object.npz") as z:
+            meta[name] = json.loads(str(z["metadata"]))
+    assert meta["g2recon"]["grouping"] == "cover" and meta["g2every"]["grouping"] == "every_pattern"
+    assert meta["g2every"]["n_groups"] == meta["g2recon"]["n_patterns"] > 2 * meta["g2recon"]["n_groups"]
+    np.testing.assert_allclose(recon.weight, every.weight, rtol=1e-4, atol=1e-5 * every.weight.max())
+    support = every.weight > 0
+    assert np.abs(recon.object - every.object)[support].mean() < 0.2 * np.abs(every.object)[support].mean()
     # what reconstruction stitches is what the loss trained: the overlap-constrained patches
     import torch
 

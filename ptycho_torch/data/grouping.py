@@ -18,16 +18,28 @@ from ptycho_torch.errors import UserError
 
 @dataclass(frozen=True)
 class Groups:
-    """indices (G, C) int64 pattern indices; seed_channel (G,) int64: the channel holding the seed."""
+    """indices (G, C) int64 pattern indices; seed_channel (G,) int64: the channel holding the seed;
+    stitched (G, C) bool or None: the channels a reconstruction stitches from each group (None = the
+    seed channel only; cover_groups marks every pattern in exactly one group)."""
 
     indices: np.ndarray
     seed_channel: np.ndarray
+    stitched: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def take(self, which: np.ndarray) -> "Groups":
-        return Groups(self.indices[which], self.seed_channel[which])
+        return Groups(self.indices[which], self.seed_channel[which],
+                      None if self.stitched is None else self.stitched[which])
+
+    def stitch_mask(self) -> np.ndarray:
+        """(G, C) bool: `stitched`, or one-hot on the seed channel."""
+        if self.stitched is not None:
+            return self.stitched
+        mask = np.zeros(self.indices.shape, dtype=bool)
+        mask[np.arange(len(self.indices)), self.seed_channel] = True
+        return mask
 
 
 def _arrange(members: np.ndarray, positions: np.ndarray, gridsize: int) -> np.ndarray:
@@ -78,6 +90,48 @@ def make_groups(
         indices[g] = arranged
         seed_channel[g] = int(np.flatnonzero(arranged == seed)[0])
     return Groups(indices, seed_channel)
+
+
+def cover_groups(positions: np.ndarray, gridsize: int, *, neighbor_count: int = 6,
+                 rng: np.random.Generator | None = None) -> Groups:
+    """Groups that together hold every pattern once as a stitched channel: about M / C groups
+    instead of M, so a reconstruction runs the network on each pattern about once instead of C times.
+
+    positions (M, 2) (x, y) pixels. Seeds are visited in scan order; a pattern not yet stitched by an
+    earlier group seeds a group whose partners are drawn (with `rng`, else the nearest first) among
+    its `max(neighbor_count, C - 1)` nearest neighbours, preferring patterns not yet stitched. When
+    fewer than C - 1 of those are free, the group is completed with already stitched neighbours,
+    which it reads but does not stitch again. So every group is of the kind training draws
+    (make_groups), and `stitched` marks exactly one channel per pattern over all groups.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    M, C = len(positions), gridsize * gridsize
+    if C == 1:
+        return make_groups(positions, gridsize)
+    if M < C:
+        raise UserError(f"gridsize {gridsize} needs at least {C} scan positions, the scan has {M}; "
+                         "use --gridsize 1 or a larger scan")
+    k = min(M, max(neighbor_count, C - 1) + 1)
+    _, nbrs = cKDTree(positions).query(positions, k=k)  # (M, k), column 0 is the pattern itself
+    nbrs = np.atleast_2d(nbrs)
+    taken = np.zeros(M, dtype=bool)
+    indices, seed_channel, stitched = [], [], []
+    for seed in range(M):
+        if taken[seed]:
+            continue
+        candidates = nbrs[seed][nbrs[seed] != seed]
+        free, used = candidates[~taken[candidates]], candidates[taken[candidates]]
+        if rng is not None:
+            free, used = rng.permutation(free), rng.permutation(used)
+        partners = np.concatenate([free, used])[: C - 1]
+        members = _arrange(np.concatenate([[seed], partners]), positions, gridsize)
+        mask = ~taken[members]  # the seed and its free partners
+        taken[members] = True
+        indices.append(members)
+        seed_channel.append(int(np.flatnonzero(members == seed)[0]))
+        stitched.append(mask)
+    return Groups(np.array(indices, dtype=np.int64), np.array(seed_channel, dtype=np.int64),
+                  np.array(stitched, dtype=bool))
 
 
 def share_out(total: int, sizes: Sequence[int]) -> list[int]:

@@ -1,16 +1,17 @@
-"""Streamed reconstruction without Ray: a scan's rows by global index (`RowReader`) and batches of
+"""Streamed reconstruction without Ray: a scan's groups by group id (`RowReader`) and batches of
 rows -> partial canvases (`BatchPredictor`). ptycho_dist.inference runs both on Ray Data (read tasks
 and an actor pool); neither needs Ray.
 
-A row (one per pattern, columns of a batch dict of numpy arrays, B rows):
+A row (one per group of workflows.reconstruct.inference_groups, columns of a batch dict of numpy
+arrays, B rows; C = gridsize**2):
 
-    index         ()          int64    global pattern index (file order, then row order)
-    x, y          ()          float64  the pattern's scan position, object pixels (column, row)
-    seed_channel  ()          int64    channel of the pattern inside its group
-    offsets       (C, 2)      float32  group members' positions relative to the group centroid (px)
-    amp           (C, N, N)   float32  measured amplitudes sqrt(counts) of the group, C = gridsize**2
-
-BatchPredictor also takes amp (B, N, N) and no seed_channel / offsets when C = 1.
+    index      ()          int64    group id (groups follow file order)
+    members    (C,)        int64    global pattern indices of the group (file order, then row order)
+    positions  (C, 2)      float64  the members' scan positions, object pixels (x = column, y = row)
+    stitched   (C,)        bool     the channels this group stitches (Groups.stitch_mask): over all
+                                    groups every pattern is stitched exactly once
+    offsets    (C, 2)      float32  members' positions relative to the group centroid (px)
+    amp        (C, N, N)   float32  measured amplitudes sqrt(counts) of the group
 """
 
 from __future__ import annotations
@@ -38,17 +39,17 @@ class RowReader:
     the scan is read lazily and without its objectGuess (`scan.without_object()`)."""
 
     scan: Scan
-    groups: Groups  # one group per pattern, global indices (workflows.reconstruct.inference_groups)
+    groups: Groups  # global indices, `stitched` set (workflows.reconstruct.inference_groups)
 
     def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """The rows of the patterns `ids` (k,), sorted by global index."""
+        """The rows of the groups `ids` (k,), sorted by group id."""
         ids = np.sort(np.asarray(ids, dtype=np.int64).reshape(-1))
         members = self.groups.indices[ids]  # (k, C)
-        positions = self.scan.positions
-        member_pos = positions[members].astype(np.float32)  # (k, C, 2), as GroupDataset computes it
-        return {"index": ids, "x": positions[ids, 0], "y": positions[ids, 1],
-                "seed_channel": self.groups.seed_channel[ids].astype(np.int64),
-                "offsets": member_pos - member_pos.mean(axis=1, keepdims=True),
+        member_pos = self.scan.positions[members]  # (k, C, 2) float64
+        pos32 = member_pos.astype(np.float32)  # offsets as GroupDataset computes them
+        return {"index": ids, "members": members, "positions": member_pos,
+                "stitched": self.groups.stitch_mask()[ids],
+                "offsets": pos32 - pos32.mean(axis=1, keepdims=True),
                 "amp": self.scan.diffraction_rows(members)}  # (k, C, N, N)
 
 
@@ -64,11 +65,11 @@ def id_energies(batch: dict[str, np.ndarray], reader: RowReader) -> dict[str, np
     return {"energy": np.array([float(np.square(x).sum())]), "count": np.array([len(x)], np.int64)}
 
 
-def default_block_size(n_patterns: int, channels: int, N: int, actors: int = 1) -> int:
-    """Patterns per read block: ~DEFAULT_BLOCK_BYTES of amplitudes, and at least 4 blocks per actor
-    when the scan is large enough."""
+def default_block_size(n_groups: int, channels: int, N: int, actors: int = 1) -> int:
+    """Groups (rows) per read block: ~DEFAULT_BLOCK_BYTES of amplitudes, and at least 4 blocks per
+    actor when the scan is large enough."""
     by_bytes = max(1, DEFAULT_BLOCK_BYTES // (4 * channels * N * N))
-    by_count = max(1, math.ceil(n_patterns / (4 * max(actors, 1))))
+    by_count = max(1, math.ceil(n_groups / (4 * max(actors, 1))))
     return int(min(by_bytes, by_count))
 
 
@@ -94,21 +95,18 @@ class BatchPredictor:
         self.canvas_hw = (int(canvas_hw[0]), int(canvas_hw[1]))
         self.weight = stitch_weight(self.predictor.probe, config.inference.stitch_weight)  # (N, N)
 
-    def predict(self, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        """Object patches of the batch's own patterns (the seed channel of each group, overlap-
-        constrained with the group's `offsets` when given): (B, N, N) complex64, exactly what the
-        local loop stitches."""
-        amp = np.asarray(batch["amp"], dtype=np.float32)
-        if amp.ndim == 3:
-            amp = amp[:, None]  # (B, 1, N, N)
+    def predict(self, batch: dict[str, np.ndarray]) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """The batch's stitched patches (K, N, N) complex64 (overlap-constrained with the groups'
+        `offsets` when C > 1), exactly what the local loop stitches, with their positions (K, 2)
+        float64 and global pattern indices (K,) int64."""
+        amp = np.asarray(batch["amp"], dtype=np.float32)  # (B, C, N, N)
         if not amp.flags.writeable:  # Ray hands out read-only zero-copy batches
             amp = amp.copy()
-        offsets = batch.get("offsets")
-        offsets = None if offsets is None or amp.shape[1] == 1 else np.array(offsets, np.float32)
+        offsets = None if amp.shape[1] == 1 else np.array(batch["offsets"], np.float32)
         patches = self.predictor(torch.from_numpy(amp), offsets)  # (B, C, N, N)
-        seed = batch.get("seed_channel")
-        seed_t = torch.zeros(len(amp), dtype=torch.long) if seed is None else torch.from_numpy(np.array(seed, np.int64))
-        return patches[torch.arange(len(amp)), seed_t]
+        mask = np.asarray(batch["stitched"], dtype=bool)  # (B, C)
+        positions = np.asarray(batch["positions"], np.float64)[mask]
+        return patches[torch.from_numpy(mask)], positions, np.asarray(batch["members"], np.int64)[mask]
 
     def partial_canvas(self, patches: torch.Tensor, positions: np.ndarray) -> tuple[int, int, np.ndarray]:
         """`partial_canvas` with this predictor's canvas and stitching weight."""
@@ -120,9 +118,7 @@ class BatchPredictor:
         epoch seconds when this batch's work started and the row was done). Ragged columns are
         object arrays of arrays."""
         t0 = time.time()
-        patches = self.predict(batch)  # (B, N, N)
-        positions = np.stack([batch["x"], batch["y"]], axis=1)  # (B, 2) float64
-        index = np.asarray(batch["index"], np.int64)
+        patches, positions, index = self.predict(batch)  # (K, N, N), (K, 2), (K,)
         parts = compact_subsets(positions.astype(np.float32), patches.shape[-1])
         rows: dict[str, list[Any]] = {k: [] for k in ("y0", "x0", "count", "canvas", "index", "t0", "t1")}
         for sel in parts:

@@ -29,7 +29,7 @@ from ptycho_torch.config import RunConfig
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.contract import ScanData
 from ptycho_torch.data.dataset import GroupDataset, dataloader_kwargs, dataset_norm_factor
-from ptycho_torch.data.grouping import Groups, make_groups
+from ptycho_torch.data.grouping import Groups, cover_groups, make_groups
 from ptycho_torch.data.scan_files import Scan, ScanFiles, ScanPaths, read_scans, scan_parts, scan_paths
 from ptycho_torch.errors import UserError
 from ptycho_torch.stitching import StitchAccumulator, stitch_weight
@@ -110,19 +110,28 @@ def choose_probe(bundle: LoadedBundle, scan_probe: np.ndarray, choice: str = "au
     return scan_probe, "scan"
 
 
-def inference_groups(scan: Scan, gridsize: int, neighbor_count: int = 6, seed: int = 0) -> Groups:
-    """One group per pattern (global indices), built the way training builds them: the pattern is
-    the seed, its C - 1 partners are drawn among its `neighbor_count` nearest with a seeded generator
-    (so the network sees the kind of group it learned on, and the result is reproducible). Groups
-    are formed per file of a several-file scan (never across files), each file with the same seed."""
-    indices, seed_channel, offset = [], [], 0
+def inference_groups(scan: Scan, gridsize: int, neighbor_count: int = 6, seed: int = 0,
+                     grouping: str = "cover") -> Groups:
+    """The groups a reconstruction runs the network on (global indices), drawn the way training draws
+    them: partners among each seed's `neighbor_count` nearest with a seeded generator (so the network
+    sees the kind of group it learned on, and the result is reproducible). grouping 'cover'
+    (cover_groups): about M / C groups whose stitched channels hold every pattern once; 'every_pattern'
+    (make_groups): one group per pattern, its own channel stitched. Groups are formed per file of a
+    several-file scan (never across files), each file with the same seed."""
+    if grouping not in ("cover", "every_pattern"):
+        raise UserError(f"inference.grouping: got {grouping!r}; choose 'cover' or 'every_pattern'")
+    indices, seed_channel, stitched, offset = [], [], [], 0
     for part in scan_parts(scan):
         rng = np.random.default_rng(seed) if gridsize > 1 else None
-        groups = make_groups(part.positions, gridsize, neighbor_count=neighbor_count, rng=rng)
+        if grouping == "cover":
+            groups = cover_groups(part.positions, gridsize, neighbor_count=neighbor_count, rng=rng)
+        else:
+            groups = make_groups(part.positions, gridsize, neighbor_count=neighbor_count, rng=rng)
         indices.append(groups.indices + offset)
         seed_channel.append(groups.seed_channel)
+        stitched.append(groups.stitch_mask())
         offset += part.n_patterns
-    return Groups(np.concatenate(indices), np.concatenate(seed_channel))
+    return Groups(np.concatenate(indices), np.concatenate(seed_channel), np.concatenate(stitched))
 
 
 @dataclass
@@ -130,19 +139,22 @@ class ScanForModel:
     """A scan read and checked for a model: what the local loop and the Ray Data path start from."""
 
     scan: Scan
-    groups: Groups  # one group per pattern, global indices (inference_groups)
+    groups: Groups  # global indices, `stitched` set (inference_groups)
     normalization: str  # 'scan' (r from these patterns) or 'model' (the model's training r)
     probe: np.ndarray | None  # (P, N, N) the probe to read and stitch with; None = the model's own
     probe_used: str  # what was chosen and why (choose_probe), for the metadata
+    grouping: str  # 'cover' or 'every_pattern' (inference_groups)
 
 
 def scan_for_model(bundle: LoadedBundle, data: ScanPaths | Scan, *, validate: bool = True, probe: str = "auto",
-                   normalization: str = "scan", renormalize: bool = False) -> ScanForModel:
+                   normalization: str = "scan", renormalize: bool = False,
+                   grouping: str | None = None) -> ScanForModel:
     """Read `data` (a file, a glob or several files; or a scan already in memory) as the model's
     training data were read (ReadOptions.from_config: dataset paths, cropping to N, detector mask,
     geometry), check its pattern size against the model's, group it, and choose the probe
     (choose_probe) and the normalisation (`renormalize` is the old spelling of normalization 'scan').
-    `validate` False trusts the pattern values (shapes, probe and positions are still checked)."""
+    `validate` False trusts the pattern values (shapes, probe and positions are still checked).
+    `grouping` ('cover' / 'every_pattern', inference_groups) overrides the bundle's inference.grouping."""
     config = bundle.config
     if normalization not in NORMALIZATION_CHOICES:
         raise UserError(f"--normalization: got {normalization!r}; choose one of {', '.join(NORMALIZATION_CHOICES)}")
@@ -155,13 +167,17 @@ def scan_for_model(bundle: LoadedBundle, data: ScanPaths | Scan, *, validate: bo
         raise UserError(f"the model {bundle.path} was trained on {config.model.N}x{config.model.N} patterns "
                         f"but {where} holds {scan.N}x{scan.N} patterns")
     chosen, probe_used = choose_probe(bundle, scan.probe, probe)
-    groups = inference_groups(scan, config.model.gridsize, config.data.neighbor_count, config.execution.seed)
-    return ScanForModel(scan, groups, "scan" if renormalize else normalization, chosen, probe_used)
+    grouping = grouping or config.inference.grouping
+    groups = inference_groups(scan, config.model.gridsize, config.data.neighbor_count, config.execution.seed,
+                              grouping)
+    return ScanForModel(scan, groups, "scan" if renormalize else normalization, chosen, probe_used, grouping)
 
 
-def seed_patches(patches: torch.Tensor, seed_channel: torch.Tensor) -> torch.Tensor:
-    """patches (B, C, N, N), seed_channel (B,) -> each group's own pattern's patch (B, N, N)."""
-    return patches[torch.arange(len(patches)), seed_channel]
+def stitched_patches(patches: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """patches (B, C, N, N), positions (B, C, 2), mask (B, C) bool (Groups.stitch_mask) -> the
+    patches a reconstruction stitches (K, N, N) and their positions (K, 2), K = mask.sum()."""
+    return patches[mask], positions[mask]
 
 
 def inference_loader(scan: Scan, groups: Groups, config: RunConfig, batch_size: int | None = None) -> DataLoader:
@@ -218,7 +234,7 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
                 batch_size: int | None = None,
                 device: str = "cpu", renormalize: bool = False, progress: bool | None = None,
                 refine_seconds: float = 0.0, align_phases: bool = False, probe: str = "auto",
-                normalization: str = "scan") -> ReconResult:
+                normalization: str = "scan", grouping: str | None = None) -> ReconResult:
     """Reconstruct the scan `data` (a file, a glob, or several files of one scan) with the bundle
     `model` into `out_dir` (local, one process). With `refine_seconds` > 0 the network's stitched
     object (kept in out_dir/network/) is then refined by gradient descent through the forward model
@@ -226,10 +242,12 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
     `align_phases` every patch first gets the global phase that agrees with its neighbours
     (stitching.align_phases; the patches are held in memory for it). `data` may also be a scan
     already read or built in memory (ScanData / ScanFiles: the in-memory path of ptycho_torch.api);
-    with `out_dir` None nothing is written (a refinement then keeps no network/ copy)."""
+    with `out_dir` None nothing is written (a refinement then keeps no network/ copy). `grouping`
+    (None = the bundle's inference.grouping) chooses the groups of gridsize > 1 (inference_groups)."""
     predictor = PatchPredictor(model, device=device)
     config = predictor.config
-    ready = scan_for_model(predictor.bundle, data, probe=probe, normalization=normalization, renormalize=renormalize)
+    ready = scan_for_model(predictor.bundle, data, probe=probe, normalization=normalization, renormalize=renormalize,
+                           grouping=grouping)
     scan, groups, normalization, probe_used = ready.scan, ready.groups, ready.normalization, ready.probe_used
     if normalization == "scan":  # the scan's own dose (for its training scan: the model's r)
         predictor.norm_factor = dataset_norm_factor(scan)
@@ -237,18 +255,19 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
         predictor.use_probe(ready.probe)
     loader = inference_loader(scan, groups, config, batch_size)
     acc = StitchAccumulator(scan.object_shape, stitch_weight(predictor.probe, config.inference.stitch_weight))
-    seed_channel = torch.from_numpy(groups.seed_channel)
+    stitch_mask = torch.from_numpy(groups.stitch_mask())  # (G, C): every pattern once
     held: list[tuple[torch.Tensor, torch.Tensor]] = []  # (patches, positions) when aligning phases
+    n = scan.n_patterns
     start = time.perf_counter()
-    with tqdm(total=len(groups), unit="pattern", desc="reconstruct", disable=None if progress is None else not progress) as bar:
+    with tqdm(total=n, unit="pattern", desc="reconstruct", disable=None if progress is None else not progress) as bar:
         for batch in loader:
             patches = predictor(batch["amp"], batch["offsets"])  # (B, C, N, N), constrained for groups
-            ch = seed_channel[batch["index"]]
+            own = stitched_patches(patches, batch["positions"], stitch_mask[batch["index"]])
             if align_phases:
-                held.append((seed_patches(patches, ch), seed_patches(batch["positions"], ch)))
+                held.append(own)
             else:
-                acc.add(seed_patches(patches, ch), seed_patches(batch["positions"], ch))
-            bar.update(len(patches))
+                acc.add(*own)
+            bar.update(len(own[0]))
     if held:
         from ptycho_torch.stitching import align_phases as align
 
@@ -259,9 +278,11 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
                  len(aligned), record["pairs"], record["iterations"])
     seconds = time.perf_counter() - start
     obj, weight = acc.result(config.inference.weight_threshold)
-    rate = len(groups) / max(seconds, 1e-9)
-    log.info("reconstructed %d patterns in %.2f s (%.0f patterns/s)", len(groups), seconds, rate)
-    meta = {"model": str(predictor.bundle.path), "n_patterns": len(groups),
+    rate = n / max(seconds, 1e-9)
+    log.info("reconstructed %d patterns (%d groups, grouping %s) in %.2f s (%.0f patterns/s)", n, len(groups),
+             ready.grouping, seconds, rate)
+    meta = {"model": str(predictor.bundle.path), "n_patterns": n, "n_groups": len(groups),
+            "grouping": ready.grouping,
             "data": scan_paths(scan) if scan.path is not None else "in-memory arrays",
             "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local",
             "align_phases": align_phases, "probe": probe_used, "normalization": normalization}
