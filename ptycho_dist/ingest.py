@@ -40,7 +40,8 @@ def use_ray_data(ingest: str, datamodule: PtychoDataModule) -> bool:
 
 def pattern_ids(n_patterns: int, block_size: int) -> Any:
     """A Ray Dataset of the indices 0 .. n_patterns - 1 (column "data", int64) in blocks of `block_size`:
-    the global pattern ids of `ptycho-dist reconstruct`, the group ids of a training split.
+    the group ids of `ptycho-dist reconstruct` (and the global pattern ids of its normalisation pass),
+    the group ids of a training split.
 
     Built from in-memory blocks (8 bytes per pattern) rather than from block descriptors or
     `ray.data.range`, for two measured reasons: Ray Data fuses the read into the actors and bundles

@@ -54,12 +54,12 @@ class RowReader:
 
 
 def read_ids(batch: dict[str, np.ndarray], reader: RowReader) -> dict[str, np.ndarray]:
-    """A block of global ids (column "data") -> its rows (a Ray Data `map_batches` function)."""
+    """A block of group ids (column "data") -> their rows (a Ray Data `map_batches` function)."""
     return reader.rows(batch["data"])
 
 
 def id_energies(batch: dict[str, np.ndarray], reader: RowReader) -> dict[str, np.ndarray]:
-    """A block of global ids (column "data") -> sum_m sum_xy X_m**2 (float64, photons) and its
+    """A block of global pattern ids (column "data") -> sum_m sum_xy X_m**2 (float64, photons) and its
     pattern count: the pieces of the scan's normalisation factor r (`--renormalize`)."""
     x = reader.scan.diffraction_rows(np.asarray(batch["data"], np.int64)).astype(np.float64)
     return {"energy": np.array([float(np.square(x).sum())]), "count": np.array([len(x)], np.int64)}
