@@ -71,8 +71,10 @@ def _shift_ramp(shift_xy: torch.Tensor, H: int, W: int, device: torch.device) ->
     kx = _frequencies(W, device)  # (W,)
     dx = shift_xy[..., 0, None].to(torch.float32)  # (..., 1)
     dy = shift_xy[..., 1, None].to(torch.float32)
-    row = torch.polar(torch.ones_like(ky * dy), -2 * math.pi * ky * dy)  # (..., H)
-    col = torch.polar(torch.ones_like(kx * dx), -2 * math.pi * kx * dx)  # (..., W)
+    row_angle = -2 * math.pi * ky * dy  # (..., H) rad
+    col_angle = -2 * math.pi * kx * dx  # (..., W) rad
+    row = torch.polar(torch.ones_like(row_angle), row_angle)
+    col = torch.polar(torch.ones_like(col_angle), col_angle)
     return row[..., :, None] * col[..., None, :]
 
 

@@ -173,13 +173,6 @@ def scan_for_model(bundle: LoadedBundle, data: ScanPaths | Scan, *, validate: bo
     return ScanForModel(scan, groups, "scan" if renormalize else normalization, chosen, probe_used, grouping)
 
 
-def stitched_patches(patches: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """patches (B, C, N, N), positions (B, C, 2), mask (B, C) bool (Groups.stitch_mask) -> the
-    patches a reconstruction stitches (K, N, N) and their positions (K, 2), K = mask.sum()."""
-    return patches[mask], positions[mask]
-
-
 def inference_loader(scan: Scan, groups: Groups, config: RunConfig, batch_size: int | None = None) -> DataLoader:
     """Loader of raw amplitudes (norm factor 1) in scan order; batch size defaults to the run's
     `inference_batch_size`, DataLoader knobs come from the execution config."""
@@ -262,7 +255,8 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
     with tqdm(total=n, unit="pattern", desc="reconstruct", disable=None if progress is None else not progress) as bar:
         for batch in loader:
             patches = predictor(batch["amp"], batch["offsets"])  # (B, C, N, N), constrained for groups
-            own = stitched_patches(patches, batch["positions"], stitch_mask[batch["index"]])
+            mask = stitch_mask[batch["index"]]  # (B, C) -> the K stitched patches and positions
+            own = (patches[mask], batch["positions"][mask])
             if align_phases:
                 held.append(own)
             else:
