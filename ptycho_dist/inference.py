@@ -22,7 +22,6 @@ the actors by Ray Data; files must be readable from every node.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import time
@@ -47,7 +46,12 @@ from ptycho_torch.workflows.batch_predictor import (
     read_ids,
 )
 from ptycho_torch.workflows.bundle import load_bundle, resolve_bundle_path
-from ptycho_torch.workflows.reconstruct import ReconResult, scan_for_model, write_reconstruction
+from ptycho_torch.workflows.reconstruct import (
+    PatchPredictor,
+    ReconResult,
+    scan_for_model,
+    write_reconstruction,
+)
 
 log = logging.getLogger("ptycho_dist")
 
@@ -169,8 +173,10 @@ def reconstruct_distributed(
             "dtype": dtype or config.inference.dtype, "block_size": rows_per_block, "n_blocks": n_blocks,
             "seconds": seconds, "first_result_seconds": first, "compute_seconds": compute,
             "patterns_per_second_compute": steady, "probe": probe_used, "normalization": normalization}
-    written = write_reconstruction(out_dir, obj, obj_weight, scan, meta, probe=probe_t)
-    return ReconResult(Path(out_dir), obj, obj_weight, rate, written.get("metrics"))
+    photon_scale = PatchPredictor(bundle, norm_factor=norm_factor, probe=chosen).photon_scale  # the actors' scale
+    written = write_reconstruction(out_dir, obj, obj_weight, scan, meta, probe=probe_t, photon_scale=photon_scale,
+                                   fit_patterns=config.inference.fit_patterns)
+    return ReconResult(Path(out_dir), obj, obj_weight, rate, written.get("metrics"), written.get("data_fit"))
 
 
 # ------------------------------------------------------------------ CLI
@@ -187,9 +193,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
         dtype=args.dtype, block_size=args.block_size, renormalize=args.renormalize,
         probe=args.probe, normalization=args.normalization, grouping=args.grouping, validate=not args.no_validate,
         ray_config=ray_config_from_args(args))
-    print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
-    if result.metrics:
-        print(json.dumps({k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}, indent=1))
+    print("\n".join(result.summary_lines()))
 
 
 def _positive_int(text: str) -> int:

@@ -175,9 +175,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
                          device=args.device, renormalize=args.renormalize, refine_seconds=args.refine_seconds,
                          align_phases=args.align_phases, probe=args.probe, normalization=args.normalization,
                          grouping=args.grouping)
-    print(f"wrote {result.out_dir / 'object.npz'} ({result.patterns_per_second:.0f} patterns/s)")
-    if result.metrics:
-        print(json.dumps(_headline(result.metrics), indent=1))
+    print("\n".join(result.summary_lines()))
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

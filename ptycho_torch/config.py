@@ -223,10 +223,16 @@ class InferenceConfig(ConfigSection):
         "cover", "gridsize > 1: 'cover' stitches every channel of about M / C groups that hold each pattern "
         "once (the network reads each pattern about once); 'every_pattern' forms one group per pattern and "
         "stitches only its own channel (C times the network work)")
+    fit_patterns: int = config_field(
+        2048, "patterns (evenly spread through the scan) on which a written reconstruction's data fit is "
+        "measured: Poisson deviance of the object's predicted patterns / the counting-noise floor, in "
+        "object.npz's metadata (data_fit) and fit.png; 0 = not measured")
 
     def _check(self) -> None:
         if not 0 <= self.weight_threshold < 1:
             self._fail("weight_threshold", f"got {self.weight_threshold}; must be in [0, 1)")
+        if self.fit_patterns < 0:
+            self._fail("fit_patterns", f"got {self.fit_patterns}; must be >= 0 (0 = no data fit)")
 
 
 @dataclass(frozen=True)

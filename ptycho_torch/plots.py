@@ -281,3 +281,27 @@ def save_trial_curves(curves: Mapping[str, tuple[Sequence[float], Sequence[float
     if 0 < len(curves) <= 20:
         a.legend(fontsize="small", ncols=2 if len(curves) > 8 else 1)
     return _save(fig, path)
+
+
+def save_fit_map(positions: np.ndarray, pattern_ratio: np.ndarray, ratio: float, path: str | Path,
+                 title: str = "data fit") -> Path:
+    """Each fitted pattern's deviance / noise floor (K,) at its scan position (K, 2) (x, y px) on a
+    log colour scale (ptycho_torch.data_fit): 1 = explained to the counting noise, the bright spots
+    are where the object fails. `ratio` is the whole scan's, for the title."""
+    from matplotlib.colors import LogNorm
+
+    xy = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
+    values = np.maximum(np.asarray(pattern_ratio, dtype=np.float64), 1e-3)
+    lo, hi = (float(v) for v in np.percentile(values, [1, 99]))
+    lo, hi = min(lo, 1.0), max(hi, lo * 1.01, 1.01)
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    dots = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=max(4.0, 3000.0 / max(len(values), 1)), cmap="magma",
+                      norm=LogNorm(vmin=lo, vmax=hi))
+    ax.set_aspect("equal")
+    ax.invert_yaxis()  # rows grow downwards, as in the object images
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    ax.set_title(f"{title}: deviance {ratio:.2f}x the noise floor ({len(values)} patterns)", fontsize=9)
+    fig.colorbar(dots, ax=ax, label="deviance / noise floor per pattern")
+    return _save(fig, path)

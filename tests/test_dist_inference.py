@@ -100,8 +100,9 @@ def test_split_files_equal_local_on_merged_file(ray_local, scans, bundles, tmp_p
     np.testing.assert_array_equal(x, read_scan(scans["merged"]).xcoords)  # global order = file order
     assert meta["engine"] == "ray_data" and meta["concurrency"] == 2 and meta["n_blocks"] == 13
     assert meta["patterns_per_second"] > 0 and len(meta["data"]) == 3
-    for name in ("amplitude.png", "phase.png", "metrics.json"):
+    for name in ("amplitude.png", "phase.png", "metrics.json", "fit.png"):
         assert (out / name).is_file()
+    assert meta["data_fit"]["ratio"] == pytest.approx(local.data_fit["ratio"], rel=1e-4)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["truth"] == str(scans["parts"][0].resolve())
 
@@ -138,6 +139,9 @@ def test_scan_from_elsewhere_uses_its_own_probe_and_dose_like_local(ray_local, s
                           normalization="model")
     assert np.abs(dist_m.object - local_m.object).max() < TOL
     assert np.abs(dist_m.object - dist.object).max() > 100 * TOL  # the choice matters
+    # the data fit reads each object in the photon units of the probe it was made with (the actors')
+    assert dist.data_fit["ratio"] == pytest.approx(local.data_fit["ratio"], rel=1e-4)
+    assert dist_m.data_fit["ratio"] == pytest.approx(local_m.data_fit["ratio"], rel=1e-4)
 
 
 def test_gridsize2_equals_local(ray_local, scans, bundles, tmp_path):

@@ -74,6 +74,13 @@ class PatchPredictor:
         self.module.adopt_probe(new)
         self.probe = self.module.probe.detach().cpu()
 
+    @property
+    def photon_scale(self) -> float:
+        """The factor taking a stitched object of this predictor to the probe's photon units (the
+        forward model's intensity scale / normalisation factor: exp(log_scale) / r), what refinement
+        and the data fit work in."""
+        return math.exp(float(self.module.log_scale.detach())) / self.norm_factor
+
     @torch.inference_mode()
     def __call__(self, amp: torch.Tensor | np.ndarray, offsets: torch.Tensor | np.ndarray | None = None
                  ) -> torch.Tensor:
@@ -181,11 +188,14 @@ def inference_loader(scan: Scan, groups: Groups, config: RunConfig, batch_size: 
 
 
 def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarray, scan: Scan,
-                         metadata: dict[str, Any], probe: np.ndarray | torch.Tensor | None = None) -> dict[str, Any]:
+                         metadata: dict[str, Any], probe: np.ndarray | torch.Tensor | None = None,
+                         photon_scale: float | None = None, fit_patterns: int = 0) -> dict[str, Any]:
     """Write object.npz (with `pixel_size_m` when the scan's metadata knows it), amplitude.png,
     phase.png (axes in um / nm then), the products of ptycho_torch.products (probe.npy when `probe`
     (P, N, N) is given, amplitude.tif, phase.tif, reconstruction.cxi) and, with a ground truth (the
-    scan's objectGuess, already in memory), metrics.json: scored from the arrays, nothing is read back."""
+    scan's objectGuess, already in memory), metrics.json: scored from the arrays, nothing is read back.
+    With `probe`, `photon_scale` (obj times it is in the probe's photon units) and `fit_patterns` > 0,
+    also the data fit (ptycho_torch.data_fit) on that many patterns: metadata 'data_fit' and fit.png."""
     from ptycho_torch.outputs import atomic_path
     from ptycho_torch.plots import save_complex_images
     from ptycho_torch.products import pixel_size_of, write_products
@@ -196,6 +206,8 @@ def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarra
     scan_geometry = {k: scan.metadata[k] for k in ("pixel_size_m", "position_origin_m", "energy_j", "wavelength_m",
                                                    "distance_m", "detector_pixel_m") if k in scan.metadata}
     metadata = {**metadata, **scan_geometry} if pixel is not None else dict(metadata)
+    if probe is not None and photon_scale is not None and fit_patterns > 0:
+        metadata["data_fit"] = write_data_fit(out_dir, obj, scan, probe, photon_scale, fit_patterns)
     extra = {"pixel_size_m": np.float64(pixel)} if pixel is not None else {}
     with atomic_path(out_dir / "object.npz") as tmp:
         np.savez(tmp, object=obj.astype(np.complex64), weight=weight.astype(np.float32),
@@ -211,7 +223,24 @@ def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarra
 
         truth_path = getattr(scan, "truth_part", scan).path
         result["metrics"] = score(obj, weight, truth, out_dir / "object.npz", truth_path, out_dir / "metrics.json")
+    result["data_fit"] = metadata.get("data_fit")
     return result
+
+
+def write_data_fit(out_dir: Path, obj: np.ndarray, scan: Scan, probe: np.ndarray | torch.Tensor, photon_scale: float,
+                   fit_patterns: int) -> dict[str, Any]:
+    """Measure how well `obj` (times `photon_scale`) explains `fit_patterns` of the scan's patterns
+    through `probe` (ptycho_torch.data_fit), draw out_dir/fit.png and return the numbers for the
+    metadata."""
+    from ptycho_torch.data_fit import data_fit
+    from ptycho_torch.plots import save_fit_map
+
+    probe_np = probe.detach().cpu().numpy() if isinstance(probe, torch.Tensor) else np.asarray(probe)
+    fit = data_fit(obj, scan, probe_np, scale=photon_scale, max_patterns=fit_patterns)
+    save_fit_map(np.asarray(scan.positions)[fit.indices], fit.pattern_ratio, fit.ratio, out_dir / "fit.png")
+    log.info("data fit: Poisson deviance %.2fx the counting-noise floor (%d patterns; 1 = explained to the "
+             "noise; fit.png maps it)", fit.ratio, fit.n_patterns)
+    return fit.summary()
 
 
 @dataclass
@@ -221,6 +250,17 @@ class ReconResult:
     weight: np.ndarray
     patterns_per_second: float
     metrics: dict[str, Any] | None
+    data_fit: dict[str, Any] | None = None  # DataFit.summary() of the written object, when measured
+
+    def summary_lines(self) -> list[str]:
+        """What the CLIs print: where the object went, its data fit, the numeric metrics (with a truth)."""
+        lines = [f"wrote {self.out_dir / 'object.npz'} ({self.patterns_per_second:.0f} patterns/s)"]
+        if self.data_fit:
+            lines.append(f"data fit: Poisson deviance {self.data_fit['ratio']:.2f}x the counting-noise floor on "
+                         f"{self.data_fit['n_patterns']} patterns (1 = explained to the noise; map: fit.png)")
+        if self.metrics:
+            lines.append(json.dumps({k: v for k, v in self.metrics.items() if isinstance(v, (int, float))}, indent=1))
+        return lines
 
 
 def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_dir: str | Path | None, *,
@@ -284,8 +324,10 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
         obj, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta)
     if out_dir is None:
         return ReconResult(None, obj, weight, rate, None)
-    written = write_reconstruction(out_dir, obj, weight, scan, meta, probe=predictor.probe)
-    return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"))
+    scale = 1.0 if refine_seconds > 0 else predictor.photon_scale  # a refined object is in photon units
+    written = write_reconstruction(out_dir, obj, weight, scan, meta, probe=predictor.probe, photon_scale=scale,
+                                   fit_patterns=config.inference.fit_patterns)
+    return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"), written.get("data_fit"))
 
 
 def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predictor: PatchPredictor,
@@ -296,9 +338,10 @@ def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predi
     metadata."""
     from ptycho_torch.refine import refine_stitched
 
+    scale = predictor.photon_scale
     if out_dir is not None:
-        write_reconstruction(Path(out_dir) / "network", obj, weight, scan, meta, probe=predictor.probe)
-    scale = math.exp(float(predictor.module.log_scale.detach())) / predictor.norm_factor
+        write_reconstruction(Path(out_dir) / "network", obj, weight, scan, meta, probe=predictor.probe,
+                             photon_scale=scale, fit_patterns=predictor.config.inference.fit_patterns)
     log.info("refining the network's object for %.0f s (gradient descent through the forward model)", seconds)
     refined, record = refine_stitched(obj, weight, scan, predictor.probe.numpy(), scale, seconds,
                                       seed=predictor.config.execution.seed)
