@@ -297,7 +297,8 @@ def poisson_nll(pred_amp: torch.Tensor, meas_amp: torch.Tensor, r: float | torch
     The constant k - k log k (the saturated likelihood, with 0 log 0 = 0) changes no gradient; it
     makes L >= 0 with L = 0 for a perfect fit, so losses read as a deviance and plot on a log axis.
     mask: bool, broadcastable to pred_amp (e.g. (B, 1, N, N)), True = an excluded detector pixel (bad
-    pixel, beamstop): its term is left out of the sum (None = every pixel counts, the plain path).
+    pixel, beamstop): its term is left out of the sum and its counts out of mean(k) (None = every
+    pixel counts, the plain path).
     """
     if isinstance(r, torch.Tensor) and r.dim() == 1:
         r = r.to(pred_amp.dtype).reshape(-1, *([1] * (pred_amp.dim() - 1)))
@@ -305,10 +306,12 @@ def poisson_nll(pred_amp: torch.Tensor, meas_amp: torch.Tensor, r: float | torch
     k = meas_amp.square()
     saturated = k - torch.xlogy(k, k)
     terms = lam - k * torch.log(lam) - saturated
-    if mask is not None:
-        terms = terms.masked_fill(mask.to(torch.bool), 0.0)
-    per_sample = terms.flatten(1).sum(dim=1)
-    return per_sample.mean() / k.mean().detach().clamp_min(1e-12)
+    if mask is None:
+        return terms.flatten(1).sum(dim=1).mean() / k.mean().detach().clamp_min(1e-12)
+    excluded = mask.to(torch.bool).expand_as(terms)
+    terms = terms.masked_fill(excluded, 0.0)
+    counted = k.masked_fill(excluded, 0.0).sum() / (~excluded).sum().clamp_min(1)  # what excluded pixels hold counts nowhere
+    return terms.flatten(1).sum(dim=1).mean() / counted.detach().clamp_min(1e-12)
 
 
 def total_variation(obj: torch.Tensor) -> torch.Tensor:

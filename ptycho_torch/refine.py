@@ -45,26 +45,30 @@ def flat_start(mean_energy: float, probe: np.ndarray, shape: tuple[int, int]) ->
 def refine_object(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, probe: np.ndarray,
                   start: np.ndarray, *, seconds: float | None = None, steps: int | None = None,
                   batch: int = 32, learning_rate: float = 0.01, seed: int = 0,
-                  stop: Callable[[], bool] | None = None) -> Refined:
+                  stop: Callable[[], bool] | None = None, mask: np.ndarray | None = None) -> Refined:
     """Adam on the object pixels through the forward model, minibatches of `batch` patterns.
 
     rows(indices) -> measured amplitudes (B, N, N) for pattern indices (B,); positions (M, 2) float
     object pixels; probe (N, N) or (P, N, N) complex photon units; start (H, W) complex (a flat object
     from `flat_start`, or a stitched reconstruction). Runs until `steps` steps or `seconds` of wall
     clock (at least one of them), or until `stop()` is true. The patterns are drawn at random with
-    the generator of `seed`."""
+    the generator of `seed`. `mask` (N, N) bool, True = an excluded detector pixel (the scan's
+    detector mask): left out of the loss, as in training."""
     if steps is None and seconds is None:
         raise ValueError("refine_object needs steps or seconds")
     probe_t = torch.from_numpy(np.asarray(probe, dtype=np.complex64)).reshape(-1, *np.shape(probe)[-2:])
     N = probe_t.shape[-1]
     pos = torch.from_numpy(np.asarray(positions, dtype=np.float32))
     M = len(pos)
-    first = rows(np.arange(min(M, 256)))
-    r = physics.normalization_factor(float(np.mean(np.sum(np.square(first, dtype=np.float64), axis=(-2, -1)))), N)
+    first = np.square(rows(np.arange(min(M, 256))), dtype=np.float64)
+    if mask is not None:
+        first = first * ~np.asarray(mask, dtype=bool)  # excluded pixels hold no counts
+    r = physics.normalization_factor(float(np.mean(np.sum(first, axis=(-2, -1)))), N)
     obj = torch.nn.Parameter(torch.view_as_real(torch.from_numpy(np.asarray(start, dtype=np.complex64))).clone())
     optimizer = torch.optim.Adam([obj], lr=learning_rate)
     rng = np.random.default_rng(seed)
     zero = torch.tensor(0.0)
+    excluded = None if mask is None else torch.from_numpy(np.asarray(mask, dtype=bool)).reshape(1, 1, N, N)
     losses: list[float] = []
     t0 = time.perf_counter()
     step = 0
@@ -75,7 +79,7 @@ def refine_object(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarra
         patches = physics.extract_patches(torch.view_as_complex(obj), pos[idx], N)[:, None]  # (B, 1, N, N)
         pred = physics.predicted_amplitude(patches, probe_t, zero) * r  # normalised amplitudes
         measured = torch.from_numpy(np.asarray(rows(idx), dtype=np.float32))[:, None]
-        loss = physics.poisson_nll(pred, measured, r)
+        loss = physics.poisson_nll(pred, measured, r, mask=excluded)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -108,5 +112,6 @@ def refine_stitched(obj: np.ndarray, weight: np.ndarray, scan: Any, probe: np.nd
     covered = weight > 0
     if covered.any() and not covered.all():
         start[~covered] = start[covered].mean()
-    result = refine_object(scan.diffraction_rows, scan.positions, probe, start, seconds=seconds, seed=seed)
+    result = refine_object(scan.diffraction_rows, scan.positions, probe, start, seconds=seconds, seed=seed,
+                           mask=getattr(scan, "mask", None))
     return result.object, result

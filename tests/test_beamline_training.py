@@ -118,12 +118,16 @@ def test_masked_pixels_are_left_out_of_the_loss():
     masked = poisson_nll(pred, meas, r, mask=mask[None])
     lam, k = (pred / r) ** 2 + 1e-6, meas ** 2
     terms = lam - k * torch.log(lam) - (k - torch.xlogy(k, k))
-    expect = terms.masked_fill(mask[None], 0).flatten(1).sum(1).mean() / k.mean()
+    counted = k.masked_fill(mask[None], 0).sum() / (~mask[None]).expand_as(k).sum()  # mean counts, counted pixels
+    expect = terms.masked_fill(mask[None], 0).flatten(1).sum(1).mean() / counted
     torch.testing.assert_close(masked, expect)
     # a masked pixel's value does not change the loss
     pred2 = pred.clone()
     pred2[:, 0, 2, 5] = 100.0
     torch.testing.assert_close(poisson_nll(pred2, meas, r, mask=mask[None]), masked)
+    meas2 = meas.clone()  # nor does a hot pixel's count: neither its term nor the mean counts hold it
+    meas2[:, 0, 3, 5] = 1e3
+    torch.testing.assert_close(poisson_nll(pred, meas2, r, mask=mask[None]), masked)
 
 
 def test_a_mask_reaches_the_training_batches(tmp_path, truth):

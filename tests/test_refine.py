@@ -59,3 +59,21 @@ def test_reconstruct_refines_the_network_object(small_scan, tmp_path):
     assert meta["refine"]["steps"] > 0 and (out / "network" / "object.npz").is_file()
     assert main(["reconstruct", "--model", str(run), "--data", str(small_scan), "--out", str(tmp_path / "r2"),
                  "--refine-seconds", "-1"]) == 2
+
+
+def test_masked_detector_pixels_do_not_steer_the_refinement(scan):
+    """Hot pixels under the detector mask change nothing: the same steps as on clean data (their terms
+    and their counts are left out of the loss); without the mask they pull the object away."""
+    rows = scan.diffraction_rows(np.arange(scan.n_patterns)).copy()
+    hot = rows.copy()
+    hot[:, 2, 3] = hot[:, 20, 7] = 3e3
+    mask = np.zeros((scan.N, scan.N), dtype=bool)
+    mask[2, 3] = mask[20, 7] = True
+    start = flat_start(scan.mean_energy(), scan.probe, scan.object_guess.shape)
+
+    def run(data, m):
+        return refine_object(lambda idx: data[idx], scan.positions, scan.probe, start, steps=150, mask=m).object
+
+    clean, masked, unmasked = run(rows, mask), run(hot, mask), run(hot, None)
+    np.testing.assert_allclose(masked, clean, atol=1e-5)
+    assert np.abs(unmasked - clean).max() > 100 * np.abs(masked - clean).max() + 1e-3
