@@ -176,7 +176,8 @@ def reconstruct_distributed(
     photon_scale = PatchPredictor(bundle, norm_factor=norm_factor, probe=chosen).photon_scale  # the actors' scale
     written = write_reconstruction(out_dir, obj, obj_weight, scan, meta, probe=probe_t, photon_scale=photon_scale,
                                    fit_patterns=config.inference.fit_patterns)
-    return ReconResult(Path(out_dir), obj, obj_weight, rate, written.get("metrics"), written.get("data_fit"))
+    return ReconResult(Path(out_dir), obj, obj_weight, rate, written.get("metrics"), written.get("data_fit"),
+                       photon_scale)
 
 
 # ------------------------------------------------------------------ CLI

@@ -42,6 +42,7 @@ def test_generalize_smoke(tmp_path):
     for r in rows.values():
         assert -1.0 <= r["phase_ssim"] <= 1.0 and -1.0 <= r["amplitude_ssim"] <= 1.0
         assert r["frc_half_resolution_px"] > 0
+        assert r["data_fit"] > 0.5  # deviance / noise floor of every row's object, own rows and Pty-chi's
     assert rows["pretrained"]["reconstruct_s"] > 0 and rows["fine-tuned"]["train_s"] > 0
     curve = rows["iterative"]["curve"]
     assert curve and curve[-1]["seconds"] == pytest.approx(rows["iterative"]["seconds"])
@@ -56,4 +57,6 @@ def test_generalize_smoke(tmp_path):
     assert "## Generalization to unseen scans" in done.stdout
     assert "(a) scored on training scan 0 instead" in done.stdout  # seen vs unseen, side by side
     assert "(a) with one group per pattern" in done.stdout  # the two groupings, side by side
+    assert "| data fit |" in done.stdout
+    assert (keep / "recon_pretrained" / "fit.png").is_file() and (keep / "iterative_object.npy").is_file()
     assert (docs.read_text() if docs.is_file() else None) == before

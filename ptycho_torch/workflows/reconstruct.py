@@ -251,6 +251,7 @@ class ReconResult:
     patterns_per_second: float
     metrics: dict[str, Any] | None
     data_fit: dict[str, Any] | None = None  # DataFit.summary() of the written object, when measured
+    photon_scale: float = 1.0  # object times this is in the probe's photon units (ptycho_torch.data_fit)
 
     def summary_lines(self) -> list[str]:
         """What the CLIs print: where the object went, its data fit, the numeric metrics (with a truth)."""
@@ -322,12 +323,12 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
             "align_phases": align_phases, "probe": probe_used, "normalization": normalization}
     if refine_seconds > 0:
         obj, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta)
-    if out_dir is None:
-        return ReconResult(None, obj, weight, rate, None)
     scale = 1.0 if refine_seconds > 0 else predictor.photon_scale  # a refined object is in photon units
+    if out_dir is None:
+        return ReconResult(None, obj, weight, rate, None, photon_scale=scale)
     written = write_reconstruction(out_dir, obj, weight, scan, meta, probe=predictor.probe, photon_scale=scale,
                                    fit_patterns=config.inference.fit_patterns)
-    return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"), written.get("data_fit"))
+    return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"), written.get("data_fit"), scale)
 
 
 def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predictor: PatchPredictor,
