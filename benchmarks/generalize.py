@@ -153,7 +153,7 @@ def iterative(args: argparse.Namespace, scan: Any, target: float) -> dict[str, A
     while args.iterative_seconds - solver_s >= min(0.25, args.iterative_seconds) or chunk == 0:
         seconds = min(args.chunk_seconds, 0.25 * 2 ** chunk, args.iterative_seconds - solver_s)
         result = refine_object(scan.diffraction_rows, scan.positions, scan.probe, obj, seconds=seconds,
-                               seed=args.seed + chunk)
+                               seed=args.seed + chunk, device=args.recon_device)
         obj, solver_s, steps, chunk = result.object, solver_s + result.seconds, steps + result.steps, chunk + 1
         point = {"seconds": solver_s, "steps": steps, **headline(evaluate_reconstruction(obj, scan.object_guess, weight))}
         curve.append(point)
@@ -317,8 +317,9 @@ def section(result: dict[str, Any]) -> str:
                   "torch 2.13 does not load on a CPU-only torch; Pty-chi needs it only to draw a random initial "
                   "object, which these runs do not use)."]
     lines += ["",
-              f"On a GPU: `{command} --device cuda` (training and the network pass on the GPU; the iterative solver "
-              "and the refinement of (e), ptycho_torch.refine, run on the CPU in either case)."]
+              f"On a GPU: `{command} --device cuda` (training, the network pass, our gradient descent (d) and the "
+              "refinement of (e) on the GPU, so the speed ratio compares like with like; Pty-chi too where its "
+              "Python's torch sees the GPU: benchmarks/ptychi_solver.py picks it then)."]
     return "\n".join(lines) + "\n"
 
 
@@ -359,7 +360,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="default: 2e-3 (also for fine-tuning)")
     parser.add_argument("--seed", type=int, default=0, help="corpus seeds seed..seed+K-1, held out seed+K (default: 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="training accelerator and network-pass device; auto = cuda if available (default)")
+                        help="training accelerator and device of the network pass and of our gradient descent "
+                             "(d, e); auto = cuda if available (default)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes (N=32, 2 scans, 64 positions, seconds per budget): the whole pipeline in "
                              "about a minute; implies --no-docs and writes the JSON only under --keep")

@@ -77,3 +77,17 @@ def test_masked_detector_pixels_do_not_steer_the_refinement(scan):
     clean, masked, unmasked = run(rows, mask), run(hot, mask), run(hot, None)
     np.testing.assert_allclose(masked, clean, atol=1e-5)
     assert np.abs(unmasked - clean).max() > 100 * np.abs(masked - clean).max() + 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_refinement_on_the_gpu_follows_the_cpu(scan):
+    """The same steps on CUDA as on the CPU (float32 rounding apart): a GPU benchmark compares the
+    network with a solver on the same device."""
+    start = flat_start(scan.mean_energy(), scan.probe, scan.object_guess.shape)
+    cpu = refine_object(scan.diffraction_rows, scan.positions, scan.probe, start, steps=50)
+    gpu = refine_object(scan.diffraction_rows, scan.positions, scan.probe, start, steps=50, device="cuda")
+    weight = coverage(scan.positions, scan.probe, start.shape)
+    a = evaluate_reconstruction(cpu.object, scan.object_guess, weight)["phase_ssim"]
+    b = evaluate_reconstruction(gpu.object, scan.object_guess, weight)["phase_ssim"]
+    assert gpu.object.dtype == np.complex64 and abs(a - b) < 0.02, (a, b)

@@ -345,7 +345,7 @@ def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predi
                              photon_scale=scale, fit_patterns=predictor.config.inference.fit_patterns)
     log.info("refining the network's object for %.0f s (gradient descent through the forward model)", seconds)
     refined, record = refine_stitched(obj, weight, scan, predictor.probe.numpy(), scale, seconds,
-                                      seed=predictor.config.execution.seed)
+                                      seed=predictor.config.execution.seed, device=predictor.device)
     log.info("refined in %d steps (%.1f s)", record.steps, record.seconds)
     network = str(Path(out_dir) / "network" / "object.npz") if out_dir is not None else None
     return refined, {**meta, "refine": {"steps": record.steps, "seconds": record.seconds,
