@@ -296,7 +296,7 @@ def save_fit_map(positions: np.ndarray, pattern_ratio: np.ndarray, ratio: float,
     lo, hi = min(lo, 1.0), max(hi, lo * 1.01, 1.01)
     fig, axes = _figure()
     ax = axes[0, 0]
-    dots = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=max(4.0, 3000.0 / max(len(values), 1)), cmap="magma",
+    dots = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=max(6.0, min(60.0, 12000.0 / max(len(values), 1))), cmap="magma",
                       norm=LogNorm(vmin=lo, vmax=hi))
     ax.set_aspect("equal")
     ax.invert_yaxis()  # rows grow downwards, as in the object images
