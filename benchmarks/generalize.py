@@ -127,13 +127,14 @@ def network_row(args: argparse.Namespace, method: str, run_dir: str, scan: Any, 
     recon = reconstruct(run_dir, scan, None, device=args.recon_device, progress=False, refine_seconds=refine_seconds,
                         grouping=grouping)
     seconds = time.perf_counter() - start
-    if args.keep is not None:  # not timed
-        write_reconstruction(work / f"recon_{method}", recon.object, recon.weight, scan, {"model": run_dir},
-                             probe=scan.probe, photon_scale=recon.photon_scale, fit_patterns=DEFAULT_MAX_PATTERNS)
-    row = {"method": method, "reconstruct_s": seconds,
-           **headline(evaluate_reconstruction(recon.object, scan.object_guess, recon.weight)),
-           "data_fit": data_fit(recon.object, scan, scan.probe, scale=recon.photon_scale).ratio}  # not timed
-    return row
+    if args.keep is not None:  # not timed; writes fit.png and measures the fit
+        fit = write_reconstruction(work / f"recon_{method}", recon.object, recon.weight, scan, {"model": run_dir},
+                                   probe=scan.probe, photon_scale=recon.photon_scale,
+                                   fit_patterns=DEFAULT_MAX_PATTERNS)["data_fit"]["ratio"]
+    else:  # not timed
+        fit = data_fit(recon.object, scan, scan.probe, scale=recon.photon_scale).ratio
+    return {"method": method, "reconstruct_s": seconds,
+            **headline(evaluate_reconstruction(recon.object, scan.object_guess, recon.weight)), "data_fit": fit}
 
 
 def iterative(args: argparse.Namespace, scan: Any, target: float) -> dict[str, Any]:

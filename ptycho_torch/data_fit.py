@@ -111,7 +111,7 @@ def data_fit(obj: np.ndarray, scan: Any, probe: np.ndarray | torch.Tensor, *, sc
             patches = physics.extract_patches(obj_t, positions[torch.from_numpy(idx)], N)[:, None]
             lam = physics.predicted_amplitude(patches, probe_t, zero)[:, 0].double().square()  # (B, N, N) counts
             k = torch.from_numpy(np.asarray(scan.diffraction_rows(idx), dtype=np.float64)).square()
-            terms = lam + eps - k * torch.log(lam + eps) - (k - torch.xlogy(k, k))
+            terms = physics.poisson_deviance_terms(lam + eps, k)
             expected = torch.from_numpy(expected_deviance(lam.numpy()))
             if keep is not None:
                 terms, expected, k = terms * keep, expected * keep, k * keep

@@ -286,6 +286,12 @@ def partner_frames(patches: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor
 
 # ------------------------------------------------------------------ losses
 
+def poisson_deviance_terms(lam: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per-pixel Poisson deviance / 2 of counts k against means lam (same shapes, lam > 0):
+    lam - k log lam - (k - k log k), with 0 log 0 = 0; >= 0, 0 where lam = k."""
+    return lam - k * torch.log(lam) - (k - torch.xlogy(k, k))
+
+
 def poisson_nll(pred_amp: torch.Tensor, meas_amp: torch.Tensor, r: float | torch.Tensor, eps: float = 1e-6,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
     """Poisson negative log-likelihood in photon counts (SPEC 4.5), a scalar.
@@ -302,10 +308,8 @@ def poisson_nll(pred_amp: torch.Tensor, meas_amp: torch.Tensor, r: float | torch
     """
     if isinstance(r, torch.Tensor) and r.dim() == 1:
         r = r.to(pred_amp.dtype).reshape(-1, *([1] * (pred_amp.dim() - 1)))
-    lam = (pred_amp / r).square() + eps
     k = meas_amp.square()
-    saturated = k - torch.xlogy(k, k)
-    terms = lam - k * torch.log(lam) - saturated
+    terms = poisson_deviance_terms((pred_amp / r).square() + eps, k)
     if mask is None:
         return terms.flatten(1).sum(dim=1).mean() / k.mean().detach().clamp_min(1e-12)
     excluded = mask.to(torch.bool).expand_as(terms)
