@@ -65,6 +65,16 @@ from ptycho_torch.data_fit import DEFAULT_MAX_PATTERNS, data_fit
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "generalize.json"
 SECTION = "## Generalization to unseen scans"
+# a run whose network and gradient descent ran on a GPU keeps its own file and section beside the CPU one
+RESULTS_GPU = ROOT / "benchmarks" / "results" / "generalize_gpu.json"
+SECTION_GPU = "## Generalization to unseen scans on a GPU"
+
+
+TRAINING_DEFAULTS = {"n_filters_scale": 0.5, "batch_size": 4, "learning_rate": 2e-3}  # the flags' defaults
+
+
+def section_title(result: dict[str, Any]) -> str:
+    return SECTION_GPU if result["settings"].get("recon_device") == "cuda" else SECTION
 STANDARD = PRESETS["standard"]
 # (flag default, --smoke value); None in the smoke column keeps the default
 SIZES: dict[str, tuple[Any, Any]] = {
@@ -203,12 +213,17 @@ def section(result: dict[str, Any]) -> str:
     s, rows = result["settings"], {r["method"]: r for r in result["rows"]}
     pre, ratio = rows["pretrained"], result["speed_ratio"]
     target = pre.get("phase_ssim", float("nan"))
+    gpu = s.get("recon_device") == "cuda"
     command = (f"benchmarks/generalize.py --n-scans {s['n_scans']} --pretrain-minutes {s['pretrain_minutes']:g} "
                f"--finetune-minutes {s['finetune_minutes']:g} --scratch-minutes {s['scratch_minutes']:g} "
-               f"--iterative-seconds {s['iterative_seconds']:g} --refine-seconds {s['refine_seconds']:g}")
+               f"--iterative-seconds {s['iterative_seconds']:g} --refine-seconds {s['refine_seconds']:g}"
+               + "".join(f" --{flag.replace('_', '-')} {s[flag]:g}" for flag, default in TRAINING_DEFAULTS.items()
+                         if s.get(flag, default) != default)
+               + (" --device cuda" if gpu else ""))
     m = result["machine"]
-    lines = [SECTION, "",
-             f"`{command}`, {result['date']}, {m['cpu_count']} CPU cores (shared with other work), torch {m['torch']}, "
+    lines = [section_title(result), "",
+             f"`{command}`, {result['date']}, {m['cpu_count']} CPU cores (shared with other work), "
+             + (f"GPU {m['gpu']}, " if m.get("gpu") else "") + f"torch {m['torch']}, "
              f"device {s['device']} (network on {s['recon_device']}); " + load_note(*result["load_average_1min"], m["cpu_count"]), "",
              f"Training corpus: {s['n_scans']} simulated scans of one object kind ({s['object']}, amplitude in "
              f"[{s['min_amplitude']:g}, 1], phase +-{s['max_phase']:g} rad; N={s['N']}, {s['positions']} positions, "
@@ -317,10 +332,11 @@ def section(result: dict[str, Any]) -> str:
         lines += ["", "Pty-chi ran with torchvision replaced (benchmarks/ptychi_solver.py: PyPI's torchvision for "
                   "torch 2.13 does not load on a CPU-only torch; Pty-chi needs it only to draw a random initial "
                   "object, which these runs do not use)."]
-    lines += ["",
+    lines += ["", "The same table on 2 CPU cores: the section before this one." if gpu else
               f"On a GPU: `{command} --device cuda` (training, the network pass, our gradient descent (d) and the "
               "refinement of (e) on the GPU, so the speed ratio compares like with like; Pty-chi too where its "
-              "Python's torch sees the GPU: benchmarks/ptychi_solver.py picks it then)."]
+              "Python's torch sees the GPU: benchmarks/ptychi_solver.py picks it then); sized for one short "
+              "GPU lease (3 min of pretraining, results in their own section): `bash benchmarks/gpu_generalize.sh`."]
     return "\n".join(lines) + "\n"
 
 
@@ -356,9 +372,12 @@ def main() -> None:
     parser.add_argument("--max-phase", type=float, default=None, help="default: 1.5 rad")
     parser.add_argument("--min-amplitude", type=float, default=None, help="default: 0.5")
     parser.add_argument("--neighbor-count", type=int, default=None, help="default: 6")
-    parser.add_argument("--n-filters-scale", type=float, default=0.5, help="network width (default: 0.5)")
-    parser.add_argument("--batch-size", type=int, default=4, help="groups per step (default: 4)")
-    parser.add_argument("--learning-rate", type=float, default=2e-3, help="default: 2e-3 (also for fine-tuning)")
+    parser.add_argument("--n-filters-scale", type=float, default=TRAINING_DEFAULTS["n_filters_scale"],
+                        help="network width (default: 0.5)")
+    parser.add_argument("--batch-size", type=int, default=TRAINING_DEFAULTS["batch_size"],
+                        help="groups per step (default: 4)")
+    parser.add_argument("--learning-rate", type=float, default=TRAINING_DEFAULTS["learning_rate"],
+                        help="default: 2e-3 (also for fine-tuning)")
     parser.add_argument("--seed", type=int, default=0, help="corpus seeds seed..seed+K-1, held out seed+K (default: 0)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="training accelerator and device of the network pass and of our gradient descent "
@@ -416,7 +435,8 @@ def main() -> None:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "gpu": torch.cuda.get_device_name(0) if args.recon_device == "cuda" else None},
         "load_average_1min": [load_start, os.getloadavg()[0]],
         "settings": {k: getattr(args, k) for k in (*SIZES, "object", "overlap", "nphotons", "max_phase",
                                                    "min_amplitude", "neighbor_count", "n_filters_scale",
@@ -427,12 +447,13 @@ def main() -> None:
     }
     text = section(result)
     print(text)
-    results = (args.keep / "generalize.json" if args.keep is not None else None) if args.smoke else RESULTS
+    default = RESULTS_GPU if args.recon_device == "cuda" else RESULTS
+    results = (args.keep / "generalize.json" if args.keep is not None else None) if args.smoke else default
     if results is not None:
         results.parent.mkdir(parents=True, exist_ok=True)
         results.write_text(json.dumps(result, indent=2))
     if not (args.no_docs or args.smoke):
-        write_section(SECTION, text)
+        write_section(section_title(result), text)
 
 
 if __name__ == "__main__":

@@ -62,3 +62,15 @@ def test_generalize_smoke(tmp_path):
     assert "| data fit |" in done.stdout
     assert (keep / "recon_pretrained" / "fit.png").is_file() and (keep / "iterative_object.npy").is_file()
     assert (docs.read_text() if docs.is_file() else None) == before
+    # a GPU run gets its own section and results file beside the CPU table, with the command that made it
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import generalize
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert generalize.section(result).startswith(generalize.SECTION + "\n")
+    on_gpu = {**result, "settings": {**result["settings"], "recon_device": "cuda", "batch_size": 16},
+              "machine": {**result["machine"], "gpu": "NVIDIA H200"}}
+    text = generalize.section(on_gpu)
+    assert text.startswith(generalize.SECTION_GPU + "\n") and generalize.SECTION_GPU != generalize.SECTION
+    assert "--batch-size 16 --device cuda`" in text and "GPU NVIDIA H200" in text
