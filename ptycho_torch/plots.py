@@ -170,6 +170,11 @@ def save_frc_plot(frc_result: Mapping[str, Any], path: str | Path, title: str = 
                       label=f"{name}: {f:.3f} cycles/px ({1 / f:.1f} px)")
         elif f is not None:
             a.plot([], [], " ", label=f"{name}: not reached (resolution <= {1 / f:.1f} px)")
+    if "threshold_halfbit" in frc_result:  # a half-scan FRC: the half-bit curve and its crossing
+        halfbit = np.asarray(frc_result["threshold_halfbit"], dtype=float)[: len(freq)]
+        a.plot(freq[: len(halfbit)], halfbit, color="C3", ls="--", lw=1, label="half-bit threshold")
+        a.axvline(1 / frc_result["resolution_halfbit_px"], color="C3", ls=":", lw=1,
+                  label=f"half-bit: {frc_result['resolution_halfbit_px']:.1f} px")
     a.set_xlim(0, max(0.5, float(freq.max()) if freq.size else 0.5))
     a.set_ylim(min(-0.1, float(np.nanmin(curve)) if curve.size else 0.0), 1.05)
     a.set_xlabel("spatial frequency (cycles/pixel)")
@@ -304,4 +309,35 @@ def save_fit_map(positions: np.ndarray, pattern_ratio: np.ndarray, ratio: float,
     ax.set_ylabel("y (px)")
     ax.set_title(f"{title}: deviance {ratio:.2f}x the noise floor ({len(values)} patterns)", fontsize=9)
     fig.colorbar(dots, ax=ax, label="deviance / noise floor per pattern")
+    return _save(fig, path)
+
+
+def save_probe(probe: np.ndarray, path: str | Path, pixel_size_m: float | None = None) -> Path:
+    """Amplitude and phase of every probe mode (K, N, N) complex, one column per mode, titled with
+    its share of the total power; the phase shown where the amplitude is above 5% of its maximum."""
+    probe = np.asarray(probe)
+    probe = probe.reshape(-1, *probe.shape[-2:])
+    K = len(probe)
+    power = np.sum(np.abs(probe) ** 2, axis=(-2, -1))
+    share = power / max(float(power.sum()), 1e-30)
+    fig, ax = _figure(2, K, size=(4.2 * K, 7.5))
+    for k in range(K):
+        amp = np.abs(probe[k])
+        phase = np.where(amp > 0.05 * amp.max(), np.angle(probe[k]), np.nan)
+        _show(fig, ax[0, k], amp, f"probe mode {k}: amplitude ({100 * share[k]:.1f}% of the power)", "magma",
+              "amplitude (sqrt photons)", pixel_size_m=pixel_size_m)
+        _show(fig, ax[1, k], phase, f"probe mode {k}: phase", "twilight", "phase (rad)", (-math.pi, math.pi),
+              pixel_size_m=pixel_size_m)
+    return _save(fig, path)
+
+
+def save_solver_errors(errors: Sequence[float], path: str | Path) -> Path:
+    """The iterative solver's amplitude error per epoch (log scale)."""
+    fig, ax = _figure()
+    a = ax[0, 0]
+    a.semilogy(np.arange(1, len(errors) + 1), errors, marker="." if len(errors) < 50 else None)
+    a.set_xlabel("epoch")
+    a.set_ylabel("sum | |Psi| - X | / sum X")
+    a.set_title("iterative reconstruction: amplitude error")
+    a.grid(True, which="both", alpha=0.3)
     return _save(fig, path)

@@ -44,9 +44,17 @@ from ptycho_torch.data.beamline import (
     read_beamline,
     split_source,
 )
-from ptycho_torch.data.detector import FrameMap, MappedFrames
+from ptycho_torch.data.detector import FrameMap, MappedFrames, dc_at_corner
 from ptycho_torch.data.npz_files import check_member_crc, npz_memmap, npz_problem
 from ptycho_torch.data.scan_writer import write_scan
+from ptycho_torch.data.tike_files import (
+    TIKE_KEYS,
+    compressed_npz_suffix,
+    is_tike_layout,
+    read_compressed_npz,
+    tike_arrays,
+)
+from ptycho_torch.errors import UserError
 from ptycho_torch.data.validation import (
     ALIASES,
     H5_SUFFIXES,
@@ -309,9 +317,11 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
     """
     text, frames = split_source(str(path))
     path, options = Path(text), (options or ReadOptions()).with_frames(frames)
-    is_h5 = scan_suffix(path) in H5_SUFFIXES
     if not path.is_file():
         raise FileNotFoundError(f"scan file {path} does not exist")
+    if compressed_npz_suffix(path) is not None:
+        return _finish(path, *_in_memory(path, read_compressed_npz(path), validate), options)
+    is_h5 = scan_suffix(path) in H5_SUFFIXES
     if options.explicit and not is_h5:
         raise ScanValidationError(["file: dataset paths (data.datasets, FILE::/path) need an HDF5 file"], str(path))
     problem = None if is_h5 else npz_problem(path)
@@ -330,6 +340,8 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
         layout = beamline_layout(handle, options) if is_h5 else None
         if layout is not None:
             return read_beamline(path, handle, layout[1], layout[0], options, validate)
+        if not is_h5 and is_tike_layout(handle.files):
+            return _finish(path, *_in_memory(path, {k: handle[k] for k in TIKE_KEYS}, validate), options)
         arrays, problems = _read_arrays(path, handle, is_h5)
         if is_h5 and "diffraction" not in arrays and not problems:
             problems.append("file: neither a scan file (root 'diffraction'), CXI (entry_1) nor NeXus (an NXentry); "
@@ -352,6 +364,27 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
             lazy_key = arrays["diffraction"].name.lstrip("/")
         elif lazy_npz:
             lazy_key = "diffraction" if "diffraction" in handle.files else "diff3d"
+    return _finish(path, arrays, stats, lazy_key, None, options)
+
+
+def _in_memory(path: Path, raw: dict[str, np.ndarray], validate: bool
+               ) -> tuple[dict[str, Any], dict[str, float], None, str | None]:
+    """(canonical arrays, stats, no lazy key, how a tike file was read) of an archive read whole."""
+    how = None
+    if is_tike_layout(raw):
+        raw, how = tike_arrays(raw, path)
+    arrays = canonical_keys(raw)
+    problems, stats = check_arrays(arrays, contents=validate)
+    if problems:
+        raise ScanValidationError(problems, str(path))
+    return arrays, stats, None, how
+
+
+def _finish(path: Path, arrays: dict[str, Any], stats: dict[str, float], lazy_key: str | None,
+            read_as: str | None, options: ReadOptions) -> ScanData:
+    """The ScanData of checked contract arrays: photon units, the detector mask, the zero frequency
+    moved to the centre where the patterns hold it at the corner, and data.probe in place of the
+    file's probe. `read_as` says how a converted layout was read (None for a contract file)."""
     meta = arrays.get("metadata")
     stored_dtype = np.dtype(arrays["diffraction"].dtype)
     counts = stored_dtype.kind in "iu"
@@ -375,9 +408,43 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
     # a rescaled file or counts are worth a line by default where the file is validated (the driver);
     # the plain reading shows with -v (every Ray worker reads the file, unvalidated: an INFO line there
     # would repeat once per worker)
-    loud = scale != 1.0 or (counts and validate)
+    if read_as is not None:
+        how = f"{read_as}; {how}" if scale != 1.0 else read_as
+    elif _dc_at_corner(scan):
+        scan.frame_map = dataclasses.replace(scan.frame_map or FrameMap(), fftshift=True)
+        how = f"{how}, {FRAME_DC_NOTE}"
+    scan.metadata["diffraction_read_as"] = how
+    if options.probe:
+        scan.probe = _probe_override(options.probe, scan.N, path)
+        scan.metadata["probe_source"] = str(options.probe)
+    loud = scale != 1.0 or (counts and validate) or read_as is not None or "fftshift" in how
     log.log(logging.INFO if loud else logging.DEBUG, "%s: diffraction read as %s", path, how)
     return scan
+
+
+FRAME_DC_NOTE = "DC moved from the corner to the centre (fftshift; the mean pattern is brightest at the corner)"
+
+
+def _dc_at_corner(scan: ScanData) -> bool:
+    """Whether the scan's patterns hold their zero frequency at the array corner (mean of up to 64)."""
+    rows = scan.diffraction_block(0, min(scan.n_patterns, 64)).astype(np.float64)
+    return dc_at_corner(np.mean(rows * rows, axis=0))
+
+
+def _probe_override(spec: str, N: int, path: Path) -> np.ndarray:
+    """data.probe for a contract or tike file: a complex (N, N) or (K, N, N) probe (.npy or
+    FILE.h5::/dataset, e.g. the probe.npy of a `solve` run), as (K, N, N) complex64."""
+    try:
+        probe = np.asarray(read_array_source(spec, "data.probe"))
+    except UserError as e:
+        raise ScanValidationError([str(e)], str(path)) from None
+    if probe.ndim not in (2, 3) or probe.shape[-2:] != (N, N) or probe.dtype.kind not in "cf":
+        raise ScanValidationError([f"data.probe: expected a complex ({N}, {N}) or (K, {N}, {N}) probe like the "
+                                   f"patterns, found shape {probe.shape} dtype {probe.dtype} in {spec}"], str(path))
+    if not np.isfinite(probe).all() or not np.any(probe):
+        raise ScanValidationError([f"data.probe: {spec} is all zero or holds NaN/Inf"], str(path))
+    probe = probe.astype(np.complex64)
+    return probe[None] if probe.ndim == 2 else probe
 
 
 def _shape_of(a: Any) -> tuple[int, ...]:

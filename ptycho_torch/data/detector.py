@@ -45,13 +45,16 @@ class FrameMap:
     counts: stored values are photon counts (integer dtype): amplitude = sqrt(counts) (signed
     integers keep their sign, so negative counts stay visible to validation); window (r0, r1, c0, c1):
     the stored pixels read (None = all); bin: b x b pixels summed (as intensities) into one; mask (N, N)
-    bool, True = excluded pixel, read as 0 (None = none).
+    bool, True = excluded pixel, read as 0 (None = none), in the frame after `fftshift`; fftshift: the
+    frames hold the zero frequency at the array corner (tike's and raw-FFT layouts) and are
+    fftshifted to the contract's DC-at-centre as they are read.
     """
 
     counts: bool = False
     window: tuple[int, int, int, int] | None = None
     bin: int = 1
     mask: np.ndarray | None = None
+    fftshift: bool = False  # the stored frames have DC at the corner: moved to the centre on read
 
     def out_shape(self, stored: Sequence[int]) -> tuple[int, int, int]:
         """(M, N, N) of stored frames of shape (M, Fr, Fc)."""
@@ -74,6 +77,8 @@ class FrameMap:
                 b = self.bin
                 intensity = intensity.reshape(k, h // b, b, w // b, b).sum(axis=(2, 4))  # (k, N, N)
             amp = (np.sign(intensity) * np.sqrt(np.abs(intensity))).astype(np.float32)
+        if self.fftshift:
+            amp = np.fft.fftshift(amp, axes=(-2, -1))
         if self.mask is not None:
             amp = np.where(self.mask, np.float32(0), amp)
         return amp
@@ -89,6 +94,8 @@ class FrameMap:
             parts.append(f"binned {self.bin}x{self.bin}")
         if self.mask is not None:
             parts.append(f"{int(self.mask.sum())} masked pixels")
+        if self.fftshift:
+            parts.append("DC moved from the corner to the centre (fftshift)")
         return ", ".join(parts)
 
 
@@ -114,6 +121,19 @@ class MappedFrames:
 
 
 # ------------------------------------------------------------------ fitting frames to N
+
+def dc_at_corner(mean_intensity: np.ndarray) -> bool:
+    """Whether a mean diffraction pattern (N, N) holds its zero frequency at the array corner (an
+    unshifted FFT layout) rather than at the centre: the intensity within N/8 of the corner (all four
+    corners, wrapped) is over ten times the intensity within N/8 of the centre. A far-field pattern is
+    brightest around its zero frequency, beamstop or not (a beamstop masks the DC pixels only)."""
+    m = np.asarray(mean_intensity, np.float64)
+    n = max(1, min(m.shape) // 8)
+    H, W = m.shape
+    centre = m[H // 2 - n:H // 2 + n, W // 2 - n:W // 2 + n].sum()
+    corner = np.fft.fftshift(m)[H // 2 - n:H // 2 + n, W // 2 - n:W // 2 + n].sum()
+    return bool(corner > 10 * centre)
+
 
 def mean_pattern(stored: Any, frames: int = 256, mask: np.ndarray | None = None) -> np.ndarray:
     """Mean intensity (Fr, Fc) float64 of up to `frames` stored frames spread over the scan (one
