@@ -8,7 +8,8 @@ The Python API (docs/api.md), loaded on first use so that `import ptycho_torch` 
     obj = pt.reconstruct(run, diffraction=amplitudes, positions=xy)   # (H, W) complex64
     metrics = pt.evaluate(obj, truth)
 
-`pt.simulate`, `pt.read_scan`, `pt.train`, `pt.reconstruct`, `pt.evaluate` (ptycho_torch.api) and
+`pt.simulate`, `pt.read_scan`, `pt.train`, `pt.reconstruct`, `pt.solve` (iterative object + probe),
+`pt.evaluate` (ptycho_torch.api) and
 `pt.RunConfig`, `pt.SimulationConfig` (ptycho_torch.config).
 """
 
@@ -25,14 +26,15 @@ _EXPORTS = {
     "train": "ptycho_torch.api",
     "reconstruct": "ptycho_torch.api",
     "evaluate": "ptycho_torch.api",
+    "solve": "ptycho_torch.api",
     "RunConfig": "ptycho_torch.config",
     "SimulationConfig": "ptycho_torch.config",
 }
 __all__ = ["RunConfig", "SimulationConfig", "__version__", "evaluate", "read_scan", "reconstruct", "simulate",
-           "train"]
+           "solve", "train"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
-    from ptycho_torch.api import evaluate, read_scan, reconstruct, simulate, train
+    from ptycho_torch.api import evaluate, read_scan, reconstruct, simulate, solve, train
     from ptycho_torch.config import RunConfig, SimulationConfig
 
 

@@ -237,7 +237,7 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
                 inference_batch_size: int | None = None, device: str = "cpu", probe: Any = "auto",
                 normalization: str = "scan", renormalize: bool = False, align_phases: bool = False,
                 refine_seconds: float = 0.0, progress: bool | None = False, with_weight: bool = False,
-                grouping: str | None = None) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                grouping: str | None = None, refine_probe: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Reconstruct a scan with a trained model (`ptycho-torch reconstruct`) and return the object,
     (H, W) complex64 in the positions' pixel frame (object[y, x]); zero where no patch reached.
 
@@ -250,7 +250,8 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     flags: inference_batch_size (patterns per batch), device ('cpu', 'cuda:0'), probe ('auto', 'scan',
     'model'; with arrays also the probe of those frames, (N, N) or (P, N, N) complex, which then is
     their 'scan' probe; arrays without one take the model's), normalization ('scan' = r of these
-    patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s), grouping ('cover',
+    patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s), refine_probe,
+    grouping ('cover',
     'every_pattern'; None = the model's inference.grouping). `with_weight` also
     returns the stitching weight (H, W) float32 (its support is the scanned region; pt.evaluate uses
     it)."""
@@ -289,6 +290,7 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
         check_output_dir(out, "out")
     result = reconstruct_scan(model, data, out, batch_size=inference_batch_size, device=device,
                               renormalize=renormalize, progress=progress, refine_seconds=refine_seconds,
+                              refine_probe=refine_probe,
                               align_phases=align_phases, probe=probe, normalization=normalization,
                               grouping=grouping)
     return (result.object, result.weight) if with_weight else result.object
@@ -334,3 +336,27 @@ def evaluate(recon: Any, truth: Any, *, weight: Any = None, out: str | Path | No
         raise UserError(f"recon has shape {obj.shape} but the ground truth has shape {truth_arr.shape}; both must "
                         "be in the scan's pixel frame (docs/data_format.md)")
     return evaluate_reconstruction(obj, truth_arr, weight, plane_fit)
+
+
+def solve(data: ScanPaths | Scan, out: str | Path | None = None, *, seconds: float | None = 60.0,
+          epochs: int | None = None, probe: str = "file", modes: int = 1, positions: bool = False,
+          fixed_probe: bool = False, half_scan: bool = False, batch: int = 16, seed: int = 0, device: str = "cpu",
+          progress: bool | None = False) -> Any:
+    """Reconstruct object and probe iteratively (`ptycho-torch solve`): no model, the first answer on
+    a measured scan, the probe to train with, the resolution by half-scan FRC.
+
+    `data`: scan file(s)/glob or a scan (pt.read_scan / pt.simulate). Runs `seconds` of wall clock or
+    `epochs` passes (the first reached). `probe` 'file' (the scan's) or 'estimate' (from the data);
+    `modes` incoherent probe modes; `positions` corrects the scan positions; `fixed_probe` keeps the
+    starting probe; `half_scan` adds the half-scan FRC. With `out` the products are written as on the
+    command line. Returns a workflows.solve.SolveResult: .object (H, W) complex64, .probe (K, N, N)
+    complex64 in photon units, .weight, .positions, .data_fit, .resolution, .metrics (with a truth)."""
+    from ptycho_torch.solver.engine import SolverOptions
+    from ptycho_torch.workflows.solve import solve_scan
+
+    try:
+        options = SolverOptions(modes=modes, positions=positions, refine_probe=not fixed_probe, batch=batch, seed=seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return solve_scan(data, out, seconds=seconds, epochs=epochs, probe=probe, options=options, device=device,
+                      progress=progress, half_scan=half_scan, fit_patterns=2048 if out is not None else 0)

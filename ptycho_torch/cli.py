@@ -174,8 +174,41 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     result = reconstruct(args.model, args.data, args.out, batch_size=args.inference_batch_size,
                          device=args.device, renormalize=args.renormalize, refine_seconds=args.refine_seconds,
                          align_phases=args.align_phases, probe=args.probe, normalization=args.normalization,
-                         grouping=args.grouping)
+                         grouping=args.grouping, refine_probe=args.refine_probe)
     print("\n".join(result.summary_lines()))
+
+
+def cmd_solve(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from ptycho_torch.cli_args import resolve_run_config
+    from ptycho_torch.data.beamline import ReadOptions
+    from ptycho_torch.outputs import check_output_dir
+    from ptycho_torch.solver.engine import SolverOptions
+    from ptycho_torch.workflows.solve import solve_scan
+
+    device = resolve_device(args.device)
+    check_output_dir(args.out, "--out")
+    config = resolve_run_config(args)
+    read = replace(ReadOptions.from_config(config), probe_optional=args.probe == "estimate")
+    try:
+        options = SolverOptions(modes=args.modes, positions=args.positions, refine_probe=not args.fixed_probe,
+                                batch=args.batch, seed=args.seed)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("solver.", "--").replace("_", "-")) from None
+    result = solve_scan(config.data.path, args.out, seconds=args.seconds or None, epochs=args.epochs,
+                        probe=args.probe, options=options, read_options=read, device=device,
+                        half_scan=args.half_scan, fit_patterns=args.fit_patterns)
+    print("\n".join(result.summary_lines()))
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a CUDA device is visible, else 'cpu'; anything else checked by check_device."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(device)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -212,7 +245,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------ parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from ptycho_torch.cli_args import add_config_arguments, add_probe_normalization_flags
+    from ptycho_torch.cli_args import add_config_arguments, add_data_arguments, add_probe_normalization_flags
+    from ptycho_torch.workflows.solve import PROBE_CHOICES
 
     parser = argparse.ArgumentParser(prog="ptycho-torch", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")
@@ -263,9 +297,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "stitching (helps when patches differ by their invisible global phase; holds the patches "
                         "in memory; local only; default: off)")
     p.add_argument("--refine-seconds", type=float, default=0.0,
-                   help="then refine the network's object by gradient descent through the forward model for this "
-                        "many seconds; the network's own object is kept in OUT/network/ (default: 0 = off)")
+                   help="then refine the network's object with the iterative solver (the engine of `solve`) for "
+                        "this many seconds; the network's own object is kept in OUT/network/ (default: 0 = off)")
+    p.add_argument("--refine-probe", action="store_true",
+                   help="with --refine-seconds: refine the probe too (default: off, the probe stays fixed)")
     p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("solve", help="reconstruct object and probe iteratively (no model): a measured scan's "
+                                      "first answer, its probe for training, its resolution")
+    p.add_argument("--data", required=True, nargs="+", help="scan file(s) (.npz, .npz.bz2, tike's layout, .h5, CXI, "
+                   "NeXus, FILE.h5::/path/to/frames) or quoted glob(s) of one scan (required)")
+    p.add_argument("--out", required=True, type=Path, help="reconstruction directory")
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="wall-clock budget of the main run in seconds; 0 = none (then --epochs) (default: 60)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the scan at most (default: no limit)")
+    p.add_argument("--probe", choices=PROBE_CHOICES, default="file",
+                   help="starting probe: 'file' = the scan's probeGuess or --data.probe; 'estimate' = from the data "
+                        "(mean pattern's far field + a defocus search), for scans without a usable probe (default: file)")
+    p.add_argument("--modes", type=int, default=1, help="incoherent probe modes (default: 1)")
+    p.add_argument("--positions", action="store_true", help="correct the scan positions (default: off)")
+    p.add_argument("--fixed-probe", action="store_true", help="keep the starting probe (default: refined)")
+    p.add_argument("--half-scan", action="store_true",
+                   help="also reconstruct the two interleaved halves of the scan and report the half-scan FRC "
+                        "resolution (1/7 and half-bit; in nm when the pixel size is known) (default: off)")
+    p.add_argument("--batch", type=int, default=16, help="patterns per update, spread over the scan (default: 16)")
+    p.add_argument("--fit-patterns", type=int, default=2048,
+                   help="patterns the data fit reads (0 = no data fit) (default: 2048)")
+    p.add_argument("--seed", type=int, default=0, help="batch order and new probe modes (default: 0)")
+    p.add_argument("--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0 "
+                                                   "(default: auto)")
+    add_data_arguments(p)
+    p.set_defaults(func=cmd_solve)
 
     p = sub.add_parser("evaluate", help="compare a reconstruction with the ground truth")
     p.add_argument("--recon", required=True, type=Path, help="object.npz of a reconstruction")

@@ -90,6 +90,21 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                default=argparse.SUPPRESS, metavar="VALUE", help=_field_help(dotted))
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config (its data section and model.N are read), --N and one --data.field flag per DataConfig
+    field: how a command without a model (solve) reads a scan."""
+    parser.add_argument("--config", type=Path, default=None,
+                        help="run YAML file; its data section and model.N say how the scan is read (default: none)")
+    parser.add_argument("--N", dest=_PREFIX + "model.N", type=_parse_value, default=argparse.SUPPRESS,
+                        metavar="VALUE", help="pattern size to crop / bin beamline frames to (sets model.N; "
+                                              "default: the frames' own size)")
+    every = parser.add_argument_group("how the scan is read (--data.field VALUE)")
+    for f in fields(SECTIONS["data"]):
+        if f.name != "path":
+            every.add_argument(f"--data.{f.name}", dest=_PREFIX + f"data.{f.name}", type=_parse_value,
+                               default=argparse.SUPPRESS, metavar="VALUE", help=_field_help(f"data.{f.name}"))
+
+
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The dotted overrides given on the command line (only flags the user actually passed)."""
     return {k[len(_PREFIX):]: v for k, v in vars(args).items() if k.startswith(_PREFIX)}

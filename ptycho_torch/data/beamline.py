@@ -87,6 +87,7 @@ class ReadOptions:
     energy_ev: float | None = None
     distance_m: float | None = None
     detector_pixel_m: float | None = None
+    probe_optional: bool = False  # a file without a probe reads with a flat placeholder (`solve --probe estimate`)
 
     @classmethod
     def from_config(cls, config: Any) -> "ReadOptions":
@@ -366,6 +367,8 @@ def _probe(roles: _Roles, options: ReadOptions, frame: tuple[int, int], N: int, 
             return np.ones((1, N, N), np.complex64)
     else:
         ds = roles.dataset("probe")
+        if ds is None and options.probe_optional:  # the solver estimates one from the data
+            return np.ones((1, N, N), np.complex64)
         if ds is None:
             p.append(f"probe: no probe in the file ({roles.where('probe')}); give data.probe (a .npy of a "
                      f"complex ({N}, {N}) or (P, {N}, {N}) probe, or FILE.h5::/dataset)")

@@ -474,10 +474,18 @@ def photon_units(arrays: dict[str, Any], mean_energy: Any) -> tuple[float, str]:
     energy is below a tenth of it. `mean_energy` is a callable (the stored mean energy), called only
     when an `nphotons` value needs it.
     """
+    nphotons = arrays.get("nphotons")  # a key of the file (metadata is free text: not trusted for units)
     if "intensity_scale" in arrays:
         s = float(np.asarray(arrays["intensity_scale"]).reshape(-1)[0])
-        return s, f"normalised amplitudes x intensity_scale {s:.4g} (upstream convention)"
-    nphotons = arrays.get("nphotons")  # a key of the file (metadata is free text: not trusted for units)
+        how = f"normalised amplitudes x intensity_scale {s:.4g} (upstream convention)"
+        if nphotons is not None:  # two statements of the dose: say when they disagree, and which one counts
+            n, implied = float(np.asarray(nphotons).reshape(-1)[0]), s * s * float(mean_energy())
+            if n > 0 and not 0.8 < implied / n < 1.25:
+                how += (f"; the file's nphotons {n:.4g} disagrees (intensity_scale implies {implied:.4g} mean "
+                        "counts per pattern): intensity_scale was used, as it is the factor applied to the "
+                        "amplitudes; fix the file's key that is wrong")
+                log.warning("scan file: %s", how)
+        return s, how
     if nphotons is not None:
         n, energy = float(np.asarray(nphotons).reshape(-1)[0]), float(mean_energy())
         if 0 < energy < 0.1 * n:

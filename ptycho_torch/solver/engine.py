@@ -53,7 +53,10 @@ class SolverOptions:
     updates before the probe is refined (a wrong probe is better refined against a rough object than
     against none); refine_probe: False keeps the probe fixed; modes: incoherent probe modes;
     positions: correct the scan positions (from `positions_start_epoch` on, at most
-    `position_max_step` object pixels per epoch); seed: batch order and new modes.
+    `position_max_step` object pixels per epoch); anneal: the last fraction of the run (of its epochs
+    or seconds) over which the steps fall linearly to ANNEAL_FLOOR of their size, so the final object
+    averages the updates' noise instead of carrying the last batch's (0 = constant steps); seed:
+    batch order and new modes.
     """
 
     object_alpha: float = 0.1
@@ -68,6 +71,7 @@ class SolverOptions:
     positions_start_epoch: int = 5
     position_max_step: float = 1.0
     position_damping: float = 0.5
+    anneal: float = 0.5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -77,6 +81,8 @@ class SolverOptions:
         for name in ("object_step", "probe_step", "position_max_step", "position_damping"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"solver.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.anneal <= 1.0:
+            raise ValueError(f"solver.anneal must be in [0, 1], got {self.anneal}")
         if self.batch < 1:
             raise ValueError(f"solver.batch must be >= 1, got {self.batch}")
         if self.modes < 1:
@@ -128,8 +134,15 @@ def _ramps(frac: torch.Tensor, N: int) -> torch.Tensor:
     return ry[:, :, None] * rx[:, None, :]
 
 
-def _shift(img: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
-    return torch.fft.ifft2(torch.fft.fft2(img) * ramp)
+ANNEAL_FLOOR = 0.1
+
+
+def _anneal(done: float, fraction: float) -> float:
+    """Step factor at `done` (0..1) of the run: 1, then linearly down to ANNEAL_FLOOR over the last
+    `fraction` of it."""
+    if fraction <= 0 or done <= 1 - fraction:
+        return 1.0
+    return max(ANNEAL_FLOOR, 1.0 - (1.0 - ANNEAL_FLOOR) * (done - (1 - fraction)) / fraction)
 
 
 def photon_probe(probe: np.ndarray, mean_counts: float) -> tuple[np.ndarray, float]:
@@ -170,7 +183,7 @@ def solve(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, probe
     rows(indices) -> measured amplitudes (B, N, N) float (sqrt photon counts, DC at the centre) of
     pattern indices (B,); positions (M, 2) (x, y) object pixels; probe (N, N) or (K, N, N) complex, any
     units (a starting guess); shape (H, W) of the object canvas (every patch inside it); start: a
-    starting object (H, W) in any units (None = flat); mask (N, N) bool, True = excluded detector pixel.
+    starting object (H, W) in any units, scaled to the data's energy (None = flat); mask (N, N) bool, True = excluded detector pixel.
     Runs `epochs` passes over the scan or `seconds` of wall clock (at least one), or until `stop()`.
     `progress(epoch, error, elapsed_s)` is called after each epoch. Returns a `Solution`.
     """
@@ -188,6 +201,8 @@ def solve(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, probe
     for s in range(0, M, 256):
         meas[s:s + 256] = np.fft.ifftshift(np.asarray(rows(np.arange(s, min(M, s + 256))), np.float32), axes=(-2, -1))
     keep_np = None if mask is None else np.fft.ifftshift(~np.asarray(mask, bool))
+    if keep_np is not None:
+        meas *= keep_np  # excluded pixels carry no counts (they are read as 0 from files with a mask)
     mean_counts = float(np.mean(np.sum(meas.astype(np.float64) ** 2, axis=(-2, -1))))
     probe_np, _ = photon_probe(probe, mean_counts)
     probe_np = add_modes(probe_np, options.modes, np.random.default_rng(options.seed))
@@ -198,7 +213,7 @@ def solve(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, probe
         O = torch.ones(shape, dtype=torch.complex64, device=device)
     else:
         O = torch.from_numpy(np.array(start, np.complex64)).to(device)
-        O = (O / _start_level(O, pos, N)).contiguous()  # a start in any units, brought to the probe's frame
+        O = (O * _start_scale(O, P, pos, mean_counts)).contiguous()  # a start in any units, to the data's energy
     canvas = _Canvas(shape, N, device)
     pos_t = torch.from_numpy(pos).to(device)
     rng = np.random.default_rng(options.seed)
@@ -209,45 +224,48 @@ def solve(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, probe
         if stop is not None and stop():
             break
         update_probe = options.refine_probe and epoch >= options.probe_start_epoch
+        done = max(epoch / epochs if epochs else 0.0, (time.perf_counter() - t0) / seconds if seconds else 0.0)
+        gain = _anneal(done, options.anneal)  # full steps first, then smaller ones that average out the noise
         move = options.positions and epoch >= options.positions_start_epoch
         err_num = err_den = 0.0
         shifts = torch.zeros_like(pos_t)
+        P_spec = torch.fft.fft2(P)  # (K, N, N): the probe is moved by each position's sub-pixel part
         for idx_np in sparse_batches(pos, options.batch, rng):
             idx = torch.from_numpy(idx_np).to(device)
             p = pos_t[idx]
             whole = torch.floor(p)
-            corners = whole.long() - N // 2
-            ramp = _ramps((p - whole).float(), N)  # patch = crop shifted by -frac
-            flat = canvas.indices(corners)
+            flat = canvas.indices(whole.long() - N // 2)
+            ramp = _ramps((p - whole).float(), N)[:, None]  # (B, 1, N, N): translate by +frac
+            Ps = torch.fft.ifft2(P_spec[None] * ramp)  # (B, K, N, N) the probe as it sits on the integer crop
             crop = canvas.gather(O, flat)  # (B, N, N)
-            patch = _shift(crop, ramp.conj())
-            psi = P[None] * patch[:, None]  # (B, K, N, N)
+            psi = Ps * crop[:, None]  # (B, K, N, N)
             Psi = torch.fft.fft2(psi, norm="ortho")
             amp = torch.sqrt(torch.sum(Psi.real ** 2 + Psi.imag ** 2, dim=1, keepdim=True))  # (B, 1, N, N)
             X = meas_t[idx][:, None]
             ratio = X / (amp + eps)
             if keep is not None:
                 ratio = torch.where(keep, ratio, torch.ones_like(ratio))
-            chi = torch.fft.ifft2(Psi * (ratio - 1), norm="ortho")  # (B, K, N, N)
+            chi = torch.fft.ifft2(Psi * (ratio - 1), norm="ortho")  # (B, K, N, N) exit-wave correction
             resid = (amp - X).abs() if keep is None else (amp - X).abs() * keep
             err_num += float(resid.sum())
             err_den += float(X.sum())
-            # object: sum over modes of conj(P) chi, back to the crop frame; the rPIE denominator is the
-            # batch's summed illumination at each pixel (a canvas only for pixels two positions share)
-            P_power = torch.sum(P.real ** 2 + P.imag ** 2, dim=0)  # (N, N)
-            num = _shift(torch.sum(P.conj()[None] * chi, dim=1), ramp)  # (B, N, N)
-            den = canvas.gather(canvas.scatter(P_power.expand(len(idx), N, N), flat), flat)  # (B, N, N)
+            # object: sum over modes of conj(P) chi over the summed illumination of the batch's positions
+            # (a canvas only for the pixels two positions share), the rPIE floor a * its maximum
+            lit = torch.sum(Ps.real ** 2 + Ps.imag ** 2, dim=1)  # (B, N, N)
+            num = torch.sum(Ps.conj() * chi, dim=1)  # (B, N, N)
+            den = canvas.gather(canvas.scatter(lit, flat), flat)
             a = options.object_alpha
-            step = num / ((1 - a) * den + a * den.max() + 1e-12)
-            O.view(-1).index_add_(0, flat.reshape(-1), options.object_step * step.reshape(-1))
-            if update_probe:
-                patch_power = patch.real ** 2 + patch.imag ** 2  # (B, N, N)
-                pnum = torch.sum(patch.conj()[:, None] * chi, dim=0)  # (K, N, N)
-                pden = patch_power.sum(dim=0)
-                b = options.probe_alpha
-                P = P + options.probe_step * pnum / ((1 - b) * pden + b * pden.max() + 1e-12)
+            O.view(-1).index_add_(0, flat.reshape(-1),
+                                  (gain * options.object_step * num / ((1 - a) * den + a * den.max() + 1e-12)).reshape(-1))
+            if update_probe:  # the mirror image, averaged over the batch, moved back by -frac
+                pnum = torch.fft.fft2(crop.conj()[:, None] * chi) * ramp.conj()  # (B, K, N, N) spectra
+                pnum = torch.fft.ifft2(pnum.sum(dim=0))  # (K, N, N)
+                pden = torch.sum(crop.real ** 2 + crop.imag ** 2, dim=0)  # (N, N); the shift of a sum of
+                b = options.probe_alpha                                      # |O|^2 barely matters here
+                P = P + gain * options.probe_step * pnum / ((1 - b) * pden + b * pden.max() + 1e-12)
+                P_spec = torch.fft.fft2(P)
             if move:
-                shifts[idx] = _position_shifts(patch, P, chi)
+                shifts[idx] = _position_shifts(crop, Ps, chi)
         if move:
             shifts = shifts - shifts.mean(dim=0, keepdim=True)  # a common drift is the object's own shift
             step = (options.position_damping * shifts).clamp(-options.position_max_step, options.position_max_step)
@@ -255,6 +273,8 @@ def solve(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, probe
             pos = pos_t.cpu().numpy()
         if options.modes > 1 and update_probe:
             P = orthogonalise_modes(P)
+        if update_probe:
+            P, O = _recentre(P, O)
         err = err_num / max(err_den, 1e-30)
         errors.append(err)
         epoch += 1
@@ -268,18 +288,45 @@ def solve(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, probe
     return Solution(obj_np, probe_out, pos_t.cpu().numpy(), epoch, time.perf_counter() - t0, errors)
 
 
-def _start_level(O: torch.Tensor, pos: np.ndarray, N: int) -> float:
-    """The bright level of a starting object (95th percentile of |O| inside the scanned box)."""
-    y0, x0 = int(max(pos[:, 1].min() - N // 4, 0)), int(max(pos[:, 0].min() - N // 4, 0))
-    y1, x1 = int(pos[:, 1].max() + N // 4), int(pos[:, 0].max() + N // 4)
-    inside = O[y0:y1, x0:x1].abs().reshape(-1)
-    level = float(torch.quantile(inside[: 2 ** 24].float(), 0.95)) if inside.numel() else 1.0
-    return level if math.isfinite(level) and level > 0 else 1.0
+def _start_scale(O: torch.Tensor, P: torch.Tensor, pos: np.ndarray, mean_counts: float) -> float:
+    """The factor c that gives a starting object (H, W) the data's energy: the mean over (up to 256)
+    positions of sum_xy sum_k |P_k|^2 |c O_patch|^2 = the mean counts per pattern (Parseval)."""
+    N = P.shape[-1]
+    take = np.unique(np.linspace(0, len(pos) - 1, min(len(pos), 256)).astype(np.int64))
+    corners = np.floor(pos[take]).astype(np.int64) - N // 2
+    power = torch.sum(P.real ** 2 + P.imag ** 2, dim=0)  # (N, N)
+    energy = float(np.mean([float(torch.sum(power * O[y:y + N, x:x + N].abs() ** 2)) for x, y in corners]))
+    scale = math.sqrt(mean_counts / energy) if energy > 0 and math.isfinite(energy) else 1.0
+    return scale
+
+
+def _recentre(P: torch.Tensor, O: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move probe (K, N, N) and object (H, W) together so the probe's intensity centroid sits on pixel
+    (N/2, N/2), the positions' reference: the data cannot tell a probe shifted by c from an object
+    shifted by c (the exit waves only move), and a probe that drifts off centre drags the
+    reconstruction out of the positions' frame."""
+    N = P.shape[-1]
+    power = torch.sum(P.real ** 2 + P.imag ** 2, dim=0)  # (N, N)
+    total = power.sum()
+    if not torch.isfinite(total) or total <= 0:
+        return P, O
+    ar = torch.arange(N, device=P.device, dtype=power.dtype)
+    c = torch.stack([(power.sum(0) * ar).sum() / total, (power.sum(1) * ar).sum() / total]) - N // 2  # (dx, dy)
+    if float(c.abs().max()) < 0.05:
+        return P, O
+    shift = -c[None].to(torch.float32)  # (1, 2): translate both by -c
+    P = torch.fft.ifft2(torch.fft.fft2(P) * _ramps(shift, N))
+    H, W = O.shape
+    ky, kx = torch.fft.fftfreq(H, device=O.device), torch.fft.fftfreq(W, device=O.device)
+    ramp = torch.polar(torch.ones(H, W, device=O.device),
+                       -2 * math.pi * (ky[:, None] * float(shift[0, 1]) + kx[None, :] * float(shift[0, 0])))
+    return P, torch.fft.ifft2(torch.fft.fft2(O) * ramp).contiguous()
 
 
 def _position_shifts(patch: torch.Tensor, P: torch.Tensor, chi: torch.Tensor) -> torch.Tensor:
     """First-order shift (B, 2) (dx, dy) pixels that explains the exit-wave correction chi
-    (B, K, N, N): the patch of a position moved by d is patch + d . grad(patch), so chi ~ P d . grad."""
+    (B, K, N, N) of object patches (B, N, N) under probes P (B, K, N, N): the patch of a position moved
+    by d is patch + d . grad(patch), so chi ~ P d . grad(patch)."""
     N = patch.shape[-1]
     k = torch.fft.fftfreq(N, device=patch.device)
     spec = torch.fft.fft2(patch)
@@ -287,7 +334,7 @@ def _position_shifts(patch: torch.Tensor, P: torch.Tensor, chi: torch.Tensor) ->
     gy = torch.fft.ifft2(spec * (2j * math.pi * k)[None, :, None])
     out = []
     for g in (gx, gy):
-        dpsi = P[None] * g[:, None]  # (B, K, N, N)
+        dpsi = P * g[:, None]  # (B, K, N, N)
         num = torch.sum((dpsi.conj() * chi).real, dim=(1, 2, 3))
         den = torch.sum(dpsi.real ** 2 + dpsi.imag ** 2, dim=(1, 2, 3))
         out.append(num / (den + 1e-12))

@@ -268,11 +268,12 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
                 batch_size: int | None = None,
                 device: str = "cpu", renormalize: bool = False, progress: bool | None = None,
                 refine_seconds: float = 0.0, align_phases: bool = False, probe: str = "auto",
-                normalization: str = "scan", grouping: str | None = None) -> ReconResult:
+                normalization: str = "scan", grouping: str | None = None, refine_probe: bool = False) -> ReconResult:
     """Reconstruct the scan `data` (a file, a glob, or several files of one scan) with the bundle
     `model` into `out_dir` (local, one process). With `refine_seconds` > 0 the network's stitched
-    object (kept in out_dir/network/) is then refined by gradient descent through the forward model
-    on the same patterns (ptycho_torch.refine), and out_dir holds the refined object. With
+    object (kept in out_dir/network/) is then refined by the iterative solver on the same patterns
+    (ptycho_torch.refine; the probe too with `refine_probe`), and out_dir holds the refined object
+    and probe. With
     `align_phases` every patch first gets the global phase that agrees with its neighbours
     (stitching.align_phases; the patches are held in memory for it). `data` may also be a scan
     already read or built in memory (ScanData / ScanFiles: the in-memory path of ptycho_torch.api);
@@ -321,32 +322,35 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
             "data": scan_paths(scan) if scan.path is not None else "in-memory arrays",
             "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local",
             "align_phases": align_phases, "probe": probe_used, "normalization": normalization}
+    probe_out = predictor.probe.numpy()
     if refine_seconds > 0:
-        obj, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta)
+        obj, probe_out, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta,
+                                                     refine_probe)
     scale = 1.0 if refine_seconds > 0 else predictor.photon_scale  # a refined object is in photon units
     if out_dir is None:
         return ReconResult(None, obj, weight, rate, None, photon_scale=scale)
-    written = write_reconstruction(out_dir, obj, weight, scan, meta, probe=predictor.probe, photon_scale=scale,
+    written = write_reconstruction(out_dir, obj, weight, scan, meta, probe=probe_out, photon_scale=scale,
                                    fit_patterns=config.inference.fit_patterns)
     return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"), written.get("data_fit"), scale)
 
 
 def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predictor: PatchPredictor,
-                          seconds: float, out_dir: str | Path | None, meta: dict[str, Any]
-                          ) -> tuple[np.ndarray, dict[str, Any]]:
+                          seconds: float, out_dir: str | Path | None, meta: dict[str, Any], refine_probe: bool = False
+                          ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Write the network's own object to out_dir/network/ (unless out_dir is None), refine it for
-    `seconds` on the scan's patterns (in the probe's photon units: times s / r) and return it with its
-    metadata."""
+    `seconds` with the iterative solver (ptycho_torch.solver; the probe too with `refine_probe`) and
+    return the refined object, the probe it goes with (photon units) and the metadata."""
     from ptycho_torch.refine import refine_stitched
 
-    scale = predictor.photon_scale
     if out_dir is not None:
         write_reconstruction(Path(out_dir) / "network", obj, weight, scan, meta, probe=predictor.probe,
-                             photon_scale=scale, fit_patterns=predictor.config.inference.fit_patterns)
-    log.info("refining the network's object for %.0f s (gradient descent through the forward model)", seconds)
-    refined, record = refine_stitched(obj, weight, scan, predictor.probe.numpy(), scale, seconds,
-                                      seed=predictor.config.execution.seed, device=predictor.device)
-    log.info("refined in %d steps (%.1f s)", record.steps, record.seconds)
+                             photon_scale=predictor.photon_scale, fit_patterns=predictor.config.inference.fit_patterns)
+    log.info("refining the network's object for %.0f s (iterative solver%s)", seconds,
+             ", probe refined too" if refine_probe else "")
+    sol = refine_stitched(obj, weight, scan, predictor.probe.numpy(), seconds, refine_probe=refine_probe,
+                          seed=predictor.config.execution.seed, device=predictor.device)
+    log.info("refined in %d epochs (%.1f s), amplitude error %.4f", sol.epochs, sol.seconds,
+             sol.errors[-1] if sol.errors else float("nan"))
     network = str(Path(out_dir) / "network" / "object.npz") if out_dir is not None else None
-    return refined, {**meta, "refine": {"steps": record.steps, "seconds": record.seconds,
-                                        "network_object": network}}
+    return sol.object, sol.probe, {**meta, "refine": {"epochs": sol.epochs, "seconds": sol.seconds,
+                                                      "refine_probe": refine_probe, "network_object": network}}
