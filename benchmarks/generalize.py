@@ -148,35 +148,35 @@ def network_row(args: argparse.Namespace, method: str, run_dir: str, scan: Any, 
 
 
 def iterative(args: argparse.Namespace, scan: Any, target: float) -> dict[str, Any]:
-    """Gradient descent on the object (ptycho_torch.refine), known probe, flat start, in chunks
-    (each a fresh Adam continuing from the previous object) of 0.25, 0.5, 1, ... s up to
+    """The iterative solver (ptycho_torch.solver), known probe (fixed), flat start, in chunks (each a
+    solver run continuing from the previous object, constant steps) of 0.25, 0.5, 1, ... s up to
     --chunk-seconds, scored after each chunk; the first cumulative solver time whose phase SSIM
     reaches `target` (an upper bound at the chunks' resolution)."""
     from ptycho_torch.metrics import evaluate_reconstruction
-    from ptycho_torch.refine import coverage, flat_start, refine_object
+    from ptycho_torch.refine import coverage
+    from ptycho_torch.solver.engine import SolverOptions, solve
 
-    obj = flat_start(scan.mean_energy(), scan.probe, scan.object_guess.shape)
-    weight = coverage(scan.positions, scan.probe, obj.shape)
+    obj = None
+    weight = coverage(scan.positions, scan.probe, scan.object_guess.shape)
     curve: list[dict[str, float]] = []
     solver_s, steps, chunk, reached = 0.0, 0, 0, None
-    # a remainder under 0.25 s is not run: a fresh Adam's first steps move every pixel by about the
-    # learning rate, so such a sliver scored lower than the chunk before it (0.981 -> 0.966 once)
     while args.iterative_seconds - solver_s >= min(0.25, args.iterative_seconds) or chunk == 0:
         seconds = min(args.chunk_seconds, 0.25 * 2 ** chunk, args.iterative_seconds - solver_s)
-        result = refine_object(scan.diffraction_rows, scan.positions, scan.probe, obj, seconds=seconds,
-                               seed=args.seed + chunk, device=args.recon_device)
-        obj, solver_s, steps, chunk = result.object, solver_s + result.seconds, steps + result.steps, chunk + 1
+        result = solve(scan.diffraction_rows, scan.positions, scan.probe, scan.object_guess.shape, start=obj,
+                       seconds=seconds, device=args.recon_device,
+                       options=SolverOptions(refine_probe=False, anneal=0.0, seed=args.seed + chunk))
+        obj, solver_s, steps, chunk = result.object, solver_s + result.seconds, steps + result.epochs, chunk + 1
         point = {"seconds": solver_s, "steps": steps, **headline(evaluate_reconstruction(obj, scan.object_guess, weight))}
         curve.append(point)
         if reached is None and point.get("phase_ssim", -1.0) >= target:
             reached = solver_s
-        print(f"  iterative {solver_s:5.1f} s, {steps} steps: phase SSIM {point.get('phase_ssim', float('nan')):.3f}, "
+        print(f"  iterative {solver_s:5.1f} s, {steps} epochs: phase SSIM {point.get('phase_ssim', float('nan')):.3f}, "
               f"amplitude SSIM {point.get('amplitude_ssim', float('nan')):.3f}", flush=True)
     last = curve[-1] if curve else {}
     if args.keep is not None:
         np.save(args.keep / "iterative_object.npy", obj)
     return {"method": "iterative", "seconds": solver_s, "steps": steps, "reach_s": reached, "curve": curve,
-            **{k: v for k, v in last.items() if k in HEADLINE}, "data_fit": data_fit(obj, scan, scan.probe).ratio}
+            **{k: v for k, v in last.items() if k in HEADLINE}, "data_fit": data_fit(obj, scan, result.probe).ratio}
 
 
 def ptychi_curves(args: argparse.Namespace, heldout: Path, scan: Any, target: float, work: Path) -> list[dict[str, Any]]:

@@ -59,8 +59,11 @@ def import_ptychi() -> tuple[object, bool]:
     return api, True
 
 
-def options_for(api: object, method: str, scan: dict[str, np.ndarray], batch_size: int, seed: int) -> object:
-    """Pty-chi task options: known probe and positions (not optimised), object from a flat start."""
+def options_for(api: object, method: str, scan: dict[str, np.ndarray], batch_size: int, seed: int,
+                refine_probe: bool = False, refine_positions: bool = False) -> object:
+    """Pty-chi task options: object from a flat start; the probe and the positions known (not
+    optimised) unless `refine_probe` / `refine_positions` (then Pty-chi's own defaults for them, the
+    object/probe ambiguity removal left on)."""
     import torch
 
     a = api  # ptychi.api
@@ -69,18 +72,18 @@ def options_for(api: object, method: str, scan: dict[str, np.ndarray], batch_siz
     M, N, _ = X.shape
     options.data_options.data = np.square(X)
     options.data_options.fft_shift = True
-    H, W = scan["objectGuess"].shape
+    H, W = scan["objectGuess"].shape if "objectGuess" in scan else (int(v) for v in scan["object_shape"])
     options.object_options.initial_guess = torch.ones((1, H, W), dtype=torch.complex64)
     options.object_options.determine_position_origin_coords_by = a.ObjectPosOriginCoordsMethods.SPECIFIED
     options.object_options.position_origin_coords = np.zeros(2)
-    options.object_options.remove_object_probe_ambiguity.enabled = False  # the probe is known and fixed
+    options.object_options.remove_object_probe_ambiguity.enabled = refine_probe  # off while the probe is fixed
     probe = np.asarray(scan["probeGuess"], np.complex64)
     probe = probe[None] if probe.ndim == 2 else probe
     options.probe_options.initial_guess = torch.from_numpy(probe[None] / N)  # (1 OPR mode, P, N, N)
-    options.probe_options.optimizable = False
+    options.probe_options.optimizable = refine_probe
     options.probe_position_options.position_x_px = np.asarray(scan["xcoords"], np.float64) - 0.5
     options.probe_position_options.position_y_px = np.asarray(scan["ycoords"], np.float64) - 0.5
-    options.probe_position_options.optimizable = False
+    options.probe_position_options.optimizable = refine_positions
     options.reconstructor_options.batch_size = batch_size
     options.reconstructor_options.random_seed = seed
     options.reconstructor_options.default_device = (a.Devices.GPU if torch.cuda.is_available() else a.Devices.CPU)
@@ -93,7 +96,8 @@ def current_object(task: object) -> np.ndarray:
 
 
 def solve(scan_path: Path, method: str, seconds: float, batch_size: int, seed: int = 0,
-          chunk_epochs: int = 5, curve: bool = False) -> dict[str, object]:
+          chunk_epochs: int = 5, curve: bool = False, refine_probe: bool = False,
+          refine_positions: bool = False) -> dict[str, object]:
     """Reconstruct for about `seconds` of wall clock (whole chunks of `chunk_epochs` epochs; set-up
     included in the time): {'object': (H, W) complex64, 'epochs', 'seconds', 'torchvision_replaced'}.
     With `curve`, also the object after every chunk: 'snapshots' (K, H, W) complex64 and
@@ -103,9 +107,10 @@ def solve(scan_path: Path, method: str, seconds: float, batch_size: int, seed: i
     from ptychi.api.task import PtychographyTask
 
     with np.load(scan_path) as f:
-        scan = {k: f[k] for k in ("diffraction", "probeGuess", "xcoords", "ycoords", "objectGuess")}
+        scan = {k: f[k] for k in ("diffraction", "probeGuess", "xcoords", "ycoords", "objectGuess", "object_shape")
+                if k in f.files}
     start = time.perf_counter()
-    options = options_for(api, method, scan, batch_size, seed)
+    options = options_for(api, method, scan, batch_size, seed, refine_probe, refine_positions)
     options.reconstructor_options.num_epochs = chunk_epochs
     task = PtychographyTask(options)
     epochs, paused = 0, 0.0
@@ -119,7 +124,11 @@ def solve(scan_path: Path, method: str, seconds: float, batch_size: int, seed: i
             at.append((t - start - paused, epochs))
             snapshots.append(current_object(task))
             paused += time.perf_counter() - t
-    out: dict[str, object] = {"object": current_object(task), "epochs": epochs,
+    probe = np.asarray(task.get_data_to_cpu("probe", as_numpy=True))[0] * scan["diffraction"].shape[-1]  # to ortho units
+    positions = np.stack([np.asarray(task.get_data_to_cpu("probe_positions", as_numpy=True))[:, 1] + 0.5,
+                          np.asarray(task.get_data_to_cpu("probe_positions", as_numpy=True))[:, 0] + 0.5], axis=1)
+    out: dict[str, object] = {"object": current_object(task), "probe": probe.astype(np.complex64),
+                              "positions": positions, "epochs": epochs,
                               "seconds": time.perf_counter() - start - paused, "torchvision_replaced": replaced}
     if curve:
         out.update(snapshots=np.stack(snapshots), snapshot_seconds=np.array([a for a, _ in at]),
@@ -129,7 +138,8 @@ def solve(scan_path: Path, method: str, seconds: float, batch_size: int, seed: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scan", type=Path, help="an NPZ of the data contract with probeGuess and objectGuess")
+    parser.add_argument("scan", type=Path, help="an NPZ of the data contract with probeGuess and objectGuess (or, "
+                        "for a measured scan, an object_shape key (H, W))")
     parser.add_argument("out", type=Path, help="NPZ written with `object` (H, W) complex64")
     parser.add_argument("--method", choices=("epie", "lsqml"), default="epie", help="default: epie")
     parser.add_argument("--seconds", type=float, default=60.0, help="wall-clock budget (default: 60)")
@@ -139,10 +149,14 @@ def main() -> None:
     parser.add_argument("--chunk-epochs", type=int, default=5, help="epochs between time checks (default: 5)")
     parser.add_argument("--curve", action="store_true",
                         help="also write the object after every chunk (snapshots, snapshot_seconds, snapshot_epochs)")
+    parser.add_argument("--refine-probe", action="store_true", help="optimise the probe too (default: off)")
+    parser.add_argument("--refine-positions", action="store_true", help="correct the positions (default: off)")
     args = parser.parse_args()
     batch = args.batch_size or {"epie": 16, "lsqml": 96}[args.method]
-    result = solve(args.scan, args.method, args.seconds, batch, args.seed, args.chunk_epochs, args.curve)
-    arrays = {k: result.pop(k) for k in ("object", "snapshots", "snapshot_seconds", "snapshot_epochs") if k in result}
+    result = solve(args.scan, args.method, args.seconds, batch, args.seed, args.chunk_epochs, args.curve,
+                   args.refine_probe, args.refine_positions)
+    arrays = {k: result.pop(k) for k in ("object", "probe", "positions", "snapshots", "snapshot_seconds",
+                                         "snapshot_epochs") if k in result}
     np.savez(args.out, **arrays)
     print(json.dumps({"method": args.method, "batch_size": batch, **result}))
 

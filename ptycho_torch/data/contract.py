@@ -320,7 +320,7 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
     if not path.is_file():
         raise FileNotFoundError(f"scan file {path} does not exist")
     if compressed_npz_suffix(path) is not None:
-        return _finish(path, *_in_memory(path, read_compressed_npz(path), validate), options)
+        return _finish(path, *_in_memory(path, read_compressed_npz(path), validate), options, validate)
     is_h5 = scan_suffix(path) in H5_SUFFIXES
     if options.explicit and not is_h5:
         raise ScanValidationError(["file: dataset paths (data.datasets, FILE::/path) need an HDF5 file"], str(path))
@@ -341,7 +341,7 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
         if layout is not None:
             return read_beamline(path, handle, layout[1], layout[0], options, validate)
         if not is_h5 and is_tike_layout(handle.files):
-            return _finish(path, *_in_memory(path, {k: handle[k] for k in TIKE_KEYS}, validate), options)
+            return _finish(path, *_in_memory(path, {k: handle[k] for k in TIKE_KEYS}, validate), options, validate)
         arrays, problems = _read_arrays(path, handle, is_h5)
         if is_h5 and "diffraction" not in arrays and not problems:
             problems.append("file: neither a scan file (root 'diffraction'), CXI (entry_1) nor NeXus (an NXentry); "
@@ -364,7 +364,7 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
             lazy_key = arrays["diffraction"].name.lstrip("/")
         elif lazy_npz:
             lazy_key = "diffraction" if "diffraction" in handle.files else "diff3d"
-    return _finish(path, arrays, stats, lazy_key, None, options)
+    return _finish(path, arrays, stats, lazy_key, None, options, validate)
 
 
 def _in_memory(path: Path, raw: dict[str, np.ndarray], validate: bool
@@ -381,7 +381,7 @@ def _in_memory(path: Path, raw: dict[str, np.ndarray], validate: bool
 
 
 def _finish(path: Path, arrays: dict[str, Any], stats: dict[str, float], lazy_key: str | None,
-            read_as: str | None, options: ReadOptions) -> ScanData:
+            read_as: str | None, options: ReadOptions, validate: bool) -> ScanData:
     """The ScanData of checked contract arrays: photon units, the detector mask, the zero frequency
     moved to the centre where the patterns hold it at the corner, and data.probe in place of the
     file's probe. `read_as` says how a converted layout was read (None for a contract file)."""
@@ -399,7 +399,6 @@ def _finish(path: Path, arrays: dict[str, Any], stats: dict[str, float], lazy_ke
         scan._energy = stats["mean_energy"]
     if counts:  # counts are photons by definition: intensity_scale / nphotons do not apply
         scale, how = 1.0, scan.frame_map.describe(stored_dtype)
-        scan.metadata["diffraction_read_as"] = how
     else:
         scale, how = photon_units(arrays, scan.mean_energy)  # energy as stored (scale 1)
     if scale != 1.0:
@@ -413,7 +412,8 @@ def _finish(path: Path, arrays: dict[str, Any], stats: dict[str, float], lazy_ke
     elif _dc_at_corner(scan):
         scan.frame_map = dataclasses.replace(scan.frame_map or FrameMap(), fftshift=True)
         how = f"{how}, {FRAME_DC_NOTE}"
-    scan.metadata["diffraction_read_as"] = how
+    if counts or scale != 1.0 or read_as is not None or scan.frame_map is not None and scan.frame_map.fftshift:
+        scan.metadata["diffraction_read_as"] = how  # a plain sqrt(counts) file keeps its metadata as written
     if options.probe:
         scan.probe = _probe_override(options.probe, scan.N, path)
         scan.metadata["probe_source"] = str(options.probe)
