@@ -168,11 +168,12 @@ def ptychi_python(asked: str | None) -> str | None:
 
 
 def run_ptychi(python: str, scan_path: Path, out: Path, method: str, seconds: float, seed: int,
-               curve: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """benchmarks/ptychi_solver.py on `scan_path` in `python`: (its JSON summary, the arrays it wrote:
-    'object', and with `curve` the per-chunk 'snapshots', 'snapshot_seconds', 'snapshot_epochs')."""
+               curve: bool = False, extra: list[str] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """benchmarks/ptychi_solver.py on `scan_path` in `python` (`extra`: more of its flags, e.g.
+    --refine-probe): (its JSON summary, the arrays it wrote: 'object', 'probe', 'positions', and with
+    `curve` the per-chunk 'snapshots', 'snapshot_seconds', 'snapshot_epochs')."""
     command = [python, str(Path(__file__).with_name("ptychi_solver.py")), str(scan_path), str(out),
-               "--method", method, "--seconds", f"{seconds:g}", "--seed", str(seed)]
+               "--method", method, "--seconds", f"{seconds:g}", "--seed", str(seed), *(extra or [])]
     if curve:
         command += ["--curve", "--chunk-epochs", "2"]
     proc = subprocess.run(command, capture_output=True, text=True, check=False)

@@ -317,11 +317,12 @@ def read_scan(path: str | Path, *, validate: bool = True, options: ReadOptions |
     """
     text, frames = split_source(str(path))
     path, options = Path(text), (options or ReadOptions()).with_frames(frames)
+    compressed = compressed_npz_suffix(path) is not None
+    is_h5 = not compressed and scan_suffix(path) in H5_SUFFIXES
     if not path.is_file():
         raise FileNotFoundError(f"scan file {path} does not exist")
-    if compressed_npz_suffix(path) is not None:
+    if compressed:
         return _finish(path, *_in_memory(path, read_compressed_npz(path), validate), options, validate)
-    is_h5 = scan_suffix(path) in H5_SUFFIXES
     if options.explicit and not is_h5:
         raise ScanValidationError(["file: dataset paths (data.datasets, FILE::/path) need an HDF5 file"], str(path))
     problem = None if is_h5 else npz_problem(path)

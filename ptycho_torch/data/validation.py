@@ -43,7 +43,7 @@ def scan_suffix(path: Path) -> str:
     """The lower-case suffix of a scan file path, or one ScanValidationError naming the kinds read."""
     s = path.suffix.lower()
     if s not in NPZ_SUFFIXES + H5_SUFFIXES:
-        raise ScanValidationError([f"file: expected a .npz, .h5 or .hdf5 scan file (or .cxi / .nxs), found "
+        raise ScanValidationError([f"file: expected a .npz, .h5 or .hdf5 scan file (or .cxi / .nxs / .npz.bz2), found "
                                    f"suffix '{path.suffix}'; convert it or rename it"], str(path))
     return s
 
