@@ -307,7 +307,7 @@ def run_identity(args: argparse.Namespace) -> tuple[Path, str, tuple[float, floa
             f"{SECTION} at {args.nphotons:.0e} photons", TARGETS["low-dose" if args.nphotons < 1e6 else "standard"])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=20.0,
                         help="wall-clock training budget per gridsize in minutes (default: 20)")
@@ -335,7 +335,11 @@ def main() -> None:
                              "kept with the network rows of the last results file")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep the scan, run and reconstruction folders (with their PNGs) here")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)

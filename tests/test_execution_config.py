@@ -416,3 +416,26 @@ def test_every_execution_field_has_an_effect(name, scan, tmp_path):
 
 def test_no_check_for_a_field_that_does_not_exist():
     assert set(EFFECTS) <= {f.name for f in fields(PyTorchExecutionConfig)}
+
+
+def test_the_defaults_are_the_benchmarked_model():
+    """`train` with no model flags trains what benchmarks/quality.py measures (issue 28): gridsize 2,
+    the half-width network, batch 4, lr 2e-3, warm-up + cosine. A benchmark setting that moves away
+    from the defaults (or the reverse) fails here."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from quality import PRESETS, build_parser, run_config
+
+    from ptycho_torch.config import RunConfig
+
+    args = build_parser().parse_args([])  # the benchmark's own defaults, standard preset
+    for key, value in PRESETS["standard"].items():
+        setattr(args, key, value if getattr(args, key, None) is None else getattr(args, key))
+    bench, default = run_config(args, Path("scan.npz"), 2), RunConfig()
+    for dotted in ("model.gridsize", "model.n_filters_scale", "training.batch_size", "execution.learning_rate",
+                   "execution.scheduler", "data.neighbor_count", "data.val_fraction"):
+        section, name = dotted.split(".")
+        assert getattr(getattr(default, section), name) == getattr(getattr(bench, section), name), dotted
+    assert default.model.gridsize == 2 and default.execution.scheduler == "WarmupCosine"
