@@ -58,7 +58,8 @@ def scores(obj: np.ndarray, probe: np.ndarray, scan: Any, halves: tuple[np.ndarr
     return out
 
 
-def our_row(scan: Any, label: str, probe: str, modes: int, seconds: float) -> tuple[dict[str, Any], Any]:
+def our_row(scan: Any, label: str, probe: str, modes: int, seconds: float, device: str = "cpu"
+            ) -> tuple[dict[str, Any], Any]:
     """Our solver on the scan for `seconds` from the file's or an estimated probe, and on each
     interleaved half for the same number of epochs from the same starting probe."""
     from ptycho_torch.solver.engine import SolverOptions, canvas_weight, solve
@@ -66,13 +67,13 @@ def our_row(scan: Any, label: str, probe: str, modes: int, seconds: float) -> tu
     from ptycho_torch.workflows.solve import solve_scan, starting_probe
 
     options = SolverOptions(modes=modes)
-    start, origin = starting_probe(scan, probe, options)
-    result = solve_scan(scan, None, seconds=seconds, probe=probe, options=options, progress=False)
+    start, origin = starting_probe(scan, probe, options, device)
+    result = solve_scan(scan, None, seconds=seconds, probe=probe, options=options, progress=False, device=device)
     halves, weights = [], []
     for idx in interleaved_halves(scan.n_patterns):
         part = scan.subset(idx)
         half = solve(part.diffraction_rows, part.positions, start, scan.object_shape, options=options,
-                     epochs=result.epochs)
+                     epochs=result.epochs, device=device)
         halves.append(half.object)
         weights.append(canvas_weight(half.positions, half.probe, scan.object_shape))
     row = {"method": label, "seconds": result.seconds, "epochs": result.epochs, "modes": modes,
@@ -135,14 +136,14 @@ def network_rows(args: argparse.Namespace, scan_path: Path, scan: Any, probe_pat
     config = apply_overrides(RunConfig(), {
         "data.path": str(scan_path), "data.probe": str(probe_path), "training.nepochs": 100_000,
         "training.max_minutes": args.network_minutes, "execution.enable_progress_bar": False,
-        "execution.logger_backend": "csv", "execution.seed": args.seed})
+        "execution.logger_backend": "csv", "execution.seed": args.seed, "model.n_filters_scale": args.n_filters_scale})
     t0 = time.perf_counter()
     trained = train(config, work / "run")
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    recon = reconstruct(trained.run_dir, scan, None, progress=False)
+    recon = reconstruct(trained.run_dir, scan, None, progress=False, device=args.device)
     recon_s = time.perf_counter() - t0
-    halves = [reconstruct(trained.run_dir, scan.subset(idx), None, progress=False)
+    halves = [reconstruct(trained.run_dir, scan.subset(idx), None, progress=False, device=args.device)
               for idx in interleaved_halves(scan.n_patterns)]
     probe = np.load(probe_path)
     net = {"method": f"network (default model, retrieved probe) trained {args.network_minutes:g} min",
@@ -153,9 +154,11 @@ def network_rows(args: argparse.Namespace, scan_path: Path, scan: Any, probe_pat
     _log(net)
     rows = [(net, recon.object)]
     if args.refine_seconds > 0:
-        sol = refine_stitched(recon.object, recon.weight, scan, probe, args.refine_seconds, refine_probe=True)
+        sol = refine_stitched(recon.object, recon.weight, scan, probe, args.refine_seconds, refine_probe=True,
+                              device=args.device)
         half_sols = [refine_stitched(_on_canvas(h.object, scan.object_shape), _on_canvas(h.weight, scan.object_shape),
-                                     _subset_on(scan, idx), probe, args.refine_seconds / 2, refine_probe=True)
+                                     _subset_on(scan, idx), probe, args.refine_seconds / 2, refine_probe=True,
+                                     device=args.device)
                      for h, idx in zip(halves, interleaved_halves(scan.n_patterns))]
         from ptycho_torch.solver.engine import canvas_weight
 
@@ -241,6 +244,8 @@ def main() -> None:
     parser.add_argument("--ptychi-python", default=None, help="a Python with ptychi (default: $PTYCHI_PYTHON or this one)")
     parser.add_argument("--ptychi-positions", action="store_true", help="Pty-chi also corrects positions (default: off)")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument("--device", default="cpu", help="where our solver and the network's inference run (default: cpu)")
+    parser.add_argument("--n-filters-scale", type=float, default=0.5, help="network width of the network row (default: 0.5)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md or the picture")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default: {RESULTS})")
     args = parser.parse_args()
@@ -254,14 +259,15 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     objects: list[tuple[str, np.ndarray]] = []
     work = Path(tempfile.mkdtemp(prefix="real_data_"))
-    file_row, file_result = our_row(scan, "ours, file probe (refined)", "file", 1, args.seconds)
+    file_row, file_result = our_row(scan, "ours, file probe (refined)", "file", 1, args.seconds, args.device)
     rows.append(file_row)
     objects.append(("ours, file probe", file_result.object))
-    est_row, est_result = our_row(scan, "ours, probe estimated from the data", "estimate", 1, args.seconds)
+    est_row, est_result = our_row(scan, "ours, probe estimated from the data", "estimate", 1, args.seconds, args.device)
     rows.append(est_row)
     objects.append(("ours, estimated probe", est_result.object))
     if args.modes > 1:
-        modes_row, modes_result = our_row(scan, f"ours, file probe, {args.modes} modes", "file", args.modes, args.seconds)
+        modes_row, modes_result = our_row(scan, f"ours, file probe, {args.modes} modes", "file", args.modes,
+                                          args.seconds, args.device)
         rows.append(modes_row)
         objects.append((f"ours, {args.modes} modes", modes_result.object))
     ptychi = ptychi_row(args, scan, work)
@@ -281,7 +287,8 @@ def main() -> None:
     result = {"date": time.strftime("%Y-%m-%d"), "settings": {
         "data": str(args.data), "data_name": f"../shared/data/{args.data.name}", "seconds": args.seconds,
         "modes": args.modes, "network_minutes": args.network_minutes, "refine_seconds": args.refine_seconds,
-        "n_patterns": scan.n_patterns, "N": scan.N, "seed": args.seed},
+        "n_patterns": scan.n_patterns, "N": scan.N, "seed": args.seed, "device": args.device,
+        "n_filters_scale": args.n_filters_scale},
         "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
         "load": load_note(load_start, os.getloadavg()[0], os.cpu_count()), "rows": rows}
     ours = rows[0]
