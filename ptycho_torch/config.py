@@ -245,7 +245,10 @@ class SimulationConfig(ConfigSection):
     section: typing.ClassVar[str] = "simulation"
 
     N: int = config_field(64, "diffraction pattern size in pixels (even)")
-    object: str = config_field("lines", "object generator: lines, dead_leaves, grf, soft_lines (upstream's lines study), or a path to a 2-D .npy image")
+    object: str = config_field("lines", "object generator: lines, dead_leaves, grf, soft_lines (upstream's lines study), siemens_star (a "
+        "resolution test pattern), texture (fibres / cells), mixed (each field one of lines, dead_leaves, grf, "
+        "siemens_star, texture: a corpus that is no family's specialist), or a path to a 2-D .npy image (e.g. a "
+        "photograph)")
     phase_object: Optional[str] = config_field(None, "optional .npy image used as the phase (radians scaled to max_phase)")
     max_phase: float = config_field(1.5, "largest phase excursion of the object in radians")
     min_amplitude: float = config_field(0.5, "smallest object amplitude (amplitude spans [min_amplitude, 1])")

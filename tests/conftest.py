@@ -30,14 +30,14 @@ def small_scan(tmp_path_factory) -> Path:
 
 
 def tiny_config(scan: Path, **sections) -> RunConfig:
-    """N=32, gridsize 1 (machinery, not quality: the fastest model), 8/16 filters, batch 16, 2 epochs, 25%
-    validation, csv logs, no progress bar."""
+    """N=32, gridsize 1 (machinery, not quality: the fastest model), 8/16 filters, batch 16, lr 1e-3, 2
+    epochs, 25% validation, csv logs, no progress bar."""
     config = RunConfig(data=DataConfig(path=str(scan), val_fraction=0.25),
                        model=ModelConfig(N=32, gridsize=1, n_filters_scale=0.25),
                        training=TrainingConfig(nepochs=2, batch_size=16))
     from ptycho_torch.config import apply_overrides
 
-    base = {"execution.enable_progress_bar": False}
+    base = {"execution.enable_progress_bar": False, "execution.learning_rate": 1e-3}  # the tests' lr arithmetic
     base.update(sections)
     return apply_overrides(config, base)
 

@@ -39,7 +39,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATORS = ("lines", "dead_leaves", "grf", "soft_lines")
+GENERATORS = ("lines", "dead_leaves", "grf", "soft_lines", "siemens_star", "texture", "mixed")
+MIXED = ("lines", "dead_leaves", "grf", "siemens_star", "texture")  # what 'mixed' draws from (one per object)
+ONE_MATERIAL = ("siemens_star", "texture")
 DIAMETER_FRACTION = 0.9  # the probe diameter holds this fraction of the intensity
 BLUR_SIGMA_PX = 0.75  # Gaussian blur applied to every object field (band limit)
 _CHUNK = 2048  # patterns per forward-model chunk
@@ -119,6 +121,39 @@ def _grf(shape: tuple[int, int], rng: np.random.Generator, corr_px: float = 8.0)
     return np.fft.ifft2(noise * amplitude).real.astype(np.float32)
 
 
+def _siemens_star(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A resolution test pattern as beamlines image it: a Siemens star (24..48 spokes, random centre
+    in the middle half of the field, random rotation, a solid central disc, an outer ring), its spokes
+    anti-aliased by supersampling 2x2."""
+    H, W = shape
+    n = int(rng.integers(12, 25)) * 2
+    cy, cx = rng.uniform(0.25 * H, 0.75 * H), rng.uniform(0.25 * W, 0.75 * W)
+    rot = rng.uniform(0, 2 * np.pi)
+    radius = rng.uniform(0.45, 0.8) * max(H, W)
+    yy, xx = np.mgrid[0:H:0.5, 0:W:0.5]
+    r, theta = np.hypot(yy - cy, xx - cx), np.arctan2(yy - cy, xx - cx) + rot
+    ink = (np.cos(n / 2 * theta) > 0) & (r < radius)
+    ink |= r < rng.uniform(0.04, 0.08) * radius
+    ink |= np.abs(r - radius) < 1.5
+    return ink.reshape(H, 2, W, 2).mean(axis=(1, 3)).astype(np.float32)
+
+
+def _texture(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A natural-looking texture (fibres, cells): band-pass noise with a random dominant orientation
+    and scale, its ridges sharpened, over a few soft blobs of other density."""
+    H, W = shape
+    ky, kx = np.fft.fftfreq(H)[:, None], np.fft.fftfreq(W)[None, :]
+    k = np.hypot(ky, kx)
+    angle = np.arctan2(ky, kx)
+    k0, spread = rng.uniform(0.04, 0.15), rng.uniform(0.3, 1.2)
+    orient = rng.uniform(0, np.pi)
+    band = np.exp(-((k - k0) / (0.4 * k0)) ** 2) * np.exp(-(np.sin(angle - orient) / spread) ** 2)
+    ridges = np.fft.ifft2(np.fft.fft2(rng.standard_normal(shape)) * band).real
+    ridges = 1.0 - np.abs(ridges) / (np.abs(ridges).max() + 1e-12)  # ridge lines where the field crosses 0
+    blobs = ndimage.gaussian_filter(rng.standard_normal(shape), max(H, W) / 12)
+    return (ridges ** 3 + 0.5 * _normalise(blobs)).astype(np.float32)
+
+
 def _image(path: str, shape: tuple[int, int], field_name: str) -> np.ndarray:
     """A 2-D real .npy image resampled (bilinear) to `shape`."""
     p = Path(path)
@@ -137,9 +172,12 @@ def _image(path: str, shape: tuple[int, int], field_name: str) -> np.ndarray:
 
 
 def object_field(kind: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A real (H, W) field in [0, 1] from a generator name or a .npy image path, blurred by
-    BLUR_SIGMA_PX pixels before normalisation."""
-    makers = {"lines": _lines, "dead_leaves": _dead_leaves, "grf": _grf, "soft_lines": _soft_lines}
+    """A real (H, W) field in [0, 1] from a generator name ('mixed': one of MIXED drawn by `rng`) or
+    a .npy image path, blurred by BLUR_SIGMA_PX pixels before normalisation."""
+    makers = {"lines": _lines, "dead_leaves": _dead_leaves, "grf": _grf, "soft_lines": _soft_lines,
+              "siemens_star": _siemens_star, "texture": _texture}
+    if kind == "mixed":  # a corpus that is not one family's specialist: each field a family of its own
+        kind = MIXED[int(rng.integers(len(MIXED)))]
     raw = makers[kind](shape, rng) if kind in makers else _image(kind, shape, "object")
     return _normalise(ndimage.gaussian_filter(raw.astype(np.float64), BLUR_SIGMA_PX))
 
@@ -155,13 +193,18 @@ def make_object(
 ) -> np.ndarray:
     """Complex64 (H, W) object: amplitude in [min_amplitude, 1], phase in [-max_phase, max_phase] rad.
 
-    Procedural kinds draw a second, independent field for the phase; an image (.npy) reuses itself
-    as the phase unless `phase_image` is given.
+    Procedural kinds draw a second, independent field for the phase, except the ONE_MATERIAL kinds
+    (a test pattern, a texture: one material, so the phase follows the amplitude's structure); an image
+    (.npy) reuses itself as the phase unless `phase_image` is given; 'mixed' picks one family of MIXED.
     """
+    if kind == "mixed":  # one family for both fields of this object
+        kind = MIXED[int(rng.integers(len(MIXED)))]
     amp_field = object_field(kind, shape, rng)
     if phase_image is not None:
         raw = _image(phase_image, shape, "phase_object")
         ph_field = _normalise(ndimage.gaussian_filter(raw, BLUR_SIGMA_PX))
+    elif kind in ONE_MATERIAL:  # a sample of one material: its phase follows its amplitude's structure
+        ph_field = amp_field
     elif kind in GENERATORS:
         ph_field = object_field(kind, shape, rng)
     else:
