@@ -229,8 +229,8 @@ def _log(row: dict[str, Any]) -> None:
 def picture(objects: list[tuple[str, np.ndarray]], weight: np.ndarray, path: Path) -> None:
     """Phase (top) and amplitude (bottom) of every row, each brought to its bright level 1 and its mean
     phase 0 over the well-lit region, one colour range per kind across the rows."""
-    from ptycho_torch.plots import _figure, _save
     from ptycho_torch.metrics import scanned_region
+    from ptycho_torch.plots import _figure, _save
 
     region = scanned_region(weight, 0.3)
     shown = []
@@ -260,7 +260,8 @@ def section(result: dict[str, Any]) -> str:
     command += " --crop-row" if any("data_fit_on" in r for r in result["rows"]) else ""
     lines = [SECTION, "",
              f"`{command}`, {result['date']}, {result['machine']['cpu_count']} CPU cores, torch "
-             f"{result['machine']['torch']}; {result['load']} The scan: {s['n_patterns']} measured patterns of "
+             f"{result['machine']['torch']} with {result['machine'].get('torch_threads', '?')} thread(s) per process "
+             f"(Pty-chi's subprocess alike); {result['load']} The scan: {s['n_patterns']} measured patterns of "
              f"{s['N']}x{s['N']} photon counts of a Siemens star (APS Velociprobe, tike's test data), an analytic "
              "zone-plate probe model in the file, no ground truth. *Data fit*: Poisson deviance of the "
              "reconstruction's predicted patterns over the counting-noise floor, on every pattern (1 = explained to "
@@ -332,14 +333,14 @@ def main() -> None:
             rows.append(row)
             objects.append(("network" if "refined" not in row["method"] else "network + refined", obj))
         if args.crop_row:
-            for row, obj in crop_rows(args, scan, file_result.probe, work):
-                rows.append(row)
+            rows += [row for row, _ in crop_rows(args, scan, file_result.probe, work)]
     result = {"date": time.strftime("%Y-%m-%d"), "settings": {
         "data": str(args.data), "data_name": f"../shared/data/{args.data.name}", "seconds": args.seconds,
         "modes": args.modes, "network_minutes": args.network_minutes, "refine_seconds": args.refine_seconds,
         "n_patterns": scan.n_patterns, "N": scan.N, "seed": args.seed, "device": args.device,
         "n_filters_scale": args.n_filters_scale},
-        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
+        "machine": {"cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+                    "torch_threads": torch.get_num_threads()},
         "load": load_note(load_start, os.getloadavg()[0], os.cpu_count()), "rows": rows}
     ours = rows[0]
     if ptychi is not None:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptycho_torch.data.contract import read_scan, write_scan
 from ptycho_torch.data.beamline import ReadOptions
+from ptycho_torch.data.contract import read_scan, write_scan
 from ptycho_torch.data.validation import ScanValidationError
 
 STAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "velociprobe-siemens-star.npz.bz2"

@@ -54,7 +54,6 @@ from ptycho_torch.data.tike_files import (
     read_compressed_npz,
     tike_arrays,
 )
-from ptycho_torch.errors import UserError
 from ptycho_torch.data.validation import (
     ALIASES,
     H5_SUFFIXES,
@@ -66,6 +65,7 @@ from ptycho_torch.data.validation import (
     parse_metadata,
     scan_suffix,
 )
+from ptycho_torch.errors import UserError
 
 __all__ = ["ScanValidationError", "ScanData", "canvas_shape", "read_object_guess", "read_scan", "validate_scan",
            "write_scan"]

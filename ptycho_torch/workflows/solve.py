@@ -119,7 +119,7 @@ def _run(scan: Scan, probe: np.ndarray, options: SolverOptions, seconds: float |
 
 
 def solve_scan(data: ScanPaths | Scan, out_dir: str | Path | None = None, *, seconds: float | None = 60.0,
-               epochs: int | None = None, probe: str = "file", options: SolverOptions = SolverOptions(),
+               epochs: int | None = None, probe: str = "file", options: SolverOptions | None = None,
                read_options: ReadOptions | None = None, device: str = "cpu", progress: bool | None = None,
                half_scan: bool = False, fit_patterns: int = 2048) -> SolveResult:
     """Reconstruct object and probe of `data` (file(s), a glob, or a scan already read) iteratively
@@ -134,6 +134,7 @@ def solve_scan(data: ScanPaths | Scan, out_dir: str | Path | None = None, *, sec
         raise UserError(f"--seconds must be > 0, got {seconds:g}")
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
+    options = options or SolverOptions()
     scan = data if hasattr(data, "diffraction_rows") else read_scans(data, options=read_options)
     start_probe, origin = starting_probe(scan, probe, options, device)
     sol = _run(scan, start_probe, options, seconds, epochs, device, progress, "solve")
