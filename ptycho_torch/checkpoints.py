@@ -5,7 +5,10 @@ checkpoint carrying other Python objects, e.g. a planted pickle payload, is refu
 in it runs). `resume_checkpoint` picks `checkpoints/last.ckpt` when it is intact, otherwise the newest
 intact `*.ckpt` of the run (saying so), and fails with one line when none is left.
 `AtomicCheckpointIO` makes Lightning write checkpoints as temp file + rename, so an interruption
-mid-write can no longer leave a truncated last.ckpt.
+mid-write can no longer leave a truncated last.ckpt. `LastEveryEpoch` writes `last.ckpt` at the end of
+every training epoch, whatever the monitored metric did (Lightning 2.6's `ModelCheckpoint(save_last=True)`
+with a monitor rewrites it only in epochs that entered the top k), so a SIGKILL, an OOM kill or a power
+loss costs at most the epoch in flight.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ptycho_torch.config import ConfigError
@@ -133,3 +138,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return torch.load(path, map_location=map_location or (lambda storage, loc: storage), weights_only=True)
+
+
+class LastEveryEpoch(Checkpoint):
+    """Writes `path` (a run's checkpoints/last.ckpt) at the end of every training epoch.
+
+    A `Checkpoint` subclass, so Lightning runs it with the monitoring callbacks, after the module's
+    and the other callbacks' epoch-end hooks (History has recorded the epoch, so a resume keeps its
+    row). Written through the Trainer's checkpoint IO (AtomicCheckpointIO: temp file + rename), on
+    every rank (the save is collective under DDP; rank 0 writes)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or bool(trainer.fast_dev_run):
+            return
+        trainer.save_checkpoint(str(self.path))

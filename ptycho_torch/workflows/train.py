@@ -34,7 +34,13 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from ptycho_torch.callbacks import EpochSummary, History, LearningRate, scalar_metrics
-from ptycho_torch.checkpoints import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, resume_checkpoint
+from ptycho_torch.checkpoints import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    AtomicCheckpointIO,
+    LastEveryEpoch,
+    resume_checkpoint,
+)
 from ptycho_torch.config import ConfigError, RunConfig, save_run_config
 from ptycho_torch.data.dataset import PtychoDataModule
 from ptycho_torch.interrupt import SaveOnInterrupt, TrainingInterrupted, interruptible
@@ -113,7 +119,8 @@ def build_logger(config: RunConfig, run_dir: Path) -> Any:
 def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     """LearningRate (Lightning's LearningRateMonitor), History, EpochSummary, ReconstructionImages
     (every execution.log_images_every_n_epochs, with a logger), ModelCheckpoint (top-k by the
-    monitored metric, plus last.ckpt) and EarlyStopping."""
+    monitored metric), LastEveryEpoch (last.ckpt at every epoch end, whatever the metric did) and
+    EarlyStopping."""
     from ptycho_torch.progress_images import ReconstructionImages
 
     ex = config.execution
@@ -124,9 +131,10 @@ def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     if ex.enable_checkpointing:
         callbacks.append(ModelCheckpoint(
             dirpath=str(run_dir / CHECKPOINT_DIR), monitor=monitor, mode=ex.checkpoint_mode,
-            save_top_k=ex.checkpoint_save_top_k, save_last=True,
+            save_top_k=ex.checkpoint_save_top_k, save_last=False,
             filename="epoch{epoch:03d}-" + monitor.replace("/", "_") + "{" + monitor + ":.5g}",
             auto_insert_metric_name=False))
+        callbacks.append(LastEveryEpoch(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT))
     if ex.early_stop_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=ex.checkpoint_mode,
                                        patience=ex.early_stop_patience))
@@ -174,7 +182,7 @@ def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Train
         overrides["plugins"] = list(overrides["plugins"]) + kwargs["plugins"]
     kwargs.update(overrides)
     if not kwargs["enable_checkpointing"]:  # e.g. under Ray, whose report callback checkpoints instead
-        kwargs["callbacks"] = [cb for cb in kwargs["callbacks"] if not isinstance(cb, ModelCheckpoint)]
+        kwargs["callbacks"] = [cb for cb in kwargs["callbacks"] if not isinstance(cb, (ModelCheckpoint, LastEveryEpoch))]
     if config.execution.strategy == "deepspeed" and "strategy" not in overrides:
         raise ConfigError("execution.strategy: 'deepspeed' is only supported under ptycho-dist "
                           "(Ray) with deepspeed installed; use auto, ddp or fsdp")
