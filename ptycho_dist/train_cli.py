@@ -49,6 +49,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run where a run of that name exists, after moving the old one aside to "
                         "NAME.replaced-<time> (nothing is deleted) (default: off, such a run is refused)")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="with --resume: continue on scan files other than those the run trained on (recorded "
+                        "in data.json and manifest.json) (default: off, such a resume is refused)")
     add_ray_flags(p, RAY_FLAGS)
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -149,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config, ray_config, resume = resolve_dist_configs(args)
     if not config.data.path:
         raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
-    result = fit_distributed(config, ray_config, resume=resume, overwrite=args.overwrite)
+    result = fit_distributed(config, ray_config, resume=resume, overwrite=args.overwrite,
+                             allow_other_data=args.allow_other_data)
     shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
     print(f"trained {result.epochs_completed} epochs on {result.world_size} Ray worker(s) in "
           f"{result.wall_seconds:.1f} s (fit {result.fit_seconds:.1f} s) {shown}; "

@@ -21,8 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 

@@ -152,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
     if args.resume is not None and args.overwrite:
         raise ConfigError("--overwrite starts a new run and --resume continues one; give only one")
-    result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite)
+    result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite,
+                   allow_other_data=args.allow_other_data)
     shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
     print(f"trained {result.epochs_completed} epochs in {result.seconds:.1f} s {shown}; "
           f"model bundle: {result.bundle_path}")
@@ -245,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="train into an --out that already holds a run, after moving that run aside to "
                         "RUN_DIR.replaced-<time> (nothing is deleted) (default: off, such an --out is refused)")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="with --resume: continue on scan files other than those the run trained on (recorded "
+                        "in data.json and manifest.json) (default: off, such a resume is refused)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 

@@ -7,7 +7,8 @@ checkpoint to continue from, the normalisation factor its driver computed while 
 scan), so there is no second copy of the training logic.
 
 A run directory holds:
-    config.yaml      the resolved RunConfig (itself a valid --config), written before training
+    config.yaml      the resolved RunConfig (itself a valid --config, data paths absolute), written before training
+    data.json        the scan files the run is bound to (path, size, mtime, sha256) and every deliberate switch
     checkpoints/     ModelCheckpoint output (best top-k and last.ckpt)
     logs/version_k/  logger output (metrics.csv for the csv backend; one version per (re)start)
     model.pt         the model bundle (see bundle.py)
@@ -47,6 +48,7 @@ from ptycho_torch.interrupt import SaveOnInterrupt, TrainingInterrupted, interru
 from ptycho_torch.module import PtychoPINNModule
 from ptycho_torch.outputs import atomic_write_text, check_output_dir, claim_run_dir
 from ptycho_torch.workflows.bundle import BUNDLE_NAME, save_bundle
+from ptycho_torch.workflows.data_binding import absolute_data_paths, bind_run_to_data, check_resume_data
 from ptycho_torch.workflows.manifest import write_manifest
 from ptycho_torch.workflows.warm_start import apply_warm_start
 
@@ -293,7 +295,8 @@ class Launch:
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = (), launch: Launch | None = None) -> TrainResult:
+          callbacks: Sequence[Callback] = (), launch: Launch | None = None,
+          allow_other_data: bool = False) -> TrainResult:
     """Train on `config.data.path`, writing everything into `run_dir` (see module docstring).
 
     Everything is validated (config against this machine, the scan file, the output directory)
@@ -303,6 +306,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
     SIGTERM/SIGINT save a resumable checkpoint and raise `TrainingInterrupted`. `callbacks` are extra
     Lightning callbacks (e.g. benchmark timers), appended after the derived ones. With `launch`, a
     launcher owns the processes and `run_dir` (see Launch); `resume` and `overwrite` are then unused.
+    The data paths are made absolute, a new run records its scan files (data.json) and a resume on
+    other files is refused unless `allow_other_data` (workflows.data_binding).
     """
     run_dir = Path(run_dir)
     with interruptible() as signals:
@@ -312,6 +317,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         ckpt_path = launch.checkpoint if launch is not None else resume_checkpoint(run_dir) if resume else None
         if launch is None:
             check_output_dir(run_dir, "--resume" if resume else "--out")
+            config = absolute_data_paths(config)
+            if resume:
+                check_resume_data(run_dir, config, allow_other_data)
         configure_threads()
         L.seed_everything(config.execution.seed, workers=True, verbose=False)
         datamodule = PtychoDataModule(config, validate=launch is None,
@@ -332,6 +340,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         try:
             if lead:
                 save_run_config(config, run_dir / "config.yaml")
+                if not resume:
+                    bind_run_to_data(run_dir, config)
             saver = SaveOnInterrupt(signals, run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint(run_dir))
             trainer = build_trainer(config, run_dir, extra_callbacks=[*callbacks, *([saver] if launch is None else [])],
                                     **(launch.trainer if launch is not None else {}))
