@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from conftest import tiny_config
@@ -86,3 +87,64 @@ def test_a_run_is_bound_to_its_scan(tiny_scan, tmp_path, monkeypatch, capsys):
     change = manifest["data_changes"][0]
     assert change["from"][0]["sha256"] == bound[0]["sha256"] == file_checksum(tiny_scan)["sha256"]
     assert change["to"][0]["sha256"] == manifest["data"]["sha256"] != bound[0]["sha256"]
+
+
+@pytest.mark.parametrize("variable", ["RANK", "LOCAL_RANK", "SLURM_PROCID"])
+def test_a_stray_rank_variable_does_not_disable_the_overwrite_protection(variable, tiny_scan, tmp_path, monkeypatch,
+                                                                        capsys):
+    """RANK=1 (or LOCAL_RANK / SLURM_PROCID) left in a torchrun shell or a PyTorchJob pod, with no
+    multi-process launch: the existing run is refused, not trained over."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "WORLD_SIZE", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "1")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "model.pt").write_bytes(b"the trained model")
+    rc = main(["train", "--data", str(tiny_scan), "--out", str(run), "--epochs", "1", "--no-progress-bar",
+               "--N", "32", "--n-filters-scale", "0.25"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "already holds a run" in err[0], err
+    assert (run / "model.pt").read_bytes() == b"the trained model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing moved aside or created
+
+
+def test_a_follower_rank_needs_the_claim_of_its_own_launch(tmp_path):
+    from ptycho_torch.config import ConfigError
+    from ptycho_torch.outputs import await_claim, claim_run_dir
+
+    run = tmp_path / "run"
+    claim_run_dir(run, launch_id="launch-a")
+    await_claim(run, "launch-a", rank=1, timeout_s=0.1)  # rank 0 of its launch claimed it: returns
+    for other in ("launch-b", None):  # an earlier launch's directory, or no launch at all
+        with pytest.raises(ConfigError, match="rank 1 of a multi-process launch.*unset those variables"):
+            await_claim(run, other, rank=1, timeout_s=0.3)
+
+
+def test_two_claims_at_once_exactly_one_wins(tmp_path):
+    """The check-then-create race of two `train --out SAME` started together: mkdir + O_EXCL claim."""
+    import threading
+
+    from ptycho_torch.config import ConfigError
+    from ptycho_torch.outputs import claim_run_dir
+
+    def claim(run: Path, name: str, barrier: threading.Barrier, outcomes: list[str]) -> None:
+        barrier.wait()
+        try:
+            claim_run_dir(run, launch_id=name)
+            outcomes.append("won")
+        except ConfigError as e:
+            outcomes.append(str(e))
+
+    for round_ in range(20):
+        run = tmp_path / f"run{round_}" / "out"
+        if round_ % 2:
+            run.mkdir(parents=True)  # an existing empty directory is claimed the same way
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+        threads = [threading.Thread(target=claim, args=(run, f"launch-{i}", barrier, outcomes)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes)[-1] == "won" and outcomes.count("won") == 1, outcomes
+        assert "already holds a run" in next(o for o in outcomes if o != "won")

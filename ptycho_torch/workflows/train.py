@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -46,7 +47,7 @@ from ptycho_torch.config import ConfigError, RunConfig, save_run_config
 from ptycho_torch.data.dataset import PtychoDataModule
 from ptycho_torch.interrupt import SaveOnInterrupt, TrainingInterrupted, interruptible
 from ptycho_torch.module import PtychoPINNModule
-from ptycho_torch.outputs import atomic_write_text, check_output_dir, claim_run_dir
+from ptycho_torch.outputs import atomic_write_text, await_claim, check_output_dir, claim_run_dir
 from ptycho_torch.workflows.bundle import BUNDLE_NAME, save_bundle
 from ptycho_torch.workflows.data_binding import absolute_data_paths, bind_run_to_data, check_resume_data
 from ptycho_torch.workflows.manifest import write_manifest
@@ -257,15 +258,42 @@ def check_local_execution(config: RunConfig, cpu_count: int | None = None, gpu_c
                               f"--devices {gpus} or fewer")
 
 
+LAUNCH_ID_VAR = "PTYCHO_LAUNCH_ID"  # set by rank 0 for the processes it starts (Lightning's DDP subprocesses)
+
+
+def launched_world_size() -> int:
+    """Processes of this launch: WORLD_SIZE (Lightning, torchrun) or SLURM_NTASKS (srun); 1 otherwise."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 1:
+            return int(value)
+    return 1
+
+
 def launched_rank() -> int:
     """This process's global rank when a launcher started several (Lightning's DDP subprocesses set
-    LOCAL_RANK, torchrun RANK, srun SLURM_PROCID); 0 otherwise. Only rank 0 claims, writes or cleans
-    up the run directory."""
+    LOCAL_RANK, torchrun RANK, srun SLURM_PROCID, each with WORLD_SIZE / SLURM_NTASKS > 1); 0
+    otherwise, whatever a RANK variable left in a shell says. Only rank 0 claims, writes or cleans up
+    the run directory."""
+    if launched_world_size() == 1:
+        return 0
     for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
     return 0
+
+
+def launch_id(lead: bool) -> str | None:
+    """What identifies this launch to all its processes: rank 0's PTYCHO_LAUNCH_ID for the DDP
+    subprocesses it starts, torchrun's TORCHELASTIC_RUN_ID, srun's job and step; a lead process
+    without a launcher makes a fresh one."""
+    slurm = os.environ.get("SLURM_JOB_ID")
+    external = (os.environ.get("TORCHELASTIC_RUN_ID")
+                or (f"slurm-{slurm}.{os.environ.get('SLURM_STEP_ID', '')}" if slurm else None))
+    if lead:
+        return external or uuid.uuid4().hex
+    return os.environ.get(LAUNCH_ID_VAR) or external
 
 
 def resume_hint(run_dir: Path) -> str:
@@ -334,9 +362,13 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         lead = launch is None and launched_rank() == 0
         created = lead and not run_dir.exists()
         if not resume and lead:
-            moved = claim_run_dir(run_dir, overwrite=overwrite)
+            this_launch = launch_id(lead=True)
+            moved = claim_run_dir(run_dir, overwrite=overwrite, launch_id=this_launch)
+            os.environ[LAUNCH_ID_VAR] = this_launch  # inherited by the DDP subprocesses Lightning starts
             if moved is not None:
                 log.warning("moved the previous contents of %s to %s", run_dir, moved)
+        elif not resume and launch is None:
+            await_claim(run_dir, launch_id(lead=False), launched_rank())
         try:
             if lead:
                 save_run_config(config, run_dir / "config.yaml")
