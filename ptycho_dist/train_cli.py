@@ -27,6 +27,7 @@ import yaml
 from ptycho_dist.config import RayConfig
 from ptycho_dist.flags import RAY_FLAGS, add_ray_flags, ray_overrides
 from ptycho_dist.run_files import CONFIG_FILE, RAY_FILE, read_run_file, run_location, storage_path
+from ptycho_torch.bounded_yaml import load_bounded
 from ptycho_torch.config import ConfigError, RunConfig, read_yaml_mapping, yaml_problem
 
 
@@ -81,7 +82,7 @@ def _text_config(text: str | None, where: str) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_bounded(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: is not valid YAML ({yaml_problem(e)}); restore it from a backup, or delete it to "
                           "resume with the settings of --config and the flags") from None

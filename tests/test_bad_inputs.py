@@ -200,6 +200,20 @@ CASES: list[Case] = [
     Case("yaml-unknown-section", "a `--config` with an unknown section", "use a known section",
          "unknown section(s) modle",
          lambda w: [*T, "--data", str(w.scan), "--out", str(w.never), "--config", str(w.file("c.yaml", "modle: {}\n"))]),
+    Case("yaml-alias-bomb", "a 400-byte `--config` whose nested aliases in `training.freeze` expand to 5*10^7 values",
+         "write the values out", "aliases (*name) expand to 5.45e+07 values, more than the 100000 allowed",
+         lambda w: [*T, "--data", str(w.scan), "--out", str(w.never), "--config", str(w.file("c.yaml", ALIAS_BOMB))]),
+    Case("yaml-deep-nesting", "a `--config` nested 100,000 levels deep", "flatten the document",
+         "nested more than 100 levels deep",
+         lambda w: [*T, "--data", str(w.scan), "--out", str(w.never),
+                    "--config", str(w.file("c.yaml", "model: " + "[" * 100_000 + "]" * 100_000 + "\n"))]),
+    Case("yaml-huge-value", "a `--config` with a 1 MB string as `model.N`", "the message quotes at most ~800 characters",
+         "characters left out",
+         lambda w: [*T, "--data", str(w.scan), "--out", str(w.never),
+                    "--config", str(w.file("c.yaml", "model: {N: " + "x" * 1_000_000 + "}\n"))]),
+    Case("resume-config-alias-bomb", "`train --resume RUN` whose stored config.yaml holds nested aliases",
+         "restore config.yaml", "expand to 5.45e+07 values",
+         lambda w: ["train", "--resume", str(_bomb_in_stored_config(w))]),
     Case("learning-rate-nan", "`train --learning-rate nan`", "give a finite number",
          "execution.learning_rate: got 'nan'; expected a finite number",
          lambda w: [*T, "--data", str(w.scan), "--out", str(w.never), "--learning-rate", "nan"]),
@@ -269,7 +283,28 @@ CASES: list[Case] = [
          "ray.cpus_per_worker: got 0.0; must be > 0",
          lambda w: ["train", "--data", str(w.scan), "--out", str(w.never), "--cpus-per-worker", "0"],
          program="ptycho-dist"),
+    Case("tune-resume-damaged-spec", "`ptycho-dist tune --resume NAME` whose stored ptycho_sweep.yaml is damaged",
+         "restore it, or start a new sweep with --name", "ptycho_sweep.yaml: damaged (expected the mappings base: and sweep:)",
+         lambda w: ["tune", "--resume", "sw", "--out", str(_damaged_sweep_spec(w))], program="ptycho-dist"),
 ]
+
+
+# 9 lists of 9 aliases of the list before: ~9^8 values once expanded (387 bytes)
+ALIAS_BOMB = ("training:\n  freeze:\n  - &a [x, x, x, x, x, x, x, x, x]\n"
+              + "".join(f"  - &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n"
+                        for a, b in zip("abcdefg", "bcdefgh")))
+
+
+def _bomb_in_stored_config(w: Workspace) -> Path:
+    run = w.run_dir(last=b"not read before the config")
+    (run / "config.yaml").write_text(ALIAS_BOMB)
+    return run
+
+
+def _damaged_sweep_spec(w: Workspace) -> Path:
+    (w.root / "sw").mkdir(parents=True, exist_ok=True)
+    (w.root / "sw" / "ptycho_sweep.yaml").write_text("base: 7\nsweep: [1, 2]\n")
+    return w.root
 
 
 def _npy_as_npz(w: Workspace) -> Path:
@@ -328,6 +363,7 @@ def test_bad_input_is_one_clear_line(case: Case, tiny_scan: Path, tmp_path: Path
     line = error_line(stderr)
     assert line and case.expect in line, stderr
     assert stderr.rstrip().splitlines()[-1] == line, "the message is not one line (or is not the last)"
+    assert len(line) <= 1000, f"a {len(line)}-character message"
     assert len([x for x in stderr.splitlines() if x.startswith("error")]) == 1
     assert not w.never.exists(), "a failed command left a directory behind"
     assert not (w.root / "PAYLOAD_RAN").exists(), "the planted payload ran"
