@@ -153,6 +153,12 @@ CASES: list[Case] = [
     Case("scan-N-mismatch", "`train --N 64` on a scan of 32x32 patterns", "use the scan's size (--N 32)",
          "--N 32", lambda w: ["train", "--data", str(w.scan), "--out", str(w.never), "--N", "64"]),
     # ---- run directories
+    Case("scan-N-48", "a scan of 48x48 patterns (no network takes 48)", "crop the file's patterns as the message shows",
+         "crop the patterns in the file to 32x32 (diffraction[:, 8:40, 8:40])",
+         lambda w: ["train", "--data", str(_scan_48(w)), "--out", str(w.never)]),
+    Case("scan-N-48-told-32", "`train --N 32` on a scan of 48x48 patterns (the advice does not loop back)",
+         "crop the file's patterns as the message shows", "but the scan has 48x48; crop the patterns in the file to 32x32",
+         lambda w: ["train", "--data", str(_scan_48(w)), "--out", str(w.never), "--N", "32"]),
     Case("train-out-holds-a-run", "`train --out RUN` where RUN already holds a run",
          "--resume RUN, or --overwrite (moves it aside), or another --out",
          "already holds a run (or other files); continue it with --resume",
@@ -305,6 +311,19 @@ def _damaged_sweep_spec(w: Workspace) -> Path:
     (w.root / "sw").mkdir(parents=True, exist_ok=True)
     (w.root / "sw" / "ptycho_sweep.yaml").write_text("base: 7\nsweep: [1, 2]\n")
     return w.root
+
+
+def _scan_48(w: Workspace) -> Path:
+    """The tiny scan padded to 48x48 patterns (no objectGuess; positions shifted into the larger frame)."""
+    with np.load(w.scan) as f:
+        arrays = {k: f[k] for k in f.files if k != "objectGuess"}
+    pad = [(8, 8), (8, 8)]
+    arrays["diffraction"] = np.pad(arrays["diffraction"], [(0, 0), *pad])
+    arrays["probeGuess"] = np.pad(arrays["probeGuess"], [(0, 0)] * (arrays["probeGuess"].ndim - 2) + pad)
+    arrays["xcoords"], arrays["ycoords"] = arrays["xcoords"] + 8, arrays["ycoords"] + 8
+    path = w.root / "scan48.npz"
+    np.savez(path, **arrays)
+    return path
 
 
 def _npy_as_npz(w: Workspace) -> Path:

@@ -148,3 +148,26 @@ def test_two_claims_at_once_exactly_one_wins(tmp_path):
             t.join()
         assert sorted(outcomes)[-1] == "won" and outcomes.count("won") == 1, outcomes
         assert "already holds a run" in next(o for o in outcomes if o != "won")
+
+
+@pytest.mark.parametrize("frame, advice", [
+    (1024, "set --N 128 --data.frame_fit bin (the frames binned 8x8"),
+    (200, "set --N 128 (the central 128x128 pixels"),
+    (48, "set --N 32 (the central 32x32 pixels"),
+    (20, "pad the patterns to 32x32"),
+])
+def test_the_size_advice_for_beamline_frames_names_one_working_choice(frame, advice):
+    """Beamline files are cropped or binned at read time (data.frame_fit): the advice names the --N that
+    fits, never the frame size itself (which no network takes)."""
+    from types import SimpleNamespace
+
+    from ptycho_torch.data.dataset import size_advice
+    from ptycho_torch.data.detector import fit_window
+
+    advice_given = size_advice(SimpleNamespace(N=frame, metadata={"format": "cxi"}))
+    assert advice_given.startswith(advice), advice_given
+    if frame >= 32:  # the advised setting does fit the frames
+        n = 128 if frame >= 128 else 32
+        how = "bin" if "bin" in advice else "crop"
+        window, _, problem = fit_window((frame, frame), n, how, (frame / 2, frame / 2))
+        assert problem is None and window is not None

@@ -113,15 +113,37 @@ def resolve_model_size(config: RunConfig, scan: Scan) -> RunConfig:
     if config.model.N is None:
         if scan.N not in N_BLOCKS:
             raise ConfigError(f"model.N: the scan {scan.path or ''} holds {scan.N}x{scan.N} patterns but the "
-                              f"network takes only {', '.join(map(str, sorted(N_BLOCKS)))}; set --N to one of these "
-                              "(beamline files are then cropped or binned to it, see data.frame_fit) or crop "
-                              "the patterns")
+                              f"network takes only {', '.join(map(str, sorted(N_BLOCKS)))}; {size_advice(scan)}")
         return config.replace(model=dataclasses.replace(config.model, N=scan.N))
     if scan.N != config.model.N:
+        fix = (f"set --N {scan.N} or leave N unset (it then comes from the data)" if scan.N in N_BLOCKS
+               else size_advice(scan))
         raise ConfigError(f"model.N: the model expects {config.model.N}x{config.model.N} patterns "
-                          f"but the scan has {scan.N}x{scan.N}; set --N {scan.N} or leave N unset "
-                          "(it then comes from the data)")
+                          f"but the scan has {scan.N}x{scan.N}; {fix}")
     return config
+
+
+def size_advice(scan: Scan) -> str:
+    """One choice that works for a scan whose pattern size no network takes: a beamline (HDF5) file
+    is cropped or binned at read time (data.frame_fit), so name the --N (and frame_fit) that fits; the
+    patterns of a contract file are used as stored, so they must be cropped in the file."""
+    from ptycho_torch.model import N_BLOCKS
+
+    sizes = sorted(N_BLOCKS)
+    fitting = [n for n in sizes if n <= scan.N]
+    beamline = "format" in (getattr(scan, "metadata", None) or {})
+    if not fitting:
+        return f"pad the patterns to {sizes[0]}x{sizes[0]} in the file (no network takes fewer pixels)"
+    if beamline:
+        n = fitting[-1]
+        if scan.N >= 2 * n:
+            return (f"set --N {n} --data.frame_fit bin (the frames binned {scan.N // n}x{scan.N // n}, then the "
+                    f"central {n}x{n} kept)")
+        return f"set --N {n} (the central {n}x{n} pixels around the beam are kept, data.frame_fit crop)"
+    n = fitting[-1]
+    lo = (scan.N - n) // 2
+    return (f"crop the patterns in the file to {n}x{n} (diffraction[:, {lo}:{lo + n}, {lo}:{lo + n}]) and resample "
+            f"the probe to match (ptycho_torch.data.detector.fit_probe(probe, ({scan.N}, {scan.N}), {n}, 1))")
 
 
 def dataset_norm_factor(scan: Scan) -> float:
