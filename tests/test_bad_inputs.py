@@ -159,6 +159,12 @@ CASES: list[Case] = [
     Case("scan-N-48-told-32", "`train --N 32` on a scan of 48x48 patterns (the advice does not loop back)",
          "crop the file's patterns as the message shows", "but the scan has 48x48; crop the patterns in the file to 32x32",
          lambda w: ["train", "--data", str(_scan_48(w)), "--out", str(w.never), "--N", "32"]),
+    Case("amplitudes-x1e18", "a scan whose float amplitudes were multiplied by 1e18", "undo the scaling",
+         "diffraction: amplitudes reach 4.23e+19, so their squares overflow",
+         lambda w: [*T, "--data", str(_scaled_scan(w, diffraction=1e18)), "--out", str(w.never)]),
+    Case("positions-x30000", "a scan whose positions were multiplied by 30000 (no objectGuess)",
+         "give positions in object pixels", "a 1573071x1571148 canvas that needs 29658.3 GB, more than the",
+         lambda w: [*T, "--data", str(_scaled_scan(w, positions=30000)), "--out", str(w.never)]),
     Case("train-out-holds-a-run", "`train --out RUN` where RUN already holds a run",
          "--resume RUN, or --overwrite (moves it aside), or another --out",
          "already holds a run (or other files); continue it with --resume",
@@ -311,6 +317,19 @@ def _damaged_sweep_spec(w: Workspace) -> Path:
     (w.root / "sw").mkdir(parents=True, exist_ok=True)
     (w.root / "sw" / "ptycho_sweep.yaml").write_text("base: 7\nsweep: [1, 2]\n")
     return w.root
+
+
+def _scaled_scan(w: Workspace, diffraction: float = 1.0, positions: float = 1.0) -> Path:
+    """The tiny scan with its amplitudes and/or positions multiplied (positions: objectGuess dropped)."""
+    with np.load(w.scan) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["diffraction"] = (arrays["diffraction"] * np.float32(diffraction)).astype(np.float32)
+    if positions != 1.0:
+        del arrays["objectGuess"]
+        arrays["xcoords"], arrays["ycoords"] = arrays["xcoords"] * positions, arrays["ycoords"] * positions
+    path = w.root / "scaled.npz"
+    np.savez(path, **arrays)
+    return path
 
 
 def _scan_48(w: Workspace) -> Path:

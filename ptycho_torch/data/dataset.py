@@ -33,7 +33,9 @@ from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.corpus import ScanCorpus, TrainingScans, corpus_scans, read_training_scans
 from ptycho_torch.data.grouping import Groups, make_groups, make_groups_per_scan
+from ptycho_torch.data.plausibility import check_canvas, energy_problem
 from ptycho_torch.data.scan_files import Scan
+from ptycho_torch.errors import UserError
 from ptycho_torch.physics import normalization_factor
 
 BLOCK_BYTES = 16 * 2**20  # target size of one block of group rows (x and amp)
@@ -147,8 +149,13 @@ def size_advice(scan: Scan) -> str:
 
 
 def dataset_norm_factor(scan: Scan) -> float:
-    """The normalisation factor r of a scan (SPEC 4.1), from a streaming pass over its patterns."""
-    return normalization_factor(scan.mean_energy(), scan.N)
+    """The normalisation factor r of a scan (SPEC 4.1), from a streaming pass over its patterns; a
+    scan whose energy is not positive and finite is one UserError line saying why (data.plausibility)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing squares: explained below, not warned
+        energy = scan.mean_energy()
+    if not math.isfinite(energy) or energy <= 0:
+        raise UserError(energy_problem(scan, energy))
+    return normalization_factor(energy, scan.N)
 
 
 class PtychoDataModule(L.LightningDataModule):
@@ -177,6 +184,8 @@ class PtychoDataModule(L.LightningDataModule):
             scans = [s.subset(np.arange(limit)) if limit < s.n_patterns else s for s in scans]
             scan = scans[0] if len(scans) == 1 else ScanCorpus(scans)
         config = resolve_model_size(config, scan)
+        for one in scans:  # positions in the wrong unit: one line, not a 57 GB allocation later
+            check_canvas(one)
         self.config = config
         self.scan = scan
         if norm_factor is None:

@@ -30,6 +30,7 @@ from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.contract import ScanData
 from ptycho_torch.data.dataset import GroupDataset, dataloader_kwargs, dataset_norm_factor
 from ptycho_torch.data.grouping import Groups, cover_groups, make_groups
+from ptycho_torch.data.plausibility import check_canvas
 from ptycho_torch.data.scan_files import Scan, ScanFiles, ScanPaths, read_scans, scan_parts, scan_paths
 from ptycho_torch.errors import UserError
 from ptycho_torch.stitching import StitchAccumulator, stitch_weight
@@ -287,6 +288,7 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
         predictor.norm_factor = dataset_norm_factor(scan)
     if ready.probe is not None:
         predictor.use_probe(ready.probe)
+    check_canvas(scan)  # positions in the wrong unit: one line naming the canvas in GB, nothing allocated
     loader = inference_loader(scan, groups, config, batch_size)
     acc = StitchAccumulator(scan.object_shape, stitch_weight(predictor.probe, config.inference.stitch_weight))
     stitch_mask = torch.from_numpy(groups.stitch_mask())  # (G, C): every pattern once
