@@ -13,10 +13,12 @@ loss costs at most the epoch in flight.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,6 +36,7 @@ log = logging.getLogger("ptycho_torch")
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 REQUIRED_KEYS = ("state_dict", "epoch", "loops")
+LOW_DISK_BYTES = 64 << 20  # a failed checkpoint write with less free space than this is reported as a full disk
 
 
 class UnsafeCheckpointError(ConfigError):
@@ -128,6 +131,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             torch.save(checkpoint, tmp)
             os.replace(tmp, target)
+        except (OSError, RuntimeError) as e:  # a full disk: torch's writer says 'unexpected pos' or 'write failed'
+            tmp.unlink(missing_ok=True)
+            free = shutil.disk_usage(target.parent).free
+            raise OSError(errno.ENOSPC if free < LOW_DISK_BYTES else getattr(e, "errno", None) or errno.EIO,
+                          f"could not write the checkpoint ({torch_load_problem(e)}; {free / 2**20:.0f} MiB free on "
+                          "its disk); the previous checkpoint is kept: free space, then resume the run",
+                          str(target)) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -35,6 +35,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.filename is None or str(e.filename) == str(tmp):  # name the file the user knows, not the temp one
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -167,3 +173,34 @@ def await_claim(run_dir: str | Path, launch_id: str | None, rank: int, timeout_s
                               f"claim the directory within {timeout_s:g} s; unset those variables for a "
                               "single-process run, or start every rank of the launch")
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def replaced_dir(out_dir: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """Write a whole output directory or nothing: yield `out_dir`, fresh and empty, to write into.
+
+    An existing `out_dir` with files is first renamed to a hidden `.NAME.old-<id>` next to it; when
+    the body succeeds, that old directory is deleted, and when it fails (a full disk, an error, Ctrl-C)
+    the partial new directory is removed and the old one renamed back, untouched: the directory holds
+    the old outputs or the new ones, never a mix. (A SIGKILL in between leaves the old outputs in
+    `.NAME.old-<id>`.) A non-empty directory without `object.npz` is not a reconstruction and is
+    refused in one line (its files are never replaced or deleted).
+    """
+    out_dir = Path(out_dir)
+    old = None
+    if holds_files(out_dir):
+        if not (out_dir / "object.npz").is_file():
+            raise ConfigError(f"{flag} {out_dir}: holds files that are not a reconstruction; choose an empty or new "
+                              "directory (nothing in it was changed)")
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(out_dir, old)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        yield out_dir
+    except BaseException:
+        if old is not None:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -171,3 +171,97 @@ def test_the_size_advice_for_beamline_frames_names_one_working_choice(frame, adv
         how = "bin" if "bin" in advice else "crop"
         window, _, problem = fit_window((frame, frame), n, how, (frame / 2, frame / 2))
         assert problem is None and window is not None
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_scan, tmp_path_factory) -> Path:
+    """A 1-epoch run directory (its model.pt) for the reconstruct tests."""
+    run = tmp_path_factory.mktemp("model") / "run"
+    train(tiny_config(tiny_scan, **{"training.nepochs": 1}), run)
+    return run
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_during_reconstruct_keeps_the_old_outputs_and_names_the_file(tiny_model, tiny_scan, tmp_path,
+                                                                                 monkeypatch, capsys):
+    import errno
+
+    import tifffile
+
+    out = tmp_path / "recon"
+    args = ["reconstruct", "--model", str(tiny_model), "--data", str(tiny_scan), "--out", str(out)]
+    assert main(args) == 0
+    before = _files(out)
+    assert {"object.npz", "amplitude.tif", "reconstruction.cxi"} <= set(before)
+
+    def full_disk(path, *a, **k):
+        Path(path).write_bytes(b"\0" * 100)  # part of the file made it to disk
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", full_disk)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert err == [f"error: {out / 'amplitude.tif'}: No space left on device"], err
+    assert _files(out) == before  # the old outputs, all of them, untouched (no new object.npz beside them)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recon"]  # no partial or hidden directory left
+
+    monkeypatch.undo()
+    (out / "stale-from-an-old-version.txt").write_text("x")  # a reconstruction's folder: replaced whole
+    assert main(args) == 0
+    assert "stale-from-an-old-version.txt" not in _files(out) and "object.npz" in _files(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["recon"]
+
+
+def test_reconstruct_refuses_a_folder_that_is_not_a_reconstruction(tiny_model, tiny_scan, tmp_path):
+    from ptycho_torch.config import ConfigError
+    from ptycho_torch.workflows.reconstruct import reconstruct
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="holds files that are not a reconstruction"):
+        reconstruct(tiny_model, tiny_scan, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_reconstruct_names_the_canvas_of_absurd_positions_before_allocating(tiny_model, tiny_scan, tmp_path):
+    from ptycho_torch.errors import UserError
+    from ptycho_torch.workflows.reconstruct import reconstruct
+
+    with np.load(tiny_scan) as f:
+        arrays = {k: f[k] for k in f.files if k != "objectGuess"}
+    arrays["xcoords"], arrays["ycoords"] = arrays["xcoords"] * 3000, arrays["ycoords"] * 3000
+    np.savez(tmp_path / "far.npz", **arrays)
+    with pytest.raises(UserError, match=r"a 157\d+x157\d+ canvas that needs 29\d\.\d GB, more than the"):
+        reconstruct(tiny_model, tmp_path / "far.npz", tmp_path / "recon")
+    assert not (tmp_path / "recon").exists()
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoint(tiny_scan, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """torch's writer on a full disk raises RuntimeError('... unexpected pos ...'); the run stops with one
+    line naming last.ckpt, exit 2, and the checkpoint of the epoch before is intact."""
+    import ptycho_torch.checkpoints as checkpoints
+
+    real_save, calls = torch.save, []
+
+    def save_then_fill_the_disk(obj, path, *a, **k):
+        calls.append(path)
+        if len(calls) >= 3:  # epoch 0: top-k + last.ckpt; then the disk is full
+            Path(path).write_bytes(b"PK\3\4 partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(checkpoints.torch, "save", save_then_fill_the_disk)
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(tiny_scan), "--out", str(run), "--epochs", "3", "--no-progress-bar",
+               "--N", "32", "--n-filters-scale", "0.25", "--batch-size", "16"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in errors[0], errors
+    assert "could not write the checkpoint (" in errors[0] and "the previous checkpoint is kept" in errors[0]
+    assert errors[0].startswith("error: " + str(run / "checkpoints")), errors
+    monkeypatch.undo()
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # no partial file left
