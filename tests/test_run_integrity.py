@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from conftest import tiny_config
+from lightning.pytorch.callbacks import Callback
 
 from ptycho_torch.cli import main
 from ptycho_torch.workflows.manifest import file_checksum
@@ -265,3 +266,67 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoint
     monkeypatch.undo()
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     assert not list((run / "checkpoints").glob(".*.tmp"))  # no partial file left
+
+
+class _DamageAfterFirstEpoch(Callback):
+    """Truncates (or rewrites) the scan file at the end of epoch 0, as another process might."""
+
+    def __init__(self, path: Path, rewrite: bool = False) -> None:
+        self.path, self.rewrite = path, rewrite
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 0:
+            data = self.path.read_bytes()
+            if self.rewrite:  # same size, other bytes in the second half
+                self.path.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+            else:
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(len(data) // 2)
+
+
+def test_an_hdf5_scan_truncated_while_training_stops_with_one_line(tmp_path):
+    """Without the watch, h5py served zero-filled patterns and the run finished with exit 0."""
+    from conftest import simulate
+
+    from ptycho_torch.data.file_watch import DataFileChanged
+
+    scan = simulate(tmp_path / "scan.h5")
+    run = tmp_path / "run"
+    with pytest.raises(DataFileChanged) as caught:
+        train(tiny_config(scan, **{"training.nepochs": 3}), run, callbacks=[_DamageAfterFirstEpoch(scan)])
+    message = str(caught.value)
+    assert message.startswith(f"{scan}: changed size from ") and "(truncated) while training read it" in message
+    assert "\n" not in message and "the last checkpoint is kept" in message
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert not (run / "model.pt").exists()  # no model trained on damaged data
+
+
+def test_a_memory_mapped_npz_truncated_while_training_is_one_line_not_sigbus(tiny_scan, tmp_path):
+    """The NPZ diffraction is a memory map: reading a page the truncation removed is SIGBUS (exit 135,
+    no message). In a subprocess, so a regression cannot take the test runner down with it."""
+    import subprocess
+    import sys
+
+    scan = tmp_path / "scan.npz"
+    shutil.copy(tiny_scan, scan)
+    script = (
+        "import sys; sys.path[:0] = [sys.argv[1]]\n"
+        "from pathlib import Path\n"
+        "from conftest import tiny_config\n"
+        "from test_run_integrity import _DamageAfterFirstEpoch\n"
+        "from ptycho_torch.cli import run_cli\n"
+        "from ptycho_torch.workflows.train import train\n"
+        "scan, run = Path(sys.argv[2]), Path(sys.argv[3])\n"
+        "fit = lambda args: train(tiny_config(scan, **{'training.nepochs': 3}), run,"
+        " callbacks=[_DamageAfterFirstEpoch(scan, rewrite=sys.argv[4] == 'rewrite')])\n"
+        "sys.exit(run_cli(fit, None))\n")
+    for how in ("truncate", "rewrite"):
+        shutil.copy(tiny_scan, scan)
+        run = tmp_path / f"run-{how}"
+        proc = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(scan), str(run), how],
+                              capture_output=True, text=True, timeout=180)
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+        assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+        expected = "(truncated) while" if how == "truncate" else "was rewritten (same size, new modification time)"
+        assert len(errors) == 1 and errors[0].startswith(f"error: {scan}: ") and expected in errors[0], errors
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0

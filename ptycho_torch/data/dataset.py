@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.corpus import ScanCorpus, TrainingScans, corpus_scans, read_training_scans
+from ptycho_torch.data.file_watch import FileWatch
 from ptycho_torch.data.grouping import Groups, make_groups, make_groups_per_scan
 from ptycho_torch.data.plausibility import check_canvas, energy_problem
 from ptycho_torch.data.scan_files import Scan
@@ -63,17 +64,27 @@ class GroupDataset(Dataset):
         else:
             self._group_scan = np.zeros(len(groups), np.int64)
         self._factors = factors  # r of each scan (python floats: x = amp * r as for one scan)
+        self._watch = FileWatch(scan)  # a file truncated or rewritten under the run: one line, never zeros
 
     def __len__(self) -> int:
         return len(self.groups)
 
+    def _rows(self, indices: np.ndarray) -> np.ndarray:
+        """Diffraction rows of the groups' members, after checking that no lazily read file changed."""
+        self._watch.check()
+        try:
+            return self.scan.diffraction_rows(indices)
+        except (OSError, KeyError, ValueError) as e:
+            self._watch.explain(e)
+            raise
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self._sample(i, self.scan.diffraction_rows(self.groups.indices[i]))
+        return self._sample(i, self._rows(self.groups.indices[i]))
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         """A whole batch from one read of its rows (the DataLoader calls this when it exists): one
         HDF5 call per batch instead of one per pattern."""
-        rows = self.scan.diffraction_rows(self.groups.indices[np.asarray(indices, dtype=np.int64)])  # (B, C, N, N)
+        rows = self._rows(self.groups.indices[np.asarray(indices, dtype=np.int64)])  # (B, C, N, N)
         return [self._sample(i, amp) for i, amp in zip(indices, rows)]
 
     def _sample(self, i: int, rows: np.ndarray) -> dict[str, torch.Tensor]:
