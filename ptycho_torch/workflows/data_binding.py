@@ -121,10 +121,13 @@ def check_resume_data(run_dir: Path, config: RunConfig, allow_other_data: bool =
     current = [file_record(p) for p in current_paths]
     same = [_digest(c) for c in current] == [_digest(o) for o in old]
     if not same and not allow_other_data:
+        rewritten = [c["path"] for c in current] == [o.get("path") for o in old]
+        fix = ("restore the file the run trained on" if rewritten
+               else f"resume with the run's own scan (--data {old[0]['path']})")
         raise ConfigError(
-            f"--resume {run_dir}: the run trained on {_short(old)} but data.path now gives {_short(current)}; "
-            f"resume with the run's own scan (--data {old[0]['path']}), or pass {ALLOW_FLAG} to continue on "
-            "this one deliberately (recorded in data.json and manifest.json)")
+            f"--resume {run_dir}: the run trained on {_short(old)} but data.path now gives {_short(current)}"
+            f"{' (the same path, rewritten since)' if rewritten else ''}; {fix}, or pass {ALLOW_FLAG} to continue "
+            "on this one deliberately (recorded in data.json and manifest.json)")
     changes = list(recorded.get("changes", []))
     if not same:
         changes.append({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
