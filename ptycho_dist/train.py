@@ -45,6 +45,7 @@ from ptycho_dist.run_files import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     RAY_FILE,
+    clean_unregistered_checkpoints,
     is_uri,
     newest_checkpoint_name,
     read_run_file,
@@ -315,6 +316,10 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     claim_ray_run(location, name, resume, overwrite)  # moving aside waits until the plan fits
     if resume and not is_uri(location):
         check_resume_data(Path(location), config, allow_other_data)
+        stale = clean_unregistered_checkpoints(location)
+        if stale:
+            log.warning("removed %d checkpoint director%s Ray never registered (left by an interrupted run): %s",
+                        len(stale), "y" if len(stale) == 1 else "ies", ", ".join(stale))
     datamodule = PtychoDataModule(config)  # the one validation pass; also model.N and r from the data
     config = datamodule.config
     factors = datamodule.norm_factors  # one r per scan of a multi-scan corpus

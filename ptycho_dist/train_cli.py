@@ -102,6 +102,9 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
         raise ConfigError("--resume continues a run in its own directory; drop --out")
     if args.out is not None:
         out = Path(args.out)
+        if out.name in ("", ".", ".."):  # `--out .` silently became ./train-<time> before
+            raise ConfigError(f"--out {args.out}: names no run directory (a run is a directory of its own); give a "
+                              f"new one, e.g. --out {out / 'run1'}")
         for key, value in (("storage_path", str(out.parent)), ("name", out.name)):
             if cli_ray.get(key, value) != value:
                 raise ConfigError(f"--out {out} contradicts --{key.replace('_', '-')} {cli_ray[key]}; give one")

@@ -295,6 +295,14 @@ CASES: list[Case] = [
          "ray.cpus_per_worker: got 0.0; must be > 0",
          lambda w: ["train", "--data", str(w.scan), "--out", str(w.never), "--cpus-per-worker", "0"],
          program="ptycho-dist"),
+    Case("dist-out-dot", "`ptycho-dist train --out .`", "give a new directory, e.g. --out ./run1",
+         "--out .: names no run directory", lambda w: ["train", "--data", str(w.scan), "--out", "."],
+         program="ptycho-dist"),
+    Case("dist-stale-ray-address", "`ptycho-dist train` with RAY_ADDRESS naming a cluster that is gone",
+         "unset RAY_ADDRESS (or start the cluster)", "RAY_ADDRESS (environment) 127.0.0.1:9: nothing answers",
+         lambda w: _with_env("RAY_ADDRESS", "127.0.0.1:9",
+                             ["train", "--data", str(w.scan), "--out", str(w.never), "--epochs", "1"]),
+         program="ptycho-dist"),
     Case("tune-resume-damaged-spec", "`ptycho-dist tune --resume NAME` whose stored ptycho_sweep.yaml is damaged",
          "restore it, or start a new sweep with --name", "ptycho_sweep.yaml: damaged (expected the mappings base: and sweep:)",
          lambda w: ["tune", "--resume", "sw", "--out", str(_damaged_sweep_spec(w))], program="ptycho-dist"),
@@ -317,6 +325,15 @@ def _damaged_sweep_spec(w: Workspace) -> Path:
     (w.root / "sw").mkdir(parents=True, exist_ok=True)
     (w.root / "sw" / "ptycho_sweep.yaml").write_text("base: 7\nsweep: [1, 2]\n")
     return w.root
+
+
+def _with_env(name: str, value: str, argv: list[str]) -> list[str]:
+    """`argv`, with `name`=`value` in the environment for the case (run_case restores it)."""
+    ENV_FOR_CASE[name] = value
+    return argv
+
+
+ENV_FOR_CASE: dict[str, str] = {}
 
 
 def _scaled_scan(w: Workspace, diffraction: float = 1.0, positions: float = 1.0) -> Path:
@@ -373,13 +390,23 @@ def run_case(case: Case, root: Path, scan: Path) -> tuple[int, str, Workspace]:
     from ptycho_torch.cli import main as torch_main
 
     w = Workspace(root, scan)
+    ENV_FOR_CASE.clear()
     argv = case.argv(w)
+    saved = {k: os.environ.get(k) for k in ENV_FOR_CASE}
+    os.environ.update(ENV_FOR_CASE)
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = (dist_main if case.program == "ptycho-dist" else torch_main)(argv)
-        except SystemExit as e:  # argparse
-            rc = e.code
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = (dist_main if case.program == "ptycho-dist" else torch_main)(argv)
+            except SystemExit as e:  # argparse
+                rc = e.code
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return rc, err.getvalue(), w
 
 

@@ -85,3 +85,24 @@ def test_the_embedded_ray_listens_on_loopback_only(monkeypatch):
     exposed = [a for a in listening if not _loopback(a.rsplit(":", 1)[0])]
     assert not exposed, f"listening beyond loopback: {exposed} (all: {listening})"
     assert LOCAL_ONLY_ENV not in os.environ  # restored: a later cluster join advertises the machine's address
+
+
+def test_resume_cleans_checkpoint_directories_ray_never_registered(tmp_path):
+    """Each SIGTERM of a Ray run left one unregistered checkpoint_* directory, never cleaned."""
+    import json
+
+    from ptycho_dist.run_files import SNAPSHOT_FILE, clean_unregistered_checkpoints
+
+    run = tmp_path / "run"
+    names = ["checkpoint_2026-01-01_00-00-01.0", "checkpoint_2026-01-01_00-00-02.0", "checkpoint_2026-01-01_00-00-03.0"]
+    for name in names:
+        (run / name).mkdir(parents=True)
+        (run / name / "checkpoint.ckpt").write_bytes(b"x")
+    assert clean_unregistered_checkpoints(str(run)) == []  # no snapshot: nothing is known, nothing removed
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": names[0]}],
+                "latest_checkpoint_result": {"checkpoint_dir_name": names[1]}}
+    (run / SNAPSHOT_FILE).write_text(json.dumps(snapshot))
+    assert clean_unregistered_checkpoints(str(run)) == [names[2]]
+    assert sorted(p.name for p in run.glob("checkpoint_2*")) == names[:2]
+    (run / SNAPSHOT_FILE).write_text("{damaged")
+    assert clean_unregistered_checkpoints(str(run)) == [] and len(list(run.glob("checkpoint_2*"))) == 2
