@@ -106,3 +106,15 @@ def test_resume_cleans_checkpoint_directories_ray_never_registered(tmp_path):
     assert sorted(p.name for p in run.glob("checkpoint_2*")) == names[:2]
     (run / SNAPSHOT_FILE).write_text("{damaged")
     assert clean_unregistered_checkpoints(str(run)) == [] and len(list(run.glob("checkpoint_2*"))) == 2
+
+
+def test_up_sh_help_documents_every_port_it_opens_and_how_to_restrict_them():
+    import subprocess
+    from pathlib import Path
+
+    up = Path(__file__).resolve().parents[1] / "cluster" / "local" / "up.sh"
+    text = subprocess.run(["bash", str(up), "--help"], capture_output=True, text=True, timeout=30).stdout
+    for fragment in ("GCS (--port, 6379)", "dashboard + job server (--dashboard-port) 127.0.0.1 only",
+                     "raylet, object manager", "autoscaler 44217", "dashboard 44227", "firewall",
+                     "127.0.0.1 only"):
+        assert fragment in text, fragment
