@@ -22,22 +22,27 @@ from ptycho_torch.workflows.demo import DEMO_EPOCHS, DEMO_MINUTES
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Run a command; user errors become one line on stderr and exit status 2; an interrupted
     training run prints how to resume it and exits 128 + signal (143 SIGTERM, 130 SIGINT)."""
-    from ptycho_torch.interrupt import TrainingInterrupted
+    from ptycho_torch.interrupt_once import first_sigint_only, interrupted
 
-    try:
-        main(args)
-    except TrainingInterrupted as e:
-        from ptycho_torch.workflows.train import launched_rank
+    with first_sigint_only():  # a second Ctrl-C cannot turn the one-line outcome into a traceback
+        try:
+            main(args)
+        except BaseException as e:
+            interrupt = sys.modules.get("ptycho_torch.interrupt")  # loaded whenever training ran
+            if interrupt is not None and isinstance(e, interrupt.TrainingInterrupted):
+                from ptycho_torch.workflows.train import launched_rank
 
-        if launched_rank() == 0:  # one line, not one per DDP process
-            print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT)", file=sys.stderr)
-        return 130
-    except USER_ERRORS as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+                if launched_rank() == 0:  # one line, not one per DDP process
+                    print(f"error: {e}", file=sys.stderr)
+                return e.exit_code
+            # Ctrl-C; or what it left behind, e.g. a library import it cut short failing later
+            if isinstance(e, KeyboardInterrupt) or (interrupted() and not isinstance(e, SystemExit)):
+                print("error: interrupted (SIGINT)", file=sys.stderr)
+                return 130
+            if isinstance(e, USER_ERRORS):
+                print(f"error: {one_line(e)}", file=sys.stderr)
+                return 2
+            raise
     return 0
 
 

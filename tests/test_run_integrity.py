@@ -330,3 +330,25 @@ def test_a_memory_mapped_npz_truncated_while_training_is_one_line_not_sigbus(tin
         expected = "(truncated) while" if how == "truncate" else "was rewritten (same size, new modification time)"
         assert len(errors) == 1 and errors[0].startswith(f"error: {scan}: ") and expected in errors[0], errors
         assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+def test_ctrl_c_twice_during_start_up_is_one_line(delay, tiny_scan, tmp_path):
+    """Two SIGINTs 50 ms apart while the command imports torch and reads the scan: before, the second
+    (or a library import the first cut short) printed a traceback; now one line and exit 130."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "ptycho_torch.cli", "train", "--data", str(tiny_scan), "--out",
+                             str(tmp_path / "run"), "--epochs", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err[-3000:]
+    assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err[-1000:]
