@@ -301,7 +301,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     to the run (a sweep trial passes Tune's TuneReportCallback). Raises ConfigError before any worker
     starts when the request cannot fit the cluster (after asking its autoscaler, if it has one).
     The scan is validated here, once (workers trust it), before Ray starts. A local run records its
-    scan files (data.json); its resume on other files is refused unless `allow_other_data`
+    scan files (data_files.json); its resume on other files is refused unless `allow_other_data`
     (ptycho_torch.workflows.data_binding).
     """
     from ptycho_torch.data.dataset import PtychoDataModule

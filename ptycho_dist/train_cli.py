@@ -52,7 +52,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "NAME.replaced-<time> (nothing is deleted) (default: off, such a run is refused)")
     p.add_argument("--allow-other-data", action="store_true",
                    help="with --resume: continue on scan files other than those the run trained on (recorded "
-                        "in data.json and manifest.json) (default: off, such a resume is refused)")
+                        "in data_files.json and manifest.json) (default: off, such a resume is refused)")
     add_ray_flags(p, RAY_FLAGS)
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)

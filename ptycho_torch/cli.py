@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "RUN_DIR.replaced-<time> (nothing is deleted) (default: off, such an --out is refused)")
     p.add_argument("--allow-other-data", action="store_true",
                    help="with --resume: continue on scan files other than those the run trained on (recorded "
-                        "in data.json and manifest.json) (default: off, such a resume is refused)")
+                        "in data_files.json and manifest.json) (default: off, such a resume is refused)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 

@@ -62,7 +62,7 @@ def test_a_run_is_bound_to_its_scan(tiny_scan, tmp_path, monkeypatch, capsys):
     run = home / "run"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["path"] == str(home / "scan.npz")
-    bound = json.loads((run / "data.json").read_text())["files"]
+    bound = json.loads((run / "data_files.json").read_text())["files"]
     assert bound[0]["path"] == str(home / "scan.npz") and len(bound[0]["sha256"]) == 64
 
     monkeypatch.chdir(other)  # the run's own scan, wherever the resume starts
@@ -352,3 +352,20 @@ def test_ctrl_c_twice_during_start_up_is_one_line(delay, tiny_scan, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert "Traceback" not in err, err[-3000:]
     assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err[-1000:]
+
+
+def test_the_fault_table_of_the_troubleshooting_page_names_tests_that_exist():
+    """docs/troubleshooting.md's fault rows each name the test proving them; the stated counts hold."""
+    import re
+
+    from test_bad_inputs import CASES
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "docs" / "troubleshooting.md").read_text()
+    table = text[text.index("<!-- faults:begin"):text.index("<!-- faults:end -->")]
+    named = re.findall(r"`tests/(\w+\.py)::(\w+)`", table)
+    assert len(named) >= 17
+    for file, test in named:
+        assert f"def {test}(" in (repo / "tests" / file).read_text(), f"{file}::{test}"
+    assert f"**{len(CASES)} bad-input classes**" in text and f"**{len(named)} fault" in text
+    assert f"{len(CASES) + len(named)} in all" in text

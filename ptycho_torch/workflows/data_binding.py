@@ -1,4 +1,4 @@
-"""A run is bound to its data: absolute scan paths in the resolved config, and `data.json` in the run
+"""A run is bound to its data: absolute scan paths in the resolved config, and `data_files.json` in the run
 directory, the scan files it trained on (path, size, mtime, sha256) and every deliberate switch.
 
 `absolute_data_paths` makes data.path (and data.probe / data.mask) absolute before config.yaml is
@@ -23,7 +23,7 @@ from ptycho_torch.outputs import atomic_write_text
 
 log = logging.getLogger("ptycho_torch")
 
-BINDING_FILE = "data.json"
+BINDING_FILE = "data_files.json"
 ALLOW_FLAG = "--allow-other-data"
 
 
@@ -69,7 +69,7 @@ def _digest(record: dict[str, Any]) -> str | None:
 
 
 def read_binding(run_dir: Path) -> dict[str, Any] | None:
-    """The run's data.json; for runs older than it, manifest.json's single `data` entry; else None."""
+    """The run's data_files.json; for runs older than it, manifest.json's single `data` entry; else None."""
     for name, key in ((BINDING_FILE, None), ("manifest.json", "data")):
         path = Path(run_dir) / name
         if not path.is_file():
@@ -86,7 +86,7 @@ def read_binding(run_dir: Path) -> dict[str, Any] | None:
 
 
 def bind_run_to_data(run_dir: Path, config: RunConfig) -> dict[str, Any]:
-    """Write run_dir/data.json for a new run: the files data.path resolves to, with their checksums."""
+    """Write run_dir/data_files.json for a new run: the files data.path resolves to, with their checksums."""
     binding = {"files": [file_record(p) for p in data_files(config)], "changes": []}
     atomic_write_text(Path(run_dir) / BINDING_FILE, json.dumps(binding, indent=2))
     return binding
@@ -104,7 +104,7 @@ def check_resume_data(run_dir: Path, config: RunConfig, allow_other_data: bool =
 
     Same paths, sizes and mtimes pass without hashing. Otherwise the checksums decide: the same bytes
     (e.g. the scan was copied or moved) pass and the record is updated; different ones are refused
-    unless `allow_other_data`, which appends the switch to data.json's `changes`. A run with no record
+    unless `allow_other_data`, which appends the switch to data_files.json's `changes`. A run with no record
     (nothing to compare) passes.
     """
     run_dir = Path(run_dir)
@@ -127,7 +127,7 @@ def check_resume_data(run_dir: Path, config: RunConfig, allow_other_data: bool =
         raise ConfigError(
             f"--resume {run_dir}: the run trained on {_short(old)} but data.path now gives {_short(current)}"
             f"{' (the same path, rewritten since)' if rewritten else ''}; {fix}, or pass {ALLOW_FLAG} to continue "
-            "on this one deliberately (recorded in data.json and manifest.json)")
+            "on this one deliberately (recorded in data_files.json and manifest.json)")
     changes = list(recorded.get("changes", []))
     if not same:
         changes.append({"time": datetime.now(timezone.utc).isoformat(timespec="seconds"),

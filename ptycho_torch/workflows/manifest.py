@@ -56,7 +56,7 @@ def hardware() -> dict[str, Any]:
 
 
 def write_manifest(run_dir: Path, config: RunConfig, scan: Any, extra: dict[str, Any] | None = None) -> Path:
-    """Write run_dir/manifest.json; `data_files` and `data_changes` come from the run's data.json
+    """Write run_dir/manifest.json; `data_files` and `data_changes` come from the run's data_files.json
     (workflows.data_binding) when it has one."""
     from ptycho_torch.workflows.data_binding import BINDING_FILE, read_binding
 

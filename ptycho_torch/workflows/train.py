@@ -8,11 +8,12 @@ scan), so there is no second copy of the training logic.
 
 A run directory holds:
     config.yaml      the resolved RunConfig (itself a valid --config, data paths absolute), written before training
-    data.json        the scan files the run is bound to (path, size, mtime, sha256) and every deliberate switch
-    checkpoints/     ModelCheckpoint output (best top-k and last.ckpt)
+    data_files.json  the scan files the run is bound to (path, size, mtime, sha256) and every deliberate switch
+    .ptycho-claim.json  the claim of the directory by the process that created the run
+    checkpoints/     ModelCheckpoint output (best top-k) and last.ckpt (rewritten at every epoch end)
     logs/version_k/  logger output (metrics.csv for the csv backend; one version per (re)start)
     model.pt         the model bundle (see bundle.py)
-    manifest.json    versions, seed, hardware, data checksum, git revision, timings
+    manifest.json    versions, seed, hardware, data checksum (and the data_files / data_changes), git revision, timings
     loss.png         train / val loss per epoch (as multiples of the loss of the truth when the scan holds it)
 """
 
@@ -334,7 +335,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
     SIGTERM/SIGINT save a resumable checkpoint and raise `TrainingInterrupted`. `callbacks` are extra
     Lightning callbacks (e.g. benchmark timers), appended after the derived ones. With `launch`, a
     launcher owns the processes and `run_dir` (see Launch); `resume` and `overwrite` are then unused.
-    The data paths are made absolute, a new run records its scan files (data.json) and a resume on
+    The data paths are made absolute, a new run records its scan files (data_files.json) and a resume on
     other files is refused unless `allow_other_data` (workflows.data_binding).
     """
     run_dir = Path(run_dir)
