@@ -81,7 +81,7 @@ def read_binding(run_dir: Path) -> dict[str, Any] | None:
         if key is None and isinstance(content, dict) and isinstance(content.get("files"), list):
             return content
         if key is not None and isinstance(content, dict) and isinstance(content.get(key), dict):
-            return {"files": [content[key]], "changes": []}
+            return {"files": [content[key]], "changes": [], "from_manifest": True}
     return None
 
 
@@ -113,6 +113,8 @@ def check_resume_data(run_dir: Path, config: RunConfig, allow_other_data: bool =
         return
     current_paths = data_files(config)
     old = recorded["files"]
+    if recorded.get("from_manifest") and len(current_paths) != 1:
+        return  # an older run's manifest names one file only: nothing to compare several files with
     quick = [file_record(p, with_checksum=False) for p in current_paths]
     if len(quick) == len(old) and all(
             q["path"] == o.get("path") and q["bytes"] == o.get("bytes") and q["mtime_ns"] == o.get("mtime_ns")
@@ -135,3 +137,4 @@ def check_resume_data(run_dir: Path, config: RunConfig, allow_other_data: bool =
         log.warning("resuming %s on other data (%s): %s instead of %s", run_dir, ALLOW_FLAG, _short(current),
                     _short(old))
     atomic_write_text(run_dir / BINDING_FILE, json.dumps({"files": current, "changes": changes}, indent=2))
+    # (a run recorded only in an older manifest.json gets its data_files.json here)
