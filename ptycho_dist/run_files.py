@@ -104,3 +104,26 @@ def newest_checkpoint_name(location: str) -> str | None:
         return None
     found = sorted(p.parent.name for p in Path(location).glob("checkpoint_*/" + CHECKPOINT_FILE))
     return found[-1] if found else None
+
+
+def clean_unregistered_checkpoints(location: str) -> list[str]:
+    """Remove the `checkpoint_*` directories of a local run that Ray's snapshot does not list (each
+    SIGTERM of a Ray run can leave the one being written when the driver stopped: Ray never registers,
+    uses or deletes it); return their names. Nothing is removed without a readable snapshot, or for URIs."""
+    import json
+    import shutil
+
+    if is_uri(location) or not Path(location).is_dir():
+        return []
+    try:
+        snapshot = json.loads(Path(location, SNAPSHOT_FILE).read_text())
+        results = [*snapshot.get("checkpoint_results", []), snapshot.get("latest_checkpoint_result") or {}]
+        registered = {str(r["checkpoint_dir_name"]) for r in results if r.get("checkpoint_dir_name")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    if not registered:
+        return []
+    stale = sorted(p.name for p in Path(location).glob("checkpoint_*") if p.is_dir() and p.name not in registered)
+    for name in stale:
+        shutil.rmtree(Path(location, name), ignore_errors=True)
+    return stale

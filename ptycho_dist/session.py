@@ -1,8 +1,9 @@
 """Start or join Ray, quietly, and always let go of what we started.
 
 `ray_session(config)` is a context manager: with `address` None (and no RAY_ADDRESS) it starts an
-embedded local Ray with this machine's CPUs, dashboard on 127.0.0.1; otherwise it connects to the
-cluster. On exit it shuts Ray down only if it started or connected it (an already initialised Ray,
+embedded local Ray with this machine's CPUs, every process listening on 127.0.0.1 only
+(`loopback_only`); otherwise it connects to the cluster, after checking in seconds that something
+answers at the address (a stale RAY_ADDRESS is one line naming it, not minutes of retries). On exit it shuts Ray down only if it started or connected it (an already initialised Ray,
 e.g. a test fixture's, is left alone).
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ptycho_dist.config import RayConfig
+from ptycho_torch.config import ConfigError
 
 log = logging.getLogger("ptycho_dist")
 
@@ -140,6 +142,9 @@ def ray_session(config: RayConfig, **init_kwargs: Any) -> Iterator[dict[str, Any
         yield cluster_resources()
         return
     address = config.address or os.environ.get("RAY_ADDRESS")
+    source = "--address (ray.address)" if config.address else "RAY_ADDRESS (environment)"
+    if address:
+        check_address_answers(address, source)
     kwargs: dict[str, Any] = {
         "logging_level": logging.INFO if config.verbose else logging.WARNING,
         "log_to_driver": True,
@@ -155,15 +160,88 @@ def ray_session(config: RayConfig, **init_kwargs: Any) -> Iterator[dict[str, Any
         kwargs.update(address="local", num_cpus=config.num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1")
         where = "embedded local Ray"
         secure_token_file()
+        kwargs["_node_ip_address"] = LOOPBACK
     kwargs.update(init_kwargs)
     if not config.verbose:
         filter_benign_ray_lines()
-    ray.init(**kwargs)
-    if not address:
-        secure_token_file()
+    with contextlib.ExitStack() as stack:
+        if not address:
+            stack.enter_context(loopback_only())
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as e:
+            if not address:
+                raise
+            raise ConfigError(f"{source} {address}: Ray did not connect ({' '.join(str(e).split())[:200]}); "
+                              f"start the cluster, or {UNSET_HINT[source]}") from None
+        if not address:
+            secure_token_file()
+        try:
+            resources = cluster_resources()
+            log.info("%s: %g CPUs, %g GPUs", where, resources.get("CPU", 0), resources.get("GPU", 0))
+            yield resources
+        finally:
+            ray.shutdown()
+
+
+LOOPBACK = "127.0.0.1"
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray 2.60: "0" = this node uses the loopback address
+ADDRESS_TIMEOUT_S = 5.0  # how long a --address / RAY_ADDRESS may take to accept a TCP connection
+UNSET_HINT = {"--address (ray.address)": "drop --address to start an embedded local Ray",
+              "RAY_ADDRESS (environment)": "unset RAY_ADDRESS to start an embedded local Ray"}
+
+
+def check_address_answers(address: str, source: str, timeout_s: float = ADDRESS_TIMEOUT_S) -> None:
+    """Fail in seconds, naming where the address came from (`source`), when nothing accepts a TCP
+    connection at a 'host:port' or 'ray://host:port' cluster address: a stale RAY_ADDRESS otherwise
+    makes ray.init retry for minutes. 'auto' and 'local' are left to Ray (they fail fast)."""
+    import socket
+
+    text = address.strip()
+    if text in ("auto", "local"):
+        return
+    for scheme in ("ray://", "http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    host, sep, port = text.rstrip("/").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{source} {address!r}: not a Ray address; give host:port (the GCS, e.g. "
+                          f"10.0.0.5:6379), ray://host:10001 or auto, or {UNSET_HINT[source]}")
     try:
-        resources = cluster_resources()
-        log.info("%s: %g CPUs, %g GPUs", where, resources.get("CPU", 0), resources.get("GPU", 0))
-        yield resources
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return
+    except OSError as e:
+        reason = "timed out" if isinstance(e, socket.timeout) else (e.strerror or str(e))
+        raise ConfigError(f"{source} {address}: nothing answers at {host}:{port} ({reason} after at most "
+                          f"{timeout_s:g} s), so no Ray cluster runs there; start it (cluster/README.md), or "
+                          f"{UNSET_HINT[source]}") from None
+
+
+@contextlib.contextmanager
+def loopback_only() -> Iterator[None]:
+    """While starting (and running) an embedded local Ray: make this node's address the loopback one,
+    so every process it starts listens on 127.0.0.1 only (GCS, raylet, workers, dashboard agent,
+    runtime-env agent and the Prometheus metrics ports, which otherwise bind to 0.0.0.0 or the
+    machine's address and answer anyone on the network).
+
+    Checked with `ss -ltn` in Ray 2.60: `ray.init(_node_ip_address="127.0.0.1")` alone is replaced by
+    the machine's address (ray._private.services.resolve_ip_for_localhost); with the node treated as
+    local-only (env RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read by Ray at import, so the imported
+    constant ray._private.ray_constants.ENABLE_RAY_CLUSTER is set too) the loopback address is kept
+    and every listener binds to it. Both are restored on exit, so a later join of a real cluster in
+    this process advertises the machine's address again.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(LOCAL_ONLY_ENV), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
     finally:
-        ray.shutdown()
+        if saved_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = saved_env
+        if saved_flag is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = saved_flag

@@ -45,6 +45,7 @@ from ptycho_dist.run_files import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     RAY_FILE,
+    clean_unregistered_checkpoints,
     is_uri,
     newest_checkpoint_name,
     read_run_file,
@@ -287,7 +288,8 @@ def claim_ray_run(location: str, name: str, resume: bool, overwrite: bool, move:
 
 
 def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = False, overwrite: bool = False,
-                    callbacks: Sequence[Callback] = (), ray_callbacks: Sequence[Any] = ()) -> DistTrainResult:
+                    callbacks: Sequence[Callback] = (), ray_callbacks: Sequence[Any] = (),
+                    allow_other_data: bool = False) -> DistTrainResult:
     """Train with Ray Train on `ray_config`'s cluster (embedded local Ray when no address).
 
     The run directory is storage_path/name. `resume=True` continues the named run from its latest
@@ -298,10 +300,13 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     picklable Lightning callbacks added on every worker; `ray_callbacks` are Ray Train callbacks added
     to the run (a sweep trial passes Tune's TuneReportCallback). Raises ConfigError before any worker
     starts when the request cannot fit the cluster (after asking its autoscaler, if it has one).
-    The scan is validated here, once (workers trust it), before Ray starts.
+    The scan is validated here, once (workers trust it), before Ray starts. A local run records its
+    scan files (data_files.json); its resume on other files is refused unless `allow_other_data`
+    (ptycho_torch.workflows.data_binding).
     """
     from ptycho_torch.data.dataset import PtychoDataModule
     from ptycho_torch.errors import USER_ERRORS
+    from ptycho_torch.workflows.data_binding import check_resume_data
 
     config = with_absolute_data_path(config)
     check_request(config.execution, ray_config)
@@ -309,6 +314,12 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     location = run_location(storage_path(ray_config), name)
     ray_config = dataclasses.replace(ray_config, name=name)
     claim_ray_run(location, name, resume, overwrite)  # moving aside waits until the plan fits
+    if resume and not is_uri(location):
+        check_resume_data(Path(location), config, allow_other_data)
+        stale = clean_unregistered_checkpoints(location)
+        if stale:
+            log.warning("removed %d checkpoint director%s Ray never registered (left by an interrupted run): %s",
+                        len(stale), "y" if len(stale) == 1 else "ies", ", ".join(stale))
     datamodule = PtychoDataModule(config)  # the one validation pass; also model.N and r from the data
     config = datamodule.config
     factors = datamodule.norm_factors  # one r per scan of a multi-scan corpus
@@ -361,6 +372,10 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
             claim_ray_run(location, name, resume, overwrite, move=True)
         write_run_file(location, CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         write_run_file(location, RAY_FILE, yaml.safe_dump({"ray": ray_config.to_dict()}, sort_keys=False))
+        if not resume and not is_uri(location):
+            from ptycho_torch.workflows.data_binding import bind_run_to_data
+
+            bind_run_to_data(Path(location), config)
         log.info("%s run %r: %d worker(s) x %s, %s on %s, storage %s", "resuming" if resume else "starting",
                  name, plan.num_workers, plan.resources_per_worker, plan.strategy, plan.accelerator, location)
         loop_config = {"config": config.to_dict(), "norm_factor": norm_factor, "run_dir": location, "strategy": plan.strategy,

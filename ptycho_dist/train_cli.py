@@ -27,6 +27,7 @@ import yaml
 from ptycho_dist.config import RayConfig
 from ptycho_dist.flags import RAY_FLAGS, add_ray_flags, ray_overrides
 from ptycho_dist.run_files import CONFIG_FILE, RAY_FILE, read_run_file, run_location, storage_path
+from ptycho_torch.bounded_yaml import load_bounded
 from ptycho_torch.config import ConfigError, RunConfig, read_yaml_mapping, yaml_problem
 
 
@@ -49,6 +50,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run where a run of that name exists, after moving the old one aside to "
                         "NAME.replaced-<time> (nothing is deleted) (default: off, such a run is refused)")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="with --resume: continue on scan files other than those the run trained on (recorded "
+                        "in data_files.json and manifest.json) (default: off, such a resume is refused)")
     add_ray_flags(p, RAY_FLAGS)
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
@@ -78,7 +82,7 @@ def _text_config(text: str | None, where: str) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_bounded(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: is not valid YAML ({yaml_problem(e)}); restore it from a backup, or delete it to "
                           "resume with the settings of --config and the flags") from None
@@ -98,6 +102,9 @@ def resolve_dist_configs(args: argparse.Namespace) -> tuple[RunConfig, RayConfig
         raise ConfigError("--resume continues a run in its own directory; drop --out")
     if args.out is not None:
         out = Path(args.out)
+        if out.name in ("", ".", ".."):  # `--out .` silently became ./train-<time> before
+            raise ConfigError(f"--out {args.out}: names no run directory (a run is a directory of its own); give a "
+                              f"new one, e.g. --out {out / 'run1'}")
         for key, value in (("storage_path", str(out.parent)), ("name", out.name)):
             if cli_ray.get(key, value) != value:
                 raise ConfigError(f"--out {out} contradicts --{key.replace('_', '-')} {cli_ray[key]}; give one")
@@ -149,7 +156,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     config, ray_config, resume = resolve_dist_configs(args)
     if not config.data.path:
         raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
-    result = fit_distributed(config, ray_config, resume=resume, overwrite=args.overwrite)
+    result = fit_distributed(config, ray_config, resume=resume, overwrite=args.overwrite,
+                             allow_other_data=args.allow_other_data)
     shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
     print(f"trained {result.epochs_completed} epochs on {result.world_size} Ray worker(s) in "
           f"{result.wall_seconds:.1f} s (fit {result.fit_seconds:.1f} s) {shown}; "

@@ -130,10 +130,24 @@ def _storage(sweep: SweepConfig | None, out_dir: Path, storage_path: str | None)
 
 
 def _read_spec(experiment: str) -> dict[str, Any] | None:
+    """The stored {'base': ..., 'sweep': ...} of an experiment (None when it has none); a damaged spec
+    is one ConfigError line naming the file."""
     from ptycho_dist.run_files import read_run_file
+    from ptycho_torch.bounded_yaml import load_bounded
+    from ptycho_torch.config import yaml_problem
 
     text = read_run_file(experiment, SPEC_FILE)
-    return None if text is None else yaml.safe_load(text)
+    if text is None:
+        return None
+    where = f"{experiment}/{SPEC_FILE}"
+    fix = "restore it from a backup, or start a new sweep with --name"
+    try:
+        spec = load_bounded(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: is not valid YAML ({yaml_problem(e)}); {fix}") from None
+    if not isinstance(spec, dict) or not all(isinstance(spec.get(k), dict) for k in ("base", "sweep")):
+        raise ConfigError(f"{where}: damaged (expected the mappings base: and sweep:); {fix}")
+    return spec
 
 
 def stored_base(sweep: SweepConfig | None, out_dir: str | Path, name: str, storage_path: str | None) -> RunConfig | None:

@@ -5,20 +5,27 @@ checkpoint carrying other Python objects, e.g. a planted pickle payload, is refu
 in it runs). `resume_checkpoint` picks `checkpoints/last.ckpt` when it is intact, otherwise the newest
 intact `*.ckpt` of the run (saying so), and fails with one line when none is left.
 `AtomicCheckpointIO` makes Lightning write checkpoints as temp file + rename, so an interruption
-mid-write can no longer leave a truncated last.ckpt.
+mid-write can no longer leave a truncated last.ckpt. `LastEveryEpoch` writes `last.ckpt` at the end of
+every training epoch, whatever the monitored metric did (Lightning 2.6's `ModelCheckpoint(save_last=True)`
+with a monitor rewrites it only in epochs that entered the top k), so a SIGKILL, an OOM kill or a power
+loss costs at most the epoch in flight.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
+import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ptycho_torch.config import ConfigError
@@ -29,6 +36,7 @@ log = logging.getLogger("ptycho_torch")
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 REQUIRED_KEYS = ("state_dict", "epoch", "loops")
+LOW_DISK_BYTES = 64 << 20  # a failed checkpoint write with less free space than this is reported as a full disk
 
 
 class UnsafeCheckpointError(ConfigError):
@@ -123,6 +131,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             torch.save(checkpoint, tmp)
             os.replace(tmp, target)
+        except (OSError, RuntimeError) as e:  # a full disk: torch's writer says 'unexpected pos' or 'write failed'
+            tmp.unlink(missing_ok=True)
+            free = shutil.disk_usage(target.parent).free
+            raise OSError(errno.ENOSPC if free < LOW_DISK_BYTES else getattr(e, "errno", None) or errno.EIO,
+                          f"could not write the checkpoint ({torch_load_problem(e)}; {free / 2**20:.0f} MiB free on "
+                          "its disk); the previous checkpoint is kept: free space, then resume the run",
+                          str(target)) from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -133,3 +148,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return torch.load(path, map_location=map_location or (lambda storage, loc: storage), weights_only=True)
+
+
+class LastEveryEpoch(Checkpoint):
+    """Writes `path` (a run's checkpoints/last.ckpt) at the end of every training epoch.
+
+    A `Checkpoint` subclass, so Lightning runs it with the monitoring callbacks, after the module's
+    and the other callbacks' epoch-end hooks (History has recorded the epoch, so a resume keeps its
+    row). Written through the Trainer's checkpoint IO (AtomicCheckpointIO: temp file + rename), on
+    every rank (the save is collective under DDP; rank 0 writes)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or bool(trainer.fast_dev_run):
+            return
+        trainer.save_checkpoint(str(self.path))

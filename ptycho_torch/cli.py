@@ -22,22 +22,27 @@ from ptycho_torch.workflows.demo import DEMO_EPOCHS, DEMO_MINUTES
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Run a command; user errors become one line on stderr and exit status 2; an interrupted
     training run prints how to resume it and exits 128 + signal (143 SIGTERM, 130 SIGINT)."""
-    from ptycho_torch.interrupt import TrainingInterrupted
+    from ptycho_torch.interrupt_once import first_sigint_only, interrupted
 
-    try:
-        main(args)
-    except TrainingInterrupted as e:
-        from ptycho_torch.workflows.train import launched_rank
+    with first_sigint_only():  # a second Ctrl-C cannot turn the one-line outcome into a traceback
+        try:
+            main(args)
+        except BaseException as e:
+            interrupt = sys.modules.get("ptycho_torch.interrupt")  # loaded whenever training ran
+            if interrupt is not None and isinstance(e, interrupt.TrainingInterrupted):
+                from ptycho_torch.workflows.train import launched_rank
 
-        if launched_rank() == 0:  # one line, not one per DDP process
-            print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted (SIGINT)", file=sys.stderr)
-        return 130
-    except USER_ERRORS as e:
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
+                if launched_rank() == 0:  # one line, not one per DDP process
+                    print(f"error: {e}", file=sys.stderr)
+                return e.exit_code
+            # Ctrl-C; or what it left behind, e.g. a library import it cut short failing later
+            if isinstance(e, KeyboardInterrupt) or (interrupted() and not isinstance(e, SystemExit)):
+                print("error: interrupted (SIGINT)", file=sys.stderr)
+                return 130
+            if isinstance(e, USER_ERRORS):
+                print(f"error: {one_line(e)}", file=sys.stderr)
+                return 2
+            raise
     return 0
 
 
@@ -152,7 +157,8 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ConfigError("train needs --data SCAN (or data.path in the --config file)")
     if args.resume is not None and args.overwrite:
         raise ConfigError("--overwrite starts a new run and --resume continues one; give only one")
-    result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite)
+    result = train(config, run_dir, resume=args.resume is not None, overwrite=args.overwrite,
+                   allow_other_data=args.allow_other_data)
     shown = {k: round(v, 6) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")}
     print(f"trained {result.epochs_completed} epochs in {result.seconds:.1f} s {shown}; "
           f"model bundle: {result.bundle_path}")
@@ -279,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="train into an --out that already holds a run, after moving that run aside to "
                         "RUN_DIR.replaced-<time> (nothing is deleted) (default: off, such an --out is refused)")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="with --resume: continue on scan files other than those the run trained on (recorded "
+                        "in data_files.json and manifest.json) (default: off, such a resume is refused)")
     add_config_arguments(p)
     p.set_defaults(func=cmd_train)
 

@@ -55,8 +55,10 @@ _PREFIX = "override:"
 
 
 def _parse_value(text: str) -> Any:
+    from ptycho_torch.bounded_yaml import load_bounded
+
     try:
-        return yaml.safe_load(text)
+        return load_bounded(text)
     except yaml.YAMLError:
         return text
 

@@ -473,8 +473,12 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
+    from ptycho_torch.bounded_yaml import BoundExceeded, load_bounded
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_bounded(path.read_text()) or {}
+    except BoundExceeded as e:
+        raise ConfigError(f"{what} {path}: refused, {e.problem}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML ({yaml_problem(e)}); fix the YAML") from None
     if not isinstance(data, dict):

@@ -17,8 +17,21 @@ class UserError(ValueError):
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, FloatingPointError, OSError)
 
 
+MAX_MESSAGE_CHARS = 800  # a message longer than this keeps its head (field, value) and tail (the fix)
+
+
+def clipped(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` on one line and at most about `limit` characters: the middle of a longer one (e.g. a
+    huge value quoted from a file) is replaced by '... [N characters left out] ...'."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 5 // 8, limit // 4
+    return f"{text[:head]} ... [{len(text) - head - tail} characters left out] ... {text[-tail:]}"
+
+
 def one_line(error: BaseException) -> str:
-    """The message of a user error on one line (OSErrors name their file)."""
+    """The message of a user error on one line of bounded length (OSErrors name their file)."""
     if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and error.filename:
-        return f"{error.filename}: {error.strerror or error}"
-    return str(error)
+        return clipped(f"{error.filename}: {error.strerror or error}")
+    return clipped(str(error))

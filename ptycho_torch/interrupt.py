@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator, TypeVar
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from ptycho_torch.interrupt_once import note_interrupt
+
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 T = TypeVar("T")
 
@@ -65,6 +67,7 @@ class InterruptState:
         self.saving = False
 
     def handler(self, signum: int, frame: FrameType | None) -> None:
+        note_interrupt()  # once training's handler is gone, the command line's ignores further presses
         if self.saving:
             return
         first = self.signum is None

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import shutil
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +35,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if e.filename is None or str(e.filename) == str(tmp):  # name the file the user knows, not the temp one
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -115,11 +123,18 @@ def refuse_existing_run(run_dir: Path, resume_hint: str, overwrite_hint: str = "
                       "<time>, nothing is deleted), or choose another --out")
 
 
-def claim_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> Path | None:
-    """Make `run_dir` a fresh, empty run directory; return where an existing one was moved (or None).
+CLAIM_FILE = ".ptycho-claim.json"  # created exclusively by the one process that claims a run directory
+
+
+def claim_run_dir(run_dir: str | Path, *, overwrite: bool = False, launch_id: str | None = None) -> Path | None:
+    """Make `run_dir` a fresh run directory owned by this process; return where an existing one was
+    moved (or None).
 
     An existing non-empty directory is refused unless `overwrite`, which renames it aside (never
-    deletes it). A missing or empty directory is fine. Call it only after the inputs were validated.
+    deletes it). A missing or empty directory is fine. The claim is atomic: the directory is created
+    with a plain mkdir and `CLAIM_FILE` (holding `launch_id`, so the other processes of the same
+    launch can recognise it: `await_claim`) with O_EXCL, so of two runs started at once exactly one
+    wins and the other gets the one-line refusal. Call it only after the inputs were validated.
     """
     run_dir = Path(run_dir)
     check_output_dir(run_dir, "--out")
@@ -129,5 +144,63 @@ def claim_run_dir(run_dir: str | Path, *, overwrite: bool = False) -> Path | Non
             refuse_existing_run(run_dir, f"--resume {run_dir}")
         moved = aside_name(run_dir)
         os.replace(run_dir, moved)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # an existing empty directory may be claimed
+        run_dir.mkdir()
+    try:
+        fd = os.open(run_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        refuse_existing_run(run_dir, f"--resume {run_dir}")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps({"launch_id": launch_id, "pid": os.getpid(), "time": time.time()}))
     return moved
+
+
+def await_claim(run_dir: str | Path, launch_id: str | None, rank: int, timeout_s: float = 120.0) -> None:
+    """In a non-zero rank of a multi-process launch: wait until rank 0 of the same launch (`launch_id`)
+    has claimed `run_dir`; one ConfigError line when it does not within `timeout_s` (e.g. a RANK
+    variable left over in the shell of a single-process run: such a process may not write into a
+    directory nobody of its launch claimed)."""
+    path = Path(run_dir) / CLAIM_FILE
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            if launch_id is not None and json.loads(path.read_text()).get("launch_id") == launch_id:
+                return
+        if time.monotonic() >= deadline:
+            raise ConfigError(f"--out {run_dir}: this process is rank {rank} of a multi-process launch (RANK / "
+                              "LOCAL_RANK / SLURM_PROCID and WORLD_SIZE are set), but rank 0 of the same launch did not "
+                              f"claim the directory within {timeout_s:g} s; unset those variables for a "
+                              "single-process run, or start every rank of the launch")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def replaced_dir(out_dir: str | Path, flag: str = "--out") -> Iterator[Path]:
+    """Write a whole output directory or nothing: yield `out_dir`, fresh and empty, to write into.
+
+    An existing `out_dir` with files is first renamed to a hidden `.NAME.old-<id>` next to it; when
+    the body succeeds, that old directory is deleted, and when it fails (a full disk, an error, Ctrl-C)
+    the partial new directory is removed and the old one renamed back, untouched: the directory holds
+    the old outputs or the new ones, never a mix. (A SIGKILL in between leaves the old outputs in
+    `.NAME.old-<id>`.) A non-empty directory without `object.npz` is not a reconstruction and is
+    refused in one line (its files are never replaced or deleted).
+    """
+    out_dir = Path(out_dir)
+    old = None
+    if holds_files(out_dir):
+        if not (out_dir / "object.npz").is_file():
+            raise ConfigError(f"{flag} {out_dir}: holds files that are not a reconstruction; choose an empty or new "
+                              "directory (nothing in it was changed)")
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:12]}"
+        os.replace(out_dir, old)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        yield out_dir
+    except BaseException:
+        if old is not None:
+            shutil.rmtree(out_dir, ignore_errors=True)
+            os.replace(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -153,6 +153,18 @@ CASES: list[Case] = [
     Case("scan-N-mismatch", "`train --N 64` on a scan of 32x32 patterns", "use the scan's size (--N 32)",
          "--N 32", lambda w: ["train", "--data", str(w.scan), "--out", str(w.never), "--N", "64"]),
     # ---- run directories
+    Case("scan-N-48", "a scan of 48x48 patterns (no network takes 48)", "crop the file's patterns as the message shows",
+         "crop the patterns in the file to 32x32 (diffraction[:, 8:40, 8:40])",
+         lambda w: ["train", "--data", str(_scan_48(w)), "--out", str(w.never)]),
+    Case("scan-N-48-told-32", "`train --N 32` on a scan of 48x48 patterns (the advice does not loop back)",
+         "crop the file's patterns as the message shows", "but the scan has 48x48; crop the patterns in the file to 32x32",
+         lambda w: ["train", "--data", str(_scan_48(w)), "--out", str(w.never), "--N", "32"]),
+    Case("amplitudes-x1e18", "a scan whose float amplitudes were multiplied by 1e18", "undo the scaling",
+         "diffraction: amplitudes reach 4.23e+19, so their squares overflow",
+         lambda w: [*T, "--data", str(_scaled_scan(w, diffraction=1e18)), "--out", str(w.never)]),
+    Case("positions-x30000", "a scan whose positions were multiplied by 30000 (no objectGuess)",
+         "give positions in object pixels", "a 1573071x1571148 canvas that needs 29658.3 GB, more than the",
+         lambda w: [*T, "--data", str(_scaled_scan(w, positions=30000)), "--out", str(w.never)]),
     Case("train-out-holds-a-run", "`train --out RUN` where RUN already holds a run",
          "--resume RUN, or --overwrite (moves it aside), or another --out",
          "already holds a run (or other files); continue it with --resume",
@@ -200,6 +212,20 @@ CASES: list[Case] = [
     Case("yaml-unknown-section", "a `--config` with an unknown section", "use a known section",
          "unknown section(s) modle",
          lambda w: [*T, "--data", str(w.scan), "--out", str(w.never), "--config", str(w.file("c.yaml", "modle: {}\n"))]),
+    Case("yaml-alias-bomb", "a 400-byte `--config` whose nested aliases in `training.freeze` expand to 5*10^7 values",
+         "write the values out", "aliases (*name) expand to 5.45e+07 values, more than the 100000 allowed",
+         lambda w: [*T, "--data", str(w.scan), "--out", str(w.never), "--config", str(w.file("c.yaml", ALIAS_BOMB))]),
+    Case("yaml-deep-nesting", "a `--config` nested 100,000 levels deep", "flatten the document",
+         "nested more than 100 levels deep",
+         lambda w: [*T, "--data", str(w.scan), "--out", str(w.never),
+                    "--config", str(w.file("c.yaml", "model: " + "[" * 100_000 + "]" * 100_000 + "\n"))]),
+    Case("yaml-huge-value", "a `--config` with a 1 MB string as `model.N`", "the message quotes at most ~800 characters",
+         "characters left out",
+         lambda w: [*T, "--data", str(w.scan), "--out", str(w.never),
+                    "--config", str(w.file("c.yaml", "model: {N: " + "x" * 1_000_000 + "}\n"))]),
+    Case("resume-config-alias-bomb", "`train --resume RUN` whose stored config.yaml holds nested aliases",
+         "restore config.yaml", "expand to 5.45e+07 values",
+         lambda w: ["train", "--resume", str(_bomb_in_stored_config(w))]),
     Case("learning-rate-nan", "`train --learning-rate nan`", "give a finite number",
          "execution.learning_rate: got 'nan'; expected a finite number",
          lambda w: [*T, "--data", str(w.scan), "--out", str(w.never), "--learning-rate", "nan"]),
@@ -269,7 +295,71 @@ CASES: list[Case] = [
          "ray.cpus_per_worker: got 0.0; must be > 0",
          lambda w: ["train", "--data", str(w.scan), "--out", str(w.never), "--cpus-per-worker", "0"],
          program="ptycho-dist"),
+    Case("dist-out-dot", "`ptycho-dist train --out .`", "give a new directory, e.g. --out ./run1",
+         "--out .: names no run directory", lambda w: ["train", "--data", str(w.scan), "--out", "."],
+         program="ptycho-dist"),
+    Case("dist-stale-ray-address", "`ptycho-dist train` with RAY_ADDRESS naming a cluster that is gone",
+         "unset RAY_ADDRESS (or start the cluster)", "RAY_ADDRESS (environment) 127.0.0.1:9: nothing answers",
+         lambda w: _with_env("RAY_ADDRESS", "127.0.0.1:9",
+                             ["train", "--data", str(w.scan), "--out", str(w.never), "--epochs", "1"]),
+         program="ptycho-dist"),
+    Case("tune-resume-damaged-spec", "`ptycho-dist tune --resume NAME` whose stored ptycho_sweep.yaml is damaged",
+         "restore it, or start a new sweep with --name", "ptycho_sweep.yaml: damaged (expected the mappings base: and sweep:)",
+         lambda w: ["tune", "--resume", "sw", "--out", str(_damaged_sweep_spec(w))], program="ptycho-dist"),
 ]
+
+
+# 9 lists of 9 aliases of the list before: ~9^8 values once expanded (387 bytes)
+ALIAS_BOMB = ("training:\n  freeze:\n  - &a [x, x, x, x, x, x, x, x, x]\n"
+              + "".join(f"  - &{b} [*{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}, *{a}]\n"
+                        for a, b in zip("abcdefg", "bcdefgh")))
+
+
+def _bomb_in_stored_config(w: Workspace) -> Path:
+    run = w.run_dir(last=b"not read before the config")
+    (run / "config.yaml").write_text(ALIAS_BOMB)
+    return run
+
+
+def _damaged_sweep_spec(w: Workspace) -> Path:
+    (w.root / "sw").mkdir(parents=True, exist_ok=True)
+    (w.root / "sw" / "ptycho_sweep.yaml").write_text("base: 7\nsweep: [1, 2]\n")
+    return w.root
+
+
+def _with_env(name: str, value: str, argv: list[str]) -> list[str]:
+    """`argv`, with `name`=`value` in the environment for the case (run_case restores it)."""
+    ENV_FOR_CASE[name] = value
+    return argv
+
+
+ENV_FOR_CASE: dict[str, str] = {}
+
+
+def _scaled_scan(w: Workspace, diffraction: float = 1.0, positions: float = 1.0) -> Path:
+    """The tiny scan with its amplitudes and/or positions multiplied (positions: objectGuess dropped)."""
+    with np.load(w.scan) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["diffraction"] = (arrays["diffraction"] * np.float32(diffraction)).astype(np.float32)
+    if positions != 1.0:
+        del arrays["objectGuess"]
+        arrays["xcoords"], arrays["ycoords"] = arrays["xcoords"] * positions, arrays["ycoords"] * positions
+    path = w.root / "scaled.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _scan_48(w: Workspace) -> Path:
+    """The tiny scan padded to 48x48 patterns (no objectGuess; positions shifted into the larger frame)."""
+    with np.load(w.scan) as f:
+        arrays = {k: f[k] for k in f.files if k != "objectGuess"}
+    pad = [(8, 8), (8, 8)]
+    arrays["diffraction"] = np.pad(arrays["diffraction"], [(0, 0), *pad])
+    arrays["probeGuess"] = np.pad(arrays["probeGuess"], [(0, 0)] * (arrays["probeGuess"].ndim - 2) + pad)
+    arrays["xcoords"], arrays["ycoords"] = arrays["xcoords"] + 8, arrays["ycoords"] + 8
+    path = w.root / "scan48.npz"
+    np.savez(path, **arrays)
+    return path
 
 
 def _npy_as_npz(w: Workspace) -> Path:
@@ -300,13 +390,23 @@ def run_case(case: Case, root: Path, scan: Path) -> tuple[int, str, Workspace]:
     from ptycho_torch.cli import main as torch_main
 
     w = Workspace(root, scan)
+    ENV_FOR_CASE.clear()
     argv = case.argv(w)
+    saved = {k: os.environ.get(k) for k in ENV_FOR_CASE}
+    os.environ.update(ENV_FOR_CASE)
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            rc = (dist_main if case.program == "ptycho-dist" else torch_main)(argv)
-        except SystemExit as e:  # argparse
-            rc = e.code
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = (dist_main if case.program == "ptycho-dist" else torch_main)(argv)
+            except SystemExit as e:  # argparse
+                rc = e.code
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return rc, err.getvalue(), w
 
 
@@ -328,6 +428,7 @@ def test_bad_input_is_one_clear_line(case: Case, tiny_scan: Path, tmp_path: Path
     line = error_line(stderr)
     assert line and case.expect in line, stderr
     assert stderr.rstrip().splitlines()[-1] == line, "the message is not one line (or is not the last)"
+    assert len(line) <= 1000, f"a {len(line)}-character message"
     assert len([x for x in stderr.splitlines() if x.startswith("error")]) == 1
     assert not w.never.exists(), "a failed command left a directory behind"
     assert not (w.root / "PAYLOAD_RAN").exists(), "the planted payload ran"

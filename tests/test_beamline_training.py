@@ -152,7 +152,7 @@ def test_larger_frames_train_cropped_to_N(tmp_path, truth):
     quiet = {"training.nepochs": 1, "execution.logger_backend": "none", "execution.enable_checkpointing": False}
     with pytest.raises(ScanValidationError, match=r"probe: expected 48x48 \(the patterns\) .* found 32x32; or set --N 32"):
         train(tiny_config(path, **quiet, **{"model.N": None}), tmp_path / "refused")
-    with pytest.raises(ConfigError, match=r"holds 48x48 patterns.*set --N to one of these"):  # a 48x48 probe
+    with pytest.raises(ConfigError, match=r"holds 48x48 patterns.*set --N 32 \(the central 32x32"):  # a 48x48 probe
         np.save(tmp_path / "probe48.npy", np.ones((48, 48), np.complex64))
         train(tiny_config(path, **quiet, **{"model.N": None, "data.probe": str(tmp_path / "probe48.npy")}),
               tmp_path / "refused")

@@ -15,7 +15,7 @@ from test_bad_inputs import Workspace, payload_bytes
 
 from ptycho_torch.checkpoints import UnsafeCheckpointError, load_checkpoint_safely, resume_checkpoint
 from ptycho_torch.config import ConfigError
-from ptycho_torch.outputs import atomic_path, atomic_write_text, check_output_dir, claim_run_dir
+from ptycho_torch.outputs import CLAIM_FILE, atomic_path, atomic_write_text, check_output_dir, claim_run_dir
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path):
@@ -40,7 +40,7 @@ def test_claim_refuses_an_existing_run_and_overwrite_moves_it_aside(tmp_path):
     moved = claim_run_dir(run, overwrite=True)
     assert moved is not None and moved.name.startswith("run.replaced-")
     assert (moved / "model.pt").read_bytes() == b"trained for a week"  # moved, not deleted
-    assert run.is_dir() and not any(run.iterdir())
+    assert run.is_dir() and [p.name for p in run.iterdir()] == [CLAIM_FILE]  # fresh: only this process's claim
     assert claim_run_dir(tmp_path / "empty") is None  # a new or empty directory is fine
 
 

@@ -29,6 +29,20 @@ options:
                        (default: cluster/local/.state; git- and Ray-upload-ignored)
   -h, --help           show this help
 
+Ports it opens (Ray 2.60; "all" = every interface of this machine):
+  GCS (--port, 6379)                        all      token-guarded
+  dashboard + job server (--dashboard-port) 127.0.0.1 only
+  Ray client server, one dashboard agent    all      free ports picked here (the defaults 10001 and
+    HTTP port per node                               52365 would collide between nodes)
+  raylet, object manager, node manager,     all      random ports, token-guarded
+    runtime-env agent, every worker's gRPC
+  Prometheus metrics: autoscaler 44217,     all      read-only metrics, no token
+    dashboard 44227, one random per node
+Restrict them with a firewall (e.g. nftables/iptables: accept these ports only from 127.0.0.0/8
+or your cluster's subnet) or run the cluster in a private network namespace / VM. A single-node
+`ptycho-dist train` without --address / RAY_ADDRESS starts its own Ray with every port on
+127.0.0.1 only (a multi-node cluster cannot: Ray refuses worker nodes on a loopback-only head).
+
 Each node i gets the custom resource {"local_node_<i>": 1} (head: i = 0), so work can be
 pinned to a node (e.g. resources={"local_node_1": 0.01}). Ray processes run with this repository's venv
 on PATH (the "image" of these nodes), so job entrypoints like `ptycho-dist train` resolve.

@@ -32,8 +32,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.corpus import ScanCorpus, TrainingScans, corpus_scans, read_training_scans
+from ptycho_torch.data.file_watch import FileWatch
 from ptycho_torch.data.grouping import Groups, make_groups, make_groups_per_scan
+from ptycho_torch.data.plausibility import check_canvas, energy_problem
 from ptycho_torch.data.scan_files import Scan
+from ptycho_torch.errors import UserError
 from ptycho_torch.physics import normalization_factor
 
 BLOCK_BYTES = 16 * 2**20  # target size of one block of group rows (x and amp)
@@ -61,17 +64,27 @@ class GroupDataset(Dataset):
         else:
             self._group_scan = np.zeros(len(groups), np.int64)
         self._factors = factors  # r of each scan (python floats: x = amp * r as for one scan)
+        self._watch = FileWatch(scan)  # a file truncated or rewritten under the run: one line, never zeros
 
     def __len__(self) -> int:
         return len(self.groups)
 
+    def _rows(self, indices: np.ndarray) -> np.ndarray:
+        """Diffraction rows of the groups' members, after checking that no lazily read file changed."""
+        self._watch.check()
+        try:
+            return self.scan.diffraction_rows(indices)
+        except (OSError, KeyError, ValueError) as e:
+            self._watch.explain(e)
+            raise
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return self._sample(i, self.scan.diffraction_rows(self.groups.indices[i]))
+        return self._sample(i, self._rows(self.groups.indices[i]))
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         """A whole batch from one read of its rows (the DataLoader calls this when it exists): one
         HDF5 call per batch instead of one per pattern."""
-        rows = self.scan.diffraction_rows(self.groups.indices[np.asarray(indices, dtype=np.int64)])  # (B, C, N, N)
+        rows = self._rows(self.groups.indices[np.asarray(indices, dtype=np.int64)])  # (B, C, N, N)
         return [self._sample(i, amp) for i, amp in zip(indices, rows)]
 
     def _sample(self, i: int, rows: np.ndarray) -> dict[str, torch.Tensor]:
@@ -113,20 +126,47 @@ def resolve_model_size(config: RunConfig, scan: Scan) -> RunConfig:
     if config.model.N is None:
         if scan.N not in N_BLOCKS:
             raise ConfigError(f"model.N: the scan {scan.path or ''} holds {scan.N}x{scan.N} patterns but the "
-                              f"network takes only {', '.join(map(str, sorted(N_BLOCKS)))}; set --N to one of these "
-                              "(beamline files are then cropped or binned to it, see data.frame_fit) or crop "
-                              "the patterns")
+                              f"network takes only {', '.join(map(str, sorted(N_BLOCKS)))}; {size_advice(scan)}")
         return config.replace(model=dataclasses.replace(config.model, N=scan.N))
     if scan.N != config.model.N:
+        fix = (f"set --N {scan.N} or leave N unset (it then comes from the data)" if scan.N in N_BLOCKS
+               else size_advice(scan))
         raise ConfigError(f"model.N: the model expects {config.model.N}x{config.model.N} patterns "
-                          f"but the scan has {scan.N}x{scan.N}; set --N {scan.N} or leave N unset "
-                          "(it then comes from the data)")
+                          f"but the scan has {scan.N}x{scan.N}; {fix}")
     return config
 
 
+def size_advice(scan: Scan) -> str:
+    """One choice that works for a scan whose pattern size no network takes: a beamline (HDF5) file
+    is cropped or binned at read time (data.frame_fit), so name the --N (and frame_fit) that fits; the
+    patterns of a contract file are used as stored, so they must be cropped in the file."""
+    from ptycho_torch.model import N_BLOCKS
+
+    sizes = sorted(N_BLOCKS)
+    fitting = [n for n in sizes if n <= scan.N]
+    beamline = "format" in (getattr(scan, "metadata", None) or {})
+    if not fitting:
+        return f"pad the patterns to {sizes[0]}x{sizes[0]} in the file (no network takes fewer pixels)"
+    if beamline:
+        n = fitting[-1]
+        if scan.N >= 2 * n:
+            return (f"set --N {n} --data.frame_fit bin (the frames binned {scan.N // n}x{scan.N // n}, then the "
+                    f"central {n}x{n} kept)")
+        return f"set --N {n} (the central {n}x{n} pixels around the beam are kept, data.frame_fit crop)"
+    n = fitting[-1]
+    lo = (scan.N - n) // 2
+    return (f"crop the patterns in the file to {n}x{n} (diffraction[:, {lo}:{lo + n}, {lo}:{lo + n}]) and resample "
+            f"the probe to match (ptycho_torch.data.detector.fit_probe(probe, ({scan.N}, {scan.N}), {n}, 1))")
+
+
 def dataset_norm_factor(scan: Scan) -> float:
-    """The normalisation factor r of a scan (SPEC 4.1), from a streaming pass over its patterns."""
-    return normalization_factor(scan.mean_energy(), scan.N)
+    """The normalisation factor r of a scan (SPEC 4.1), from a streaming pass over its patterns; a
+    scan whose energy is not positive and finite is one UserError line saying why (data.plausibility)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowing squares: explained below, not warned
+        energy = scan.mean_energy()
+    if not math.isfinite(energy) or energy <= 0:
+        raise UserError(energy_problem(scan, energy))
+    return normalization_factor(energy, scan.N)
 
 
 class PtychoDataModule(L.LightningDataModule):
@@ -155,6 +195,8 @@ class PtychoDataModule(L.LightningDataModule):
             scans = [s.subset(np.arange(limit)) if limit < s.n_patterns else s for s in scans]
             scan = scans[0] if len(scans) == 1 else ScanCorpus(scans)
         config = resolve_model_size(config, scan)
+        for one in scans:  # positions in the wrong unit: one line, not a 57 GB allocation later
+            check_canvas(one)
         self.config = config
         self.scan = scan
         if norm_factor is None:

@@ -78,7 +78,9 @@ def _scan_diffraction(d: Any, block: int | None) -> dict[str, float]:
             if hit.size and out[key] < 0:
                 out[key] = start + int(hit[0])
         x = np.where(finite, x, 0.0)
-        out["energy"] += float(np.sum(x * x, dtype=np.float64))
+        out["peak"] = max(out.get("peak", 0.0), float(np.abs(x).max(initial=0.0)))
+        with np.errstate(over="ignore"):  # squares beyond float32: reported as a problem, not warned
+            out["energy"] += float(np.sum(x * x, dtype=np.float64))
     return out
 
 
@@ -110,6 +112,10 @@ def _check_diffraction(d: Any, p: list[str], stats: dict[str, float], block: int
                      f"(first in pattern {st['first_neg']}); clip background-subtracted counts at 0")
         if not st["nan"] and not st["inf"] and st["energy"] <= 0:
             p.append("diffraction: expected some signal, found every pattern zero")
+        if not np.isfinite(st["energy"]):
+            p.append(f"diffraction: amplitudes reach {st['peak']:.3g}, so their squares overflow (float32 holds up "
+                     "to 3.4e+38); diffraction holds amplitudes sqrt(photon counts), typically 0 .. 1e3: undo the "
+                     "scaling the data went through")
         stats["mean_energy"] = st["energy"] / M
     return M, N
 

@@ -56,7 +56,12 @@ def hardware() -> dict[str, Any]:
 
 
 def write_manifest(run_dir: Path, config: RunConfig, scan: Any, extra: dict[str, Any] | None = None) -> Path:
+    """Write run_dir/manifest.json; `data_files` and `data_changes` come from the run's data_files.json
+    (workflows.data_binding) when it has one."""
+    from ptycho_torch.workflows.data_binding import BINDING_FILE, read_binding
+
     data_path = getattr(scan, "path", None)
+    binding = read_binding(run_dir) if (Path(run_dir) / BINDING_FILE).is_file() else None
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
@@ -65,6 +70,7 @@ def write_manifest(run_dir: Path, config: RunConfig, scan: Any, extra: dict[str,
         "data": file_checksum(Path(data_path)) if data_path and Path(data_path).is_file() else None,
         "n_patterns": getattr(scan, "n_patterns", None),
         "git_revision": git_revision(),
+        **({"data_files": binding["files"], "data_changes": binding.get("changes", [])} if binding else {}),
         **(extra or {}),
     }
     return atomic_write_text(Path(run_dir) / "manifest.json", json.dumps(manifest, indent=2, default=str))

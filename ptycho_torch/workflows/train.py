@@ -7,11 +7,13 @@ checkpoint to continue from, the normalisation factor its driver computed while 
 scan), so there is no second copy of the training logic.
 
 A run directory holds:
-    config.yaml      the resolved RunConfig (itself a valid --config), written before training
-    checkpoints/     ModelCheckpoint output (best top-k and last.ckpt)
+    config.yaml      the resolved RunConfig (itself a valid --config, data paths absolute), written before training
+    data_files.json  the scan files the run is bound to (path, size, mtime, sha256) and every deliberate switch
+    .ptycho-claim.json  the claim of the directory by the process that created the run
+    checkpoints/     ModelCheckpoint output (best top-k) and last.ckpt (rewritten at every epoch end)
     logs/version_k/  logger output (metrics.csv for the csv backend; one version per (re)start)
     model.pt         the model bundle (see bundle.py)
-    manifest.json    versions, seed, hardware, data checksum, git revision, timings
+    manifest.json    versions, seed, hardware, data checksum (and the data_files / data_changes), git revision, timings
     loss.png         train / val loss per epoch (as multiples of the loss of the truth when the scan holds it)
 """
 
@@ -24,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,13 +37,20 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from ptycho_torch.callbacks import EpochSummary, History, LearningRate, scalar_metrics
-from ptycho_torch.checkpoints import CHECKPOINT_DIR, LAST_CHECKPOINT, AtomicCheckpointIO, resume_checkpoint
+from ptycho_torch.checkpoints import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    AtomicCheckpointIO,
+    LastEveryEpoch,
+    resume_checkpoint,
+)
 from ptycho_torch.config import ConfigError, RunConfig, save_run_config
 from ptycho_torch.data.dataset import PtychoDataModule
 from ptycho_torch.interrupt import SaveOnInterrupt, TrainingInterrupted, interruptible
 from ptycho_torch.module import PtychoPINNModule
-from ptycho_torch.outputs import atomic_write_text, check_output_dir, claim_run_dir
+from ptycho_torch.outputs import atomic_write_text, await_claim, check_output_dir, claim_run_dir
 from ptycho_torch.workflows.bundle import BUNDLE_NAME, save_bundle
+from ptycho_torch.workflows.data_binding import absolute_data_paths, bind_run_to_data, check_resume_data
 from ptycho_torch.workflows.manifest import write_manifest
 from ptycho_torch.workflows.warm_start import apply_warm_start
 
@@ -113,7 +123,8 @@ def build_logger(config: RunConfig, run_dir: Path) -> Any:
 def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     """LearningRate (Lightning's LearningRateMonitor), History, EpochSummary, ReconstructionImages
     (every execution.log_images_every_n_epochs, with a logger), ModelCheckpoint (top-k by the
-    monitored metric, plus last.ckpt) and EarlyStopping."""
+    monitored metric), LastEveryEpoch (last.ckpt at every epoch end, whatever the metric did) and
+    EarlyStopping."""
     from ptycho_torch.progress_images import ReconstructionImages
 
     ex = config.execution
@@ -124,9 +135,10 @@ def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     if ex.enable_checkpointing:
         callbacks.append(ModelCheckpoint(
             dirpath=str(run_dir / CHECKPOINT_DIR), monitor=monitor, mode=ex.checkpoint_mode,
-            save_top_k=ex.checkpoint_save_top_k, save_last=True,
+            save_top_k=ex.checkpoint_save_top_k, save_last=False,
             filename="epoch{epoch:03d}-" + monitor.replace("/", "_") + "{" + monitor + ":.5g}",
             auto_insert_metric_name=False))
+        callbacks.append(LastEveryEpoch(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT))
     if ex.early_stop_patience is not None:
         callbacks.append(EarlyStopping(monitor=monitor, mode=ex.checkpoint_mode,
                                        patience=ex.early_stop_patience))
@@ -174,7 +186,7 @@ def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Train
         overrides["plugins"] = list(overrides["plugins"]) + kwargs["plugins"]
     kwargs.update(overrides)
     if not kwargs["enable_checkpointing"]:  # e.g. under Ray, whose report callback checkpoints instead
-        kwargs["callbacks"] = [cb for cb in kwargs["callbacks"] if not isinstance(cb, ModelCheckpoint)]
+        kwargs["callbacks"] = [cb for cb in kwargs["callbacks"] if not isinstance(cb, (ModelCheckpoint, LastEveryEpoch))]
     if config.execution.strategy == "deepspeed" and "strategy" not in overrides:
         raise ConfigError("execution.strategy: 'deepspeed' is only supported under ptycho-dist "
                           "(Ray) with deepspeed installed; use auto, ddp or fsdp")
@@ -247,15 +259,42 @@ def check_local_execution(config: RunConfig, cpu_count: int | None = None, gpu_c
                               f"--devices {gpus} or fewer")
 
 
+LAUNCH_ID_VAR = "PTYCHO_LAUNCH_ID"  # set by rank 0 for the processes it starts (Lightning's DDP subprocesses)
+
+
+def launched_world_size() -> int:
+    """Processes of this launch: WORLD_SIZE (Lightning, torchrun) or SLURM_NTASKS (srun); 1 otherwise."""
+    for name in ("WORLD_SIZE", "SLURM_NTASKS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 1:
+            return int(value)
+    return 1
+
+
 def launched_rank() -> int:
     """This process's global rank when a launcher started several (Lightning's DDP subprocesses set
-    LOCAL_RANK, torchrun RANK, srun SLURM_PROCID); 0 otherwise. Only rank 0 claims, writes or cleans
-    up the run directory."""
+    LOCAL_RANK, torchrun RANK, srun SLURM_PROCID, each with WORLD_SIZE / SLURM_NTASKS > 1); 0
+    otherwise, whatever a RANK variable left in a shell says. Only rank 0 claims, writes or cleans up
+    the run directory."""
+    if launched_world_size() == 1:
+        return 0
     for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         value = os.environ.get(name, "")
         if value.isdigit():
             return int(value)
     return 0
+
+
+def launch_id(lead: bool) -> str | None:
+    """What identifies this launch to all its processes: rank 0's PTYCHO_LAUNCH_ID for the DDP
+    subprocesses it starts, torchrun's TORCHELASTIC_RUN_ID, srun's job and step; a lead process
+    without a launcher makes a fresh one."""
+    slurm = os.environ.get("SLURM_JOB_ID")
+    external = (os.environ.get("TORCHELASTIC_RUN_ID")
+                or (f"slurm-{slurm}.{os.environ.get('SLURM_STEP_ID', '')}" if slurm else None))
+    if lead:
+        return external or uuid.uuid4().hex
+    return os.environ.get(LAUNCH_ID_VAR) or external
 
 
 def resume_hint(run_dir: Path) -> str:
@@ -285,7 +324,8 @@ class Launch:
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = (), launch: Launch | None = None) -> TrainResult:
+          callbacks: Sequence[Callback] = (), launch: Launch | None = None,
+          allow_other_data: bool = False) -> TrainResult:
     """Train on `config.data.path`, writing everything into `run_dir` (see module docstring).
 
     Everything is validated (config against this machine, the scan file, the output directory)
@@ -295,6 +335,8 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
     SIGTERM/SIGINT save a resumable checkpoint and raise `TrainingInterrupted`. `callbacks` are extra
     Lightning callbacks (e.g. benchmark timers), appended after the derived ones. With `launch`, a
     launcher owns the processes and `run_dir` (see Launch); `resume` and `overwrite` are then unused.
+    The data paths are made absolute, a new run records its scan files (data_files.json) and a resume on
+    other files is refused unless `allow_other_data` (workflows.data_binding).
     """
     run_dir = Path(run_dir)
     with interruptible() as signals:
@@ -304,6 +346,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         ckpt_path = launch.checkpoint if launch is not None else resume_checkpoint(run_dir) if resume else None
         if launch is None:
             check_output_dir(run_dir, "--resume" if resume else "--out")
+            config = absolute_data_paths(config)
+            if resume:
+                check_resume_data(run_dir, config, allow_other_data)
         configure_threads()
         L.seed_everything(config.execution.seed, workers=True, verbose=False)
         datamodule = PtychoDataModule(config, validate=launch is None,
@@ -318,12 +363,18 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         lead = launch is None and launched_rank() == 0
         created = lead and not run_dir.exists()
         if not resume and lead:
-            moved = claim_run_dir(run_dir, overwrite=overwrite)
+            this_launch = launch_id(lead=True)
+            moved = claim_run_dir(run_dir, overwrite=overwrite, launch_id=this_launch)
+            os.environ[LAUNCH_ID_VAR] = this_launch  # inherited by the DDP subprocesses Lightning starts
             if moved is not None:
                 log.warning("moved the previous contents of %s to %s", run_dir, moved)
+        elif not resume and launch is None:
+            await_claim(run_dir, launch_id(lead=False), launched_rank())
         try:
             if lead:
                 save_run_config(config, run_dir / "config.yaml")
+                if not resume:
+                    bind_run_to_data(run_dir, config)
             saver = SaveOnInterrupt(signals, run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint(run_dir))
             trainer = build_trainer(config, run_dir, extra_callbacks=[*callbacks, *([saver] if launch is None else [])],
                                     **(launch.trainer if launch is not None else {}))
