@@ -169,3 +169,18 @@ def test_solve_api_estimates_a_probe(scan):
 
     result = pt.solve(scan, epochs=10, seconds=None, probe="estimate")
     assert result.object.shape == scan.object_shape and result.probe_origin["method"].startswith("mean pattern")
+
+
+def test_solve_replaces_a_reconstruction_whole_and_refuses_other_folders(small_scan, tmp_path):
+    from ptycho_torch.cli import main
+
+    out = tmp_path / "solved"
+    args = ["solve", "--data", str(small_scan), "--seconds", "0", "--epochs", "2", "--device", "cpu",
+            "--fit-patterns", "0"]
+    assert main([*args, "--out", str(out)]) == 0
+    (out / "stale.txt").write_text("from an earlier run")
+    assert main([*args, "--out", str(out)]) == 0 and not (out / "stale.txt").exists()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep")
+    assert main([*args, "--out", str(other)]) == 2 and (other / "mine.txt").read_text() == "keep"
