@@ -142,16 +142,14 @@ def network_rows(args: argparse.Namespace, scan_path: Path, scan: Any, probe_pat
     trained = train(config, work / "run")
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    recon = reconstruct(trained.run_dir, scan, None, progress=False, device=args.device)
-    recon_s = time.perf_counter() - t0
+    recon = reconstruct(trained.run_dir, scan, work / "recon", progress=False, device=args.device)
+    recon_s = time.perf_counter() - t0  # includes writing the products and measuring the data fit
     halves = [reconstruct(trained.run_dir, scan.subset(idx), None, progress=False, device=args.device)
               for idx in interleaved_halves(scan.n_patterns)]
     probe = np.load(probe_path)
     net = {"method": f"network (default model, retrieved probe) trained {args.network_minutes:g} min",
            "seconds": recon_s, "train_s": train_s, "epochs": trained.epochs_completed,
-           **scores(recon.object * recon.photon_scale, probe, scan,
-                    tuple(_on_canvas(h.object, scan.object_shape) for h in halves),
-                    tuple(_on_canvas(h.weight, scan.object_shape) for h in halves))}
+           **network_scores(recon, scan, halves)}
     _log(net)
     rows = [(net, recon.object)]
     if args.refine_seconds > 0:
@@ -212,6 +210,17 @@ def crop_rows(args: argparse.Namespace, scan: Any, probe: np.ndarray, work: Path
             if key in row:
                 row[key] *= factor  # in the full scan's (half-size) pixels
     return rows
+
+
+def network_scores(recon: Any, scan: Any, halves: list[Any]) -> dict[str, Any]:
+    """A network reconstruction's data fit (the one `reconstruct` measured with the model's own probe
+    and intensity scale, on every pattern) and the FRC of its reconstructions of the two halves."""
+    from ptycho_torch.solver.half_scan import half_scan_frc
+
+    frc = half_scan_frc(*(_on_canvas(h.object, scan.object_shape) for h in halves),
+                        *(_on_canvas(h.weight, scan.object_shape) for h in halves))
+    return {"data_fit": recon.data_fit["ratio"], "frc_halfbit_px": frc["resolution_halfbit_px"],
+            "frc_17_px": frc["resolution_17_px"], "frc_crossed": frc["crossed_halfbit"]}
 
 
 def _subset_on(scan: Any, idx: np.ndarray) -> Any:
