@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import json
 import os
 import shutil
@@ -18,7 +20,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from ptycho_torch.config import ConfigError
 
@@ -181,13 +183,13 @@ def replaced_dir(out_dir: str | Path, flag: str = "--out") -> Iterator[Path]:
 
     An existing `out_dir` with files is first renamed to a hidden `.NAME.old-<id>` next to it; when
     the body succeeds, that old directory is deleted, and when it fails (a full disk, an error, Ctrl-C)
-    the partial new directory is removed and the old one renamed back, untouched: the directory holds
-    the old outputs or the new ones, never a mix. (A SIGKILL in between leaves the old outputs in
+    the partial new directory is removed and the old one renamed back, untouched (a directory that did
+    not exist is removed again): the directory holds the old outputs or the new ones, never a mix. (A SIGKILL in between leaves the old outputs in
     `.NAME.old-<id>`.) A non-empty directory without `object.npz` is not a reconstruction and is
     refused in one line (its files are never replaced or deleted).
     """
     out_dir = Path(out_dir)
-    old = None
+    old, existed = None, out_dir.exists()
     if holds_files(out_dir):
         if not (out_dir / "object.npz").is_file():
             raise ConfigError(f"{flag} {out_dir}: holds files that are not a reconstruction; choose an empty or new "
@@ -201,6 +203,33 @@ def replaced_dir(out_dir: str | Path, flag: str = "--out") -> Iterator[Path]:
         if old is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
             os.replace(old, out_dir)
+        elif not existed:  # nothing was there: nothing is left behind
+            shutil.rmtree(out_dir, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def writes_whole_dir(parameter: str) -> Callable[[F], F]:
+    """Decorate a function that writes an output directory (its argument `parameter`, None = writes
+    nothing): the whole call runs inside `replaced_dir`, so the directory ends up with the old
+    outputs or the new ones, never a mix, and a folder that is not a reconstruction is refused before
+    any compute."""
+
+    def decorate(fn: F) -> F:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            out_dir = signature.bind_partial(*args, **kwargs).arguments.get(parameter)
+            if out_dir is None:
+                return fn(*args, **kwargs)
+            with replaced_dir(out_dir):
+                return fn(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

@@ -332,10 +332,12 @@ def test_a_memory_mapped_npz_truncated_while_training_is_one_line_not_sigbus(tin
         assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.0, 2.5])
+@pytest.mark.parametrize("delay", [1.0, 2.0, 3.0])
 def test_ctrl_c_twice_during_start_up_is_one_line(delay, tiny_scan, tmp_path):
     """Two SIGINTs 50 ms apart while the command imports torch and reads the scan: before, the second
-    (or a library import the first cut short) printed a traceback; now one line and exit 130."""
+    (or a library import the first cut short) printed a traceback; now one line and exit 130. (The
+    ~0.1 s in which Python starts and imports the command-line module itself stays uncovered: the
+    handler is installed when `main` runs.)"""
     import signal
     import subprocess
     import sys

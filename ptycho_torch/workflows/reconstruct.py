@@ -33,7 +33,7 @@ from ptycho_torch.data.grouping import Groups, cover_groups, make_groups
 from ptycho_torch.data.plausibility import check_canvas
 from ptycho_torch.data.scan_files import Scan, ScanFiles, ScanPaths, read_scans, scan_parts, scan_paths
 from ptycho_torch.errors import UserError
-from ptycho_torch.outputs import replaced_dir
+from ptycho_torch.outputs import writes_whole_dir
 from ptycho_torch.stitching import StitchAccumulator, stitch_weight
 from ptycho_torch.workflows.bundle import LoadedBundle, load_bundle
 
@@ -266,6 +266,7 @@ class ReconResult:
         return lines
 
 
+@writes_whole_dir("out_dir")  # the old outputs or the new ones, never a mix (a full disk keeps the old)
 def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_dir: str | Path | None, *,
                 batch_size: int | None = None,
                 device: str = "cpu", renormalize: bool = False, progress: bool | None = None,
@@ -325,19 +326,15 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
             "data": scan_paths(scan) if scan.path is not None else "in-memory arrays",
             "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local",
             "align_phases": align_phases, "probe": probe_used, "normalization": normalization}
-    scale = 1.0 if refine_seconds > 0 else predictor.photon_scale  # a refined object is in photon units
     probe_out = predictor.probe.numpy()
+    if refine_seconds > 0:
+        obj, probe_out, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta,
+                                                     refine_probe)
+    scale = 1.0 if refine_seconds > 0 else predictor.photon_scale  # a refined object is in photon units
     if out_dir is None:
-        if refine_seconds > 0:
-            obj, probe_out, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta,
-                                                         refine_probe)
         return ReconResult(None, obj, weight, rate, None, photon_scale=scale)
-    with replaced_dir(out_dir):  # the old outputs or the new ones, never a mix (a full disk keeps the old)
-        if refine_seconds > 0:
-            obj, probe_out, meta = refine_network_object(obj, weight, scan, predictor, refine_seconds, out_dir, meta,
-                                                         refine_probe)
-        written = write_reconstruction(out_dir, obj, weight, scan, meta, probe=probe_out, photon_scale=scale,
-                                       fit_patterns=config.inference.fit_patterns)
+    written = write_reconstruction(out_dir, obj, weight, scan, meta, probe=probe_out, photon_scale=scale,
+                                   fit_patterns=config.inference.fit_patterns)
     return ReconResult(Path(out_dir), obj, weight, rate, written.get("metrics"), written.get("data_fit"), scale)
 
 

@@ -25,6 +25,7 @@ from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.contract import ScanData
 from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans, scan_paths
 from ptycho_torch.errors import UserError
+from ptycho_torch.outputs import writes_whole_dir
 from ptycho_torch.solver.engine import Solution, SolverOptions, canvas_weight, solve
 
 log = logging.getLogger("ptycho_torch")
@@ -118,6 +119,7 @@ def _run(scan: Scan, probe: np.ndarray, options: SolverOptions, seconds: float |
                      seconds=seconds, epochs=epochs, mask=scan.mask, device=device, progress=report)
 
 
+@writes_whole_dir("out_dir")  # the old outputs or the new ones, never a mix; other folders refused before solving
 def solve_scan(data: ScanPaths | Scan, out_dir: str | Path | None = None, *, seconds: float | None = 60.0,
                epochs: int | None = None, probe: str = "file", options: SolverOptions | None = None,
                read_options: ReadOptions | None = None, device: str = "cpu", progress: bool | None = None,
@@ -135,12 +137,6 @@ def solve_scan(data: ScanPaths | Scan, out_dir: str | Path | None = None, *, sec
     if epochs is not None and epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
     options = options or SolverOptions()
-    if out_dir is not None:
-        from ptycho_torch.outputs import holds_files
-
-        if holds_files(Path(out_dir)) and not (Path(out_dir) / "object.npz").is_file():
-            raise UserError(f"--out {out_dir}: holds files that are not a reconstruction; choose an empty or new "
-                            "directory (nothing in it was changed)")
     scan = data if hasattr(data, "diffraction_rows") else read_scans(data, options=read_options)
     start_probe, origin = starting_probe(scan, probe, options, device)
     sol = _run(scan, start_probe, options, seconds, epochs, device, progress, "solve")
@@ -170,20 +166,19 @@ def solve_scan(data: ScanPaths | Scan, out_dir: str | Path | None = None, *, sec
 
 def _write(out: Path, sol: Solution, weight: np.ndarray, scan: Scan, meta: dict[str, Any],
            resolution: dict[str, Any] | None, fit_patterns: int) -> dict[str, Any]:
-    from ptycho_torch.outputs import atomic_write_text, replaced_dir
+    from ptycho_torch.outputs import atomic_write_text
     from ptycho_torch.plots import save_frc_plot, save_probe, save_solver_errors
     from ptycho_torch.products import pixel_size_of
     from ptycho_torch.workflows.reconstruct import write_reconstruction
 
-    with replaced_dir(out):  # the old outputs or the new ones, never a mix (a full disk keeps the old)
-        written = write_reconstruction(out, sol.object, weight, scan, meta, probe=sol.probe, photon_scale=1.0,
-                                       fit_patterns=fit_patterns)
-        save_probe(sol.probe, out / "probe.png", pixel_size_of(scan.metadata))
-        if sol.errors:
-            save_solver_errors(sol.errors, out / "errors.png")
-        if resolution is not None:
-            atomic_write_text(out / "resolution.json", json.dumps(resolution, indent=1))
-            save_frc_plot(resolution, out / "frc_half_scan.png", title="half-scan FRC (two interleaved halves)")
+    written = write_reconstruction(out, sol.object, weight, scan, meta, probe=sol.probe, photon_scale=1.0,
+                                   fit_patterns=fit_patterns)
+    save_probe(sol.probe, out / "probe.png", pixel_size_of(scan.metadata))
+    if sol.errors:
+        save_solver_errors(sol.errors, out / "errors.png")
+    if resolution is not None:
+        atomic_write_text(out / "resolution.json", json.dumps(resolution, indent=1))
+        save_frc_plot(resolution, out / "frc_half_scan.png", title="half-scan FRC (two interleaved halves)")
     return written
 
 
