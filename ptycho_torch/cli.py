@@ -21,7 +21,18 @@ from ptycho_torch.workflows.demo import DEMO_EPOCHS, DEMO_MINUTES
 
 def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     """Run a command; user errors become one line on stderr and exit status 2; an interrupted
-    training run prints how to resume it and exits 128 + signal (143 SIGTERM, 130 SIGINT)."""
+    training run prints how to resume it and exits 128 + signal (143 SIGTERM, 130 SIGINT). Once
+    interrupted, a further Ctrl-C is ignored until the process exits (the handler of the command is
+    gone by then, and the default one would kill the exit under way)."""
+    import signal
+
+    code = _run_once(main, args)
+    if code in (130, 143):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
+
+
+def _run_once(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> int:
     from ptycho_torch.interrupt_once import first_sigint_only, interrupted
 
     with first_sigint_only():  # a second Ctrl-C cannot turn the one-line outcome into a traceback
@@ -252,7 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ptycho_torch.cli_args import add_config_arguments, add_data_arguments, add_probe_normalization_flags
-    from ptycho_torch.workflows.solve import PROBE_CHOICES
+    from ptycho_torch.solver import PROBE_CHOICES
 
     parser = argparse.ArgumentParser(prog="ptycho-torch", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: off)")

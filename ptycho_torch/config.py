@@ -115,10 +115,8 @@ class ModelConfig(ConfigSection):
 
     N: Optional[Literal[32, 64, 128]] = config_field(
         None, "diffraction pattern / object patch size in pixels (None = the scan's own size)")
-    gridsize: int = config_field(2, "patterns per group along one side (C = gridsize**2 channels); 2 = the model "
-                                    "the benchmarks show best (gridsize 1: independent patterns, far weaker)")
-    n_filters_scale: float = config_field(0.5, "width multiplier: encoder filters are 32f, 64f, 128f (, 256f); 0.5 = "
-                                               "the benchmarked default (upstream trains 2 on GPUs)")
+    gridsize: int = config_field(2, "patterns per group along one side (C = gridsize**2); 2 = the benchmarks' best")
+    n_filters_scale: float = config_field(0.5, "width multiplier: encoder filters 32f, 64f, 128f (, 256f); upstream: 2")
     probe_trainable: bool = config_field(False, "refine the probe during training")
     intensity_scale_trainable: bool = config_field(True, "learn the scalar intensity scale s = exp(log_s)")
     network_input: Literal["backprop", "amplitude"] = config_field(
@@ -171,8 +169,7 @@ class TrainingConfig(ConfigSection):
     max_minutes: Optional[float] = config_field(
         None, "wall-clock budget: stop after this many minutes of training, even before nepochs (Lightning "
         "max_time; resumed runs count the time already spent); WarmupCosine then anneals over the budget")
-    batch_size: int = config_field(4, "groups per optimisation step per device (4 groups = 16 patterns at gridsize 2: "
-                                      "small steps learn fastest, the benchmarks' setting)")
+    batch_size: int = config_field(4, "groups per optimisation step per device (4 = 16 patterns at gridsize 2)")
     nll_weight: float = config_field(1.0, "weight of the Poisson negative log-likelihood (photon counts)")
     mae_weight: float = config_field(0.0, "weight of the mean absolute error on normalised amplitudes")
     tv_weight: float = config_field(0.0, "weight of the total-variation penalty on the object patches")

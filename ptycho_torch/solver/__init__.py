@@ -1,6 +1,6 @@
-"""Iterative reconstruction of object, probe and positions (no network): the engine `solve`, the
-probe estimated from the data when a scan brings none, and the half-scan resolution estimate."""
+"""Iterative reconstruction of object, probe and positions (no network): the engine (`engine.solve`),
+the probe estimated from the data when a scan brings none (`probe_init`), and the half-scan resolution
+estimate (`half_scan`). Importing the package is light (no torch): the command line reads
+PROBE_CHOICES before any heavy import."""
 
-from ptycho_torch.solver.engine import Solution, SolverOptions, solve
-
-__all__ = ["SolverOptions", "Solution", "solve"]
+PROBE_CHOICES = ("file", "estimate")  # where `solve` starts its probe: the scan's, or estimated from the data

@@ -26,11 +26,11 @@ from ptycho_torch.data.contract import ScanData
 from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans, scan_paths
 from ptycho_torch.errors import UserError
 from ptycho_torch.outputs import writes_whole_dir
+from ptycho_torch.solver import PROBE_CHOICES
 from ptycho_torch.solver.engine import Solution, SolverOptions, canvas_weight, solve
 
 log = logging.getLogger("ptycho_torch")
 
-PROBE_CHOICES = ("file", "estimate")
 
 
 @dataclass
