@@ -145,15 +145,15 @@ def _anneal(done: float, fraction: float) -> float:
     return max(ANNEAL_FLOOR, 1.0 - (1.0 - ANNEAL_FLOOR) * (done - (1 - fraction)) / fraction)
 
 
-def photon_probe(probe: np.ndarray, mean_counts: float) -> tuple[np.ndarray, float]:
+def photon_probe(probe: np.ndarray, mean_counts: float) -> np.ndarray:
     """The probe (K, N, N) scaled so that sum over modes and pixels of |P|^2 = mean counts per
-    pattern (photon units: a flat object of amplitude 1 carries the data's energy), and the factor."""
+    pattern (photon units: a flat object of amplitude 1 carries the data's energy)."""
     power = float(np.sum(np.abs(np.asarray(probe, np.complex128)) ** 2))
     if not math.isfinite(power) or power <= 0:
         raise ValueError("the starting probe is all zero or not finite; give another probe (data.probe) or "
                          "let the solver estimate one from the data")
     factor = math.sqrt(mean_counts / power)
-    return (np.asarray(probe, np.complex128) * factor).astype(np.complex64), factor
+    return (np.asarray(probe, np.complex128) * factor).astype(np.complex64)
 
 
 def normalise_pair(obj: np.ndarray, probe: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +204,7 @@ def solve(rows: Callable[[np.ndarray], np.ndarray], positions: np.ndarray, probe
     if keep_np is not None:
         meas *= keep_np  # excluded pixels carry no counts (they are read as 0 from files with a mask)
     mean_counts = float(np.mean(np.sum(meas.astype(np.float64) ** 2, axis=(-2, -1))))
-    probe_np, _ = photon_probe(probe, mean_counts)
+    probe_np = photon_probe(probe, mean_counts)
     probe_np = add_modes(probe_np, options.modes, np.random.default_rng(options.seed))
     meas_t = torch.from_numpy(meas).to(device)
     keep = None if keep_np is None else torch.from_numpy(keep_np).to(device)
