@@ -26,9 +26,12 @@ def run_cli(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace)
     gone by then, and the default one would kill the exit under way)."""
     import signal
 
+    from ptycho_torch.interrupt_once import forget_unhandled_interrupt
+
     code = _run_once(main, args)
     if code in (130, 143):
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        forget_unhandled_interrupt()
     return code
 
 

@@ -31,6 +31,18 @@ def _first_only(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
 
+def forget_unhandled_interrupt() -> None:
+    """Make a handled Ctrl-C end the process with its exit status, not by SIGINT.
+
+    CPython (3.11, 3.12) marks a KeyboardInterrupt that left code run by exec()/eval() of a *string*
+    as unhandled, even when it is caught further up; dataclasses and namedtuple build their methods
+    that way, so a Ctrl-C during an import often passes through one. Under `python -m`, the process
+    then kills itself with SIGINT after our one-line message instead of exiting 130 (seen in CI as
+    returncode -2). Every exec of a string clears that mark first, so one harmless exec clears it.
+    """
+    exec("pass")  # noqa: S102 - a constant string, run only for its side effect described above
+
+
 def interrupted() -> bool:
     """Whether a SIGINT (or training's SIGTERM/SIGINT) arrived since first_sigint_only started."""
     return _seen.is_set()

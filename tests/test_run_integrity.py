@@ -356,6 +356,26 @@ def test_ctrl_c_twice_during_start_up_is_one_line(delay, tiny_scan, tmp_path):
     assert proc.returncode == 130 and err.strip().splitlines()[-1].startswith("error: interrupted"), err[-1000:]
 
 
+def test_ctrl_c_inside_exec_of_a_string_still_exits_130_under_python_m(tmp_path):
+    """A Ctrl-C whose KeyboardInterrupt passes through exec() of a string (dataclasses and namedtuple
+    build methods that way while torch and Lightning import) made `python -m ptycho_torch.cli` die by
+    SIGINT (returncode -2) after the one-line message: CPython marks such an interrupt as unhandled.
+    Deterministic version of the start-up race above."""
+    import subprocess
+    import sys
+
+    (tmp_path / "interrupted_command.py").write_text(
+        "import sys\n"
+        "from ptycho_torch.cli import run_cli\n"
+        "def command(args):\n"
+        "    exec('import os, signal, time; os.kill(os.getpid(), signal.SIGINT); time.sleep(30)')\n"
+        "if __name__ == '__main__':\n"
+        "    sys.exit(run_cli(command, None))\n")
+    proc = subprocess.run([sys.executable, "-m", "interrupted_command"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert (proc.returncode, proc.stderr.strip()) == (130, "error: interrupted (SIGINT)"), proc
+
+
 def test_the_fault_table_of_the_troubleshooting_page_names_tests_that_exist():
     """docs/troubleshooting.md's fault rows each name the test proving them; the stated counts hold."""
     import re
