@@ -27,6 +27,10 @@ class RayConfig(ConfigSection):
                                            "s3:// / gs:// URI (None = ./ray_runs)")
     name: Optional[str] = config_field(None, "run name under storage_path (None = train-<timestamp>)")
     max_failures: int = config_field(0, "worker-group restarts allowed; a restart resumes from the last checkpoint")
+    min_workers: Optional[int] = config_field(None, "elastic training: the fewest workers to go on with when nodes leave "
+                                          "(preemptible / spot nodes); the group restarts from the last checkpoint on "
+                                          "the nodes left, at most --devices x --num-nodes workers (needs "
+                                          "max_failures != 0); None = a fixed worker count")
     cpus_per_worker: float = config_field(1.0, "CPUs reserved by each training worker")
     gpus_per_worker: float = config_field(1.0, "GPUs reserved by each worker when the accelerator is a GPU")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = config_field(
@@ -51,6 +55,11 @@ class RayConfig(ConfigSection):
             self._fail("num_cpus", f"got {self.num_cpus}; must be >= 1 or null")
         if self.max_failures < -1:
             self._fail("max_failures", f"got {self.max_failures}; must be >= 0 (or -1 = unlimited)")
+        if self.min_workers is not None and self.min_workers < 1:
+            self._fail("min_workers", f"got {self.min_workers}; must be >= 1 (or null for a fixed worker count)")
+        if self.min_workers is not None and self.max_failures == 0:
+            self._fail("min_workers", "elastic training goes on after a node leaves by restarting the worker group, "
+                       "which max_failures 0 forbids; set --max-failures (e.g. 3, or -1 = unlimited)")
         if self.cpus_per_worker <= 0:
             self._fail("cpus_per_worker", f"got {self.cpus_per_worker}; must be > 0")
         if self.gpus_per_worker < 0:

@@ -23,6 +23,7 @@ RUN_FLAGS: dict[str, tuple[str, Any]] = {
     "--storage-path": ("storage_path", str),
     "--name": ("name", str),
     "--max-failures": ("max_failures", int),
+    "--min-workers": ("min_workers", int),
     "--cpus-per-worker": ("cpus_per_worker", float),
     "--gpus-per-worker": ("gpus_per_worker", float),
     "--placement-strategy": ("placement_strategy", str.upper),

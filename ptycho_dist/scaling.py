@@ -15,6 +15,10 @@ Mapping (SPEC 6):
     CheckpointConfig    num_to_keep = checkpoint_save_top_k (-1 -> keep all), scored by the monitored
                         metric in checkpoint_mode order; Ray always keeps the latest one as well
     FailureConfig       max_failures = ray.max_failures, controller_failure_limit = 0
+    elastic             ray.min_workers set -> ScalingConfig(num_workers=(min_workers, workers)): Ray Train
+                        starts as many workers as fit (at least min), and after a node leaves restarts the
+                        group on the nodes left from the latest checkpoint (each restart counts against
+                        max_failures); the per-worker batch stays, so the global batch follows the workers
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class ScalingPlan:
     cpus_per_worker: float
     gpus_per_worker: float
     placement_strategy: str
+    min_workers: int | None = None  # elastic: the fewest workers to train on (None = exactly num_workers)
 
     @property
     def resources_per_worker(self) -> dict[str, float]:
@@ -91,7 +96,8 @@ class ScalingPlan:
     def scaling_config(self) -> Any:
         from ray.train import ScalingConfig
 
-        return ScalingConfig(num_workers=self.num_workers, use_gpu=self.use_gpu,
+        workers = (self.min_workers, self.num_workers) if self.min_workers is not None else self.num_workers
+        return ScalingConfig(num_workers=workers, use_gpu=self.use_gpu,
                              resources_per_worker=self.resources_per_worker,
                              placement_strategy=self.placement_strategy)
 
@@ -154,9 +160,12 @@ def _request(execution: PyTorchExecutionConfig, ray_config: RayConfig,
     if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
         problems.append("execution.strategy: 'deepspeed' needs the deepspeed package on the driver and "
                         "every worker (pip install deepspeed); or use --strategy ddp or fsdp")
+    if ray_config.min_workers is not None and ray_config.min_workers > workers:
+        problems.append(f"ray.min_workers: {ray_config.min_workers} is more than the {workers} workers asked "
+                        f"(--devices {execution.devices} x --num-nodes {execution.num_nodes}); give at most {workers}")
     plan = ScalingPlan(workers, use_gpu, "gpu" if use_gpu else "cpu", strategy,
                        float(ray_config.cpus_per_worker), float(ray_config.gpus_per_worker),
-                       ray_config.placement_strategy)
+                       ray_config.placement_strategy, ray_config.min_workers)
     return plan, problems
 
 
@@ -182,8 +191,9 @@ def plan_scaling(execution: PyTorchExecutionConfig, ray_config: RayConfig,
 
 def _placement_problems(plan: ScalingPlan, execution: PyTorchExecutionConfig,
                         resources: ClusterResources) -> list[str]:
-    n = plan.num_workers
-    ask = f"{n} workers (--devices {execution.devices} x --num-nodes {execution.num_nodes})"
+    n = plan.num_workers if plan.min_workers is None else plan.min_workers  # elastic: the fewest must fit now
+    ask = (f"{n} workers (--devices {execution.devices} x --num-nodes {execution.num_nodes})" if plan.min_workers is None
+           else f"{n} workers (--min-workers)")
     problems = []
     need_cpu = n * plan.cpus_per_worker
     if need_cpu > resources.cpus + _EPS:

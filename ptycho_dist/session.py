@@ -162,13 +162,17 @@ def ray_session(config: RayConfig, **init_kwargs: Any) -> Iterator[dict[str, Any
         secure_token_file()
         kwargs["_node_ip_address"] = LOOPBACK
     kwargs.update(init_kwargs)
+    gcs_port = free_loopback_port() if not address else None
+    own_address = f"{LOOPBACK}:{gcs_port}" if gcs_port else address
+    kwargs["runtime_env"] = runtime_env_naming_cluster(own_address, kwargs.get("runtime_env"))
     if not config.verbose:
         filter_benign_ray_lines()
     with contextlib.ExitStack() as stack:
         if not address:
             stack.enter_context(loopback_only())
         try:
-            ray.init(**kwargs)
+            with gcs_server_port(gcs_port):
+                ray.init(**kwargs)
         except ConnectionError as e:
             if not address:
                 raise
@@ -185,6 +189,8 @@ def ray_session(config: RayConfig, **init_kwargs: Any) -> Iterator[dict[str, Any
 
 
 LOOPBACK = "127.0.0.1"
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # a submitted job's config (with its runtime env), set by Ray
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # Ray 2.60: the GCS port of a head node that ray.init starts
 LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray 2.60: "0" = this node uses the loopback address
 ADDRESS_TIMEOUT_S = 5.0  # how long a --address / RAY_ADDRESS may take to accept a TCP connection
 UNSET_HINT = {"--address (ray.address)": "drop --address to start an embedded local Ray",
@@ -215,6 +221,56 @@ def check_address_answers(address: str, source: str, timeout_s: float = ADDRESS_
         raise ConfigError(f"{source} {address}: nothing answers at {host}:{port} ({reason} after at most "
                           f"{timeout_s:g} s), so no Ray cluster runs there; start it (cluster/README.md), or "
                           f"{UNSET_HINT[source]}") from None
+
+
+def runtime_env_naming_cluster(address: str | None, runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`runtime_env` (a job's) plus RAY_ADDRESS=`address` for every worker and actor of the job.
+
+    Ray's workers are not told which cluster they belong to. Ray Train's PlacementGroupCleaner (a
+    detached actor of every TorchTrainer.fit) asks the state API whether its controller is alive, and
+    the state API, given no address, takes the *newest* cluster on the machine (/tmp/ray/
+    ray_current_cluster, written by `ray start`). With a second cluster on the machine (a `ray start`
+    cluster next to an embedded run, two test modules) it looks for the controller in the wrong cluster,
+    finds none, and removes the live run's placement group: the run dies with "placement group was
+    removed". Naming the cluster in the job's environment makes the lookup exact. Only host:port
+    addresses are named ('auto' and Ray Client's ray:// are left as they are); a RAY_ADDRESS the user
+    put in runtime_env (or in the runtime env of the submitted job that runs this driver) wins.
+    """
+    if not address or "://" in address or address in ("auto", "local"):
+        return runtime_env
+    if '"RAY_ADDRESS"' in os.environ.get(JOB_CONFIG_ENV, ""):  # Ray would refuse the two as a conflict
+        return runtime_env
+    env = dict(runtime_env or {})
+    env["env_vars"] = {"RAY_ADDRESS": address, **dict(env.get("env_vars") or {})}
+    return env
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the kernel's choice), for the embedded Ray's GCS."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def gcs_server_port(port: int | None) -> Iterator[None]:
+    """While ray.init starts a local head: its GCS listens on `port` (Ray reads RAY_GCS_SERVER_PORT
+    when it starts a head node), so the address is known before the start and can be put in the job's
+    runtime_env. None: nothing changes."""
+    if port is None:
+        yield
+        return
+    saved = os.environ.get(GCS_PORT_ENV)
+    os.environ[GCS_PORT_ENV] = str(port)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(GCS_PORT_ENV, None)
+        else:
+            os.environ[GCS_PORT_ENV] = saved
 
 
 @contextlib.contextmanager

@@ -376,8 +376,9 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
             from ptycho_torch.workflows.data_binding import bind_run_to_data
 
             bind_run_to_data(Path(location), config)
-        log.info("%s run %r: %d worker(s) x %s, %s on %s, storage %s", "resuming" if resume else "starting",
-                 name, plan.num_workers, plan.resources_per_worker, plan.strategy, plan.accelerator, location)
+        workers = str(plan.num_workers) if plan.min_workers is None else f"{plan.min_workers}-{plan.num_workers} (elastic)"
+        log.info("%s run %r: %s worker(s) x %s, %s on %s, storage %s", "resuming" if resume else "starting",
+                 name, workers, plan.resources_per_worker, plan.strategy, plan.accelerator, location)
         loop_config = {"config": config.to_dict(), "norm_factor": norm_factor, "run_dir": location, "strategy": plan.strategy,
                        "accelerator": plan.accelerator, "threads": plan.torch_threads,
                        "verbose": ray_config.verbose, "callbacks": cloudpickle.dumps(list(callbacks)), "ingest": datasets is not None}

@@ -51,11 +51,20 @@ def ray_local(request):
 
     import ray
 
+    from ptycho_dist.session import LOOPBACK, free_loopback_port, gcs_server_port, loopback_only, runtime_env_naming_cluster
+
     dashboard = bool(getattr(request.module, "RAY_DASHBOARD", False))
-    # address 'local': a Ray of its own even while another `ray start` cluster runs on this machine
-    ray.init(address="local", num_cpus=4, include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+    # address 'local': a Ray of its own even while another `ray start` cluster runs on this machine;
+    # started as the product starts its embedded Ray (loopback, workers told their cluster's address:
+    # other modules' clusters run beside this one under pytest -n 2)
+    port = free_loopback_port()
+    with loopback_only():
+        with gcs_server_port(port):
+            ray.init(address="local", num_cpus=4, include_dashboard=dashboard, dashboard_host=LOOPBACK,
+                     logging_level=logging.WARNING, _node_ip_address=LOOPBACK,
+                     runtime_env=runtime_env_naming_cluster(f"{LOOPBACK}:{port}", None))
+        yield ray.get_runtime_context().gcs_address
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +76,14 @@ def two_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
+    from ptycho_dist.session import runtime_env_naming_cluster
+
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level=logging.WARNING)
+        ray.init(address=cluster.address, logging_level=logging.WARNING,
+                 runtime_env=runtime_env_naming_cluster(cluster.address, None))
         yield cluster
     finally:
         ray.shutdown()

@@ -87,6 +87,64 @@ def test_the_embedded_ray_listens_on_loopback_only(monkeypatch):
     assert LOCAL_ONLY_ENV not in os.environ  # restored: a later cluster join advertises the machine's address
 
 
+_DECOY = """
+import sys, time
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
+                                                        "dashboard_host": "127.0.0.1", "dashboard_port": 0})
+print(cluster.address, flush=True)
+sys.stdin.read()  # until the test closes stdin
+cluster.shutdown()
+"""
+
+
+def test_workers_find_their_own_cluster_while_a_newer_one_runs_on_the_machine(monkeypatch):
+    """Ray Train's PlacementGroupCleaner asks the state API whether its controller lives; with no address
+    the state API takes the newest cluster on the machine (/tmp/ray/ray_current_cluster, written by `ray
+    start` or cluster_utils), finds no such actor there, and removes the live run's placement group: the
+    flaky 'placement group was removed' of test_cli_driver_sigterm_mid_run_then_resume_by_name in the full
+    suite. The embedded Ray now tells its workers their cluster's address; the same lookup, made in a
+    worker while a newer cluster with a dashboard runs, finds the live actor."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    from ptycho_dist.config import RayConfig
+    from ptycho_dist.session import ray_session
+
+    if ray.is_initialized():
+        pytest.skip("a Ray of this process is already running")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with ray_session(RayConfig(num_cpus=1, include_dashboard=True)):
+        decoy = subprocess.Popen([sys.executable, "-c", _DECOY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+        try:
+            decoy_address = decoy.stdout.readline().strip()
+            assert decoy_address, "the decoy cluster did not start"
+
+            @ray.remote(num_cpus=0)
+            class Alive:
+                def my_id(self) -> str:
+                    return ray.get_runtime_context().get_actor_id()
+
+            @ray.remote(num_cpus=0)
+            def look_up(actor_id: str) -> tuple[str | None, str | None]:
+                from ray.util.state import get_actor
+
+                state = get_actor(actor_id, timeout=20)  # what the PlacementGroupCleaner calls
+                return os.environ.get("RAY_ADDRESS"), (state.state if state else None)
+
+            actor = Alive.remote()
+            told, state = ray.get(look_up.remote(ray.get(actor.my_id.remote())))
+        finally:
+            decoy.stdin.close()
+            decoy.wait(timeout=60)
+        assert state == "ALIVE", (state, told)  # before: None (looked up in the decoy cluster)
+        assert told == ray.get_runtime_context().gcs_address != decoy_address
+
+
 def test_resume_cleans_checkpoint_directories_ray_never_registered(tmp_path):
     """Each SIGTERM of a Ray run left one unregistered checkpoint_* directory, never cleaned."""
     import json
