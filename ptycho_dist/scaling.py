@@ -335,10 +335,14 @@ def checkpoint_config(config: RunConfig) -> Any:
 
 
 def failure_config(ray_config: RayConfig) -> Any:
-    """Worker-group restarts = max_failures; the controller itself never retries (fail fast)."""
+    """Worker-group restarts = max_failures. The controller itself never retries (an infeasible request
+    fails fast), except in elastic training: after a node leaves, Ray may first try to restart the full
+    group on resources it still believes alive, time out after --worker-start-timeout, and then go on
+    with the workers that fit, so there the controller gets the same number of retries."""
     from ray.train import FailureConfig
 
-    return FailureConfig(max_failures=ray_config.max_failures, controller_failure_limit=0)
+    controller_retries = 0 if ray_config.min_workers is None else ray_config.max_failures
+    return FailureConfig(max_failures=ray_config.max_failures, controller_failure_limit=controller_retries)
 
 
 def run_config(config: RunConfig, ray_config: RayConfig, name: str) -> Any:
