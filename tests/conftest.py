@@ -51,7 +51,13 @@ def ray_local(request):
 
     import ray
 
-    from ptycho_dist.session import LOOPBACK, free_loopback_port, gcs_server_port, loopback_only, runtime_env_naming_cluster
+    from ptycho_dist.session import (
+        LOOPBACK,
+        free_loopback_port,
+        gcs_server_port,
+        loopback_only,
+        runtime_env_naming_cluster,
+    )
 
     dashboard = bool(getattr(request.module, "RAY_DASHBOARD", False))
     # address 'local': a Ray of its own even while another `ray start` cluster runs on this machine;
