@@ -36,6 +36,7 @@ from ptycho_dist.config import RayConfig
 from ptycho_dist.ingest import pattern_ids
 from ptycho_torch.config import ConfigError
 from ptycho_torch.data.scan_files import scan_paths
+from ptycho_torch.outputs import writes_whole_dir
 from ptycho_torch.physics import normalization_factor
 from ptycho_torch.stitching import CanvasSum, stitch_weight
 from ptycho_torch.workflows.batch_predictor import (
@@ -69,6 +70,7 @@ def streaming_norm_factor(reader: RowReader, block_size: int) -> float:
     return normalization_factor(energy / max(count, 1), reader.scan.N)
 
 
+@writes_whole_dir("out_dir")
 def reconstruct_distributed(
     model: str | Path,
     data: str | Path | Sequence[str | Path],

@@ -119,6 +119,28 @@ def test_renormalize_equals_local_renormalize(ray_local, scans, bundles, tmp_pat
     assert r_dist == pytest.approx(r_local, rel=1e-8)  # float64 sums in another order
 
 
+def test_a_failed_write_keeps_the_old_outputs_whole(ray_local, scans, bundles, tmp_path, monkeypatch):
+    """As the local reconstruct: a full disk while writing into an existing --out leaves the old
+    reconstruction untouched (before: a new object.npz beside the old run's TIFFs and CXI)."""
+    import errno
+
+    import tifffile
+
+    out = tmp_path / "dist"
+    reconstruct_distributed(bundles[1], scans["parts"], out, concurrency=1, progress=False)
+    before = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
+
+    def full_disk(path, *a, **k):
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tifffile, "imwrite", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        reconstruct_distributed(bundles[1], scans["parts"], out, concurrency=1, progress=False)
+    assert {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dist"]  # no partial or hidden directory left
+
+
 def test_scan_from_elsewhere_uses_its_own_probe_and_dose_like_local(ray_local, scans, bundles, tmp_path):
     """A scan taken with another probe at another dose: by default both paths read and stitch with the
     scan's own probe and r, and --probe model / --normalization model both with the model's."""
