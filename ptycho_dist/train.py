@@ -67,6 +67,7 @@ from ptycho_dist.scaling import (
 from ptycho_dist.session import ray_session
 from ptycho_torch.config import ConfigError, RunConfig
 from ptycho_torch.data.dataset import split_rows
+from ptycho_torch.outputs import hold_run_lock
 from ptycho_torch.workflows.launcher import StartEpoch, gather, state_checksum, with_absolute_data_path
 
 log = logging.getLogger("ptycho_dist")
@@ -302,18 +303,29 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     starts when the request cannot fit the cluster (after asking its autoscaler, if it has one).
     The scan is validated here, once (workers trust it), before Ray starts. A local run records its
     scan files (data_files.json); its resume on other files is refused unless `allow_other_data`
-    (ptycho_torch.workflows.data_binding).
+    (ptycho_torch.workflows.data_binding). The process training a local run holds its lock
+    (ptycho_torch.outputs.hold_run_lock): a --resume while it trains is refused in one line.
     """
-    from ptycho_torch.data.dataset import PtychoDataModule
-    from ptycho_torch.errors import USER_ERRORS
-    from ptycho_torch.workflows.data_binding import check_resume_data
-
     config = with_absolute_data_path(config)
     check_request(config.execution, ray_config)
     name = run_name(ray_config)
     location = run_location(storage_path(ray_config), name)
     ray_config = dataclasses.replace(ray_config, name=name)
     claim_ray_run(location, name, resume, overwrite)  # moving aside waits until the plan fits
+    with contextlib.ExitStack() as held:
+        if resume and not is_uri(location):  # before anything in it is cleaned or rewritten
+            held.callback(hold_run_lock(location, "--resume").release)
+        return _fit_claimed(config, ray_config, location, resume, overwrite, callbacks, ray_callbacks,
+                            allow_other_data)
+
+
+def _fit_claimed(config: RunConfig, ray_config: RayConfig, location: str, resume: bool, overwrite: bool,
+                 callbacks: Sequence[Callback], ray_callbacks: Sequence[Any], allow_other_data: bool) -> DistTrainResult:
+    """fit_distributed once the run directory is claimed (and, for a resume, locked)."""
+    from ptycho_torch.data.dataset import PtychoDataModule
+    from ptycho_torch.errors import USER_ERRORS
+    from ptycho_torch.workflows.data_binding import check_resume_data
+
     if resume and not is_uri(location):
         check_resume_data(Path(location), config, allow_other_data)
         stale = clean_unregistered_checkpoints(location)
@@ -326,7 +338,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     norm_factor = factors[0] if len(factors) == 1 else factors
     rows = split_rows(datamodule) if use_ray_data(ray_config.ingest, datamodule) else None  # Ray Data reads
     del datamodule
-    ray_run_config = run_config(config, ray_config, name)
+    ray_run_config = run_config(config, ray_config, str(ray_config.name))
     if ray_callbacks:
         ray_run_config.callbacks = [*(ray_run_config.callbacks or []), *ray_callbacks]
     set_controller_env(ray_config)
@@ -370,6 +382,10 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
             datasets = group_datasets(rows, plan.num_workers, verbose=ray_config.verbose)
         if overwrite:
             claim_ray_run(location, name, resume, overwrite, move=True)
+        lock = None
+        if not resume and not is_uri(location):  # a --resume of this run while it trains is refused
+            Path(location).mkdir(parents=True, exist_ok=True)
+            lock = hold_run_lock(location, "--name")
         write_run_file(location, CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         write_run_file(location, RAY_FILE, yaml.safe_dump({"ray": ray_config.to_dict()}, sort_keys=False))
         if not resume and not is_uri(location):
@@ -404,6 +420,8 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
         finally:
             if asked_autoscaler:
                 release_autoscaler_request()
+            if lock is not None:
+                lock.release()
 
 
 from ptycho_dist.api import make_callable  # noqa: E402 - the module's own names come first

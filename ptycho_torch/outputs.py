@@ -158,6 +158,47 @@ def claim_run_dir(run_dir: str | Path, *, overwrite: bool = False, launch_id: st
     return moved
 
 
+LOCK_FILE = ".ptycho-run.lock"  # held (flock) by the one process training a run directory, for the whole run
+
+
+class RunLock:
+    """An exclusive advisory lock (fcntl.flock) on `run_dir/LOCK_FILE`, taken by `hold_run_lock`. The
+    kernel drops it when the process ends in any way (SIGKILL, OOM), so it never goes stale."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self._fd = path, fd
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()  # before the unlock: a newcomer then locks a new file, never this one
+        os.close(self._fd)  # closing drops the flock
+        self._fd = -1
+
+
+def hold_run_lock(run_dir: str | Path, flag: str) -> RunLock:
+    """Lock `run_dir` for the process that trains it (a fresh run after its claim, or a resume), so a
+    second `--resume` of a run that is still training (or a resume started twice) is refused in one
+    line instead of two processes writing the same checkpoints. `flag` names the option in the error."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = ""
+        with contextlib.suppress(OSError, ValueError):
+            holder = f" (pid {int(os.pread(fd, 32, 0).decode().split()[0])})"
+        os.close(fd)
+        raise ConfigError(f"{flag} {run_dir}: another process is training this run now{holder}; wait for it to end "
+                          "(or stop it: it saves a resumable checkpoint on SIGTERM), then resume") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return RunLock(path, fd)
+
+
 def await_claim(run_dir: str | Path, launch_id: str | None, rank: int, timeout_s: float = 120.0) -> None:
     """In a non-zero rank of a multi-process launch: wait until rank 0 of the same launch (`launch_id`)
     has claimed `run_dir`; one ConfigError line when it does not within `timeout_s` (e.g. a RANK

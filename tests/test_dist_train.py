@@ -194,3 +194,32 @@ def test_cli_driver_sigterm_mid_run_then_resume_by_name(ray_local, small_scan, t
                        "--out", str(tmp_path / "recon")]) == 0
     assert (tmp_path / "recon" / "object.npz").is_file()
     assert dist_main(["train", "--data", str(small_scan), "--out", str(run)]) == 2  # exists: needs --resume
+
+
+def test_a_ray_run_that_is_training_cannot_be_resumed_by_a_second_driver(small_scan, tmp_path):
+    """The driver training a local Ray run holds its lock (as `ptycho-torch train` does): a second
+    `--resume` meanwhile is one line naming that driver's pid, before Ray starts or any file of the run
+    (an unregistered checkpoint directory, config.yaml) is touched."""
+    import yaml
+
+    from ptycho_dist.run_files import CONFIG_FILE
+    from ptycho_torch.outputs import LOCK_FILE
+
+    run = tmp_path / "busy"
+    run.mkdir()
+    (run / CONFIG_FILE).write_text(yaml.safe_dump(tiny_config(small_scan).to_dict()))
+    in_progress = run / "checkpoint_2026-01-01_00-00-00.000000"
+    in_progress.mkdir()  # what a training driver is writing now, not yet registered
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from ptycho_torch.outputs import hold_run_lock; "
+                               "hold_run_lock(sys.argv[1], '--name'); print('held', flush=True); sys.stdin.read()",
+                               str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"--resume {run}: another process is training this run now "
+                                              rf"\(pid {holder.pid}\)"):
+            fit_distributed(tiny_config(small_scan), RayConfig(storage_path=str(tmp_path), name="busy"), resume=True)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    left = sorted(p.name for p in run.iterdir() if p.name != LOCK_FILE)  # a dead holder leaves an unlocked file
+    assert in_progress.is_dir() and left == sorted([CONFIG_FILE, in_progress.name])

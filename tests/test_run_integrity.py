@@ -182,6 +182,33 @@ def tiny_model(tiny_scan, tmp_path_factory) -> Path:
     return run
 
 
+def test_a_run_that_is_training_cannot_be_resumed_by_a_second_process(tiny_scan, tmp_path, capsys):
+    """Two processes training one run directory would write the same checkpoints: the one training it
+    holds a lock (flock, dropped by the kernel when it dies); a --resume meanwhile is one line naming
+    its pid, and works once that process has ended. Held here by a second process, as in life."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    train(tiny_config(tiny_scan, **{"training.nepochs": 1}), run)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from ptycho_torch.outputs import hold_run_lock; "
+                               "hold_run_lock(sys.argv[1], '--out'); print('held', flush=True); sys.stdin.read()",
+                               str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+        assert errors == [f"error: --resume {run}: another process is training this run now (pid {holder.pid}); "
+                          "wait for it to end (or stop it: it saves a resumable checkpoint on SIGTERM), then resume"]
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0  # untouched
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 0  # the holder ended: free again
+    assert json.loads((run / "manifest.json").read_text())["epochs_completed"] == 2
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 

@@ -48,7 +48,13 @@ from ptycho_torch.config import ConfigError, RunConfig, save_run_config
 from ptycho_torch.data.dataset import PtychoDataModule
 from ptycho_torch.interrupt import SaveOnInterrupt, TrainingInterrupted, interruptible
 from ptycho_torch.module import PtychoPINNModule
-from ptycho_torch.outputs import atomic_write_text, await_claim, check_output_dir, claim_run_dir
+from ptycho_torch.outputs import (
+    atomic_write_text,
+    await_claim,
+    check_output_dir,
+    claim_run_dir,
+    hold_run_lock,
+)
 from ptycho_torch.workflows.bundle import BUNDLE_NAME, save_bundle
 from ptycho_torch.workflows.data_binding import absolute_data_paths, bind_run_to_data, check_resume_data
 from ptycho_torch.workflows.manifest import write_manifest
@@ -370,6 +376,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
                 log.warning("moved the previous contents of %s to %s", run_dir, moved)
         elif not resume and launch is None:
             await_claim(run_dir, launch_id(lead=False), launched_rank())
+        lock = hold_run_lock(run_dir, "--resume" if resume else "--out") if lead else None
         try:
             if lead:
                 save_run_config(config, run_dir / "config.yaml")
@@ -396,6 +403,9 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
         except BaseException:
             _drop_if_nothing_trained(run_dir, created, resume or not lead)
             raise
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _drop_if_nothing_trained(run_dir: Path, created: bool, resume: bool) -> None:
