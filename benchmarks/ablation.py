@@ -2,7 +2,7 @@
 
 One simulated scan (lines object, N=64, 512 positions, 1e6 photons by default: the standard scan of
 quality.py). Each variant is a set of ModelConfig fields; it trains with the real
-`ptycho_torch.workflows.train.train` for the same number of optimisation steps (a callback stops
+`ptycho_torch.training.train.train` for the same number of optimisation steps (a callback stops
 Lightning at the step count; the epoch count is set high enough never to stop it first),
 reconstructs the whole scan with `reconstruct` and evaluates the stitched object against the ground
 truth. Variants are applied cumulatively from the old defaults to the new ones, then the new
@@ -74,8 +74,8 @@ class StopAtStep(Callback):
 def run_variant(args: argparse.Namespace, scan: Path, name: str, model: dict[str, Any], work: Path
                 ) -> dict[str, Any]:
     from ptycho_torch.config import DataConfig, ModelConfig, PyTorchExecutionConfig, RunConfig, TrainingConfig
-    from ptycho_torch.workflows.reconstruct import reconstruct
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
+    from ptycho_torch.training.train import train
 
     config = RunConfig(
         data=DataConfig(path=str(scan), val_fraction=0.1),

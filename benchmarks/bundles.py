@@ -18,7 +18,7 @@ def one_epoch_bundle(work: Path, N: int, scale: float, **execution: Any) -> Path
         apply_overrides,
     )
     from ptycho_torch.data.simulate import simulate_to_file
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.training.train import train
 
     scan = work / f"train_{N}.npz"
     if not scan.exists():

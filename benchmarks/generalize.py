@@ -14,7 +14,7 @@ seed --seed + K, which no training run of (a) sees. Then, all on the held-out sc
   (c) from scratch: a fresh model trained on the held-out scan for --scratch-minutes (default: the
       pretraining budget), scored at the end only;
   (d) iterative: gradient descent on the object pixels through our own forward model
-      (ptycho_torch.refine), known probe, flat start, in chunks of --chunk-seconds, each continuing
+      (ptycho_torch.reconstruction.refine), known probe, flat start, in chunks of --chunk-seconds, each continuing
       from the previous chunk's object, scored after every chunk, up to --iterative-seconds; and
       Pty-chi's ePIE and LSQML (benchmarks/ptychi_solver.py, where ptychi is installed: the `bench`
       extra or --ptychi-python), known probe, flat start, scored after every 2 epochs;
@@ -60,7 +60,7 @@ from quality import (
     run_ptychi,
 )
 
-from ptycho_torch.data_fit import DEFAULT_MAX_PATTERNS, data_fit
+from ptycho_torch.evaluation.data_fit import DEFAULT_MAX_PATTERNS, data_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "generalize.json"
@@ -109,7 +109,7 @@ def run_config(args: argparse.Namespace, data: str, init_from: str | None = None
 def train_for(args: argparse.Namespace, data: str, minutes: float, run_dir: Path,
               init_from: str | None = None) -> dict[str, Any]:
     """Train until `minutes` of wall clock are spent (the Timer stops at the first step past it)."""
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.training.train import train
 
     timer = Timer(duration=timedelta(seconds=minutes * 60.0), interval="step")
     start = time.perf_counter()
@@ -130,8 +130,8 @@ def network_row(args: argparse.Namespace, method: str, run_dir: str, scan: Any, 
                 refine_seconds: float = 0.0, grouping: str | None = None) -> dict[str, Any]:
     """Reconstruct the held-out scan (in memory, the scan's own probe and normalisation; `grouping`
     None = the bundle's, 'cover') and score it."""
-    from ptycho_torch.metrics import evaluate_reconstruction
-    from ptycho_torch.workflows.reconstruct import reconstruct, write_reconstruction
+    from ptycho_torch.evaluation.metrics import evaluate_reconstruction
+    from ptycho_torch.reconstruction.reconstruct import reconstruct, write_reconstruction
 
     start = time.perf_counter()
     recon = reconstruct(run_dir, scan, None, device=args.recon_device, progress=False, refine_seconds=refine_seconds,
@@ -148,13 +148,13 @@ def network_row(args: argparse.Namespace, method: str, run_dir: str, scan: Any, 
 
 
 def iterative(args: argparse.Namespace, scan: Any, target: float) -> dict[str, Any]:
-    """The iterative solver (ptycho_torch.solver), known probe (fixed), flat start, in chunks (each a
+    """The iterative solver (ptycho_torch.reconstruction.solver), known probe (fixed), flat start, in chunks (each a
     solver run continuing from the previous object, constant steps) of 0.25, 0.5, 1, ... s up to
     --chunk-seconds, scored after each chunk; the first cumulative solver time whose phase SSIM
     reaches `target` (an upper bound at the chunks' resolution)."""
-    from ptycho_torch.metrics import evaluate_reconstruction
-    from ptycho_torch.refine import coverage
-    from ptycho_torch.solver.engine import SolverOptions, solve
+    from ptycho_torch.evaluation.metrics import evaluate_reconstruction
+    from ptycho_torch.reconstruction.refine import coverage
+    from ptycho_torch.reconstruction.solver.engine import SolverOptions, solve
 
     obj = None
     weight = coverage(scan.positions, scan.probe, scan.object_guess.shape)
@@ -235,7 +235,7 @@ def section(result: dict[str, Any]) -> str:
              "held-out scan's stitched object inside the scanned region (phase offset removed, amplitude scale "
              "matched). Reconstruct seconds: load the bundle, network pass, stitching, in memory. *Data fit*: "
              "the object's Poisson deviance on the scan's own patterns / the counting-noise floor "
-             "(ptycho_torch.data_fit; 1 = explained to the noise), the one column a measured scan without a "
+             "(ptycho_torch.evaluation.data_fit; 1 = explained to the noise), the one column a measured scan without a "
              "truth also has; not for Pty-chi's objects, which do not come back in the counts' units (LSQML's "
              "amplitude was 1.9x the truth's on 2026-12-04, where our forward model needs 1x).", "",
              "| method | phase SSIM | amplitude SSIM | FRC 0.5 px | data fit | wall-clock s | time to reach (a)'s phase SSIM |",
@@ -265,7 +265,7 @@ def section(result: dict[str, Any]) -> str:
          ft["train_s"] + ft["reconstruct_s"], "—"),
         (f"(c) trained from scratch on the held-out scan, {s['scratch_minutes']:g} min", sc,
          sc["train_s"] + sc["reconstruct_s"], scratch_reach),
-        ("(d) iterative: gradient descent on the object (ptycho_torch.refine), known probe, flat start", it,
+        ("(d) iterative: gradient descent on the object (ptycho_torch.reconstruction.refine), known probe, flat start", it,
          it["seconds"], iter_reach),
         *((f"(d) iterative: {r['label']}", r, r["seconds"],
            f"<= {r['reach_s']:.2f} s (scored every 2 epochs)" if r["reach_s"] is not None

@@ -2,9 +2,9 @@
 
 One run simulates one scan (lines object, N=64 by default, >= 400 positions, 1e6 photons per
 pattern, defocused probe, Poisson noise), then for each gridsize trains PtychoPINN with
-`ptycho_torch.workflows.train.train` until the wall-clock budget is spent (training.max_minutes:
+`ptycho_torch.training.train.train` until the wall-clock budget is spent (training.max_minutes:
 Lightning's max_time stops the run at the first step past the budget, and the default WarmupCosine
-schedule anneals the learning rate over it; the epoch count is set high enough never to stop it first), reconstructs the whole scan with `ptycho_torch.workflows.reconstruct.reconstruct` and
+schedule anneals the learning rate over it; the epoch count is set high enough never to stop it first), reconstructs the whole scan with `ptycho_torch.reconstruction.reconstruct.reconstruct` and
 evaluates the stitched object against the ground truth (phase offset removed, amplitude scale
 matched, inside the scanned region).
 
@@ -97,9 +97,9 @@ def run_config(args: argparse.Namespace, scan: Path, gridsize: int) -> Any:
 
 
 def truth_loss(scan_path: Path, gridsize: int) -> float:
-    """The training loss of the ground truth on this scan (ptycho_torch.truth): the noise floor."""
+    """The training loss of the ground truth on this scan (ptycho_torch.evaluation.truth_loss): the noise floor."""
     from ptycho_torch.data.contract import read_scan
-    from ptycho_torch.truth import truth_loss as floor
+    from ptycho_torch.evaluation.truth_loss import truth_loss as floor
 
     value = floor(read_scan(scan_path), gridsize)
     assert value is not None, f"{scan_path} holds no objectGuess"
@@ -107,8 +107,8 @@ def truth_loss(scan_path: Path, gridsize: int) -> float:
 
 
 def one_gridsize(args: argparse.Namespace, scans: tuple[Path, Path], gridsize: int, work: Path) -> dict[str, Any]:
-    from ptycho_torch.workflows.reconstruct import reconstruct
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
+    from ptycho_torch.training.train import train
 
     scan, scored = scans
     start = time.perf_counter()
@@ -131,23 +131,23 @@ def one_gridsize(args: argparse.Namespace, scans: tuple[Path, Path], gridsize: i
 def headline_scores(scan: Any, obj: np.ndarray) -> dict[str, float]:
     """HEADLINE metrics of an (H, W) object against the scan's objectGuess, inside the scanned region
     (the region and metric every row of the tables uses)."""
-    from ptycho_torch.metrics import evaluate_reconstruction
-    from ptycho_torch.refine import coverage
+    from ptycho_torch.evaluation.metrics import evaluate_reconstruction
+    from ptycho_torch.reconstruction.refine import coverage
 
     metrics = evaluate_reconstruction(obj, scan.object_guess, coverage(scan.positions, scan.probe, obj.shape))
     return {k: float(metrics[k]) for k in HEADLINE if isinstance(metrics.get(k), (int, float))}
 
 
 def iterative(args: argparse.Namespace, scored: Path) -> dict[str, Any]:
-    """The iterative baseline on the scored scan: our solver (ptycho_torch.solver), known probe kept
+    """The iterative baseline on the scored scan: our solver (ptycho_torch.reconstruction.solver), known probe kept
     fixed, flat start, for `--iterative-seconds` of wall clock."""
     from ptycho_torch.data.contract import read_scan
-    from ptycho_torch.solver.engine import SolverOptions, solve
+    from ptycho_torch.reconstruction.solver.engine import SolverOptions, solve
 
     scan = read_scan(scored)
     result = solve(scan.diffraction_rows, scan.positions, scan.probe, scan.object_guess.shape,
                    seconds=args.iterative_seconds, options=SolverOptions(refine_probe=False, seed=args.seed))
-    row = {"method": "our iterative solver (ptycho_torch.solver, minibatch rPIE), known probe, flat start",
+    row = {"method": "our iterative solver (ptycho_torch.reconstruction.solver, minibatch rPIE), known probe, flat start",
            "steps": result.epochs, "iterations": "epochs", "seconds": result.seconds,
            **headline_scores(scan, result.object)}
     print(json.dumps(row), flush=True)

@@ -6,7 +6,7 @@ resolution (1/7 and half-bit), seconds, and a picture of each, side by side.
     python benchmarks/real_data.py --data ../shared/data/velociprobe-siemens-star.npz.bz2
 
 Rows (each a `--seconds` budget for the solvers, `--network-minutes` of training for the network):
-  ours, file probe        ptycho_torch.solver from the file's (analytic) probe, probe refined
+  ours, file probe        ptycho_torch.reconstruction.solver from the file's (analytic) probe, probe refined
   ours, estimated probe   the same from a probe estimated from the data alone (no probe given)
   ours, file probe, K modes   with --modes K > 1 (partial coherence)
   Pty-chi LSQML           probe refined (+ positions with --ptychi-positions), through `ptychi_solver.py`
@@ -47,8 +47,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "velociprobe-siemens-star.npz.b
 def scores(obj: np.ndarray, probe: np.ndarray, scan: Any, halves: tuple[np.ndarray, np.ndarray] | None,
            weights: tuple[np.ndarray, np.ndarray] | None) -> dict[str, Any]:
     """Data fit of (obj, probe) on every pattern and the half-scan FRC of two half objects."""
-    from ptycho_torch.data_fit import data_fit
-    from ptycho_torch.solver.half_scan import half_scan_frc
+    from ptycho_torch.evaluation.data_fit import data_fit
+    from ptycho_torch.reconstruction.solver.half_scan import half_scan_frc
 
     out: dict[str, Any] = {"data_fit": data_fit(obj, scan, probe, max_patterns=None).ratio}
     if halves is not None:
@@ -62,9 +62,9 @@ def our_row(scan: Any, label: str, probe: str, modes: int, seconds: float, devic
             ) -> tuple[dict[str, Any], Any]:
     """Our solver on the scan for `seconds` from the file's or an estimated probe, and on each
     interleaved half for the same number of epochs from the same starting probe."""
-    from ptycho_torch.solver.engine import SolverOptions, canvas_weight, solve
-    from ptycho_torch.solver.half_scan import interleaved_halves
-    from ptycho_torch.workflows.solve import solve_scan, starting_probe
+    from ptycho_torch.reconstruction.solve import solve_scan, starting_probe
+    from ptycho_torch.reconstruction.solver.engine import SolverOptions, canvas_weight, solve
+    from ptycho_torch.reconstruction.solver.half_scan import interleaved_halves
 
     options = SolverOptions(modes=modes)
     start, origin = starting_probe(scan, probe, options, device)
@@ -93,8 +93,8 @@ def _on_canvas(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def ptychi_row(args: argparse.Namespace, scan: Any, work: Path) -> tuple[dict[str, Any], np.ndarray] | None:
     """Pty-chi LSQML with probe refinement (and position correction with --ptychi-positions) for
     --seconds, and on each half for half of it."""
-    from ptycho_torch.solver.engine import canvas_weight
-    from ptycho_torch.solver.half_scan import interleaved_halves
+    from ptycho_torch.reconstruction.solver.engine import canvas_weight
+    from ptycho_torch.reconstruction.solver.half_scan import interleaved_halves
 
     python = ptychi_python(args.ptychi_python)
     if python is None:
@@ -128,10 +128,10 @@ def network_rows(args: argparse.Namespace, scan_path: Path, scan: Any, probe_pat
     """The default model trained on the scan with our retrieved probe for --network-minutes, its
     reconstruction (and of each half, for the FRC), then the reconstruction refined for --refine-seconds."""
     from ptycho_torch.config import RunConfig, apply_overrides
-    from ptycho_torch.refine import refine_stitched
-    from ptycho_torch.solver.half_scan import interleaved_halves
-    from ptycho_torch.workflows.reconstruct import reconstruct
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
+    from ptycho_torch.reconstruction.refine import refine_stitched
+    from ptycho_torch.reconstruction.solver.half_scan import interleaved_halves
+    from ptycho_torch.training.train import train
 
     config = apply_overrides(RunConfig(), {
         "data.path": str(scan_path), "data.probe": str(probe_path), "training.nepochs": 100_000,
@@ -159,7 +159,7 @@ def network_rows(args: argparse.Namespace, scan_path: Path, scan: Any, probe_pat
                                      _subset_on(scan, idx), probe, args.refine_seconds / 2, refine_probe=True,
                                      device=args.device)
                      for h, idx in zip(halves, interleaved_halves(scan.n_patterns))]
-        from ptycho_torch.solver.engine import canvas_weight
+        from ptycho_torch.reconstruction.solver.engine import canvas_weight
 
         refined = {"method": f"network, then refined {args.refine_seconds:g} s (solver, probe refined)",
                    "seconds": recon_s + sol.seconds, "train_s": train_s, "epochs": sol.epochs,
@@ -174,7 +174,7 @@ def centre_crop(scan: Any, probe: np.ndarray, n: int) -> tuple[Any, np.ndarray]:
     """The scan seen through the central n x n detector pixels (ScanData in memory) and the probe at
     the matching sample pixel: a far-field crop to n keeps the counts in it, makes each sample-plane
     pixel N/n times larger (positions x n/N), and the probe is its far field cropped the same way."""
-    from ptycho_torch.data.contract import ScanData
+    from ptycho_torch.data.scan import ScanData
 
     N = scan.N
     lo = (N - n) // 2
@@ -215,7 +215,7 @@ def crop_rows(args: argparse.Namespace, scan: Any, probe: np.ndarray, work: Path
 def network_scores(recon: Any, scan: Any, halves: list[Any]) -> dict[str, Any]:
     """A network reconstruction's data fit (the one `reconstruct` measured with the model's own probe
     and intensity scale, on every pattern) and the FRC of its reconstructions of the two halves."""
-    from ptycho_torch.solver.half_scan import half_scan_frc
+    from ptycho_torch.reconstruction.solver.half_scan import half_scan_frc
 
     frc = half_scan_frc(*(_on_canvas(h.object, scan.object_shape) for h in halves),
                         *(_on_canvas(h.weight, scan.object_shape) for h in halves))
@@ -238,8 +238,8 @@ def _log(row: dict[str, Any]) -> None:
 def picture(objects: list[tuple[str, np.ndarray]], weight: np.ndarray, path: Path) -> None:
     """Phase (top) and amplitude (bottom) of every row, each brought to its bright level 1 and its mean
     phase 0 over the well-lit region, one colour range per kind across the rows."""
-    from ptycho_torch.metrics import scanned_region
-    from ptycho_torch.plots import _figure, _save
+    from ptycho_torch.evaluation.metrics import scanned_region
+    from ptycho_torch.evaluation.plots import _figure, _save
 
     region = scanned_region(weight, 0.3)
     shown = []

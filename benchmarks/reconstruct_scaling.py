@@ -3,7 +3,7 @@
 One run measures, on synthetic HDF5 scans written block-wise (random amplitudes: speed and memory
 do not depend on the content) and bundles trained for one epoch on a small simulated scan:
 
-1. throughput  patterns/s of the local loop (`ptycho_torch.workflows.reconstruct.reconstruct`)
+1. throughput  patterns/s of the local loop (`ptycho_torch.reconstruction.reconstruct.reconstruct`)
                vs `ptycho_dist.inference.reconstruct_distributed` with 1 and 2 actors, same file,
                same batch size; per model size (`--models`)
 2. stitching   seconds to stitch M patches (10^3, 10^4, 10^5 positions, raster with a fixed step,
@@ -96,7 +96,7 @@ def write_synthetic_npz(path: Path, M: int, N: int, step: float, probe: np.ndarr
 
 
 def bundle_probe(bundle: Path) -> np.ndarray:
-    from ptycho_torch.workflows.bundle import load_bundle
+    from ptycho_torch.model.bundle import load_bundle
 
     return load_bundle(bundle).module.probe.detach().cpu().numpy()[0]
 
@@ -113,11 +113,11 @@ def throughput(work: Path, models: list[tuple[int, float, int]], batch: int, rep
                ) -> list[dict[str, Any]]:
     import torch
 
+    from ptycho_dist.cluster.session import ray_session
     from ptycho_dist.config import RayConfig
     from ptycho_dist.inference import reconstruct_distributed
-    from ptycho_dist.session import ray_session
     from ptycho_torch.data.contract import read_scan, write_scan
-    from ptycho_torch.workflows.reconstruct import reconstruct
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
 
     rows: list[dict[str, Any]] = []
     cases = []
@@ -165,7 +165,7 @@ def throughput(work: Path, models: list[tuple[int, float, int]], batch: int, rep
 def stitching(counts: list[int], N: int = 32, batch: int = 64, step: float = 4.0) -> list[dict[str, Any]]:
     import torch
 
-    from ptycho_torch.stitching import CanvasSum, StitchAccumulator, partial_canvas, stitch_weight
+    from ptycho_torch.physics.stitching import CanvasSum, StitchAccumulator, partial_canvas, stitch_weight
 
     torch.set_num_threads(1)  # one actor's worth of CPU
     rng = np.random.default_rng(0)
@@ -242,9 +242,9 @@ def rss_child(model: str, warmup: str, data: str, out: str) -> dict[str, Any]:
     logger = logging.getLogger("ptycho_dist")
     logger.setLevel(logging.INFO)
     logger.addHandler(PhaseHandler())
+    from ptycho_dist.cluster.session import ray_session
     from ptycho_dist.config import RayConfig
     from ptycho_dist.inference import reconstruct_distributed
-    from ptycho_dist.session import ray_session
 
     with ray_session(RayConfig(num_cpus=2, include_dashboard=False)):
         reconstruct_distributed(model, warmup, out + "_warmup", concurrency=2, batch_size=256, progress=False)

@@ -6,7 +6,7 @@ small simulated scan per width (`--widths`, speed does not depend on training qu
 per width and file format (`--formats`, NPZ in memory and HDF5 read lazily), measures side by side
 in the same process, with the same torch threads and batch size:
 
-1. whole   patterns/s of `ptycho_torch.workflows.reconstruct.reconstruct(bundle, data, out)` timed
+1. whole   patterns/s of `ptycho_torch.reconstruction.reconstruct.reconstruct(bundle, data, out)` timed
            end to end: loading the bundle, reading and validating the scan, grouping, the loader,
            the network, stitching, writing object.npz, amplitude.png and phase.png
 2. bare    patterns/s of the bare network forward (`net(x)` under `torch.inference_mode`) on the
@@ -84,7 +84,7 @@ def train_bundle(work: Path, N: int, scale: float, batch: int) -> tuple[Path, fl
 # ------------------------------------------------------------------ measurements
 
 def time_whole(bundle: Path, data: Path, out: Path, batch: int) -> float:
-    from ptycho_torch.workflows.reconstruct import reconstruct
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
 
     t = time.perf_counter()
     reconstruct(bundle, data, out, batch_size=batch, progress=False)
@@ -96,7 +96,7 @@ def prepare_inputs(bundle: Path, data: Path, batch: int) -> tuple[Any, list[dict
     same order, same batch size): x = amplitude x the bundle's norm factor (float32), plus each
     batch's positions and indices (for the stitching timing)."""
     from ptycho_torch.data.contract import read_scan
-    from ptycho_torch.workflows.reconstruct import PatchPredictor, inference_groups, inference_loader
+    from ptycho_torch.reconstruction.reconstruct import PatchPredictor, inference_groups, inference_loader
 
     predictor = PatchPredictor(bundle)
     scan = read_scan(data)
@@ -128,8 +128,8 @@ def time_parts(bundle: Path, data: Path, out: Path, batch: int, batches: list[di
     import torch
 
     from ptycho_torch.data.contract import read_scan
-    from ptycho_torch.stitching import StitchAccumulator, stitch_weight
-    from ptycho_torch.workflows.reconstruct import (
+    from ptycho_torch.physics.stitching import StitchAccumulator, stitch_weight
+    from ptycho_torch.reconstruction.reconstruct import (
         PatchPredictor,
         inference_groups,
         inference_loader,
@@ -316,7 +316,7 @@ def main() -> None:
     os.environ.setdefault("PTYCHO_QUIET_LIGHTNING", "1")
     import torch
 
-    from ptycho_torch.cli import setup_logging
+    from ptycho_torch.cli.main import setup_logging
 
     setup_logging(False, names=("ptycho_torch",))
     default_threads = torch.get_num_threads()

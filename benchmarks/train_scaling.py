@@ -2,9 +2,9 @@
 
 One run trains the same model on the same simulated scan, same seed and per-worker batch size, in:
 
-1. plain Lightning (`ptycho_torch.workflows.train.train`) with 1 torch thread (the fair comparison with
+1. plain Lightning (`ptycho_torch.training.train.train`) with 1 torch thread (the fair comparison with
    a 1-CPU Ray worker) and with all this machine's threads;
-2. `ptycho_dist.train.fit_distributed` with 1 worker and with 2 workers (1 CPU, 1 thread each, DDP over
+2. `ptycho_dist.training.driver.fit_distributed` with 1 worker and with 2 workers (1 CPU, 1 thread each, DDP over
    gloo) on an already started local Ray (its start-up time is reported separately);
 3. a bare `TorchTrainer.fit` of a no-op function with 1 worker (Ray's defaults, best of 2): Ray's own
    fixed cost, so that what ptycho-dist adds on top of it is measured in the same run; and of a function
@@ -85,7 +85,7 @@ def summarise(name: str, timing_file: Path, t0: float, wall: float, loss: float,
 def run_plain(config: Any, work: Path, threads: int) -> dict[str, Any]:
     import torch
 
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.training.train import train
 
     timing = work / f"plain{threads}.json"
     previous = torch.get_num_threads()
@@ -102,7 +102,7 @@ def run_plain(config: Any, work: Path, threads: int) -> dict[str, Any]:
 
 def run_ray(config: Any, work: Path, workers: int) -> dict[str, Any]:
     from ptycho_dist.config import RayConfig
-    from ptycho_dist.train import fit_distributed
+    from ptycho_dist.training.driver import fit_distributed
     from ptycho_torch.config import apply_overrides
 
     timing = work / f"ray{workers}.json"
@@ -129,7 +129,7 @@ def run_noop(work: Path, fn: Any = _noop, poll_interval_s: float | None = None, 
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ptycho_dist.scaling import POLL_INTERVAL_ENV
+    from ptycho_dist.cluster.scaling import POLL_INTERVAL_ENV
 
     best = float("inf")
     for i in range(repeats):
@@ -211,7 +211,7 @@ def main() -> None:
     import ray
     import torch
 
-    from ptycho_torch.cli import setup_logging
+    from ptycho_torch.cli.main import setup_logging
     from ptycho_torch.config import (
         DataConfig,
         ModelConfig,

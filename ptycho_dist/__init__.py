@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "reconstruct", "train", "tune"]
-# `train` and `tune` are also the names of modules; those modules are callable (api.CallableModule)
-_EXPORTS = {"train": "ptycho_dist.train", "tune": "ptycho_dist.tune", "reconstruct": "ptycho_dist.api"}
+_EXPORTS = ("train", "tune", "reconstruct")  # functions of ptycho_dist.api
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
     from ptycho_dist.api import reconstruct, train, tune
@@ -26,8 +25,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        value = module if module.__name__ == f"ptycho_dist.{name}" else getattr(module, name)
+        value = getattr(importlib.import_module("ptycho_dist.api"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'ptycho_dist' has no attribute {name!r}")

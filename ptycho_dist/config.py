@@ -1,17 +1,29 @@
 """Configuration of the Ray layer: where Ray runs and how runs are stored (RayConfig).
 
 A plain frozen dataclass validated on creation with messages naming the field, like
-ptycho_torch.config (it reuses its checking machinery). The sweep file (SweepConfig) is plain data
-too and lives in ptycho_torch.sweep_config.
+ptycho_torch.config (it reuses its checking machinery); the flags that set its fields (RAY_FLAGS, the
+command line's and the Python API's keywords); a run YAML with a `ray:` section next to the run's
+sections (`read_dist_yaml`). The sweep file (SweepConfig) is plain data too and lives in
+ptycho_dist.sweeps.sweep_config.
 """
 
 from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
-from typing import Literal, Optional
+from pathlib import Path
+from typing import Any, Literal, Optional
 
-from ptycho_torch.config import ConfigSection, config_field
+import yaml
+
+from ptycho_torch.config import (
+    ConfigError,
+    ConfigSection,
+    RunConfig,
+    config_field,
+    read_yaml_mapping,
+    yaml_problem,
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,7 @@ class RayConfig(ConfigSection):
     verbose: bool = config_field(False, "show Ray's own logs (default: kept quiet)")
     ingest: Literal["auto", "sampler", "ray_data"] = config_field(
         "auto", "how train workers get their groups: 'ray_data' = streamed shards of a Ray Dataset read across the "
-        "cluster (ptycho_dist.ingest), 'sampler' = each worker reads its DistributedSampler share of the files, "
+        "cluster (ptycho_dist.training.ingest), 'sampler' = each worker reads its DistributedSampler share of the files, "
         "'auto' = ray_data for a corpus of several scans, else sampler")
 
     def _check(self) -> None:
@@ -68,3 +80,72 @@ class RayConfig(ConfigSection):
             self._fail("poll_interval_s", f"got {self.poll_interval_s}; must be > 0")
         if self.worker_start_timeout_s <= 0:
             self._fail("worker_start_timeout_s", f"got {self.worker_start_timeout_s}; must be > 0")
+
+
+# flag -> (RayConfig field, argparse type). Every command takes the session flags (where Ray runs);
+# `train` adds the run flags (storage, name, restarts, worker resources, placement, autoscaling).
+SESSION_FLAGS: dict[str, tuple[str, Any]] = {
+    "--address": ("address", str),
+    "--num-cpus": ("num_cpus", int),
+    "--worker-start-timeout": ("worker_start_timeout_s", float),
+}
+RUN_FLAGS: dict[str, tuple[str, Any]] = {
+    "--storage-path": ("storage_path", str),
+    "--name": ("name", str),
+    "--max-failures": ("max_failures", int),
+    "--min-workers": ("min_workers", int),
+    "--cpus-per-worker": ("cpus_per_worker", float),
+    "--gpus-per-worker": ("gpus_per_worker", float),
+    "--placement-strategy": ("placement_strategy", str.upper),
+    "--autoscaling": ("autoscaling", str),  # true/false, checked by RayConfig
+    "--ingest": ("ingest", str),
+    "--poll-interval": ("poll_interval_s", float),
+}
+RAY_FLAGS = {**SESSION_FLAGS, **RUN_FLAGS}
+
+
+def ray_keywords(flags: dict[str, tuple[str, Any]]) -> dict[str, str]:
+    """Python keyword -> RayConfig field for the given Ray flags (--worker-start-timeout ->
+    worker_start_timeout -> worker_start_timeout_s)."""
+    return {flag.lstrip("-").replace("-", "_"): name for flag, (name, _) in flags.items()}
+
+
+def split_ray_section(data: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run sections, `ray:` section) of a run mapping."""
+    data = dict(data)
+    ray = data.pop("ray", None) or {}
+    if not isinstance(ray, dict):
+        raise ConfigError(f"{where}: ray: expected a mapping of fields, got {ray!r}")
+    return data, ray
+
+
+def read_dist_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a run YAML; return (run sections, `ray:` section)."""
+    return split_ray_section(read_yaml_mapping(path), str(path))
+
+
+def load_dist_config(path: str | Path) -> tuple[RunConfig, RayConfig]:
+    """A run YAML with an optional `ray:` section -> (RunConfig, RayConfig)."""
+    run, ray = read_dist_yaml(path)
+    try:
+        return RunConfig.from_dict(run), RayConfig.from_dict(ray)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def stored_mapping(text: str | None, where: str) -> dict[str, Any]:
+    """The mapping in a stored run file (config.yaml, ray.yaml); a damaged file is one line naming it
+    and the fix."""
+    from ptycho_torch.config.bounded_yaml import load_bounded
+
+    if text is None:
+        return {}
+    try:
+        data = load_bounded(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: is not valid YAML ({yaml_problem(e)}); restore it from a backup, or delete it to "
+                          "resume with the settings of --config and the flags") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}; restore it "
+                          "or delete it")
+    return data

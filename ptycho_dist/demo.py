@@ -6,15 +6,13 @@ simulate -> 2-worker Ray Train run -> 2-trial Ray Tune sweep -> Ray Data reconst
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from ptycho_torch.config import apply_overrides
-from ptycho_torch.workflows.demo import (
+from ptycho_torch.demo import (
     DEMO_EPOCHS,
     DEMO_MINUTES,
     DEMO_SWEEP,
@@ -37,13 +35,13 @@ def run_demo(out: Path, *, epochs: int = DEMO_EPOCHS, minutes: float | None = DE
              ) -> dict[str, Any]:
     """Run the pipeline into `out` and return the summary dict (also written as summary.json).
     `ray_settings` are further RayConfig fields (e.g. address, worker_start_timeout_s)."""
+    from ptycho_dist.cluster.session import ray_session
     from ptycho_dist.config import RayConfig
     from ptycho_dist.inference import reconstruct_distributed
-    from ptycho_dist.session import ray_session
-    from ptycho_dist.train import fit_distributed
-    from ptycho_dist.tune import run_sweep
+    from ptycho_dist.sweeps.sweep_config import sweep_config_from_dict
+    from ptycho_dist.sweeps.tuner import run_sweep
+    from ptycho_dist.training.driver import fit_distributed
     from ptycho_torch.data.simulate import simulate_to_file
-    from ptycho_torch.sweep_config import sweep_config_from_dict
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -83,31 +81,3 @@ def run_demo(out: Path, *, epochs: int = DEMO_EPOCHS, minutes: float | None = DE
     summary = write_summary(out, trained, swept, recon, timings)
     timings["summary_s"] = time.perf_counter() - t
     return summary
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    from ptycho_dist.flags import ray_overrides
-
-    ray = ray_overrides(args)
-    summary = run_demo(args.out, epochs=args.epochs, minutes=args.minutes or None, n_positions=args.n_positions,
-                       sweep_epochs=args.sweep_epochs, num_cpus=ray.pop("num_cpus", None), ray_settings=ray)
-    print(f"demo finished in {sum(summary['timings_s'].values()):.0f} s: {args.out / 'summary.md'}")
-    print(json.dumps(summary["metrics"], indent=1))
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`ptycho-dist demo`."""
-    from ptycho_dist.flags import add_ray_flags
-
-    p = subparsers.add_parser("demo", help="simulate, train on 2 Ray workers, sweep, reconstruct with Ray "
-                                           "Data, evaluate; writes summary.md")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.add_argument("--minutes", type=float, default=DEMO_MINUTES,
-                   help=f"training budget in minutes of wall clock; 0 = none (default: {DEMO_MINUTES:g})")
-    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
-                   help=f"training epochs at most (default: {DEMO_EPOCHS})")
-    p.add_argument("--n-positions", type=int, default=1000, help="scan positions (default: 1000)")
-    p.add_argument("--sweep-epochs", type=int, default=2, help="epochs per sweep trial (default: 2)")
-    add_ray_flags(p)
-    p.set_defaults(func=cmd_demo)
-    return p

@@ -9,7 +9,7 @@ Pipeline (one Ray Dataset, streamed; the driver never holds the patterns or the 
                .map_batches(BatchPredictor, ActorPoolStrategy(K))  model loaded once per actor;
                                                                    each batch -> network -> stitched
                                                                    patches -> partial canvases
-    driver     CanvasSum (ptycho_torch.stitching): partial canvases add up in any order, then
+    driver     CanvasSum (ptycho_torch.physics.stitching): partial canvases add up in any order, then
                object = sum(w*O) / sum(w) where sum(w) is large enough, and write_reconstruction
 
 Driver memory: the (H, W) canvas (12 bytes/pixel), O(M) positions and a few partial canvases; the
@@ -21,38 +21,37 @@ the actors by Ray Data; files must be readable from every node.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ptycho_dist.config import RayConfig
-from ptycho_dist.ingest import pattern_ids
+from ptycho_dist.training.ingest import pattern_ids
 from ptycho_torch.config import ConfigError
 from ptycho_torch.data.scan_files import scan_paths
-from ptycho_torch.outputs import writes_whole_dir
-from ptycho_torch.physics import normalization_factor
-from ptycho_torch.stitching import CanvasSum, stitch_weight
-from ptycho_torch.workflows.batch_predictor import (
+from ptycho_torch.model.bundle import load_bundle, resolve_bundle_path
+from ptycho_torch.physics.forward import normalization_factor
+from ptycho_torch.physics.stitching import CanvasSum, stitch_weight
+from ptycho_torch.reconstruction.batch_predictor import (
     BatchPredictor,
     RowReader,
     default_block_size,
     id_energies,
     read_ids,
 )
-from ptycho_torch.workflows.bundle import load_bundle, resolve_bundle_path
-from ptycho_torch.workflows.reconstruct import (
+from ptycho_torch.reconstruction.reconstruct import (
     PatchPredictor,
     ReconResult,
     scan_for_model,
     write_reconstruction,
 )
+from ptycho_torch.safe_output import writes_whole_dir
 
 log = logging.getLogger("ptycho_dist")
 
@@ -94,7 +93,7 @@ def reconstruct_distributed(
     bundle `model` on Ray Data into `out_dir`.
 
     Reads the files with the reading options the model was trained with (ReadOptions.from_config)
-    and writes the same files as the local `ptycho_torch.workflows.reconstruct.reconstruct` (object.npz,
+    and writes the same files as the local `ptycho_torch.reconstruction.reconstruct.reconstruct` (object.npz,
     PNGs, the products probe.npy / TIFFs / reconstruction.cxi, metrics.json when the scan has an
     objectGuess) with `write_reconstruction`, and returns the same ReconResult; the object
     equals the local one for the same files (up to float32 summation order). `validate` False trusts
@@ -103,7 +102,7 @@ def reconstruct_distributed(
     the old spelling of normalization 'scan'), and `grouping` the groups of gridsize > 1 (None = the
     bundle's inference.grouping).
     """
-    from ptycho_dist.scaling import actor_pool_size
+    from ptycho_dist.cluster.scaling import actor_pool_size
 
     bundle_path = resolve_bundle_path(model).resolve()
     bundle = load_bundle(bundle_path)
@@ -128,8 +127,8 @@ def reconstruct_distributed(
 
     import ray.data
 
-    from ptycho_dist.scaling import ClusterResources
-    from ptycho_dist.session import quiet_ray_data, ray_session
+    from ptycho_dist.cluster.scaling import ClusterResources
+    from ptycho_dist.cluster.session import quiet_ray_data, ray_session
 
     with ray_session(ray_config):
         quiet_ray_data(ray_config.verbose)
@@ -180,67 +179,3 @@ def reconstruct_distributed(
                                    fit_patterns=config.inference.fit_patterns)
     return ReconResult(Path(out_dir), obj, obj_weight, rate, written.get("metrics"), written.get("data_fit"),
                        photon_scale)
-
-
-# ------------------------------------------------------------------ CLI
-
-def cmd_reconstruct(args: argparse.Namespace) -> None:
-    from ptycho_dist.flags import ray_config_from_args
-    from ptycho_torch.outputs import check_output_dir
-
-    resolve_bundle_path(args.model)
-    check_output_dir(args.out, "--out")  # before Ray starts and anything is computed
-    result = reconstruct_distributed(
-        args.model, args.data, args.out, concurrency=args.concurrency, batch_size=args.batch_size,
-        num_gpus_per_actor=args.num_gpus_per_actor, num_cpus_per_actor=args.num_cpus_per_actor,
-        dtype=args.dtype, block_size=args.block_size, renormalize=args.renormalize,
-        probe=args.probe, normalization=args.normalization, grouping=args.grouping, validate=not args.no_validate,
-        ray_config=ray_config_from_args(args))
-    print("\n".join(result.summary_lines()))
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """The `reconstruct` command of `ptycho-dist`."""
-    from ptycho_dist.flags import add_ray_flags
-    from ptycho_torch.cli_args import add_probe_normalization_flags
-
-    p = subparsers.add_parser(
-        "reconstruct", help="reconstruct scan file(s) with a trained model on Ray Data",
-        description="Batch inference on Ray Data (model loaded once per actor) with streaming stitching; "
-                    "reads the files as the model's training data were read; writes object.npz, "
-                    "amplitude.png, phase.png, probe.npy, amplitude.tif, phase.tif, reconstruction.cxi and "
-                    "metrics.json (with a ground truth).")
-    p.add_argument("--model", required=True, type=Path,
-                   help="training run directory (holding model.pt) or the bundle file (required)")
-    p.add_argument("--data", required=True, nargs="+",
-                   help="scan file(s) (.npz/.h5/.hdf5) or quoted glob(s), positions in one object frame; "
-                        "the canvas is the union of the files' frames (required)")
-    p.add_argument("--out", required=True, type=Path, help="reconstruction directory (required)")
-    p.add_argument("--concurrency", type=_positive_int, default=None,
-                   help="number of inference actors (default: as many as the cluster's CPUs/GPUs fit)")
-    p.add_argument("--batch-size", "--inference-batch-size", dest="batch_size", type=_positive_int, default=None,
-                   help="patterns per network batch (default: the bundle's execution.inference_batch_size, "
-                        "else training.batch_size)")
-    p.add_argument("--num-gpus-per-actor", type=float, default=0.0,
-                   help="GPUs per actor; > 0 runs the network on CUDA, fractions share a GPU (default: 0)")
-    p.add_argument("--num-cpus-per-actor", type=float, default=1.0,
-                   help="CPUs per actor, also its torch threads (default: 1)")
-    p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="network dtype (default: the bundle's inference.dtype, normally float32)")
-    p.add_argument("--block-size", type=_positive_int, default=None,
-                   help="groups per read block (a group reads gridsize**2 patterns), several blocks per "
-                        "file (default: ~16 MiB of amplitudes, at least 4 blocks per actor)")
-    add_probe_normalization_flags(p)
-    p.add_argument("--no-validate", action="store_true",
-                   help="skip the driver's full pass over the patterns (NaN/Inf/negative checks); shapes, "
-                        "probe and positions are still checked (default: validate)")
-    add_ray_flags(p)
-    p.set_defaults(func=cmd_reconstruct)
-    return p

@@ -12,7 +12,11 @@ Keyword arguments mirror the command-line flags of `ptycho-torch` with '-' writt
 (`--batch-size 8` is `batch_size=8`, `--N 32` is `N=32`, `--inference-batch-size` is
 `inference_batch_size`); any config field is reachable as `overrides={"execution.accum_steps": 4}`.
 Errors a user can fix are `UserError`s (ConfigError, ScanValidationError) with a one-line message
-naming the argument and the fix, exactly as on the command line. Nothing here imports Ray.
+naming the argument (by its flag, `--out`) and the fix.
+
+This is the front door below the command line: `ptycho-torch` parses its flags and calls these
+functions (the one place where defaults < --config YAML < flags < a resumed run's config are applied
+and inputs are checked); they call the workflows. Nothing here imports the command line or Ray.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 
 from ptycho_torch.config import ConfigError, RunConfig, SimulationConfig, apply_overrides, load_run_config
-from ptycho_torch.data.contract import ScanData
+from ptycho_torch.data.scan import ScanData
 from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans
 from ptycho_torch.data.validation import ScanValidationError, check_arrays
 from ptycho_torch.errors import UserError
 
-__all__ = ["RunConfig", "SimulationConfig", "evaluate", "flag_keywords", "read_scan", "reconstruct", "run_config",
-           "scan_from_arrays", "simulate", "train"]
+__all__ = ["RunConfig", "SimulationConfig", "check_batch_size", "check_device", "data_path", "demo", "evaluate",
+           "flag_keywords", "read_scan", "reconstruct", "resolve_device", "run_config", "scan_from_arrays", "simulate",
+           "solve", "train"]
 
 ConfigLike = Union[RunConfig, Mapping[str, Any], str, Path, None]
 
@@ -37,9 +42,54 @@ ConfigLike = Union[RunConfig, Mapping[str, Any], str, Path, None]
 def flag_keywords() -> dict[str, str]:
     """The run-config flags of `ptycho-torch train` as Python keywords -> dotted fields
     (--batch-size -> batch_size -> training.batch_size, --no-progress-bar -> progress_bar=False)."""
-    from ptycho_torch.cli_args import ALIASES, BOOL_ALIASES
+    from ptycho_torch.config import BOOL_FLAG_FIELDS, FLAG_FIELDS
 
-    return {flag.lstrip("-").replace("-", "_"): dotted for flag, dotted in {**ALIASES, **BOOL_ALIASES}.items()}
+    return {flag.lstrip("-").replace("-", "_"): dotted for flag, dotted in {**FLAG_FIELDS, **BOOL_FLAG_FIELDS}.items()}
+
+
+def data_path(data: Any) -> str | list[str]:
+    """`data` (one or several paths or globs, as --data takes them) as the value of data.path."""
+    items = [str(d) for d in (data if isinstance(data, (list, tuple)) else [data])]
+    return items[0] if len(items) == 1 else items
+
+
+def check_device(device: str) -> str:
+    """A torch device string this machine has: 'cpu', 'cuda', 'cuda:N' (N < visible GPUs), 'mps'."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r}: not a torch device; use cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device!r}: no CUDA device is visible on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"--device {device!r}: only {count} CUDA device(s) are visible "
+                              f"(cuda:0 ... cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"--device {device!r}: MPS is not available on this machine; use --device cpu")
+    elif parsed.type != "cpu":
+        raise ConfigError(f"--device {device!r}: unsupported device type {parsed.type!r}; use cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when a CUDA device is visible, else 'cpu'; anything else checked by check_device."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(device)
+
+
+def check_batch_size(value: int | None, flag: str = "--inference-batch-size") -> None:
+    """Patterns per inference batch: None (the model's own) or >= 1."""
+    if value is not None and value < 1:
+        raise ConfigError(f"{flag}: got {value}; must be >= 1 (patterns per batch), or leave it out to use "
+                          "the model's execution.inference_batch_size")
 
 
 def dotted_overrides(flags: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
@@ -58,7 +108,7 @@ def dotted_overrides(flags: Mapping[str, Any], overrides: Mapping[str, Any] | No
 
 def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
                overrides: Mapping[str, Any] | None = None, base: RunConfig | None = None, **flags: Any) -> RunConfig:
-    """One RunConfig the way the command line builds it: `config` (a RunConfig, a dict of sections, or a
+    """The one resolver of a run's configuration (the command line's too): `config` (a RunConfig, a dict of sections, or a
     YAML file; it replaces `base`, e.g. a resumed run's config, as --config does) <- `overrides` (dotted
     fields) <- `flags`
     (keywords of the CLI flags, e.g. epochs=5, batch_size=8, N=32, learning_rate=3e-3, logger='csv'),
@@ -76,9 +126,7 @@ def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
                           f"{type(config).__name__}")
     dotted = dotted_overrides(flags, overrides)
     if data is not None:
-        from ptycho_torch.cli_args import data_path
-
-        dotted["data.path"] = data_path([str(d) for d in data] if isinstance(data, (list, tuple)) else str(data))
+        dotted["data.path"] = data_path(data)
     return apply_overrides(resolved, dotted)
 
 
@@ -108,25 +156,29 @@ def simulate(out: str | Path | None = None, *, config: SimulationConfig | None =
     ranges = {"defocus_range": defocus_range, "diameter_range_px": diameter_range, "nphotons_range": nphotons_range}
     if n_scans is not None:
         if out is None:
-            raise ConfigError("simulate: n_scans writes a folder of scans; give out=DIR")
+            raise ConfigError("simulate: --n-scans (n_scans) writes a folder of scans; give --out DIR")
         from ptycho_torch.data.corpus_simulation import corpus_settings, simulate_corpus
-        from ptycho_torch.outputs import check_output_dir, holds_files
+        from ptycho_torch.safe_output import check_output_dir, holds_files
 
-        if Path(out).suffix.lower() in (".npz", ".h5", ".hdf5"):
-            raise ConfigError(f"out {out}: n_scans writes a folder of scans; give a directory")
-        check_output_dir(out, "out")
-        if holds_files(Path(out)):
-            raise ConfigError(f"out {out}: already holds files; choose an empty or new directory")
-        return simulate_corpus(corpus_settings(sim, n_scans, **ranges), out, suffix=".npz")
+        out = Path(out)
+        if out.suffix.lower() in (".npz", ".h5", ".hdf5"):
+            raise ConfigError(f"--out {out}: --n-scans writes a folder of scans; give a directory, e.g. "
+                              f"{out.parent / 'corpus'}")
+        settings = corpus_settings(sim, n_scans, **ranges)
+        check_output_dir(out, "--out")
+        if holds_files(out):
+            raise ConfigError(f"--out {out}: already holds files; choose an empty or new directory (scans are never "
+                              "overwritten)")
+        return simulate_corpus(settings, out, suffix=".npz")
     if any(v is not None for v in ranges.values()):
-        raise ConfigError("simulate: defocus_range, diameter_range and nphotons_range vary the scans of a corpus; "
-                          "add n_scans=K")
+        raise ConfigError("--defocus-range, --diameter-range and --nphotons-range vary the scans of a corpus; "
+                          "add --n-scans K (or set --probe-defocus / --probe-diameter-px / --nphotons)")
     if out is not None:
-        from ptycho_torch.outputs import check_output_dir
+        from ptycho_torch.safe_output import check_output_dir
 
         if Path(out).is_dir():
-            raise ConfigError(f"out {out}: is a directory; give the scan file to write, e.g. {out}/scan.npz")
-        check_output_dir(Path(out).parent, "out (its folder)")
+            raise ConfigError(f"--out {out}: is a directory; give the scan file to write, e.g. {out}/scan.npz")
+        check_output_dir(Path(out).parent, "--out (its folder)")
         return simulate_to_file(sim, out, noise=noise)
     arrays = simulate_scan(sim, noise=noise)
     return ScanData(path=None, probe=arrays["probe"], xcoords=arrays["xcoords"], ycoords=arrays["ycoords"],
@@ -144,41 +196,45 @@ def read_scan(data: ScanPaths, *, validate: bool = True) -> Scan:
 # ------------------------------------------------------------------ train
 
 def train(data: ScanPaths | None = None, out: str | Path | None = None, *, config: ConfigLike = None,
-          resume: bool | str | Path = False, overwrite: bool = False, callbacks: Sequence[Any] = (),
-          overrides: Mapping[str, Any] | None = None, **flags: Any) -> Any:
+          resume: bool | str | Path = False, overwrite: bool = False, allow_other_data: bool = False,
+          callbacks: Sequence[Any] = (), overrides: Mapping[str, Any] | None = None, **flags: Any) -> Any:
     """Train on this machine (`ptycho-torch train`): `data` the scan (or data.path of `config`), `out`
     the run directory to create. `resume=True` continues `out` (or `resume=RUN_DIR` that run) from its
-    last checkpoint up to the configured epochs, its config.yaml under `config`/`flags`. `flags` are the
-    CLI's run flags as keywords (epochs, batch_size, N, gridsize, learning_rate, logger, seed, ...),
-    `overrides` any dotted config field; `callbacks` extra Lightning callbacks. Returns the
-    workflows.train.TrainResult (run_dir, bundle_path, metrics, history, seconds)."""
-    from ptycho_torch.workflows.train import train as train_run
+    last checkpoint up to the configured epochs, its config.yaml under `config`/`flags`
+    (`allow_other_data` lets it continue on other scan files). `flags` are the CLI's run flags as
+    keywords (epochs, batch_size, N, gridsize, learning_rate, logger, seed, ...), `overrides` any dotted
+    config field; `callbacks` extra Lightning callbacks. Returns the training.train.TrainResult (run_dir,
+    bundle_path, metrics, history, seconds)."""
+    from ptycho_torch.training.train import train as train_run
 
     base = None
-    if resume:
+    if resume is not False and resume is not None:
         run_dir = Path(out if resume is True else resume)  # type: ignore[arg-type]
         if resume is not True and out is not None and Path(out) != run_dir:
-            raise ConfigError("resume continues a run in its own directory; drop out (or pass resume=True)")
+            raise ConfigError("--resume continues a run in its own directory; drop --out (or pass resume=True "
+                              "with out=RUN_DIR)")
         if resume is True and out is None:
             raise ConfigError("resume=True continues the run in out; pass out=RUN_DIR (or resume=RUN_DIR)")
         if not (run_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} does not exist; resume takes "
-                                    "the directory of an earlier pt.train(..., out=RUN_DIR)")
+            raise FileNotFoundError(f"cannot resume: {run_dir / 'config.yaml'} does not exist; --resume takes "
+                                    "the directory of an earlier `ptycho-torch train --out RUN_DIR`")
         if overwrite:
-            raise ConfigError("overwrite starts a new run and resume continues one; give only one")
+            raise ConfigError("--overwrite starts a new run and --resume continues one; give only one")
         base = load_run_config(run_dir / "config.yaml")
     else:
         if out is None:
-            raise ConfigError("train needs out=RUN_DIR (the run directory to create), or resume=RUN_DIR")
+            raise ConfigError("train needs --out RUN_DIR (out=, the run directory to create), or --resume RUN_DIR")
         run_dir = Path(out)
-    from ptycho_torch.workflows.warm_start import resolve_with_warm_start
+    from ptycho_torch.training.warm_start import resolve_with_warm_start
 
     resolved = resolve_with_warm_start(
         lambda start: run_config(config, data, overrides=overrides, base=base if start is None else start, **flags),
         has_config=config is not None or base is not None)
     if not resolved.data.path:
-        raise ConfigError("train needs data=SCAN (a scan file, glob or list of files) or data.path in config")
-    return train_run(resolved, run_dir, resume=bool(resume), overwrite=overwrite, callbacks=callbacks)
+        raise ConfigError("train needs --data SCAN (data=: a scan file, glob or list of files) or data.path in the "
+                          "--config file")
+    return train_run(resolved, run_dir, resume=base is not None, overwrite=overwrite, callbacks=callbacks,
+                     allow_other_data=allow_other_data)
 
 
 # ------------------------------------------------------------------ reconstruct
@@ -219,10 +275,10 @@ def scan_from_arrays(diffraction: Any, positions: Any, probe: Any, object_guess:
                     metadata={"source": "in-memory arrays"}, diffraction=d)
 
 
-def _bundle(model: Any) -> Any:
+def model_source(model: Any) -> Any:
     """A run directory / bundle path as is; a LoadedBundle as is; anything holding a `bundle_path`
-    (a TrainResult of pt.train or ptycho_dist.train) as that path."""
-    from ptycho_torch.workflows.bundle import LoadedBundle
+    (a TrainResult of pt.train or ptycho_dist.training.driver) as that path."""
+    from ptycho_torch.model.bundle import LoadedBundle
 
     if isinstance(model, (str, Path, LoadedBundle)):
         return model
@@ -237,11 +293,11 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
                 inference_batch_size: int | None = None, device: str = "cpu", probe: Any = "auto",
                 normalization: str = "scan", renormalize: bool = False, align_phases: bool = False,
                 refine_seconds: float = 0.0, progress: bool | None = False, with_weight: bool = False,
-                grouping: str | None = None, refine_probe: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+                grouping: str | None = None, refine_probe: bool = False, full_result: bool = False) -> Any:
     """Reconstruct a scan with a trained model (`ptycho-torch reconstruct`) and return the object,
     (H, W) complex64 in the positions' pixel frame (object[y, x]); zero where no patch reached.
 
-    `model`: a run directory or model.pt, a loaded bundle (workflows.bundle.load_bundle) or a train
+    `model`: a run directory or model.pt, a loaded bundle (model.bundle.load_bundle) or a train
     result. The scan is either `data` (file(s)/glob, or a scan from pt.read_scan / pt.simulate) or the
     arrays `diffraction` (n, N, N) amplitudes or integer counts and `positions` (n, 2) (x, y) object
     pixels (with optional `object_guess` (H, W), see scan_from_arrays). Both give the same numbers for
@@ -254,17 +310,17 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     grouping ('cover',
     'every_pattern'; None = the model's inference.grouping). `with_weight` also
     returns the stitching weight (H, W) float32 (its support is the scanned region; pt.evaluate uses
-    it)."""
-    from ptycho_torch.cli import check_batch_size, check_device
-    from ptycho_torch.workflows.reconstruct import reconstruct as reconstruct_scan
+    it); `full_result` returns the whole ReconResult instead (object, weight, metrics, the files
+    written, `summary_lines()`: what the command prints)."""
+    from ptycho_torch.reconstruction.reconstruct import reconstruct as reconstruct_scan
 
-    check_batch_size(inference_batch_size, "inference_batch_size")
+    check_batch_size(inference_batch_size)
     check_device(device)
     if refine_seconds < 0:
-        raise UserError(f"refine_seconds must be >= 0 (0 = no refinement), got {refine_seconds:g}")
-    model = _bundle(model)
+        raise UserError(f"--refine-seconds must be >= 0 (0 = no refinement), got {refine_seconds:g}")
+    model = model_source(model)
     if isinstance(model, (str, Path)):
-        from ptycho_torch.workflows.bundle import resolve_bundle_path
+        from ptycho_torch.model.bundle import resolve_bundle_path
 
         resolve_bundle_path(model)
     arrays_given = diffraction is not None or positions is not None
@@ -275,7 +331,7 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     if arrays_given:
         if diffraction is None or positions is None:
             raise UserError("reconstruct: diffraction= (n, N, N) and positions= (n, 2) go together; give both")
-        from ptycho_torch.workflows.bundle import LoadedBundle, load_bundle
+        from ptycho_torch.model.bundle import LoadedBundle, load_bundle
 
         model = model if isinstance(model, LoadedBundle) else load_bundle(model)
         frames_probe = model.module.probe.detach().cpu().numpy() if isinstance(probe, str) else probe
@@ -285,14 +341,16 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
         raise UserError("reconstruct: object_guess and a probe array go with diffraction= and positions=; a scan "
                         "file carries its own objectGuess and probeGuess (probe= then picks 'auto', 'scan' or 'model')")
     if out is not None:
-        from ptycho_torch.outputs import check_output_dir
+        from ptycho_torch.safe_output import check_output_dir
 
-        check_output_dir(out, "out")
+        check_output_dir(out, "--out")
     result = reconstruct_scan(model, data, out, batch_size=inference_batch_size, device=device,
                               renormalize=renormalize, progress=progress, refine_seconds=refine_seconds,
                               refine_probe=refine_probe,
                               align_phases=align_phases, probe=probe, normalization=normalization,
                               grouping=grouping)
+    if full_result:
+        return result
     return (result.object, result.weight) if with_weight else result.object
 
 
@@ -308,8 +366,8 @@ def evaluate(recon: Any, truth: Any, *, weight: Any = None, out: str | Path | No
     the scanned region (without one, every pixel of an in-memory object counts). `truth`: a scan file
     with objectGuess, an object .npy/.npz, or an (H, W) complex array. Files are written only for a
     recon file (metrics.json next to it, or `out`) or when `out` is given."""
-    from ptycho_torch.metrics import evaluate_reconstruction
-    from ptycho_torch.workflows.evaluate import load_recon, load_truth, score
+    from ptycho_torch.evaluation.evaluate import load_recon, load_truth, score
+    from ptycho_torch.evaluation.metrics import evaluate_reconstruction
 
     if isinstance(recon, (str, Path)):
         path = Path(recon) / "object.npz" if Path(recon).is_dir() else Path(recon)
@@ -325,10 +383,12 @@ def evaluate(recon: Any, truth: Any, *, weight: Any = None, out: str | Path | No
     truth_arr = load_truth(truth_path) if truth_path is not None else np.asarray(truth, dtype=np.complex64)
     weight = None if weight is None else np.asarray(weight, dtype=np.float32)
     if path is not None or out is not None:
-        if out is not None:
-            from ptycho_torch.outputs import check_output_dir
+        from ptycho_torch.safe_output import check_output_dir
 
-            check_output_dir(Path(out).parent, "out (its folder)")
+        target = Path(out) if out is not None else path.parent / "metrics.json"  # type: ignore[union-attr]
+        if target.is_dir():
+            raise ConfigError(f"--out {target}: is a directory; give the metrics JSON file to write")
+        check_output_dir(target.parent, "--out (its folder)")
         label = path if path is not None else Path(out).parent / "object (in memory)"
         w = weight if weight is not None else np.ones(obj.shape, np.float32)
         return score(obj, w, truth_arr, label, truth_path, out, plane_fit)
@@ -338,25 +398,68 @@ def evaluate(recon: Any, truth: Any, *, weight: Any = None, out: str | Path | No
     return evaluate_reconstruction(obj, truth_arr, weight, plane_fit)
 
 
-def solve(data: ScanPaths | Scan, out: str | Path | None = None, *, seconds: float | None = 60.0,
+def solve(data: ScanPaths | Scan | None, out: str | Path | None = None, *, seconds: float | None = 60.0,
           epochs: int | None = None, probe: str = "file", modes: int = 1, positions: bool = False,
-          fixed_probe: bool = False, half_scan: bool = False, batch: int = 16, seed: int = 0, device: str = "cpu",
-          progress: bool | None = False) -> Any:
+          fixed_probe: bool = False, half_scan: bool = False, batch: int = 16, seed: int = 0, device: str = "auto",
+          progress: bool | None = False, fit_patterns: int | None = None, config: ConfigLike = None,
+          overrides: Mapping[str, Any] | None = None) -> Any:
     """Reconstruct object and probe iteratively (`ptycho-torch solve`): no model, the first answer on
     a measured scan, the probe to train with, the resolution by half-scan FRC.
 
-    `data`: scan file(s)/glob or a scan (pt.read_scan / pt.simulate). Runs `seconds` of wall clock or
-    `epochs` passes (the first reached). `probe` 'file' (the scan's) or 'estimate' (from the data);
-    `modes` incoherent probe modes; `positions` corrects the scan positions; `fixed_probe` keeps the
-    starting probe; `half_scan` adds the half-scan FRC. With `out` the products are written as on the
-    command line. Returns a workflows.solve.SolveResult: .object (H, W) complex64, .probe (K, N, N)
+    `data`: scan file(s)/glob or a scan (pt.read_scan / pt.simulate); None = data.path of `config`.
+    How files are read is the data section of `config` (a run YAML, RunConfig or dict) and
+    `overrides` ({"data.probe": ..., "model.N": 64}), as for training. Runs `seconds` of wall clock
+    (None or 0 = no limit) or `epochs` passes (the first reached). `probe` 'file' (the scan's) or
+    'estimate' (from the data); `modes` incoherent probe modes; `positions` corrects the scan
+    positions; `fixed_probe` keeps the starting probe; `half_scan` adds the half-scan FRC; `device`
+    'auto' (a GPU when there is one), 'cpu', 'cuda:0'; `fit_patterns` patterns the data fit reads
+    (0 = none; default 2048 when `out` is given, else 0). With `out` the products are written as on the
+    command line. Returns a reconstruction.solve.SolveResult: .object (H, W) complex64, .probe (K, N, N)
     complex64 in photon units, .weight, .positions, .data_fit, .resolution, .metrics (with a truth)."""
-    from ptycho_torch.solver.engine import SolverOptions
-    from ptycho_torch.workflows.solve import solve_scan
+    from dataclasses import replace
 
+    from ptycho_torch.data.beamline import ReadOptions
+    from ptycho_torch.reconstruction.solve import solve_scan
+    from ptycho_torch.reconstruction.solver.engine import SolverOptions
+
+    device = resolve_device(device)
+    if out is not None:
+        from ptycho_torch.safe_output import check_output_dir
+
+        check_output_dir(out, "--out")
+    read = None
+    if data is None or isinstance(data, (str, Path, list, tuple)):
+        run = run_config(config, data, overrides=overrides)
+        if not run.data.path:
+            raise ConfigError("solve needs --data SCAN (data=: a scan file, glob or list of files)")
+        data = run.data.path
+        read = replace(ReadOptions.from_config(run), probe_optional=probe == "estimate")
+    elif config is not None or overrides:
+        raise ConfigError("solve: config and overrides say how scan files are read; a scan already read "
+                          "(pt.read_scan) carries its own settings")
     try:
         options = SolverOptions(modes=modes, positions=positions, refine_probe=not fixed_probe, batch=batch, seed=seed)
     except ValueError as e:
-        raise UserError(str(e)) from None
-    return solve_scan(data, out, seconds=seconds, epochs=epochs, probe=probe, options=options, device=device,
-                      progress=progress, half_scan=half_scan, fit_patterns=2048 if out is not None else 0)
+        raise ConfigError(str(e).replace("solver.", "--").replace("_", "-")) from None
+    if fit_patterns is None:
+        fit_patterns = 2048 if out is not None else 0
+    return solve_scan(data, out, seconds=seconds or None, epochs=epochs, probe=probe, options=options,
+                      read_options=read, device=device, progress=progress, half_scan=half_scan,
+                      fit_patterns=fit_patterns)
+
+
+def demo(out: str | Path, *, epochs: int | None = None, n_positions: int = 1000, minutes: float | None = None
+         ) -> Any:
+    """The demo (`ptycho-torch demo`): simulate, train, reconstruct and evaluate into `out` (a new or
+    empty directory) within `minutes` of training (None = the demo's default budget, 0 = none) or
+    `epochs`; returns the summary."""
+    from ptycho_torch.demo import DEMO_EPOCHS, DEMO_MINUTES, run_demo
+    from ptycho_torch.safe_output import check_output_dir, holds_files
+
+    check_output_dir(out, "--out")
+    if holds_files(Path(out) / "run"):
+        raise ConfigError(f"--out {out}: already holds a demo run ({Path(out) / 'run'}); choose another "
+                          "--out (or move that one away): trained runs are never overwritten")
+    minutes = DEMO_MINUTES if minutes is None else minutes
+    return run_demo(Path(out), epochs=DEMO_EPOCHS if epochs is None else epochs, n_positions=n_positions,
+                    minutes=minutes or None)

@@ -14,6 +14,10 @@ class UserError(ValueError):
     """A problem the user can fix; the message says what was expected, what was found, and the fix."""
 
 
+class ConfigError(UserError):
+    """A configuration value is wrong; the message names the field and the fix."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, FloatingPointError, OSError)
 
 

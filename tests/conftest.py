@@ -51,7 +51,7 @@ def ray_local(request):
 
     import ray
 
-    from ptycho_dist.session import (
+    from ptycho_dist.cluster.session import (
         LOOPBACK,
         free_loopback_port,
         gcs_server_port,
@@ -82,7 +82,7 @@ def two_nodes():
     import ray
     from ray.cluster_utils import Cluster
 
-    from ptycho_dist.session import runtime_env_naming_cluster
+    from ptycho_dist.cluster.session import runtime_env_naming_cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import torch
 
-from ptycho_torch.physics import extract_patches
-from ptycho_torch.stitching import align_phases
+from ptycho_torch.physics.forward import extract_patches
+from ptycho_torch.physics.stitching import align_phases
 
 
 def _phase_spread(patches: torch.Tensor, truth: torch.Tensor) -> float:
@@ -33,8 +33,8 @@ def test_random_patch_phases_are_undone():
 def test_reconstruct_align_phases_flag(tiny_scan, tmp_path):
     from conftest import tiny_config
 
-    from ptycho_torch.cli import main
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.cli.main import main
+    from ptycho_torch.training.train import train
 
     trained_g2 = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "training.nepochs": 1}), tmp_path / "g2").run_dir
     out = tmp_path / "recon"

@@ -68,7 +68,7 @@ def test_reconstruct_from_arrays_equals_the_file_path(run, tiny_scan, arrays, tm
     # integer photon counts (the simulation's Poisson counts) give the same object, as does a
     # bundle loaded once and a train result; without object_guess the canvas is the scan's extent
     counts = np.rint(arrays["diffraction"].astype(np.float64) ** 2).astype(np.uint16)
-    from ptycho_torch.workflows.bundle import load_bundle
+    from ptycho_torch.model.bundle import load_bundle
 
     for model in (load_bundle(run.run_dir), run):
         again = pt.reconstruct(model, diffraction=counts, positions=positions, object_guess=arrays["objectGuess"])
@@ -108,7 +108,7 @@ def test_bad_arguments_are_one_clear_error(run, arrays):
         pt.reconstruct(42, diffraction=d, positions=positions)
     with pytest.raises(FileNotFoundError, match="no model bundle"):
         pt.reconstruct("no_such_run", diffraction=d, positions=positions)
-    with pytest.raises(ConfigError, match="inference_batch_size: got 0"):
+    with pytest.raises(ConfigError, match="--inference-batch-size: got 0"):
         pt.reconstruct(run, diffraction=d, positions=positions, inference_batch_size=0)
     with pytest.raises(ConfigError, match="simulation: unknown field.*n_position"):
         pt.simulate(n_position=10)
@@ -139,7 +139,7 @@ def test_train_resume_and_config_forms(tiny_scan, tmp_path):
     assert resumed.epochs_completed == 2 and [row["epoch"] for row in resumed.history] == [0.0, 1.0]
     with pytest.raises(FileNotFoundError, match="cannot resume"):
         pt.train(resume=tmp_path / "nothing")
-    with pytest.raises(ConfigError, match="train needs out=RUN_DIR"):
+    with pytest.raises(ConfigError, match="train needs --out RUN_DIR"):
         pt.train(tiny_scan)
 
 
@@ -148,5 +148,5 @@ def test_simulate_a_corpus(tmp_path):
     assert [p.name for p in paths] == ["scan_000.npz", "scan_001.npz"]
     energies = [pt.read_scan(p).mean_energy() for p in paths]
     assert energies[1] > 10 * energies[0]  # the doses spread over the range
-    with pytest.raises(ConfigError, match="add n_scans=K"):
+    with pytest.raises(ConfigError, match="add --n-scans K"):
         pt.simulate(tmp_path / "x.npz", nphotons_range=(1e4, 1e6))

@@ -18,7 +18,7 @@ TINY = {"N": 32, "epochs": 1, "batch_size": 16, "progress_bar": False, "override
 
 
 def test_train_reconstruct_and_tune_over_ray(ray_local, tiny_scan, tmp_path):
-    from ptycho_dist.train import fit_distributed  # the module stays importable next to pd.train
+    from ptycho_dist.training.driver import fit_distributed  # the module stays importable next to pd.train
 
     assert callable(fit_distributed) and callable(pd.train) and callable(pd.tune)
     run = pd.train(tiny_scan, tmp_path / "runs" / "one", address=ray_local, **TINY)

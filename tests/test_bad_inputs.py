@@ -387,7 +387,7 @@ def run_case(case: Case, root: Path, scan: Path) -> tuple[int, str, Workspace]:
     import io
 
     from ptycho_dist.cli import main as dist_main
-    from ptycho_torch.cli import main as torch_main
+    from ptycho_torch.cli.main import main as torch_main
 
     w = Workspace(root, scan)
     ENV_FOR_CASE.clear()

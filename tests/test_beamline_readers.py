@@ -263,7 +263,7 @@ def test_plots_get_physical_axes():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ptycho_torch.plots import _show, physical_unit
+    from ptycho_torch.evaluation.plots import _show, physical_unit
 
     assert physical_unit(5e-6) == ("\u00b5m", 1e-6) and physical_unit(5e-7) == ("nm", 1e-9)
     fig, ax = plt.subplots()

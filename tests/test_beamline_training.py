@@ -30,7 +30,7 @@ from conftest import simulate, tiny_config
 from ptycho_torch.data.contract import read_scan
 from ptycho_torch.data.detector import EV_J, LIGHT_M_S, PLANCK_J_S
 from ptycho_torch.data.validation import ScanValidationError
-from ptycho_torch.physics import poisson_nll
+from ptycho_torch.physics.forward import poisson_nll
 
 N = 32
 LAMBDA_Z_OVER_N_DELTA = PLANCK_J_S * LIGHT_M_S / (ENERGY_EV * EV_J) * DISTANCE_M / (N * DET_PIXEL_M)
@@ -57,8 +57,8 @@ def _beamline_file(kind, tmp_path, truth):
 def test_train_and_reconstruct_a_beamline_file(tmp_path, truth, kind):
     import tifffile
 
-    from ptycho_torch.workflows.reconstruct import reconstruct
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
+    from ptycho_torch.training.train import train
 
     data, overrides = _beamline_file(kind, tmp_path, truth)
     config = tiny_config(data, **{"training.nepochs": 1, "execution.logger_backend": "none",
@@ -94,7 +94,7 @@ def test_train_and_reconstruct_a_beamline_file(tmp_path, truth, kind):
 
 
 def test_cli_trains_an_hdf5_file_addressed_by_dataset_paths(tmp_path, truth):
-    from ptycho_torch.cli import main
+    from ptycho_torch.cli.main import main
 
     data, _ = _beamline_file("hdf5", tmp_path, truth)
     datasets = json.dumps(ADHOC_DATASETS)
@@ -145,7 +145,7 @@ def test_a_mask_reaches_the_training_batches(tmp_path, truth):
 
 def test_larger_frames_train_cropped_to_N(tmp_path, truth):
     from ptycho_torch.config import ConfigError
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.training.train import train
 
     counts = detector_frames(truth.diffraction_block(0, truth.n_patterns), frame=48, corner=(8, 8))
     path = str(write_cxi(tmp_path / "big.cxi", counts, metres(truth.xcoords, truth.ycoords, N), truth.probe[0]))

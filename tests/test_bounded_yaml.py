@@ -1,4 +1,4 @@
-"""YAML is read with bounded expansion: aliases, recursion and depth (ptycho_torch.bounded_yaml)."""
+"""YAML is read with bounded expansion: aliases, recursion and depth (ptycho_torch.config.bounded_yaml)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from test_bad_inputs import ALIAS_BOMB
 
-from ptycho_torch.bounded_yaml import BoundExceeded, expanded_size, load_bounded
+from ptycho_torch.config.bounded_yaml import BoundExceeded, expanded_size, load_bounded
 from ptycho_torch.errors import clipped
 
 

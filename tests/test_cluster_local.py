@@ -146,7 +146,7 @@ def test_local_cluster_end_to_end(tmp_path: Path, tiny_scan: Path) -> None:
         assert bundle.is_file(), sorted(p.name for p in (storage / "e2e").iterdir())
         assert list((storage / "e2e").glob("checkpoint_*/checkpoint.ckpt"))
 
-        from ptycho_torch.workflows.reconstruct import reconstruct
+        from ptycho_torch.reconstruction.reconstruct import reconstruct
 
         recon = reconstruct(storage / "e2e", tiny_scan, tmp_path / "recon")
         assert (recon.out_dir / "object.npz").is_file()

@@ -112,7 +112,7 @@ def _parser(program: str) -> argparse.ArgumentParser:
     if program == "ptycho-dist":
         from ptycho_dist.cli import build_parser
     else:
-        from ptycho_torch.cli import build_parser
+        from ptycho_torch.cli.main import build_parser
     return build_parser()
 
 
@@ -151,17 +151,19 @@ def test_command_is_accepted_by_the_real_cli(source: str, words: list[str]) -> N
     if command == "train":  # values too: resolve the run config as the command would
         args.config = _local(args.config, "run.yaml")
         if program == "ptycho-dist":
-            from ptycho_dist.train_cli import resolve_dist_configs
+            from ptycho_dist.api import resolve_run
+            from ptycho_dist.cli.train import run_keywords
 
             args.resume = None  # resuming reads the stored run; the other flags are still checked
-            resolve_dist_configs(args)
+            resolve_run(**run_keywords(args))
         else:
-            from ptycho_torch.cli_args import resolve_run_config
+            from ptycho_torch.api import run_config
+            from ptycho_torch.cli.flags import cli_overrides
 
-            resolve_run_config(args)
+            run_config(args.config, args.data, overrides=cli_overrides(args))
     if command == "tune":
+        from ptycho_dist.sweeps.sweep_config import load_sweep_config
         from ptycho_torch.config import load_run_config
-        from ptycho_torch.sweep_config import load_sweep_config
 
         sweep = _local(getattr(args, "sweep", None), "sweep.yaml")
         if sweep is not None:
@@ -213,7 +215,7 @@ def test_runtime_env_upload_leaves_out_venv_data_and_runs() -> None:
     _dir_travel(REPO, [_get_excludes(REPO, env["excludes"])],
                 lambda p: files.append(p) if p.is_file() else None, include_gitignore=True)
     rel = [p.relative_to(REPO) for p in files]
-    assert Path("ptycho_dist/cli.py") in rel and Path("cluster/runtime_env.yaml") in rel
+    assert Path("ptycho_dist/cli/__init__.py") in rel and Path("cluster/runtime_env.yaml") in rel
     bad = [p for p in rel if p.parts[0] in (".venv", ".git") or p.suffix in (".npz", ".h5", ".pt", ".ckpt")
            or "__pycache__" in p.parts or "auth_token" in p.name]
     assert not bad, f"would upload {bad[:5]}"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ptycho_torch import physics
 from ptycho_torch.data.contract import ScanData, ScanValidationError, read_scan, validate_scan, write_scan
+from ptycho_torch.physics import forward as physics
 
 N = 16
 M = 12

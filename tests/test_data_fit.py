@@ -1,4 +1,4 @@
-"""The data fit of a reconstruction (ptycho_torch.data_fit): deviance / counting-noise floor."""
+"""The data fit of a reconstruction (ptycho_torch.evaluation.data_fit): deviance / counting-noise floor."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from conftest import simulate, tiny_config
 
 from ptycho_torch.config import ConfigError, InferenceConfig, apply_overrides
 from ptycho_torch.data.scan_files import read_scans
-from ptycho_torch.data_fit import data_fit, expected_deviance, fit_indices
-from ptycho_torch.truth import truth_loss
-from ptycho_torch.workflows.reconstruct import reconstruct
-from ptycho_torch.workflows.train import train
+from ptycho_torch.evaluation.data_fit import data_fit, expected_deviance, fit_indices
+from ptycho_torch.evaluation.truth_loss import truth_loss
+from ptycho_torch.reconstruction.reconstruct import reconstruct
+from ptycho_torch.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_large_scans_are_fitted_on_patterns_spread_through_them():
 
 
 def test_reconstruct_records_the_fit_and_refinement_lowers_it(scans, bundle, tmp_path, capsys):
-    from ptycho_torch.cli import main
+    from ptycho_torch.cli.main import main
 
     out = tmp_path / "rec"
     assert main(["reconstruct", "--model", str(bundle.parent), "--data", str(scans[1e6]), "--out", str(out),
@@ -101,7 +101,7 @@ def test_reconstruct_records_the_fit_and_refinement_lowers_it(scans, bundle, tmp
 
 
 def test_fit_patterns_zero_measures_nothing_and_negative_is_refused(scans, bundle, tmp_path):
-    from ptycho_torch.workflows.bundle import load_bundle
+    from ptycho_torch.model.bundle import load_bundle
 
     loaded = load_bundle(bundle)
     loaded.config = apply_overrides(loaded.config, {"inference.fit_patterns": 0})

@@ -36,7 +36,7 @@ CHECKS = r'''
 import json, sys, time
 import ray
 from ptycho_dist.config import RayConfig
-from ptycho_dist.scaling import autoscaler_running, plan_for_cluster, release_autoscaler_request
+from ptycho_dist.cluster.scaling import autoscaler_running, plan_for_cluster, release_autoscaler_request
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig
 
 for _ in range(90):
@@ -82,7 +82,7 @@ def _free_ports(n: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def fake_cluster(tmp_path_factory):
-    from ray._private.services import get_node_ip_address
+    from ray.util import get_node_ip_address
 
     root = tmp_path_factory.mktemp("autoscaling")
     temp_root = Path(tempfile.mkdtemp(prefix="pdcauto.", dir="/tmp"))  # short: Ray's socket paths

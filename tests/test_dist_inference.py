@@ -14,27 +14,28 @@ import pytest
 import torch
 from conftest import simulate, tiny_config
 
-from ptycho_dist.inference import add_parser, reconstruct_distributed
+from ptycho_dist.cli.reconstruct import add_parser
+from ptycho_dist.inference import reconstruct_distributed
 from ptycho_torch.config import ConfigError, apply_overrides
 from ptycho_torch.data.contract import ScanValidationError, read_scan, write_scan
 from ptycho_torch.data.dataset import GroupDataset
 from ptycho_torch.data.scan_files import read_scans
 from ptycho_torch.errors import UserError
-from ptycho_torch.stitching import (
+from ptycho_torch.physics.stitching import (
     CanvasSum,
     StitchAccumulator,
     compact_subsets,
     partial_canvas,
     stitch_weight,
 )
-from ptycho_torch.workflows.batch_predictor import BatchPredictor, RowReader
-from ptycho_torch.workflows.reconstruct import (
+from ptycho_torch.reconstruction.batch_predictor import BatchPredictor, RowReader
+from ptycho_torch.reconstruction.reconstruct import (
     PatchPredictor,
     inference_groups,
     inference_loader,
     reconstruct,
 )
-from ptycho_torch.workflows.train import train
+from ptycho_torch.training.train import train
 
 pytestmark = pytest.mark.ray
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from conftest import tiny_config
 
+from ptycho_dist.cluster.scaling import ClusterResources, plan_scaling
 from ptycho_dist.config import RayConfig
-from ptycho_dist.scaling import ClusterResources, plan_scaling
-from ptycho_dist.train import fit_distributed
+from ptycho_dist.training.driver import fit_distributed
 from ptycho_torch.config import ConfigError
 
 pytestmark = pytest.mark.ray

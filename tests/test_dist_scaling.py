@@ -1,4 +1,4 @@
-"""ptycho_dist.scaling and `ptycho-dist train` flag handling, without starting Ray: the mapping from the
+"""ptycho_dist.cluster.scaling and `ptycho-dist train` flag handling, without starting Ray: the mapping from the
 execution config to Ray Train configs, and every bad request failing with one clear message."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 import yaml
 from conftest import tiny_config
 
-from ptycho_dist.config import RayConfig
-from ptycho_dist.flags import RAY_FLAGS
-from ptycho_dist.run_files import read_run_file, write_run_file
-from ptycho_dist.scaling import (
+from ptycho_dist.api import resolve_run
+from ptycho_dist.cli.train import run_keywords
+from ptycho_dist.cluster.run_files import read_run_file, write_run_file
+from ptycho_dist.cluster.scaling import (
     POLL_INTERVAL_ENV,
     START_TIMEOUT_ENV,
     ClusterResources,
@@ -30,10 +30,10 @@ from ptycho_dist.scaling import (
     storage_path,
     strategy_class,
 )
-from ptycho_dist.train import _user_error
-from ptycho_dist.train_cli import load_dist_config, resolve_dist_configs
+from ptycho_dist.config import RAY_FLAGS, RayConfig, load_dist_config
+from ptycho_dist.training.driver import _user_error
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig, load_run_config
-from ptycho_torch.workflows.launcher import state_checksum
+from ptycho_torch.training.launcher import state_checksum
 
 CPU4 = ClusterResources.single_node(4)
 
@@ -208,7 +208,7 @@ def test_ray_section_in_yaml_precedence_and_out(tmp_path, tiny_scan):
 
     args = _parse(["--config", str(cfg), "--data", str(tiny_scan), "--max-failures", "1", "--epochs", "3",
                    "--out", str(tmp_path / "runs" / "mine")])
-    config, ray_config, resume = resolve_dist_configs(args)
+    config, ray_config, resume = resolve_run(**run_keywords(args))
     assert not resume and config.training.nepochs == 3 and config.execution.devices == 2
     assert (ray_config.max_failures, ray_config.cpus_per_worker) == (1, 2.0)
     assert (ray_config.storage_path, ray_config.name) == (str(tmp_path / "runs"), "mine")
@@ -242,24 +242,32 @@ def test_bad_ray_section_names_the_file_and_field(tmp_path):
     assert isinstance(RunConfig.from_dict({}), RunConfig)
 
 
-def test_benign_ray_lines_are_dropped_on_the_driver_and_others_kept(capsys, monkeypatch):
-    """The filter wraps the function through which Ray prints worker logs and raylet warnings."""
-    from ray._private import worker
+def test_benign_ray_lines_are_dropped_on_the_driver_and_others_kept(capsys):
+    """While a session is open the driver's sys.stdout/sys.stderr drop the lines Ray forwards that are
+    benign and keep the rest; Ray prints them as `print(line, file=sys.stderr)` (worker logs, raylet
+    warnings), which is what this test does; afterwards the streams are the ones from before."""
+    import sys
 
-    from ptycho_dist.session import BENIGN_RAY_LINES, filter_benign_ray_lines
+    from ptycho_dist.cluster.session import BENIGN_RAY_LINES, BenignLineFilter, filter_benign_ray_lines
 
-    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # restored afterwards
-    monkeypatch.setattr(worker, "_worker_logs_enabled", True)
-    assert filter_benign_ray_lines() and filter_benign_ray_lines()  # idempotent: wrapped once
+    before = (sys.stdout, sys.stderr)
     noise = f"[2026-11-29 E 1 2] core_worker.cc:2465: Actor ... {BENIGN_RAY_LINES[0]}. See ..."
-    worker.print_to_stdstream({"lines": [noise, "epoch 1/3 val_loss=1.0"], "pid": 1, "is_err": True},
-                              ignore_prefix=False)
-    worker.print_to_stdstream({"lines": [f"WARNING: 8 {BENIGN_RAY_LINES[1]}: abc"], "pid": "raylet",
-                               "is_err": False}, ignore_prefix=False)
-    worker.print_to_stdstream({"lines": ["Traceback (most recent call last):"], "pid": 2, "is_err": True},
-                              ignore_prefix=False)
+    with filter_benign_ray_lines():
+        assert isinstance(sys.stdout, BenignLineFilter) and isinstance(sys.stderr, BenignLineFilter)
+        with filter_benign_ray_lines():  # nested: not wrapped twice
+            assert not isinstance(sys.stderr.stream, BenignLineFilter)
+        print(f"\x1b[36m(pid=1)\x1b[0m {noise}", file=sys.stderr)
+        print("\x1b[36m(pid=1)\x1b[0m epoch 1/3 val_loss=1.0", file=sys.stderr)
+        print(f"\x1b[33m(raylet)\x1b[0m WARNING: 8 {BENIGN_RAY_LINES[1]}: abc")
+        print("\x1b[36m(pid=2)\x1b[0m Traceback (most recent call last):", file=sys.stderr)
+        sys.stderr.write(f"a\n{noise} [repeated 3x across cluster]\nb\n")  # several lines in one write
+        sys.stderr.write("\rprogress 50%")  # no newline: passed on at once
+        assert sys.stderr.write("x") == 1 and sys.stderr.isatty() == before[1].isatty()
+    assert (sys.stdout, sys.stderr) == before
     out, err = capsys.readouterr()
+    assert err.count("\n") == 4, repr(err)  # the two kept lines and a, b: no blank line left behind
     assert "epoch 1/3 val_loss=1.0" in err and "Traceback (most recent call last):" in err
+    assert "a\nb\n\rprogress 50%x" in err and out == ""
     assert not any(b in out + err for b in BENIGN_RAY_LINES)
 
 
@@ -268,7 +276,7 @@ def test_embedded_ray_is_a_new_local_one_even_beside_a_running_cluster(monkeypat
     num_cpus); the embedded Ray asks for address='local', an address given is used as is."""
     import ray
 
-    from ptycho_dist import session
+    from ptycho_dist.cluster import session
 
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

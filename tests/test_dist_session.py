@@ -39,7 +39,7 @@ def test_a_stale_address_fails_fast_naming_its_source(how, tiny_scan, tmp_path, 
 
 
 def test_an_address_that_is_no_address_is_one_line():
-    from ptycho_dist.session import check_address_answers
+    from ptycho_dist.cluster.session import check_address_answers
     from ptycho_torch.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"--address \(ray.address\) 'my-cluster': not a Ray address; give host:port"):
@@ -69,8 +69,8 @@ def test_the_embedded_ray_listens_on_loopback_only(monkeypatch):
 
     import ray
 
+    from ptycho_dist.cluster.session import LOCAL_ONLY_ENV, ray_session
     from ptycho_dist.config import RayConfig
-    from ptycho_dist.session import LOCAL_ONLY_ENV, ray_session
 
     psutil = pytest.importorskip("psutil")  # bundled with Ray (importable once ray is)
     if ray.is_initialized():
@@ -111,8 +111,8 @@ def test_workers_find_their_own_cluster_while_a_newer_one_runs_on_the_machine(mo
 
     import ray
 
+    from ptycho_dist.cluster.session import ray_session
     from ptycho_dist.config import RayConfig
-    from ptycho_dist.session import ray_session
 
     if ray.is_initialized():
         pytest.skip("a Ray of this process is already running")
@@ -149,7 +149,7 @@ def test_resume_cleans_checkpoint_directories_ray_never_registered(tmp_path):
     """Each SIGTERM of a Ray run left one unregistered checkpoint_* directory, never cleaned."""
     import json
 
-    from ptycho_dist.run_files import SNAPSHOT_FILE, clean_unregistered_checkpoints
+    from ptycho_dist.cluster.run_files import SNAPSHOT_FILE, clean_unregistered_checkpoints
 
     run = tmp_path / "run"
     names = ["checkpoint_2026-01-01_00-00-01.0", "checkpoint_2026-01-01_00-00-02.0", "checkpoint_2026-01-01_00-00-03.0"]

@@ -18,16 +18,17 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from conftest import tiny_config
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_dist.config import RayConfig
-from ptycho_dist.train import fit_distributed
+from ptycho_dist.training.driver import fit_distributed
 from ptycho_torch.config import ConfigError
-from ptycho_torch.workflows.bundle import load_bundle
-from ptycho_torch.workflows.launcher import state_checksum
-from ptycho_torch.workflows.reconstruct import reconstruct
-from ptycho_torch.workflows.train import train
+from ptycho_torch.model.bundle import load_bundle
+from ptycho_torch.reconstruction.reconstruct import reconstruct
+from ptycho_torch.training.launcher import state_checksum
+from ptycho_torch.training.train import train
 
 pytestmark = pytest.mark.ray
 
@@ -54,6 +55,8 @@ def test_two_worker_ddp_converges_with_identical_replicas(ddp_run, small_scan, t
     for name in ("config.yaml", "ray.yaml", "model.pt", "manifest.json", "metrics.json", "loss.png"):
         assert (run / name).is_file(), name
     assert state_checksum(load_bundle(run).module) == r.replica_checksums[0]  # the bundle = trained weights
+    scaling = yaml.safe_load((run / "ray.yaml").read_text())["scaling"]  # what Ray made of execution.devices
+    assert (scaling["workers"], scaling["trainer_devices_per_worker"], scaling["strategy"]) == (2, 1, "ddp")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["ray"]["replica_checksums"] == r.replica_checksums
     assert r.ray_result.error is None and r.ray_result.checkpoint is not None
@@ -144,7 +147,7 @@ def test_cli_driver_sigterm_mid_run_then_resume_by_name(ray_local, small_scan, t
     not from epoch 0, and `ptycho-torch reconstruct` reads the finished run. The embedded Ray's token
     file is private (0600)."""
     from ptycho_dist.cli import main as dist_main
-    from ptycho_torch.cli import main as torch_main
+    from ptycho_torch.cli.main import main as torch_main
 
     run = tmp_path / "runs" / "cli"
     home = tmp_path / "home"
@@ -202,15 +205,15 @@ def test_a_ray_run_that_is_training_cannot_be_resumed_by_a_second_driver(small_s
     (an unregistered checkpoint directory, config.yaml) is touched."""
     import yaml
 
-    from ptycho_dist.run_files import CONFIG_FILE
-    from ptycho_torch.outputs import LOCK_FILE
+    from ptycho_dist.cluster.run_files import CONFIG_FILE
+    from ptycho_torch.safe_output import LOCK_FILE
 
     run = tmp_path / "busy"
     run.mkdir()
     (run / CONFIG_FILE).write_text(yaml.safe_dump(tiny_config(small_scan).to_dict()))
     in_progress = run / "checkpoint_2026-01-01_00-00-00.000000"
     in_progress.mkdir()  # what a training driver is writing now, not yet registered
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from ptycho_torch.outputs import hold_run_lock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from ptycho_torch.safe_output import hold_run_lock; "
                                "hold_run_lock(sys.argv[1], '--name'); print('held', flush=True); sys.stdin.read()",
                                str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

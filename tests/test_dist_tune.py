@@ -27,12 +27,12 @@ import pytest
 import yaml
 from conftest import simulate, tiny_config
 
-from ptycho_dist.tune import run_sweep
+from ptycho_dist.sweeps.results import BEST_CONFIG, TRIALS_CSV, TRIALS_PNG
+from ptycho_dist.sweeps.sweep_config import sweep_config_from_dict
+from ptycho_dist.sweeps.tuner import run_sweep
 from ptycho_torch.config import apply_overrides, load_run_config
-from ptycho_torch.sweep_config import sweep_config_from_dict
-from ptycho_torch.sweep_results import BEST_CONFIG, TRIALS_CSV, TRIALS_PNG
-from ptycho_torch.workflows.bundle import load_bundle
-from ptycho_torch.workflows.train import train
+from ptycho_torch.model.bundle import load_bundle
+from ptycho_torch.training.train import train
 
 pytestmark = pytest.mark.ray
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from ptycho_torch.cli import run_cli
+from ptycho_torch.cli.main import run_cli
 from ptycho_torch.config import ConfigError
 from ptycho_torch.data.validation import ScanValidationError
 from ptycho_torch.errors import UserError

@@ -34,12 +34,13 @@ def test_example_header_says_how_to_run_it(path):
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_example_resolves_like_ptycho_dist_train(path):
     """`ptycho-dist train --config FILE --data ... --out ...` accepts every example."""
+    from ptycho_dist.api import resolve_run
     from ptycho_dist.cli import build_parser
-    from ptycho_dist.train_cli import resolve_dist_configs
+    from ptycho_dist.cli.train import run_keywords
 
     args = build_parser().parse_args(["train", "--config", str(path), "--data", "scan.npz",
                                       "--out", "runs/example"])
-    config, ray_config, resume = resolve_dist_configs(args)
+    config, ray_config, resume = resolve_run(**run_keywords(args))
     assert config.data.path == "scan.npz" and not resume
     assert ray_config.name == "example"
 
@@ -48,8 +49,12 @@ def test_example_resolves_like_ptycho_dist_train(path):
 def test_example_resolves_like_ptycho_torch_train(path):
     """`ptycho-torch train --config FILE --data ...` accepts every example without a `ray:` section
     and refuses the others by naming the section (they are for ptycho-dist)."""
-    from ptycho_torch.cli import build_parser
-    from ptycho_torch.cli_args import resolve_run_config
+    from ptycho_torch.api import run_config
+    from ptycho_torch.cli.flags import cli_overrides
+    from ptycho_torch.cli.main import build_parser
+
+    def resolve_run_config(args):  # as `ptycho-torch train` resolves its flags
+        return run_config(args.config, args.data, overrides=cli_overrides(args))
 
     args = build_parser().parse_args(["train", "--config", str(path), "--data", "scan.npz", "--out", "run"])
     if has_ray_section(path):
@@ -62,8 +67,8 @@ def test_example_resolves_like_ptycho_torch_train(path):
 
 
 def test_gpu_examples_ask_for_what_their_names_say():
-    from ptycho_dist.scaling import ClusterResources, plan_scaling
-    from ptycho_dist.train_cli import load_dist_config
+    from ptycho_dist.cluster.scaling import ClusterResources, plan_scaling
+    from ptycho_dist.config import load_dist_config
 
     single, _ = load_dist_config(ROOT / "examples" / "single-gpu.yaml")
     ex = single.execution
@@ -80,7 +85,7 @@ def test_gpu_examples_ask_for_what_their_names_say():
 
 
 def test_cpu_smoke_example_trains(tiny_scan, tmp_path):
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.training.train import train
 
     config = apply_overrides(load_run_config(ROOT / "examples" / "cpu-smoke.yaml"),
                              {"data.path": str(tiny_scan), "training.nepochs": 1,

@@ -22,9 +22,9 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig
 from ptycho_torch.data.contract import read_scan
-from ptycho_torch.module import warmup_cosine
-from ptycho_torch.workflows.reconstruct import inference_groups, inference_loader
-from ptycho_torch.workflows.train import TrainResult, build_trainer, resolve_accelerator, train
+from ptycho_torch.model.module import warmup_cosine
+from ptycho_torch.reconstruction.reconstruct import inference_groups, inference_loader
+from ptycho_torch.training.train import TrainResult, build_trainer, resolve_accelerator, train
 
 _CACHE: dict[tuple, TrainResult] = {}
 
@@ -151,7 +151,7 @@ def check_accum_steps(scan, tmp):
 
 def _fit_with(trainer: L.Trainer, config) -> None:
     from ptycho_torch.data.dataset import PtychoDataModule
-    from ptycho_torch.workflows.train import build_module
+    from ptycho_torch.training.train import build_module
 
     L.seed_everything(config.execution.seed, workers=True, verbose=False)
     dm = PtychoDataModule(config)
@@ -266,7 +266,7 @@ def test_budget_cosine_follows_the_time_spent():
 
     from lightning.pytorch.callbacks import Timer
 
-    from ptycho_torch.module import budget_cosine
+    from ptycho_torch.model.module import budget_cosine
 
     timer = Timer(duration=timedelta(seconds=100))
     trainer = SimpleNamespace(callbacks=[timer], strategy=SimpleNamespace(broadcast=lambda value: value))

@@ -21,9 +21,9 @@ import torch
 from conftest import tiny_config
 from lightning.pytorch.callbacks import Callback
 
-from ptycho_torch.cli import main
-from ptycho_torch.interrupt import TrainingInterrupted
-from ptycho_torch.workflows.train import train
+from ptycho_torch.cli.main import main
+from ptycho_torch.training.interrupt import TrainingInterrupted
+from ptycho_torch.training.train import train
 
 TRAIN = ["--N", "32", "--n-filters-scale", "0.25", "--batch-size", "16", "--no-progress-bar", "--logger", "none"]
 
@@ -33,7 +33,7 @@ def test_sigterm_mid_run_saves_a_checkpoint_and_resume_completes(tiny_scan, tmp_
     err_path = tmp_path / "stderr.txt"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "ptycho_torch.cli", "train", "--data", str(tiny_scan),
+        proc = subprocess.Popen([sys.executable, "-m", "ptycho_torch.cli.main", "train", "--data", str(tiny_scan),
                                  "--out", str(run), "--epochs", "500", *TRAIN],
                                 stdout=subprocess.DEVNULL, stderr=err, env=env)
         try:
@@ -92,7 +92,7 @@ def test_two_process_ddp_claims_the_run_directory_once(tiny_scan, tmp_path):
     """Lightning's DDP subprocess re-runs the command line: only rank 0 may claim the new run directory
     (the second rank would otherwise find it taken and refuse)."""
     run = tmp_path / "ddp"
-    proc = subprocess.run([sys.executable, "-m", "ptycho_torch.cli", "train", "--data", str(tiny_scan), "--out",
+    proc = subprocess.run([sys.executable, "-m", "ptycho_torch.cli.main", "train", "--data", str(tiny_scan), "--out",
                            str(run), "--epochs", "1", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
                            *TRAIN], capture_output=True, text=True, timeout=240,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
@@ -107,7 +107,7 @@ def test_run_interruptibly_hands_the_signal_to_its_caller():
     exception comes back as from a plain call."""
     import threading
 
-    from ptycho_torch.interrupt import run_interruptibly
+    from ptycho_torch.training.interrupt import run_interruptibly
 
     release = threading.Event()
     seen = []

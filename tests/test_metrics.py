@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ptycho_torch.metrics import (
+from ptycho_torch.evaluation.metrics import (
     align_phase,
     evaluate_reconstruction,
     frc,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptycho_torch.metrics import frc, psnr, ssim, ssim_map
+from ptycho_torch.evaluation.metrics import frc, psnr, ssim, ssim_map
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

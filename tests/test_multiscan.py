@@ -9,15 +9,15 @@ import pytest
 import torch
 from conftest import simulate, tiny_config
 
-from ptycho_torch import physics
-from ptycho_torch.cli import main
+from ptycho_torch.cli.main import main
 from ptycho_torch.config import ConfigError, apply_overrides
 from ptycho_torch.data.contract import read_scan
 from ptycho_torch.data.corpus import ScanCorpus, read_training_scans
 from ptycho_torch.data.dataset import PtychoDataModule, dataset_norm_factor
 from ptycho_torch.data.scan_files import ScanFiles
 from ptycho_torch.errors import UserError
-from ptycho_torch.workflows.train import build_module
+from ptycho_torch.physics import forward as physics
+from ptycho_torch.training.train import build_module
 
 
 @pytest.fixture(scope="module")

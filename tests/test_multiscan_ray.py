@@ -1,4 +1,4 @@
-"""`ptycho-dist train` on a corpus of scans through Ray Data (ptycho_dist.ingest), on a 2-node
+"""`ptycho-dist train` on a corpus of scans through Ray Data (ptycho_dist.training.ingest), on a 2-node
 `ray.cluster_utils.Cluster` (1 CPU each: two 0.5-CPU workers, one per node, leave room for reads)."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from conftest import tiny_config
 from lightning.pytorch.callbacks import Callback
 
 from ptycho_dist.config import RayConfig
-from ptycho_dist.ingest import check_read_room
-from ptycho_dist.train import fit_distributed
-from ptycho_torch.cli import main as torch_main
+from ptycho_dist.training.driver import fit_distributed
+from ptycho_dist.training.ingest import check_read_room
+from ptycho_torch.cli.main import main as torch_main
 from ptycho_torch.config import ConfigError, apply_overrides
 from ptycho_torch.data.dataset import PtychoDataModule
-from ptycho_torch.workflows.train import train
+from ptycho_torch.training.train import train
 
 pytestmark = pytest.mark.ray
 
@@ -86,7 +86,7 @@ def test_a_worker_group_that_leaves_no_cpu_for_reading_is_refused():
 
 
 def test_the_driver_hands_workers_an_absolute_init_from(corpus, tmp_path, monkeypatch):
-    from ptycho_torch.workflows.launcher import with_absolute_data_path
+    from ptycho_torch.training.launcher import with_absolute_data_path
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "model.pt").write_bytes(b"")  # only its place is checked here

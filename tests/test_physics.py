@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ptycho_torch.data.grouping import cover_groups, make_groups
-from ptycho_torch.physics import (
+from ptycho_torch.physics.forward import (
     TYPICAL_AMPLITUDE,
     extract_patches,
     far_field,
@@ -223,7 +223,7 @@ def test_backpropagation_returns_a_flat_object_under_the_probe():
     """For a flat object the probe's far-field phase is the true phase up to the object's (free)
     global phase, so back-propagating the measured amplitude returns the object, up to that constant
     phase, wherever the probe is bright."""
-    from ptycho_torch.physics import backpropagate
+    from ptycho_torch.physics.forward import backpropagate
 
     N = 32
     probe = disk_probe(N)[None].to(torch.complex64) * 3.0
@@ -241,7 +241,7 @@ def test_backpropagation_returns_a_flat_object_under_the_probe():
 
 def test_partner_frames_translate_each_patch_into_every_partner_frame():
     """[c, k] shows patch (c + k) % C where it overlaps patch c, and zero where it never looked."""
-    from ptycho_torch.physics import extract_patches, group_offsets, partner_frames
+    from ptycho_torch.physics.forward import extract_patches, group_offsets, partner_frames
 
     torch.manual_seed(0)
     obj = torch.randn(80, 80, dtype=torch.complex64)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from ptycho_torch import plots
-from ptycho_torch.metrics import frc
-from ptycho_torch.workflows.evaluate import evaluate
+from ptycho_torch.evaluation import plots
+from ptycho_torch.evaluation.evaluate import evaluate
+from ptycho_torch.evaluation.metrics import frc
 
 
 def png_size(path):

@@ -66,7 +66,7 @@ def test_readme_setup_blocks_are_what_ci_runs():
 
 def test_every_readme_command_is_accepted_by_the_real_parser():
     from ptycho_dist.cli import build_parser as dist_parser
-    from ptycho_torch.cli import build_parser as torch_parser
+    from ptycho_torch.cli.main import build_parser as torch_parser
 
     commands = all_cli_commands()
     assert len(commands) >= 8

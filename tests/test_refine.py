@@ -1,4 +1,4 @@
-"""Iterative reconstruction through the project's forward model (ptycho_torch.refine)."""
+"""Iterative reconstruction through the project's forward model (ptycho_torch.reconstruction.refine)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from ptycho_torch.data.contract import read_scan
-from ptycho_torch.metrics import evaluate_reconstruction
-from ptycho_torch.refine import coverage, refine_stitched
+from ptycho_torch.evaluation.metrics import evaluate_reconstruction
+from ptycho_torch.reconstruction.refine import coverage, refine_stitched
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def test_reconstruct_refines_the_network_object(small_scan, tmp_path):
 
     from conftest import tiny_config
 
-    from ptycho_torch.cli import main
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.cli.main import main
+    from ptycho_torch.training.train import train
 
     run = train(tiny_config(small_scan, **{"training.nepochs": 1}), tmp_path / "run").run_dir
     out = tmp_path / "recon"
@@ -57,7 +57,7 @@ def test_reconstruct_refines_the_network_object(small_scan, tmp_path):
 def test_masked_detector_pixels_do_not_steer_the_solver(scan):
     """Hot pixels under the detector mask change nothing: the same object as from clean data (the
     modulus constraint leaves excluded pixels alone); without the mask they pull the object away."""
-    from ptycho_torch.solver.engine import SolverOptions, solve
+    from ptycho_torch.reconstruction.solver.engine import SolverOptions, solve
 
     rows = scan.diffraction_rows(np.arange(scan.n_patterns)).copy()
     hot = rows.copy()
@@ -79,7 +79,7 @@ def test_masked_detector_pixels_do_not_steer_the_solver(scan):
 def test_the_solver_on_the_gpu_follows_the_cpu(scan):
     """The same epochs on CUDA as on the CPU (float32 rounding apart): a GPU benchmark compares the
     network with a solver on the same device."""
-    from ptycho_torch.solver.engine import SolverOptions, solve
+    from ptycho_torch.reconstruction.solver.engine import SolverOptions, solve
 
     runs = [solve(scan.diffraction_rows, scan.positions, scan.probe, scan.object_shape, epochs=10, device=d,
                   options=SolverOptions(refine_probe=False)) for d in ("cpu", "cuda")]

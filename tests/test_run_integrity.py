@@ -14,9 +14,9 @@ import yaml
 from conftest import tiny_config
 from lightning.pytorch.callbacks import Callback
 
-from ptycho_torch.cli import main
-from ptycho_torch.workflows.manifest import file_checksum
-from ptycho_torch.workflows.train import train
+from ptycho_torch.cli.main import main
+from ptycho_torch.training.data_binding import file_checksum
+from ptycho_torch.training.train import train
 
 
 def test_last_checkpoint_is_written_every_epoch_whatever_the_metric_does(tiny_scan, tmp_path):
@@ -111,7 +111,7 @@ def test_a_stray_rank_variable_does_not_disable_the_overwrite_protection(variabl
 
 def test_a_follower_rank_needs_the_claim_of_its_own_launch(tmp_path):
     from ptycho_torch.config import ConfigError
-    from ptycho_torch.outputs import await_claim, claim_run_dir
+    from ptycho_torch.safe_output import await_claim, claim_run_dir
 
     run = tmp_path / "run"
     claim_run_dir(run, launch_id="launch-a")
@@ -126,7 +126,7 @@ def test_two_claims_at_once_exactly_one_wins(tmp_path):
     import threading
 
     from ptycho_torch.config import ConfigError
-    from ptycho_torch.outputs import claim_run_dir
+    from ptycho_torch.safe_output import claim_run_dir
 
     def claim(run: Path, name: str, barrier: threading.Barrier, outcomes: list[str]) -> None:
         barrier.wait()
@@ -191,7 +191,7 @@ def test_a_run_that_is_training_cannot_be_resumed_by_a_second_process(tiny_scan,
 
     run = tmp_path / "run"
     train(tiny_config(tiny_scan, **{"training.nepochs": 1}), run)
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from ptycho_torch.outputs import hold_run_lock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from ptycho_torch.safe_output import hold_run_lock; "
                                "hold_run_lock(sys.argv[1], '--out'); print('held', flush=True); sys.stdin.read()",
                                str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -246,7 +246,7 @@ def test_a_full_disk_during_reconstruct_keeps_the_old_outputs_and_names_the_file
 
 def test_reconstruct_refuses_a_folder_that_is_not_a_reconstruction(tiny_model, tiny_scan, tmp_path):
     from ptycho_torch.config import ConfigError
-    from ptycho_torch.workflows.reconstruct import reconstruct
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
 
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="holds files that are not a reconstruction"):
@@ -256,7 +256,7 @@ def test_reconstruct_refuses_a_folder_that_is_not_a_reconstruction(tiny_model, t
 
 def test_reconstruct_names_the_canvas_of_absurd_positions_before_allocating(tiny_model, tiny_scan, tmp_path):
     from ptycho_torch.errors import UserError
-    from ptycho_torch.workflows.reconstruct import reconstruct
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
 
     with np.load(tiny_scan) as f:
         arrays = {k: f[k] for k in f.files if k != "objectGuess"}
@@ -271,7 +271,7 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoint
                                                                                  capsys):
     """torch's writer on a full disk raises RuntimeError('... unexpected pos ...'); the run stops with one
     line naming last.ckpt, exit 2, and the checkpoint of the epoch before is intact."""
-    import ptycho_torch.checkpoints as checkpoints
+    import ptycho_torch.model.checkpoints as checkpoints
 
     real_save, calls = torch.save, []
 
@@ -341,8 +341,8 @@ def test_a_memory_mapped_npz_truncated_while_training_is_one_line_not_sigbus(tin
         "from pathlib import Path\n"
         "from conftest import tiny_config\n"
         "from test_run_integrity import _DamageAfterFirstEpoch\n"
-        "from ptycho_torch.cli import run_cli\n"
-        "from ptycho_torch.workflows.train import train\n"
+        "from ptycho_torch.cli.main import run_cli\n"
+        "from ptycho_torch.training.train import train\n"
         "scan, run = Path(sys.argv[2]), Path(sys.argv[3])\n"
         "fit = lambda args: train(tiny_config(scan, **{'training.nepochs': 3}), run,"
         " callbacks=[_DamageAfterFirstEpoch(scan, rewrite=sys.argv[4] == 'rewrite')])\n"
@@ -370,7 +370,7 @@ def test_ctrl_c_twice_during_start_up_is_one_line(delay, tiny_scan, tmp_path):
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "ptycho_torch.cli", "train", "--data", str(tiny_scan), "--out",
+    proc = subprocess.Popen([sys.executable, "-m", "ptycho_torch.cli.main", "train", "--data", str(tiny_scan), "--out",
                              str(tmp_path / "run"), "--epochs", "1"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
@@ -385,7 +385,7 @@ def test_ctrl_c_twice_during_start_up_is_one_line(delay, tiny_scan, tmp_path):
 
 def test_ctrl_c_inside_exec_of_a_string_still_exits_130_under_python_m(tmp_path):
     """A Ctrl-C whose KeyboardInterrupt passes through exec() of a string (dataclasses and namedtuple
-    build methods that way while torch and Lightning import) made `python -m ptycho_torch.cli` die by
+    build methods that way while torch and Lightning import) made `python -m ptycho_torch.cli.main` die by
     SIGINT (returncode -2) after the one-line message: CPython marks such an interrupt as unhandled.
     Deterministic version of the start-up race above."""
     import subprocess
@@ -393,7 +393,7 @@ def test_ctrl_c_inside_exec_of_a_string_still_exits_130_under_python_m(tmp_path)
 
     (tmp_path / "interrupted_command.py").write_text(
         "import sys\n"
-        "from ptycho_torch.cli import run_cli\n"
+        "from ptycho_torch.cli.main import run_cli\n"
         "def command(args):\n"
         "    exec('import os, signal, time; os.kill(os.getpid(), signal.SIGINT); time.sleep(30)')\n"
         "if __name__ == '__main__':\n"

@@ -13,9 +13,15 @@ import pytest
 import torch
 from test_bad_inputs import Workspace, payload_bytes
 
-from ptycho_torch.checkpoints import UnsafeCheckpointError, load_checkpoint_safely, resume_checkpoint
 from ptycho_torch.config import ConfigError
-from ptycho_torch.outputs import CLAIM_FILE, atomic_path, atomic_write_text, check_output_dir, claim_run_dir
+from ptycho_torch.model.checkpoints import UnsafeCheckpointError, load_checkpoint_safely, resume_checkpoint
+from ptycho_torch.safe_output import (
+    CLAIM_FILE,
+    atomic_path,
+    atomic_write_text,
+    check_output_dir,
+    claim_run_dir,
+)
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_nothing_on_failure(tmp_path):
@@ -86,7 +92,7 @@ def test_unsafe_checkpoint_is_refused_even_when_torch_is_told_otherwise(tmp_path
 
 
 def test_embedded_ray_token_is_private(tmp_path, monkeypatch):
-    from ptycho_dist.session import secure_token_file
+    from ptycho_dist.cluster.session import secure_token_file
 
     for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
@@ -97,6 +103,8 @@ def test_embedded_ray_token_is_private(tmp_path, monkeypatch):
     finally:
         os.umask(old_umask)
     assert token == tmp_path / ".ray" / "auth_token" and len(token.read_text()) >= 32
+    text = token.read_text()  # as Ray's own generator writes them: 256 random bits, 64 lowercase hex digits
+    assert len(text) == 64 and all(c in "0123456789abcdef" for c in text)
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
     assert stat.S_IMODE(token.parent.stat().st_mode) == 0o700
     token.chmod(0o644)  # as Ray writes it under the default umask
@@ -105,7 +113,7 @@ def test_embedded_ray_token_is_private(tmp_path, monkeypatch):
 
 
 def test_ray_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path):
-    from ptycho_dist.train import intact_ray_checkpoint
+    from ptycho_dist.training.driver import intact_ray_checkpoint
 
     run = tmp_path / "run"
     older = _checkpoint(run / "checkpoint_2026-01-01_10-00-00.000001" / "checkpoint.ckpt", 1)

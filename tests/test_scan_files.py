@@ -62,9 +62,9 @@ def test_photon_units_apply_to_every_reader(split, tmp_path):
 
 
 def test_reconstruct_split_files_equals_whole_file(split, tmp_path):
-    from ptycho_torch.cli import main
-    from ptycho_torch.workflows.reconstruct import reconstruct
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.cli.main import main
+    from ptycho_torch.reconstruction.reconstruct import reconstruct
+    from ptycho_torch.training.train import train
 
     config = apply_overrides(tiny_config(split["whole"]), {
         "training.nepochs": 1, "execution.logger_backend": None, "execution.enable_checkpointing": False})
@@ -84,7 +84,7 @@ def test_reconstruct_split_files_equals_whole_file(split, tmp_path):
 
 def test_evaluation_never_reads_diffraction(split, tmp_path):
     """The truth file's diffraction member is damaged: evaluation reads objectGuess alone and works."""
-    from ptycho_torch.workflows.evaluate import evaluate
+    from ptycho_torch.evaluation.evaluate import evaluate
 
     data = bytearray(Path(split["whole"]).read_bytes())
     with zipfile.ZipFile(split["whole"]) as zf:
@@ -101,7 +101,7 @@ def test_evaluation_never_reads_diffraction(split, tmp_path):
 def test_train_takes_several_files_and_globs(split, tmp_path):
     import yaml
 
-    from ptycho_torch.cli import main
+    from ptycho_torch.cli.main import main
 
     common = ["--out", str(tmp_path / "run"), "--epochs", "1", "--n-filters-scale", "0.25", "--batch-size", "16",
               "--logger", "none", "--no-progress-bar"]

@@ -81,7 +81,7 @@ def test_data_probe_changes_the_training_loss(small_scan, tmp_path):
     """The loss of one epoch differs with a junk probe: the probe given is the probe trained with."""
     from conftest import tiny_config
 
-    from ptycho_torch.workflows.train import train
+    from ptycho_torch.training.train import train
 
     np.save(tmp_path / "junk.npy", (np.ones((32, 32)) * 0.1).astype(np.complex64))
     losses = []
@@ -126,10 +126,10 @@ def _independent_scan(path: Path, nphotons: float, scale_key: bool, wrong_nphoto
 def test_an_independent_upstream_convention_scan_fits_and_solves(tmp_path, scale_key):
     """Issue 28: the truth explains the file to the noise (data fit ~1) and the solver from a flat
     start reaches phase SSIM >= 0.9, whichever dose key the file carries."""
-    from ptycho_torch.data_fit import data_fit
-    from ptycho_torch.metrics import evaluate_reconstruction
-    from ptycho_torch.refine import coverage
-    from ptycho_torch.solver.engine import solve
+    from ptycho_torch.evaluation.data_fit import data_fit
+    from ptycho_torch.evaluation.metrics import evaluate_reconstruction
+    from ptycho_torch.reconstruction.refine import coverage
+    from ptycho_torch.reconstruction.solver.engine import solve
 
     _independent_scan(tmp_path / "u.npz", 1e6, scale_key)
     scan = read_scan(tmp_path / "u.npz")
@@ -153,9 +153,9 @@ def test_disagreeing_dose_keys_are_reported(tmp_path, caplog):
 def test_the_aps_siemens_star_reads_and_solves_from_the_data_alone():
     """The real scan, read in its own layout; 6 epochs from an estimated probe already explain it far
     better than the flat start does."""
-    from ptycho_torch.data_fit import data_fit
-    from ptycho_torch.solver.engine import SolverOptions
-    from ptycho_torch.workflows.solve import solve_scan
+    from ptycho_torch.evaluation.data_fit import data_fit
+    from ptycho_torch.reconstruction.solve import solve_scan
+    from ptycho_torch.reconstruction.solver.engine import SolverOptions
 
     scan = read_scan(STAR)
     assert (scan.n_patterns, scan.N) == (516, 128) and scan.metadata["source_layout"] == "tike"

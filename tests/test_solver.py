@@ -1,4 +1,4 @@
-"""The iterative solver (ptycho_torch.solver): reconstruction, probe retrieval, scale invariance,
+"""The iterative solver (ptycho_torch.reconstruction.solver): reconstruction, probe retrieval, scale invariance,
 probe modes, position correction, probe estimation, half-scan FRC, and `ptycho-torch solve`."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from ptycho_torch.data.contract import read_scan
-from ptycho_torch.metrics import evaluate_reconstruction
-from ptycho_torch.refine import coverage
-from ptycho_torch.solver.engine import SolverOptions, solve
-from ptycho_torch.solver.half_scan import half_scan_frc, register_shift
-from ptycho_torch.solver.modes import add_modes, orthogonalise_modes
-from ptycho_torch.solver.probe_init import search_probe
+from ptycho_torch.evaluation.metrics import evaluate_reconstruction
+from ptycho_torch.reconstruction.refine import coverage
+from ptycho_torch.reconstruction.solver.engine import SolverOptions, solve
+from ptycho_torch.reconstruction.solver.half_scan import half_scan_frc, register_shift
+from ptycho_torch.reconstruction.solver.modes import add_modes, orthogonalise_modes
+from ptycho_torch.reconstruction.solver.probe_init import search_probe
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_half_scan_frc_of_identical_and_of_unrelated_halves():
 
 
 def test_solve_cli_writes_the_products(small_scan, tmp_path):
-    from ptycho_torch.cli import main
+    from ptycho_torch.cli.main import main
 
     out = tmp_path / "solved"
     assert main(["solve", "--data", str(small_scan), "--out", str(out), "--seconds", "0", "--epochs", "8",
@@ -172,7 +172,7 @@ def test_solve_api_estimates_a_probe(scan):
 
 
 def test_solve_replaces_a_reconstruction_whole_and_refuses_other_folders(small_scan, tmp_path):
-    from ptycho_torch.cli import main
+    from ptycho_torch.cli.main import main
 
     out = tmp_path / "solved"
     args = ["solve", "--data", str(small_scan), "--seconds", "0", "--epochs", "2", "--device", "cpu",

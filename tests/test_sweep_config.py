@@ -12,12 +12,12 @@ import pytest
 import yaml
 from conftest import tiny_config
 
-from ptycho_dist import tune as dist_tune
-from ptycho_dist.scaling import ClusterResources
-from ptycho_dist.tune import SPEC_FILE, concurrent_trials, param_space, run_sweep
+from ptycho_dist.cluster.scaling import ClusterResources
+from ptycho_dist.sweeps import tuner as dist_tune
+from ptycho_dist.sweeps.results import TrialRecord, choose_best, format_table, write_trials_csv
+from ptycho_dist.sweeps.sweep_config import SweepConfig, load_sweep_config, sweep_config_from_dict
+from ptycho_dist.sweeps.tuner import SPEC_FILE, concurrent_trials, param_space, run_sweep
 from ptycho_torch.config import ConfigError, RunConfig
-from ptycho_torch.sweep_config import SweepConfig, load_sweep_config, sweep_config_from_dict
-from ptycho_torch.sweep_results import TrialRecord, choose_best, format_table, write_trials_csv
 
 SPEC_EXAMPLE = """
 metric: val_loss            # any logged metric; mode min|max
@@ -317,7 +317,7 @@ def test_best_is_the_completed_trial_with_the_best_last_value(tmp_path):
 def test_docs_list_every_sweep_key_with_its_default():
     from dataclasses import MISSING, fields
 
-    from ptycho_torch.sweep_config import SweepScheduler, SweepSearch
+    from ptycho_dist.sweeps.sweep_config import SweepScheduler, SweepSearch
 
     page = (Path(__file__).resolve().parents[1] / "docs" / "sweeps.md").read_text()
     rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip().strip("`")
@@ -335,29 +335,27 @@ def test_docs_list_every_sweep_key_with_its_default():
 
 def test_trial_records_from_a_result_grid_without_ray(tmp_path):
     """collect_trials reads Ray's get_dataframe() (last result) and get_dataframe(filter_metric,
-    filter_mode) (best result); a trial Tune still runs is unfinished, one that raised is an error."""
+    filter_mode) (best result); a trial whose last result is not `done` (Tune still ran it) is
+    unfinished, one that raised is an error."""
     import pandas as pd
 
-    from ptycho_dist.sweep_report import collect_trials
+    from ptycho_dist.sweeps.report import collect_trials
 
     curves = {"t_1": [3.0, 2.0, 2.5], "t_2": [4.0], "t_3": [5.0, 1.0]}
     frames = {t: pd.DataFrame({"epochs_completed": range(1, len(v) + 1), "val_loss": v, "trial_id": t,
                                "time_total_s": 1.5}) for t, v in curves.items()}
 
     class Grid:
-        _experiment_analysis = SimpleNamespace(trials=[SimpleNamespace(trial_id="t_1", status="TERMINATED"),
-                                                       SimpleNamespace(trial_id="t_2", status="TERMINATED"),
-                                                       SimpleNamespace(trial_id="t_3", status="RUNNING"),
-                                                       SimpleNamespace(trial_id="t_4", status="ERROR")])
-
         def get_dataframe(self, filter_metric=None, filter_mode=None):
             pick = (lambda f: f.loc[f[filter_metric].idxmin()]) if filter_metric else (lambda f: f.iloc[-1])
             return pd.DataFrame([pick(f) for f in frames.values()])
 
         def __iter__(self):
             for t in ("t_4", "t_1", "t_2", "t_3"):
+                # Result.metrics: the trial's last result, Tune's `done` True once it ended (t_3 still ran)
                 yield SimpleNamespace(path=str(tmp_path / t), config={"execution.accum_steps": int(t[-1])},
                                       error=RuntimeError("boom\nValueError: bad") if t == "t_4" else None,
+                                      metrics={"trial_id": t, "done": t in ("t_1", "t_2")},
                                       metrics_dataframe=frames.get(t))
 
     records = collect_trials(Grid(), "val_loss", "min", 3, str(tmp_path / "exp"))

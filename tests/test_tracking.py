@@ -14,8 +14,8 @@ import pytest
 from conftest import tiny_config
 
 from ptycho_torch.config import ConfigError, PyTorchExecutionConfig
-from ptycho_torch.progress_images import region_indices, render
-from ptycho_torch.workflows.train import train
+from ptycho_torch.training.progress_images import region_indices, render
+from ptycho_torch.training.train import train
 
 needs = {name: pytest.mark.skipif(importlib.util.find_spec(name) is None, reason=f"{name} is not installed")
          for name in ("tensorboard", "mlflow")}
@@ -104,10 +104,10 @@ def test_bad_image_interval_is_a_config_error():
 def test_several_scans_show_a_region_of_scan_0(tmp_path):
     """Two scans in other frames: the region's groups all come from scan 0 (one frame), and the run
     (gridsize 2, csv) writes its pictures."""
-    from ptycho_torch.cli import main
+    from ptycho_torch.cli.main import main
     from ptycho_torch.config import apply_overrides
     from ptycho_torch.data.dataset import PtychoDataModule
-    from ptycho_torch.progress_images import _region_dataset
+    from ptycho_torch.training.progress_images import _region_dataset
 
     out = tmp_path / "scans"
     assert main(["simulate", "--n-scans", "2", "--out", str(out), "--N", "32", "--n-positions", "40"]) == 0

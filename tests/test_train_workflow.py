@@ -11,12 +11,12 @@ import torch
 import yaml
 from conftest import tiny_config
 
-from ptycho_torch.cli import main
-from ptycho_torch.cli_args import ALIASES
+from ptycho_torch.config import FLAG_FIELDS as ALIASES
+from ptycho_torch.cli.main import main
 from ptycho_torch.config import SECTIONS, load_run_config
-from ptycho_torch.workflows.bundle import load_bundle
-from ptycho_torch.workflows.reconstruct import reconstruct
-from ptycho_torch.workflows.train import train
+from ptycho_torch.model.bundle import load_bundle
+from ptycho_torch.reconstruction.reconstruct import reconstruct
+from ptycho_torch.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_truth_loss_is_the_floor_of_the_forward_model(tiny_scan):
     import dataclasses
 
     from ptycho_torch.data.contract import read_scan
-    from ptycho_torch.truth import truth_loss
+    from ptycho_torch.evaluation.truth_loss import truth_loss
 
     scan = read_scan(tiny_scan)
     floor = truth_loss(scan, 2)
@@ -188,8 +188,8 @@ def test_gridsize2_trains_and_reconstructs_from_the_constrained_output(tiny_scan
     import torch
 
     from ptycho_torch.data.contract import read_scan
-    from ptycho_torch.physics import group_offsets, overlap_constraint
-    from ptycho_torch.workflows.reconstruct import PatchPredictor, inference_groups
+    from ptycho_torch.physics.forward import group_offsets, overlap_constraint
+    from ptycho_torch.reconstruction.reconstruct import PatchPredictor, inference_groups
 
     predictor = PatchPredictor(result.run_dir)
     scan = read_scan(tiny_scan)
@@ -207,7 +207,7 @@ def test_gridsize2_trains_and_reconstructs_from_the_constrained_output(tiny_scan
 @pytest.mark.parametrize("skips", [True, False])
 @pytest.mark.parametrize("N", [32, 64, 128])
 def test_network_shapes_and_ranges(N, skips):
-    from ptycho_torch.model import PtychoNet, filter_counts
+    from ptycho_torch.model.network import PtychoNet, filter_counts
 
     net = PtychoNet(N, 4, 0.25, skips=skips)
     amp, phase = net.forward_amp_phase(torch.rand(2, 4, N, N))
@@ -220,7 +220,7 @@ def test_network_shapes_and_ranges(N, skips):
 def test_unet_decoder_reaches_full_resolution_detail():
     """One input pixel changes the U-Net's output at that pixel far more than the plain decoder's,
     whose every path crosses the N/8 bottleneck and a nearest-neighbour upsampling."""
-    from ptycho_torch.model import PtychoNet
+    from ptycho_torch.model.network import PtychoNet
 
     torch.manual_seed(0)
     x = torch.rand(1, 2, 32, 32, requires_grad=True)
@@ -243,7 +243,7 @@ def test_partner_input_reads_the_group_and_reconstructs(tiny_scan, tmp_path):
     from ptycho_torch.config import ModelConfig
     from ptycho_torch.data.contract import read_scan
     from ptycho_torch.data.grouping import make_groups
-    from ptycho_torch.physics import group_offsets
+    from ptycho_torch.physics.forward import group_offsets
 
     result = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "model.partner_input": True,
                                              "training.nepochs": 1}), tmp_path / "g2p")

@@ -12,14 +12,14 @@ import torch
 import yaml
 from conftest import simulate, tiny_config
 
-from ptycho_torch.cli import main
+from ptycho_torch.cli.main import main
 from ptycho_torch.config import ConfigError, apply_overrides
 from ptycho_torch.data.contract import read_scan
 from ptycho_torch.data.dataset import PtychoDataModule, dataset_norm_factor
-from ptycho_torch.workflows.bundle import load_bundle
-from ptycho_torch.workflows.reconstruct import PatchPredictor, reconstruct
-from ptycho_torch.workflows.train import build_module, train
-from ptycho_torch.workflows.warm_start import init_from_bundle
+from ptycho_torch.model.bundle import load_bundle
+from ptycho_torch.reconstruction.reconstruct import PatchPredictor, reconstruct
+from ptycho_torch.training.train import build_module, train
+from ptycho_torch.training.warm_start import init_from_bundle
 
 COMMON = ["--epochs", "1", "--batch-size", "8", "--logger", "none", "--no-progress-bar"]
 
@@ -139,8 +139,12 @@ def test_auto_keeps_a_learned_probe_only_for_the_probe_it_started_from(scans, tm
 def test_ray_train_flags_take_the_bundles_model_section_like_local(scans, run_a, tmp_path):
     """ptycho-dist train --init-from without --config resolves the same run config as ptycho-torch
     train: the bundle's network shape (gridsize 2 here, the default being 1), flags still winning."""
+    from ptycho_dist.api import resolve_run
     from ptycho_dist.cli import build_parser
-    from ptycho_dist.train_cli import resolve_dist_configs
+    from ptycho_dist.cli.train import run_keywords
+
+    def resolve_dist_configs(args):  # as `ptycho-dist train` resolves its flags
+        return resolve_run(**run_keywords(args))
 
     argv = ["train", "--init-from", str(run_a), "--data", str(scans["B"]), "--out", str(tmp_path / "r")]
     config, _, resume = resolve_dist_configs(build_parser().parse_args(argv))

@@ -52,8 +52,6 @@ from ptycho_torch.errors import UserError
 
 log = logging.getLogger(__name__)
 
-ROLES = ("frames", "translation", "x", "y", "xcoords", "ycoords", "energy", "wavelength", "distance",
-         "detector_pixel", "detector_pixel_y", "probe", "mask")
 SEPARATOR = "::"
 
 
@@ -187,7 +185,7 @@ def read_beamline(path: str | Path, f: Any, found: dict[str, list[str]], kind: s
                   validate: bool = True) -> Any:
     """A ScanData of the open h5py file `f` whose roles live at `found` (role -> candidate paths,
     first existing wins); `options.datasets` / `options.frames` take precedence. See module doc."""
-    from ptycho_torch.data.contract import ScanData
+    from ptycho_torch.data.scan import ScanData
 
     found = {k: list(v) for k, v in found.items()}
     for role, where in options.datasets.items():

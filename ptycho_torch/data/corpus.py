@@ -32,7 +32,8 @@ import numpy as np
 
 from ptycho_torch.config import ConfigError
 from ptycho_torch.data.beamline import ReadOptions
-from ptycho_torch.data.contract import ScanData, read_scan
+from ptycho_torch.data.contract import read_scan
+from ptycho_torch.data.scan import ScanData
 from ptycho_torch.data.scan_files import (
     Scan,
     ScanFiles,

@@ -13,7 +13,7 @@ Training reads `data.path` through `data.corpus.read_training_scans`: one scan, 
 (a ScanCorpus) each normalised by its own factor r, grouped on its own and tagged with its scan id.
 
 `GroupRows` / `split_rows` give the groups of a datamodule's splits as columns of numpy arrays by
-group index, in blocks (`block_count`): what ptycho_dist.ingest streams to Ray Train workers through
+group index, in blocks (`block_count`): what ptycho_dist.training.ingest streams to Ray Train workers through
 Ray Data (`read_groups` is its read function); nothing here needs Ray.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
+from ptycho_torch.config import MODEL_SIZES, ConfigError, PyTorchExecutionConfig, RunConfig
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.corpus import ScanCorpus, TrainingScans, corpus_scans, read_training_scans
 from ptycho_torch.data.file_watch import FileWatch
@@ -37,7 +37,7 @@ from ptycho_torch.data.grouping import Groups, make_groups, make_groups_per_scan
 from ptycho_torch.data.plausibility import check_canvas, energy_problem
 from ptycho_torch.data.scan_files import Scan
 from ptycho_torch.errors import UserError
-from ptycho_torch.physics import normalization_factor
+from ptycho_torch.physics.forward import normalization_factor
 
 BLOCK_BYTES = 16 * 2**20  # target size of one block of group rows (x and amp)
 
@@ -121,15 +121,13 @@ def dataloader_kwargs(execution: PyTorchExecutionConfig) -> dict[str, Any]:
 def resolve_model_size(config: RunConfig, scan: Scan) -> RunConfig:
     """`config` with model.N taken from the scan when it is None; an explicit N that disagrees with
     the scan, or a scan size no network takes, is a ConfigError naming the fix."""
-    from ptycho_torch.model import N_BLOCKS
-
     if config.model.N is None:
-        if scan.N not in N_BLOCKS:
+        if scan.N not in MODEL_SIZES:
             raise ConfigError(f"model.N: the scan {scan.path or ''} holds {scan.N}x{scan.N} patterns but the "
-                              f"network takes only {', '.join(map(str, sorted(N_BLOCKS)))}; {size_advice(scan)}")
+                              f"network takes only {', '.join(map(str, sorted(MODEL_SIZES)))}; {size_advice(scan)}")
         return config.replace(model=dataclasses.replace(config.model, N=scan.N))
     if scan.N != config.model.N:
-        fix = (f"set --N {scan.N} or leave N unset (it then comes from the data)" if scan.N in N_BLOCKS
+        fix = (f"set --N {scan.N} or leave N unset (it then comes from the data)" if scan.N in MODEL_SIZES
                else size_advice(scan))
         raise ConfigError(f"model.N: the model expects {config.model.N}x{config.model.N} patterns "
                           f"but the scan has {scan.N}x{scan.N}; {fix}")
@@ -140,9 +138,7 @@ def size_advice(scan: Scan) -> str:
     """One choice that works for a scan whose pattern size no network takes: a beamline (HDF5) file
     is cropped or binned at read time (data.frame_fit), so name the --N (and frame_fit) that fits; the
     patterns of a contract file are used as stored, so they must be cropped in the file."""
-    from ptycho_torch.model import N_BLOCKS
-
-    sizes = sorted(N_BLOCKS)
+    sizes = sorted(MODEL_SIZES)
     fitting = [n for n in sizes if n <= scan.N]
     beamline = "format" in (getattr(scan, "metadata", None) or {})
     if not fitting:
@@ -229,7 +225,7 @@ class PtychoDataModule(L.LightningDataModule):
 
     def use_loaders(self, train: Iterable, val: Iterable | None) -> None:
         """Serve these iterables of batches (dicts as GroupDataset's, collated) instead of the
-        DataLoaders, e.g. a Ray Data shard of this process (ptycho_dist.ingest)."""
+        DataLoaders, e.g. a Ray Data shard of this process (ptycho_dist.training.ingest)."""
         self._external = (train, val)
 
     def _loader(self, groups: Groups, shuffle: bool) -> DataLoader:

@@ -29,8 +29,9 @@ from typing import Any, Sequence, Union
 import numpy as np
 
 from ptycho_torch.data.beamline import ReadOptions, split_source
-from ptycho_torch.data.contract import ScanData, read_scan
+from ptycho_torch.data.contract import read_scan
 from ptycho_torch.data.detector import FrameMap
+from ptycho_torch.data.scan import ScanData
 from ptycho_torch.errors import UserError
 
 log = logging.getLogger("ptycho_torch")

@@ -29,8 +29,8 @@ import torch
 from scipy import ndimage
 from scipy.special import erfc
 
-from ptycho_torch import physics
 from ptycho_torch.config import ConfigError, SimulationConfig
+from ptycho_torch.physics import forward as physics
 
 __all__ = [
     "GENERATORS", "object_field", "make_object", "make_probe", "probe_diameter", "scan_positions",

@@ -1,1 +1,0 @@
-"""Workflows: train, reconstruct, model bundles."""
