@@ -368,3 +368,23 @@ def test_trial_records_from_a_result_grid_without_ray(tmp_path):
     t4 = by_id["t_4"]
     assert (t4.status, t4.epochs, t4.error) == ("error", 0, "ValueError: bad") and math.isnan(t4.last_value)
     assert t4.run_dir == str(tmp_path / "exp" / "runs" / "t_4")
+
+
+def test_an_experiment_pickled_before_the_modules_moved_resumes():
+    """tuner.pkl names our trainable and callbacks by module path; a sweep started before the move
+    (ptycho_dist.sweep_trial, ...) unpickles while resuming, and only then."""
+    import importlib
+    import pickle
+
+    from ptycho_dist.sweeps.trial import trainable
+    from ptycho_dist.sweeps.tuner import MOVED_MODULES, modules_under_old_names
+
+    old_reference = b"cptycho_dist.sweep_trial\ntrainable\n."  # how an old tuner.pkl names the trainable
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(old_reference)
+    with modules_under_old_names():
+        assert pickle.loads(old_reference) is trainable
+    with pytest.raises(ModuleNotFoundError):
+        pickle.loads(old_reference)
+    for new in MOVED_MODULES.values():
+        importlib.import_module(new)

@@ -25,11 +25,14 @@ the experiment (`ptycho_sweep.yaml`); giving different ones is an error.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import importlib.util
 import logging
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -42,6 +45,33 @@ from ptycho_torch.config import ConfigError, RunConfig
 log = logging.getLogger("ptycho_dist")
 
 SPEC_FILE = "ptycho_sweep.yaml"  # in the experiment directory: the base config and the sweep
+
+
+# An experiment's state (tuner.pkl) pickles our trainable and callbacks by module path; sweeps started before
+# the modules moved (2026-12-07) name these. Resuming such a sweep finds them under their new names.
+MOVED_MODULES = {
+    "ptycho_dist.tune": "ptycho_dist.sweeps.tuner",
+    "ptycho_dist.sweep_trial": "ptycho_dist.sweeps.trial",
+    "ptycho_dist.sweep_report": "ptycho_dist.sweeps.report",
+    "ptycho_dist.train": "ptycho_dist.training.driver",
+    "ptycho_dist.run_files": "ptycho_dist.cluster.run_files",
+    "ptycho_torch.sweep_config": "ptycho_dist.sweeps.sweep_config",
+    "ptycho_torch.sweep_results": "ptycho_dist.sweeps.results",
+    "ptycho_torch.search_space": "ptycho_dist.sweeps.search_space",
+}
+
+
+@contextlib.contextmanager
+def modules_under_old_names() -> Iterator[None]:
+    """While unpickling an older experiment: each moved module also importable by its old name."""
+    added = [old for old in MOVED_MODULES if old not in sys.modules]
+    for old in added:
+        sys.modules[old] = importlib.import_module(MOVED_MODULES[old])
+    try:
+        yield
+    finally:
+        for old in added:
+            sys.modules.pop(old, None)
 
 
 # ------------------------------------------------------------------ Tune objects
@@ -234,8 +264,9 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
             if not tune.Tuner.can_restore(experiment):
                 raise FileNotFoundError(f"cannot resume: {experiment} holds no Tune experiment state")
             log.info("resuming sweep %r at %s", name, experiment)
-            tuner = tune.Tuner.restore(experiment, trainable=trainable(spec), resume_unfinished=True,
-                                       resume_errored=True)
+            with modules_under_old_names():
+                tuner = tune.Tuner.restore(experiment, trainable=trainable(spec), resume_unfinished=True,
+                                           resume_errored=True)
         else:
             write_run_file(experiment, SPEC_FILE, yaml.safe_dump(
                 {"base": spec["base"], "sweep": spec["sweep"], "out_dir": str(out_dir)}, sort_keys=False))
@@ -253,7 +284,8 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
                     name=name, storage_path=experiment.rsplit("/", 1)[0],
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
                     callbacks=_progress_callbacks(sweep, full_epochs), verbose=1 if ray_config.verbose else 0))
-        result_grid = tuner.fit()
+        with modules_under_old_names() if resume else contextlib.nullcontext():  # trials unpickle in fit
+            result_grid = tuner.fit()
     return write_results(result_grid, base, sweep, experiment, out_dir)
 
 
