@@ -22,8 +22,8 @@ from ptycho_torch.config import (
     RunConfig,
     config_field,
     read_yaml_mapping,
-    yaml_problem,
 )
+from ptycho_torch.config.bounded_yaml import yaml_problem
 
 
 @dataclass(frozen=True)

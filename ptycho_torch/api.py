@@ -42,7 +42,7 @@ ConfigLike = Union[RunConfig, Mapping[str, Any], str, Path, None]
 def flag_keywords() -> dict[str, str]:
     """The run-config flags of `ptycho-torch train` as Python keywords -> dotted fields
     (--batch-size -> batch_size -> training.batch_size, --no-progress-bar -> progress_bar=False)."""
-    from ptycho_torch.config import BOOL_FLAG_FIELDS, FLAG_FIELDS
+    from ptycho_torch.config.flag_names import BOOL_FLAG_FIELDS, FLAG_FIELDS
 
     return {flag.lstrip("-").replace("-", "_"): dotted for flag, dotted in {**FLAG_FIELDS, **BOOL_FLAG_FIELDS}.items()}
 

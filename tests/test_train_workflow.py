@@ -12,8 +12,8 @@ import yaml
 from conftest import tiny_config
 
 from ptycho_torch.cli.main import main
-from ptycho_torch.config import FLAG_FIELDS as ALIASES
 from ptycho_torch.config import SECTIONS, load_run_config
+from ptycho_torch.config.flag_names import FLAG_FIELDS as ALIASES
 from ptycho_torch.model.bundle import load_bundle
 from ptycho_torch.reconstruction.reconstruct import reconstruct
 from ptycho_torch.training.train import train

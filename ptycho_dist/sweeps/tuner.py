@@ -161,8 +161,7 @@ def _read_spec(experiment: str) -> dict[str, Any] | None:
     """The stored {'base': ..., 'sweep': ...} of an experiment (None when it has none); a damaged spec
     is one ConfigError line naming the file."""
     from ptycho_dist.cluster.run_files import read_run_file
-    from ptycho_torch.config import yaml_problem
-    from ptycho_torch.config.bounded_yaml import load_bounded
+    from ptycho_torch.config.bounded_yaml import load_bounded, yaml_problem
 
     text = read_run_file(experiment, SPEC_FILE)
     if text is None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from ptycho_torch.config import BOOL_FLAG_FIELDS, FLAG_FIELDS, SECTIONS
+from ptycho_torch.config import SECTIONS
+from ptycho_torch.config.flag_names import BOOL_FLAG_FIELDS, FLAG_FIELDS
 
 _PREFIX = "override:"
 

@@ -1,15 +1,12 @@
 """Configuration dataclasses for ptycho_torch: one per concern, plain data, validated on creation.
 
-Every field has a default and a docstring-like comment; `__post_init__` checks values and raises
-`ConfigError` naming the field, what was given and what is allowed. `RunConfig` bundles the four
-sections a training run needs and round-trips through YAML (`load_run_config` / `save_run_config`).
-Dotted overrides (``execution.accum_steps=4``) go through `apply_overrides`, which type-checks them
-exactly like a YAML file.
+Every field has a default and a doc; creation checks values and raises `ConfigError` naming the field,
+what was given and what is allowed. `RunConfig` bundles the sections of a run and round-trips through
+YAML; dotted overrides (``execution.accum_steps=4``) are checked exactly like a YAML file. Plain data
+(str, int, float, bool, None, lists): configs pickle to Ray workers and go into Tune search spaces.
 
-Configs are plain data (str, int, float, bool, None, lists), so they pickle to Ray workers and can be
-placed in a Ray Tune search space.
-
-    __init__.py      the sections, RunConfig, YAML load/save, dotted overrides, the flags' spellings
+    __init__.py      the sections, RunConfig, YAML load/save, dotted overrides
+    flag_names.py    the command-line spellings of common fields (--epochs -> training.nepochs)
     typed_fields.py  the field-checking engine (ConfigSection, config_field) from type hints
     bounded_yaml.py  every YAML read with bounded expansion (alias bombs, deep nesting refused in one line)
     reference.py     the generated configuration reference (docs/configuration.md)
@@ -25,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from ptycho_torch.config.bounded_yaml import yaml_problem
 from ptycho_torch.config.typed_fields import ConfigError, ConfigSection, config_field
 
 # --------------------------------------------------------------------------------------------
@@ -405,43 +403,6 @@ SECTIONS: dict[str, type[ConfigSection]] = {
 }
 
 
-# The command-line spellings of common fields (flag -> dotted field), shared by both command lines and
-# the Python APIs' keywords (--batch-size -> batch_size). Fields in BOOL_FLAG_FIELDS get --x/--no-x.
-FLAG_FIELDS: dict[str, str] = {
-    "--N": "model.N",
-    "--gridsize": "model.gridsize",
-    "--n-filters-scale": "model.n_filters_scale",
-    "--probe-trainable": "model.probe_trainable",
-    "--epochs": "training.nepochs",
-    "--max-minutes": "training.max_minutes",
-    "--batch-size": "training.batch_size",
-    "--val-fraction": "data.val_fraction",
-    "--n-groups": "data.n_groups",
-    "--accelerator": "execution.accelerator",
-    "--devices": "execution.devices",
-    "--num-nodes": "execution.num_nodes",
-    "--strategy": "execution.strategy",
-    "--precision": "execution.precision",
-    "--gradient-clip-val": "execution.gradient_clip_val",
-    "--gradient-clip-algorithm": "execution.gradient_clip_algorithm",
-    "--accumulate-grad-batches": "execution.accum_steps",
-    "--num-workers": "execution.num_workers",
-    "--learning-rate": "execution.learning_rate",
-    "--scheduler": "execution.scheduler",
-    "--logger": "execution.logger_backend",
-    "--checkpoint-save-top-k": "execution.checkpoint_save_top_k",
-    "--early-stop-patience": "execution.early_stop_patience",
-    "--seed": "execution.seed",
-    "--inference-batch-size": "execution.inference_batch_size",
-    "--init-from": "training.init_from",
-    "--freeze": "training.freeze",
-}
-BOOL_FLAG_FIELDS: dict[str, str] = {
-    "--deterministic": "execution.deterministic",
-    "--progress-bar": "execution.enable_progress_bar",
-}
-
-
 @dataclass(frozen=True)
 class RunConfig:
     """All sections of one run. `RunConfig.from_dict(yaml.safe_load(open('run.yaml')))`."""
@@ -496,14 +457,6 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"{dotted}: unknown field; {section} has {', '.join(sorted(known))}")
         data[section][name] = value
     return RunConfig.from_dict(data)
-
-
-def yaml_problem(error: Exception) -> str:
-    """A YAML parse error on one line: 'line L, column C: <problem>'."""
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return " ".join(f"{where}{problem}".split())
 
 
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:

@@ -83,3 +83,11 @@ def load_bounded(text: str, max_values: int = MAX_VALUES, max_depth: int = MAX_D
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def yaml_problem(error: Exception) -> str:
+    """A YAML parse error on one line: 'line L, column C: <problem>'."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())

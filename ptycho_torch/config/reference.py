@@ -10,7 +10,8 @@ import argparse
 from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ptycho_torch.config import BOOL_FLAG_FIELDS, FLAG_FIELDS, SECTIONS, SimulationConfig
+from ptycho_torch.config import SECTIONS, SimulationConfig
+from ptycho_torch.config.flag_names import BOOL_FLAG_FIELDS, FLAG_FIELDS
 
 BEGIN = "<!-- BEGIN GENERATED: python -m ptycho_torch.config.reference --write docs/configuration.md -->"
 END = "<!-- END GENERATED -->"
