@@ -45,7 +45,7 @@ def _split_flags(flags: dict[str, Any], ray_flags: Mapping[str, tuple[str, Any]]
 
 
 def _ray_fields(ray: RayLike) -> dict[str, Any]:
-    """The RayConfig fields a caller set: a RayConfig's non-default ones, a dict's own (checked)."""
+    """The RayConfig fields a caller set: a RayConfig's non-default ones, a dict's own (checked where the RayConfig is made)."""
     if ray is None:
         return {}
     if isinstance(ray, RayConfig):
