@@ -12,7 +12,7 @@ Per variant: final train and val loss as a multiple of the truth loss (the same 
 ground-truth object, the noise floor), phase/amplitude SSIM, FRC 0.5 resolution, seconds of
 training and seconds per step. Writes benchmarks/results/ablation.json and the "## Ablation"
 section of docs/benchmarks.md. With `--minutes M` every variant instead trains M minutes of wall-clock
-(training.max_minutes, the learning rate annealed over the budget), the comparison that matters when
+(trainer.max_time, the learning rate annealed over the budget), the comparison that matters when
 variants differ in cost per step; that run writes ablation_wallclock.json and its own section.
 
     .venv/bin/python benchmarks/ablation.py [--steps 1000 | --minutes 4] [--threads 1] [--only NAME ...]
@@ -73,16 +73,24 @@ class StopAtStep(Callback):
 
 def run_variant(args: argparse.Namespace, scan: Path, name: str, model: dict[str, Any], work: Path
                 ) -> dict[str, Any]:
-    from ptycho_torch.config import DataConfig, ModelConfig, PyTorchExecutionConfig, RunConfig, TrainingConfig
+    from ptycho_torch.config import (
+        DataConfig,
+        LoggingConfig,
+        ModelConfig,
+        OptimizerConfig,
+        RunConfig,
+        TrainerConfig,
+        TrainingConfig,
+    )
     from ptycho_torch.reconstruction.reconstruct import reconstruct
     from ptycho_torch.training.train import train
 
     config = RunConfig(
         data=DataConfig(path=str(scan), val_fraction=0.1),
         model=ModelConfig(N=args.N, n_filters_scale=args.n_filters_scale, **model),
-        training=TrainingConfig(nepochs=100_000, batch_size=args.batch_size, max_minutes=args.minutes),
-        execution=PyTorchExecutionConfig(learning_rate=args.learning_rate, seed=args.seed,
-                                         enable_progress_bar=False, logger_backend="csv"))
+        training=TrainingConfig(batch_size=args.batch_size, seed=args.seed),
+        trainer=TrainerConfig(max_epochs=100_000, max_time=args.minutes, enable_progress_bar=False),
+        optimizer=OptimizerConfig(learning_rate=args.learning_rate), logging=LoggingConfig(logger="csv"))
     start = time.perf_counter()
     stop = [] if args.minutes else [StopAtStep(args.steps)]  # equal wall-clock: Lightning's max_time stops it
     trained = train(config, work / f"run_{name}", callbacks=stop)
@@ -140,7 +148,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="optimisation steps per variant (default: 1000)")
     parser.add_argument("--minutes", type=float, default=None,
                         help="equal wall-clock instead of equal steps: every variant trains this many minutes "
-                             "(training.max_minutes); results go to ablation_wallclock.json and their own docs "
+                             "(trainer.max_time); results go to ablation_wallclock.json and their own docs "
                              "section (default: equal steps)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own choice, all cores)")

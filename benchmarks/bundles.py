@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Any
 
 
-def one_epoch_bundle(work: Path, N: int, scale: float, **execution: Any) -> Path:
+def one_epoch_bundle(work: Path, N: int, scale: float, **overrides: Any) -> Path:
     """A bundle of width `scale` trained one epoch on a small simulated N x N scan in `work`;
-    `execution` sets further execution fields (e.g. inference_batch_size=64)."""
+    `overrides` sets further dotted fields (e.g. {"inference.batch_size": 64})."""
     from ptycho_torch.config import (
         DataConfig,
         ModelConfig,
         RunConfig,
         SimulationConfig,
+        TrainerConfig,
         TrainingConfig,
         apply_overrides,
     )
@@ -25,8 +26,8 @@ def one_epoch_bundle(work: Path, N: int, scale: float, **execution: Any) -> Path
         simulate_to_file(SimulationConfig(N=N, n_positions=64, seed=0, nphotons=1e5), scan)
     config = RunConfig(data=DataConfig(path=str(scan), val_fraction=0.25),
                        model=ModelConfig(N=N, n_filters_scale=scale),
-                       training=TrainingConfig(nepochs=1, batch_size=16))
-    config = apply_overrides(config, {"execution.enable_progress_bar": False, "execution.logger_backend": None,
-                                      "execution.enable_checkpointing": False,
-                                      **{f"execution.{k}": v for k, v in execution.items()}})
+                       training=TrainingConfig(batch_size=16), trainer=TrainerConfig(max_epochs=1))
+    config = apply_overrides(config, {"trainer.enable_progress_bar": False, "logging.logger": None,
+                                      "trainer.enable_checkpointing": False,
+                                      **overrides})
     return train(config, work / f"run_{N}_{scale}").bundle_path

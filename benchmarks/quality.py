@@ -2,7 +2,7 @@
 
 One run simulates one scan (lines object, N=64 by default, >= 400 positions, 1e6 photons per
 pattern, defocused probe, Poisson noise), then for each gridsize trains PtychoPINN with
-`ptycho_torch.training.train.train` until the wall-clock budget is spent (training.max_minutes:
+`ptycho_torch.training.train.train` until the wall-clock budget is spent (trainer.max_time:
 Lightning's max_time stops the run at the first step past the budget, and the default WarmupCosine
 schedule anneals the learning rate over it; the epoch count is set high enough never to stop it first), reconstructs the whole scan with `ptycho_torch.reconstruction.reconstruct.reconstruct` and
 evaluates the stitched object against the ground truth (phase offset removed, amplitude scale
@@ -86,14 +86,22 @@ def simulate(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
 
 
 def run_config(args: argparse.Namespace, scan: Path, gridsize: int) -> Any:
-    from ptycho_torch.config import DataConfig, ModelConfig, PyTorchExecutionConfig, RunConfig, TrainingConfig
+    from ptycho_torch.config import (
+        DataConfig,
+        LoggingConfig,
+        ModelConfig,
+        OptimizerConfig,
+        RunConfig,
+        TrainerConfig,
+        TrainingConfig,
+    )
 
     return RunConfig(
         data=DataConfig(path=str(scan), val_fraction=0.1, neighbor_count=args.neighbor_count),
         model=ModelConfig(N=args.N, gridsize=gridsize, n_filters_scale=args.n_filters_scale),
-        training=TrainingConfig(nepochs=100_000, batch_size=args.batch_size, max_minutes=args.budget_minutes),
-        execution=PyTorchExecutionConfig(learning_rate=args.learning_rate, seed=args.seed,
-                                         enable_progress_bar=False, logger_backend="csv"))
+        training=TrainingConfig(batch_size=args.batch_size, seed=args.seed),
+        trainer=TrainerConfig(max_epochs=100_000, max_time=args.budget_minutes, enable_progress_bar=False),
+        optimizer=OptimizerConfig(learning_rate=args.learning_rate), logging=LoggingConfig(logger="csv"))
 
 
 def truth_loss(scan_path: Path, gridsize: int) -> float:

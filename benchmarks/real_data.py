@@ -134,9 +134,9 @@ def network_rows(args: argparse.Namespace, scan_path: Path, scan: Any, probe_pat
     from ptycho_torch.training.train import train
 
     config = apply_overrides(RunConfig(), {
-        "data.path": str(scan_path), "data.probe": str(probe_path), "training.nepochs": 100_000,
-        "training.max_minutes": args.network_minutes, "execution.enable_progress_bar": False,
-        "execution.logger_backend": "csv", "execution.seed": args.seed, "model.n_filters_scale": args.n_filters_scale})
+        "data.path": str(scan_path), "data.probe": str(probe_path), "trainer.max_epochs": 100_000,
+        "trainer.max_time": args.network_minutes, "trainer.enable_progress_bar": False,
+        "logging.logger": "csv", "training.seed": args.seed, "model.n_filters_scale": args.n_filters_scale})
     t0 = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     trained = train(config, work / "run")

@@ -74,10 +74,10 @@ def simulate_files(work: Path, N: int, M: int, formats: list[str]) -> dict[str, 
 
 
 def train_bundle(work: Path, N: int, scale: float, batch: int) -> tuple[Path, float]:
-    """One-epoch bundle whose inference_batch_size is `batch` (so `reconstruct` without a batch size
+    """One-epoch bundle whose inference.batch_size is `batch` (so `reconstruct` without a batch size
     uses it too), and the seconds it took."""
     t = time.perf_counter()
-    bundle = one_epoch_bundle(work, N, scale, inference_batch_size=batch)
+    bundle = one_epoch_bundle(work, N, scale, **{"inference.batch_size": batch})
     return bundle, time.perf_counter() - t
 
 

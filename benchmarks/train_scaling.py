@@ -106,7 +106,7 @@ def run_ray(config: Any, work: Path, workers: int) -> dict[str, Any]:
     from ptycho_torch.config import apply_overrides
 
     timing = work / f"ray{workers}.json"
-    config = apply_overrides(config, {"execution.devices": workers})
+    config = apply_overrides(config, {"trainer.devices": workers})
     t0 = time.time()
     result = fit_distributed(config, RayConfig(storage_path=str(work / "ray_runs"), name=f"w{workers}",
                                                cpus_per_worker=1), callbacks=[Timing(str(timing))])
@@ -214,10 +214,11 @@ def main() -> None:
     from ptycho_torch.cli.main import setup_logging
     from ptycho_torch.config import (
         DataConfig,
+        LoggingConfig,
         ModelConfig,
-        PyTorchExecutionConfig,
         RunConfig,
         SimulationConfig,
+        TrainerConfig,
         TrainingConfig,
     )
     from ptycho_torch.data.simulate import simulate_to_file
@@ -229,8 +230,9 @@ def main() -> None:
         scan = simulate_to_file(SimulationConfig(N=args.N, n_positions=args.positions, seed=0), work / "scan.npz")
         config = RunConfig(data=DataConfig(path=str(scan), val_fraction=0.1),
                            model=ModelConfig(N=args.N, n_filters_scale=args.n_filters_scale),
-                           training=TrainingConfig(nepochs=args.epochs, batch_size=args.batch_size),
-                           execution=PyTorchExecutionConfig(logger_backend=None, enable_progress_bar=False))
+                           training=TrainingConfig(batch_size=args.batch_size),
+                           trainer=TrainerConfig(max_epochs=args.epochs, enable_progress_bar=False),
+                           logging=LoggingConfig(logger=None))
         t0 = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
         ray_init = time.perf_counter() - t0
@@ -257,7 +259,7 @@ def main() -> None:
               "lightning_torchtrainer_s": light, "poll_interval_s": RayConfig().poll_interval_s,
               "load_average_1min": {"start": load_start, "end": os.getloadavg()[0]},
               "settings": {"N": args.N, "n_filters_scale": args.n_filters_scale, "positions": args.positions,
-                           "epochs": args.epochs, "batch_size": args.batch_size, "seed": config.execution.seed,
+                           "epochs": args.epochs, "batch_size": args.batch_size, "seed": config.training.seed,
                            "repeats": args.repeats},
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
                           "lightning": lightning.__version__, "ray": ray.__version__},

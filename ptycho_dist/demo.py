@@ -57,10 +57,10 @@ def run_demo(out: Path, *, epochs: int = DEMO_EPOCHS, minutes: float | None = DE
         # batch_size is per worker: split the single-machine batch so the global batch (and so the
         # number of optimisation steps per epoch) matches `ptycho-torch demo`.
         config = apply_overrides(single, {
-            "execution.devices": workers, "execution.accelerator": "cpu",
-            "execution.enable_progress_bar": False,
+            "trainer.devices": workers, "trainer.accelerator": "cpu",
+            "trainer.enable_progress_bar": False,
             "training.batch_size": max(1, single.training.batch_size // workers),
-            "execution.inference_batch_size": 64})
+            "inference.batch_size": 64})
         budget = f"{minutes:g} min (at most {epochs} epochs)" if minutes else f"{epochs} epochs"
         t = _step(2, f"training with {workers} Ray workers for {budget}")
         trained = fit_distributed(config, ray_config)
@@ -68,8 +68,8 @@ def run_demo(out: Path, *, epochs: int = DEMO_EPOCHS, minutes: float | None = DE
 
         t = _step(3, "sweeping the learning rate (2 trials)")
         sweep = sweep_config_from_dict(DEMO_SWEEP)
-        sweep_config = apply_overrides(config, {"training.nepochs": sweep_epochs, "training.max_minutes": None,
-                                                "execution.devices": 1})
+        sweep_config = apply_overrides(config, {"trainer.max_epochs": sweep_epochs, "trainer.max_time": None,
+                                                "trainer.devices": 1})
         swept = run_sweep(sweep_config, sweep, out / "sweep", ray_config=ray_config, name="demo-sweep")
         timings["sweep_s"] = time.perf_counter() - t
 

@@ -6,11 +6,11 @@
     pt.reconstruct(model, data)      the object (H, W) complex64 from files, a scan object or arrays:
     pt.reconstruct(model, diffraction=d, positions=p)
     pt.evaluate(recon, truth)        metrics of a reconstruction (file or array) against a ground truth
-    pt.RunConfig                     the run configuration (sections data/model/training/inference/execution)
+    pt.RunConfig                     the run configuration (sections data/model/training/inference/trainer/...)
 
 Keyword arguments mirror the command-line flags of `ptycho-torch` with '-' written '_'
 (`--batch-size 8` is `batch_size=8`, `--N 32` is `N=32`, `--inference-batch-size` is
-`inference_batch_size`); any config field is reachable as `overrides={"execution.accum_steps": 4}`.
+`inference_batch_size`); any config field is reachable as `overrides={"trainer.accumulate_grad_batches": 4}`.
 Errors a user can fix are `UserError`s (ConfigError, ScanValidationError) with a one-line message
 naming the argument (by its flag, `--out`) and the fix.
 
@@ -89,7 +89,7 @@ def check_batch_size(value: int | None, flag: str = "--inference-batch-size") ->
     """Patterns per inference batch: None (the model's own) or >= 1."""
     if value is not None and value < 1:
         raise ConfigError(f"{flag}: got {value}; must be >= 1 (patterns per batch), or leave it out to use "
-                          "the model's execution.inference_batch_size")
+                          "the model's inference.batch_size")
 
 
 def dotted_overrides(flags: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
@@ -97,7 +97,14 @@ def dotted_overrides(flags: Mapping[str, Any], overrides: Mapping[str, Any] | No
     """`overrides` (dotted fields) <- `flags` (keywords of the CLI flags) as one dict of dotted fields.
     An unknown keyword is a ConfigError listing the flag keywords (and `more_keywords`, those a caller
     such as ptycho_dist.api takes besides)."""
+    from ptycho_torch.config.renamed import RENAMED_FLAGS, renamed_flag
+
     known = flag_keywords()
+    for old in RENAMED_FLAGS:
+        keyword = old.lstrip("-").replace("-", "_")
+        if keyword in flags:
+            new = renamed_flag(keyword).lstrip("-").replace("-", "_")
+            flags = {(new if k == keyword else k): v for k, v in flags.items()}
     unknown = sorted(set(flags) - set(known))
     if unknown:
         raise ConfigError(f"{', '.join(unknown)}: unknown keyword(s); the flag keywords are "

@@ -16,9 +16,10 @@ from typing import Any
 from ptycho_torch.config import (
     DataConfig,
     ModelConfig,
-    PyTorchExecutionConfig,
+    OptimizerConfig,
     RunConfig,
     SimulationConfig,
+    TrainerConfig,
     TrainingConfig,
 )
 
@@ -35,7 +36,7 @@ DEMO_SWEEP = {
     "search": {"name": "grid"},
     "workers_per_trial": 1,
     "max_concurrent_trials": 2,
-    "space": {"execution.learning_rate": {"grid": [1.0e-3, 3.0e-3]}},
+    "space": {"optimizer.learning_rate": {"grid": [1.0e-3, 3.0e-3]}},
 }
 
 
@@ -58,8 +59,9 @@ def demo_run_config(scan_path: Path, epochs: int, minutes: float | None = DEMO_M
     `epochs`, whichever ends first."""
     return RunConfig(data=DataConfig(path=str(scan_path), val_fraction=0.1),
                      model=ModelConfig(N=DEMO_N, gridsize=2, n_filters_scale=0.5),
-                     training=TrainingConfig(nepochs=epochs, batch_size=4, max_minutes=minutes),
-                     execution=PyTorchExecutionConfig(learning_rate=3e-3))
+                     training=TrainingConfig(batch_size=4),
+                     trainer=TrainerConfig(max_epochs=epochs, max_time=minutes),
+                     optimizer=OptimizerConfig(learning_rate=3e-3))
 
 
 def run_demo(out: Path, epochs: int = DEMO_EPOCHS, n_positions: int = 1000,
@@ -107,7 +109,7 @@ def write_summary(out: Path, trained: Any, swept: Any, recon: Any, timings: dict
     summary = {
         "run": str(trained.run_dir), "epochs": trained.epochs_completed, "world_size": trained.world_size,
         "final_val_loss": trained.metrics.get("val_loss"), "metrics": metrics,
-        "best_learning_rate": best.execution.learning_rate if best is not None else None,
+        "best_learning_rate": best.optimizer.learning_rate if best is not None else None,
         "reconstruction_patterns_per_s": recon.patterns_per_second, "timings_s": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

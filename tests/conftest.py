@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from ptycho_torch.config import DataConfig, ModelConfig, RunConfig, SimulationConfig, TrainingConfig
+from ptycho_torch.config import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    SimulationConfig,
+    TrainerConfig,
+    TrainingConfig,
+)
 
 
 def simulate(path: Path, **overrides) -> Path:
@@ -34,10 +41,10 @@ def tiny_config(scan: Path, **sections) -> RunConfig:
     epochs, 25% validation, csv logs, no progress bar."""
     config = RunConfig(data=DataConfig(path=str(scan), val_fraction=0.25),
                        model=ModelConfig(N=32, gridsize=1, n_filters_scale=0.25),
-                       training=TrainingConfig(nepochs=2, batch_size=16))
+                       training=TrainingConfig(batch_size=16), trainer=TrainerConfig(max_epochs=2))
     from ptycho_torch.config import apply_overrides
 
-    base = {"execution.enable_progress_bar": False, "execution.learning_rate": 1e-3}  # the tests' lr arithmetic
+    base = {"trainer.enable_progress_bar": False, "optimizer.learning_rate": 1e-3}  # the tests' lr arithmetic
     base.update(sections)
     return apply_overrides(config, base)
 

@@ -36,7 +36,7 @@ def test_reconstruct_align_phases_flag(tiny_scan, tmp_path):
     from ptycho_torch.cli.main import main
     from ptycho_torch.training.train import train
 
-    trained_g2 = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "training.nepochs": 1}), tmp_path / "g2").run_dir
+    trained_g2 = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "trainer.max_epochs": 1}), tmp_path / "g2").run_dir
     out = tmp_path / "recon"
     assert main(["reconstruct", "--model", str(trained_g2), "--data", str(tiny_scan), "--out", str(out),
                  "--align-phases"]) == 0

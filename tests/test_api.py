@@ -45,12 +45,12 @@ def test_train_keywords_are_the_cli_flags(run):
     config = pt.RunConfig.from_dict({})
     assert run.bundle_path.is_file() and run.epochs_completed == 1
     saved = pt.api.run_config(run.run_dir / "config.yaml")
-    assert (saved.model.N, saved.training.nepochs, saved.training.batch_size) == (32, 1, 16)
-    assert saved.model.n_filters_scale == 0.25 and saved.execution.logger_backend is None
-    assert config.training.nepochs != 1  # the keywords changed it, not the defaults
+    assert (saved.model.N, saved.trainer.max_epochs, saved.training.batch_size) == (32, 1, 16)
+    assert saved.model.n_filters_scale == 0.25 and saved.logging.logger is None
+    assert config.trainer.max_epochs != 1  # the keywords changed it, not the defaults
     with pytest.raises(ConfigError, match="batchsize: unknown keyword.*batch_size"):
         pt.api.run_config(batchsize=8)
-    with pytest.raises(ConfigError, match="training.nepochs"):
+    with pytest.raises(ConfigError, match="trainer.max_epochs"):
         pt.api.run_config(epochs=0)
 
 
@@ -132,7 +132,7 @@ def test_frames_of_another_probe_match_the_file_path(run, tmp_path):
 
 
 def test_train_resume_and_config_forms(tiny_scan, tmp_path):
-    first = pt.train(tiny_scan, tmp_path / "run", config=pt.RunConfig.from_dict({"training": {"nepochs": 1}}),
+    first = pt.train(tiny_scan, tmp_path / "run", config=pt.RunConfig.from_dict({"trainer": {"max_epochs": 1}}),
                      **{k: v for k, v in TINY.items() if k != "epochs"})
     assert first.epochs_completed == 1
     resumed = pt.train(out=tmp_path / "run", resume=True, epochs=2)  # config.yaml of the run, then the flags

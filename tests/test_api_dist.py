@@ -33,11 +33,11 @@ def test_train_reconstruct_and_tune_over_ray(ray_local, tiny_scan, tmp_path):
     local = pt.reconstruct(run, tiny_scan)
     assert obj.shape == local.shape and np.abs(obj - local).max() <= 1e-5
     sweep = {"metric": "val_loss", "mode": "min", "scheduler": {"name": "fifo"}, "workers_per_trial": 1,
-             "space": {"execution.learning_rate": {"grid": [1e-3]}}}
+             "space": {"optimizer.learning_rate": {"grid": [1e-3]}}}
     result = pd.tune(sweep, tmp_path / "sweep", data=tiny_scan, address=ray_local,
                      config=pt.api.run_config(None, **TINY))
     assert result.complete and len(result.trials) == 1 and result.best_config is not None
-    assert result.best_config.training.nepochs == 1
+    assert result.best_config.trainer.max_epochs == 1
 
 
 def test_unknown_keywords_are_one_clear_error(tmp_path):

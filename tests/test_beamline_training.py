@@ -61,8 +61,8 @@ def test_train_and_reconstruct_a_beamline_file(tmp_path, truth, kind):
     from ptycho_torch.training.train import train
 
     data, overrides = _beamline_file(kind, tmp_path, truth)
-    config = tiny_config(data, **{"training.nepochs": 1, "execution.logger_backend": "none",
-                                  "execution.enable_checkpointing": False, **overrides})
+    config = tiny_config(data, **{"trainer.max_epochs": 1, "logging.logger": "none",
+                                  "trainer.enable_checkpointing": False, **overrides})
     run = train(config, tmp_path / "run")
     assert run.epochs_completed == 1 and np.isfinite(run.metrics["train_loss"])
     out = tmp_path / "recon"
@@ -149,7 +149,7 @@ def test_larger_frames_train_cropped_to_N(tmp_path, truth):
 
     counts = detector_frames(truth.diffraction_block(0, truth.n_patterns), frame=48, corner=(8, 8))
     path = str(write_cxi(tmp_path / "big.cxi", counts, metres(truth.xcoords, truth.ycoords, N), truth.probe[0]))
-    quiet = {"training.nepochs": 1, "execution.logger_backend": "none", "execution.enable_checkpointing": False}
+    quiet = {"trainer.max_epochs": 1, "logging.logger": "none", "trainer.enable_checkpointing": False}
     with pytest.raises(ScanValidationError, match=r"probe: expected 48x48 \(the patterns\) .* found 32x32; or set --N 32"):
         train(tiny_config(path, **quiet, **{"model.N": None}), tmp_path / "refused")
     with pytest.raises(ConfigError, match=r"holds 48x48 patterns.*set --N 32 \(the central 32x32"):  # a 48x48 probe

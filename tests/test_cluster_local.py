@@ -160,7 +160,7 @@ def test_local_cluster_end_to_end(tmp_path: Path, tiny_scan: Path) -> None:
         assert bad.returncode != 0
         assert "Job 'e2e-bad' failed" in plain(ray_job("status", "e2e-bad", env=client, timeout=60).stdout)
         logs = ray_job("logs", "e2e-bad", env=client, timeout=60).stdout
-        assert "execution.scheduler: got 'Cosine'" in logs, logs[-2000:]
+        assert "optimizer.scheduler: got 'Cosine'" in logs, logs[-2000:]
         assert not (storage / "bad").exists()
     finally:
         t0 = time.monotonic()

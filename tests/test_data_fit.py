@@ -26,8 +26,8 @@ def scans(tmp_path_factory) -> dict[float, Path]:
 
 @pytest.fixture(scope="module")
 def bundle(scans, tmp_path_factory) -> Path:
-    config = apply_overrides(tiny_config(scans[1e6]), {"training.nepochs": 1, "execution.logger_backend": None,
-                                                       "execution.enable_checkpointing": False})
+    config = apply_overrides(tiny_config(scans[1e6]), {"trainer.max_epochs": 1, "logging.logger": None,
+                                                       "trainer.enable_checkpointing": False})
     return train(config, tmp_path_factory.mktemp("run")).bundle_path
 
 

@@ -37,7 +37,7 @@ import json, sys, time
 import ray
 from ptycho_dist.config import RayConfig
 from ptycho_dist.cluster.scaling import autoscaler_running, plan_for_cluster, release_autoscaler_request
-from ptycho_torch.config import ConfigError, PyTorchExecutionConfig
+from ptycho_torch.config import ConfigError, TrainerConfig
 
 for _ in range(90):
     try:
@@ -50,14 +50,14 @@ while not autoscaler_running() and time.monotonic() < deadline:
     time.sleep(0.5)
 out = {"autoscaler": autoscaler_running(), "gpus_before": ray.cluster_resources().get("GPU", 0.0)}
 
-one_gpu = PyTorchExecutionConfig(accelerator="gpu", devices=1)
+one_gpu = TrainerConfig(accelerator="gpu", devices=1)
 t = time.monotonic()
 plan, asked = plan_for_cluster(one_gpu, RayConfig(worker_start_timeout_s=120))
 out.update(grew_s=time.monotonic() - t, asked=asked, use_gpu=plan.use_gpu,
            gpus_after=ray.cluster_resources().get("GPU", 0.0), nodes=len([n for n in ray.nodes() if n["Alive"]]))
 release_autoscaler_request()
 
-four_gpus = PyTorchExecutionConfig(accelerator="gpu", devices=4)
+four_gpus = TrainerConfig(accelerator="gpu", devices=4)
 for key, ray_config in (("never", RayConfig(worker_start_timeout_s=15)), ("no_autoscaling", RayConfig(autoscaling=False))):
     t = time.monotonic()
     try:

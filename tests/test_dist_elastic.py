@@ -24,7 +24,7 @@ def test_elastic_requests_are_checked_in_one_line():
         RayConfig(min_workers=1)
     with pytest.raises(ConfigError, match=r"ray.min_workers: got 0; must be >= 1"):
         RayConfig(min_workers=0, max_failures=2)
-    ex = tiny_config("unused.npz", **{"execution.devices": 2}).execution
+    ex = tiny_config("unused.npz", **{"trainer.devices": 2}).trainer
     with pytest.raises(ConfigError, match=r"ray.min_workers: 3 is more than the 2 workers asked"):
         plan_scaling(ex, RayConfig(min_workers=3, max_failures=1), ClusterResources.single_node(4))
     # the fewest must fit now, not the most: 1 CPU hosts an elastic 1-2 group, not a fixed 2
@@ -38,8 +38,8 @@ def test_a_node_leaving_mid_run_restarts_on_the_rest_and_finishes(two_nodes, sma
     cluster = two_nodes
     leaving = next(node for node in cluster.list_all_nodes() if node is not cluster.head_node)
     epochs = 6
-    config = tiny_config(small_scan, **{"training.nepochs": epochs, "execution.devices": 2,
-                                        "execution.logger_backend": None})
+    config = tiny_config(small_scan, **{"trainer.max_epochs": epochs, "trainer.devices": 2,
+                                        "logging.logger": None})
     # a restart may first wait for the lost node (until the worker-start timeout), then goes on with one
     ray_config = RayConfig(storage_path=str(tmp_path), name="elastic", min_workers=1, max_failures=3,
                            placement_strategy="SPREAD", worker_start_timeout_s=20)

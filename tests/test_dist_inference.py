@@ -60,8 +60,8 @@ def bundles(scans, tmp_path_factory) -> dict[int, Path]:
     out = {}
     for g in (1, 2):
         config = apply_overrides(tiny_config(scans["merged"]), {
-            "training.nepochs": 1, "model.gridsize": g, "execution.logger_backend": None,
-            "execution.enable_checkpointing": False})
+            "trainer.max_epochs": 1, "model.gridsize": g, "logging.logger": None,
+            "trainer.enable_checkpointing": False})
         out[g] = train(config, tmp_path_factory.mktemp(f"run_g{g}")).bundle_path
     return out
 
@@ -73,7 +73,7 @@ def _local_per_file(bundle: Path, files: list[Path], canvas_hw: tuple[int, int],
     acc = StitchAccumulator(canvas_hw, stitch_weight(pred.probe, config.inference.stitch_weight))
     for path in files:
         scan = read_scan(path)
-        groups = inference_groups(scan, pred.gridsize, config.data.neighbor_count, config.execution.seed)
+        groups = inference_groups(scan, pred.gridsize, config.data.neighbor_count, config.training.seed)
         stitched = torch.from_numpy(groups.stitch_mask())
         for b in inference_loader(scan, groups, config, batch):
             patches = pred(b["amp"], b["offsets"])  # overlap-constrained for groups, as reconstruct does
@@ -203,8 +203,8 @@ def test_beamline_file_read_as_trained_and_products_as_local(ray_local, tmp_path
     mask = np.zeros((48, 48), bool)
     mask[20:22, 30] = True  # inside the crop: read as 0
     path = str(write_cxi(tmp_path / "big.cxi", counts, metres(sim.xcoords, sim.ycoords, 32), sim.probe[0], mask=mask))
-    config = tiny_config(path, **{"training.nepochs": 1, "execution.logger_backend": None,
-                                  "execution.enable_checkpointing": False, "data.beam_center": [24, 24]})
+    config = tiny_config(path, **{"trainer.max_epochs": 1, "logging.logger": None,
+                                  "trainer.enable_checkpointing": False, "data.beam_center": [24, 24]})
     bundle = train(config, tmp_path / "run").bundle_path
     local = reconstruct(bundle, path, tmp_path / "local", progress=False)
     dist = reconstruct_distributed(bundle, path, tmp_path / "dist", concurrency=1, progress=False)

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.ray
 def test_resource_checks_see_every_node(two_nodes):
     resources = ClusterResources.from_ray()
     assert resources.cpus == 2 and len(resources.nodes) == 2
-    ex = tiny_config("unused.npz", **{"execution.devices": 1, "execution.num_nodes": 2}).execution
+    ex = tiny_config("unused.npz", **{"trainer.devices": 1, "trainer.num_nodes": 2}).trainer
     assert plan_scaling(ex, RayConfig(placement_strategy="STRICT_SPREAD"), resources).num_workers == 2
     with pytest.raises(ConfigError, match="only 1 fit"):  # 2 CPUs in total, but not on one node
         plan_scaling(ex, RayConfig(placement_strategy="STRICT_PACK"), resources)
@@ -27,8 +27,8 @@ def test_resource_checks_see_every_node(two_nodes):
 def test_spread_training_runs_one_worker_per_node(two_nodes, small_scan, tmp_path):
     import ray
 
-    config = tiny_config(small_scan, **{"training.nepochs": 2, "execution.devices": 1,
-                                        "execution.num_nodes": 2, "execution.logger_backend": None})
+    config = tiny_config(small_scan, **{"trainer.max_epochs": 2, "trainer.devices": 1,
+                                        "trainer.num_nodes": 2, "logging.logger": None})
     r = fit_distributed(config, RayConfig(storage_path=str(tmp_path), name="spread", placement_strategy="SPREAD"))
     node_ids = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     assert r.world_size == 2 and set(r.replica_nodes) == node_ids  # one rank on each node

@@ -32,14 +32,14 @@ from ptycho_dist.cluster.scaling import (
 )
 from ptycho_dist.config import RAY_FLAGS, RayConfig, load_dist_config
 from ptycho_dist.training.driver import _user_error
-from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig, load_run_config
+from ptycho_torch.config import ConfigError, RunConfig, TrainerConfig, load_run_config
 from ptycho_torch.training.launcher import state_checksum
 
 CPU4 = ClusterResources.single_node(4)
 
 
-def ex(**kw) -> PyTorchExecutionConfig:
-    return PyTorchExecutionConfig(**kw)
+def ex(**kw) -> TrainerConfig:
+    return TrainerConfig(**kw)
 
 
 # ------------------------------------------------------------------ scaling
@@ -124,8 +124,8 @@ def test_checkpoint_failure_and_run_configs(tmp_path, monkeypatch, tiny_scan):
     config = tiny_config(tiny_scan)
     ck = checkpoint_config(config)
     assert (ck.num_to_keep, ck.checkpoint_score_attribute, ck.checkpoint_score_order) == (1, "val_loss", "min")
-    every = checkpoint_config(tiny_config(tiny_scan, **{"execution.checkpoint_save_top_k": -1,
-                                                        "execution.checkpoint_mode": "max"}))
+    every = checkpoint_config(tiny_config(tiny_scan, **{"checkpoint.save_top_k": -1,
+                                                        "checkpoint.mode": "max"}))
     assert every.num_to_keep is None and every.checkpoint_score_order == "max"
     no_val = checkpoint_config(tiny_config(tiny_scan, **{"data.val_fraction": 0.0}))
     assert no_val.checkpoint_score_attribute == "train_loss"
@@ -139,7 +139,7 @@ def test_checkpoint_failure_and_run_configs(tmp_path, monkeypatch, tiny_scan):
     assert run_config(config, RayConfig(verbose=True), "x").logging_config.log_level == "INFO"
     assert storage_path(RayConfig(storage_path="s3://bucket/runs")) == "s3://bucket/runs"
     assert storage_path(RayConfig()) == str(tmp_path / "ray_runs")
-    no_ckpt = tiny_config(tiny_scan, **{"execution.enable_checkpointing": False})
+    no_ckpt = tiny_config(tiny_scan, **{"trainer.enable_checkpointing": False})
     with pytest.raises(ConfigError, match="enable_checkpointing"):
         run_config(no_ckpt, RayConfig(max_failures=1), "x")
 
@@ -199,17 +199,17 @@ def test_help_lists_every_ray_flag_with_its_default(capsys):
 
 def test_ray_section_in_yaml_precedence_and_out(tmp_path, tiny_scan):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({"training": {"nepochs": 5}, "execution": {"devices": 2},
+    cfg.write_text(yaml.safe_dump({"trainer": {"max_epochs": 5, "devices": 2},
                                    "ray": {"max_failures": 2, "name": "from-file", "cpus_per_worker": 2}}))
     run, ray = load_dist_config(cfg)
-    assert run.training.nepochs == 5 and ray.max_failures == 2 and ray.name == "from-file"
+    assert run.trainer.max_epochs == 5 and ray.max_failures == 2 and ray.name == "from-file"
     with pytest.raises(ConfigError, match="unknown section"):  # ptycho-torch stays strict
         load_run_config(cfg)
 
     args = _parse(["--config", str(cfg), "--data", str(tiny_scan), "--max-failures", "1", "--epochs", "3",
                    "--out", str(tmp_path / "runs" / "mine")])
     config, ray_config, resume = resolve_run(**run_keywords(args))
-    assert not resume and config.training.nepochs == 3 and config.execution.devices == 2
+    assert not resume and config.trainer.max_epochs == 3 and config.trainer.devices == 2
     assert (ray_config.max_failures, ray_config.cpus_per_worker) == (1, 2.0)
     assert (ray_config.storage_path, ray_config.name) == (str(tmp_path / "runs"), "mine")
     assert config.data.path == str(tiny_scan)

@@ -33,7 +33,7 @@ from ptycho_torch.training.train import train
 pytestmark = pytest.mark.ray
 
 def _config(scan: Path, **overrides):
-    base = {"training.nepochs": 3, "execution.devices": 2, "execution.logger_backend": None}
+    base = {"trainer.max_epochs": 3, "trainer.devices": 2, "logging.logger": None}
     base.update(overrides)
     return tiny_config(scan, **base)
 
@@ -55,7 +55,7 @@ def test_two_worker_ddp_converges_with_identical_replicas(ddp_run, small_scan, t
     for name in ("config.yaml", "ray.yaml", "model.pt", "manifest.json", "metrics.json", "loss.png"):
         assert (run / name).is_file(), name
     assert state_checksum(load_bundle(run).module) == r.replica_checksums[0]  # the bundle = trained weights
-    scaling = yaml.safe_load((run / "ray.yaml").read_text())["scaling"]  # what Ray made of execution.devices
+    scaling = yaml.safe_load((run / "ray.yaml").read_text())["scaling"]  # what Ray made of trainer.devices
     assert (scaling["workers"], scaling["trainer_devices_per_worker"], scaling["strategy"]) == (2, 1, "ddp")
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["ray"]["replica_checksums"] == r.replica_checksums
@@ -68,8 +68,8 @@ def test_one_ray_worker_equals_plain_lightning(ray_local, small_scan, tmp_path):
     """Both paths sample through a DistributedSampler (world size 1, seed + epoch), use one torch
     thread, and seed the same way, so the losses and final weights must match exactly. Checkpointing
     is off here, which also covers the metrics-only Ray report path."""
-    config = _config(small_scan, **{"training.nepochs": 2, "execution.devices": 1,
-                                    "execution.enable_checkpointing": False})
+    config = _config(small_scan, **{"trainer.max_epochs": 2, "trainer.devices": 1,
+                                    "trainer.enable_checkpointing": False})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -4,7 +4,7 @@
 One Ray instance (4 logical CPUs, dashboard on 127.0.0.1 — ASHA's early stopping needs it) serves the
 module. Tiny model (N=32, n_filters_scale=0.25), 96 positions, 1–3 epochs.
 
-- a 2x2 grid over gradient_clip_val x accum_steps under ASHA, where clip 1e-10 (gradients far below
+- a 2x2 grid over gradient_clip_val x accumulate_grad_batches under ASHA, where clip 1e-10 (gradients far below
   Adam's eps, so the weights barely move) makes two trials much worse: the sweep finishes, the table
   lists all 4 trials, ASHA stops the bad ones at the first rung, and best_config.yaml round-trips into
   training (tests (a) and (b) of issue 5 merged into one sweep to keep the module near 5 minutes);
@@ -47,7 +47,7 @@ def scan(tmp_path_factory) -> Path:
 
 
 def _base(scan: Path, **overrides):
-    settings = {"training.nepochs": 3, "execution.logger_backend": None, "execution.learning_rate": 1e-2}
+    settings = {"trainer.max_epochs": 3, "logging.logger": None, "optimizer.learning_rate": 1e-2}
     settings.update(overrides)
     return tiny_config(scan, **settings)
 
@@ -64,15 +64,15 @@ def test_grid_sweep_with_asha_early_stopping_and_best_config(ray_local, scan, tm
         "search": {"name": "grid"}, "workers_per_trial": 1, "max_concurrent_trials": 2,
         # grid order: the last key varies fastest, so the two good trials (clip 1.0) run first and
         # are recorded at ASHA's first rung before the two bad ones (clip 1e-10) reach it
-        "space": {"execution.gradient_clip_val": {"grid": [1.0, 1e-10]},
-                  "execution.accum_steps": {"grid": [1, 2]}}})
+        "space": {"trainer.gradient_clip_val": {"grid": [1.0, 1e-10]},
+                  "trainer.accumulate_grad_batches": {"grid": [1, 2]}}})
     out = tmp_path / "out"
     result = run_sweep(_base(scan), sweep, out, name="grid")
 
     # every trial is in the table and in trials.csv
     assert result.complete and len(result.trials) == 4
     rows = _rows(out / TRIALS_CSV)
-    grid = {(float(r["execution.gradient_clip_val"]), int(r["execution.accum_steps"])) for r in rows}
+    grid = {(float(r["trainer.gradient_clip_val"]), int(r["trainer.accumulate_grad_batches"])) for r in rows}
     assert grid == {(1.0, 1), (1.0, 2), (1e-10, 1), (1e-10, 2)}
     assert {"trial_id", "status", "epochs", "stopped_early", "last_val_loss", "best_val_loss"} <= set(rows[0])
     for r in result.trials:
@@ -81,30 +81,30 @@ def test_grid_sweep_with_asha_early_stopping_and_best_config(ray_local, scan, tm
         assert Path(r.run_dir).name == r.trial_id and (Path(r.run_dir) / "config.yaml").is_file()
 
     # ASHA stopped the bad trials at the first rung (grace_period = 1 epoch)
-    bad = [r for r in result.trials if r.params["execution.gradient_clip_val"] == 1e-10]
-    good = [r for r in result.trials if r.params["execution.gradient_clip_val"] == 1.0]
+    bad = [r for r in result.trials if r.params["trainer.gradient_clip_val"] == 1e-10]
+    good = [r for r in result.trials if r.params["trainer.gradient_clip_val"] == 1.0]
     for r in bad:
         assert (r.status, r.epochs, r.stopped_early) == ("stopped", 1, True), r
         assert [e for e, _ in r.curve] == [1]
     assert min(g.curve[0][1] for g in good) < min(b.curve[0][1] for b in bad)
     completed = [r for r in result.trials if r.status == "completed"]
     assert completed and all(r.epochs == 3 and not r.stopped_early for r in completed)
-    csv_bad = [r for r in rows if float(r["execution.gradient_clip_val"]) == 1e-10]
+    csv_bad = [r for r in rows if float(r["trainer.gradient_clip_val"]) == 1e-10]
     assert all(r["status"] == "stopped" and r["epochs"] == "1" and r["stopped_early"] == "true" for r in csv_bad)
 
     # best_config.yaml: the best trial's full config; loads and trains with ptycho-torch
     best = result.best
-    assert best is not None and best.status == "completed" and best.params["execution.gradient_clip_val"] == 1.0
+    assert best is not None and best.status == "completed" and best.params["trainer.gradient_clip_val"] == 1.0
     assert best.last_value == min(r.last_value for r in completed)
     loaded = load_run_config(out / BEST_CONFIG)
     assert loaded == result.best_config
-    assert set(yaml.safe_load((out / BEST_CONFIG).read_text())) == {"data", "model", "training", "inference",
-                                                                     "execution"}
-    assert loaded.execution.gradient_clip_val == best.params["execution.gradient_clip_val"]
-    assert loaded.execution.accum_steps == best.params["execution.accum_steps"]
-    assert loaded.training.nepochs == 3 and loaded.model.n_filters_scale == 0.25
+    assert set(yaml.safe_load((out / BEST_CONFIG).read_text())) == {
+        "data", "model", "training", "inference", "trainer", "optimizer", "dataloader", "checkpoint", "logging"}
+    assert loaded.trainer.gradient_clip_val == best.params["trainer.gradient_clip_val"]
+    assert loaded.trainer.accumulate_grad_batches == best.params["trainer.accumulate_grad_batches"]
+    assert loaded.trainer.max_epochs == 3 and loaded.model.n_filters_scale == 0.25
     assert Path(loaded.data.path) == scan.resolve()
-    trained = train(apply_overrides(loaded, {"training.nepochs": 1}), tmp_path / "retrain")
+    trained = train(apply_overrides(loaded, {"trainer.max_epochs": 1}), tmp_path / "retrain")
     assert trained.epochs_completed == 1 and trained.bundle_path.is_file()
 
     # the best trial's run files, and the curves
@@ -150,11 +150,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, scan,
     as finished and Ray Train has registered a checkpoint of the second; --resume keeps the first and
     continues the second from its checkpoint."""
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(_base(scan, **{"training.nepochs": 5}).to_dict()))
+    config.write_text(yaml.safe_dump(_base(scan, **{"trainer.max_epochs": 5}).to_dict()))
     sweep = tmp_path / "sweep.yaml"
     sweep.write_text(yaml.safe_dump({
         "scheduler": {"name": "fifo"}, "search": {"name": "grid"}, "max_concurrent_trials": 1,
-        "space": {"execution.learning_rate": {"grid": [1.0e-2, 3.0e-3]}}}))
+        "space": {"optimizer.learning_rate": {"grid": [1.0e-2, 3.0e-3]}}}))
     out = tmp_path / "out"
     experiment = out / "resumable"
     common = ["--out", str(out), "--address", ray_local]
@@ -190,7 +190,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, scan,
             resumed.kill()
             resumed.wait(timeout=30)
     rows = _rows(out / TRIALS_CSV)
-    assert sorted(float(r["execution.learning_rate"]) for r in rows) == [3e-3, 1e-2]
+    assert sorted(float(r["optimizer.learning_rate"]) for r in rows) == [3e-3, 1e-2]
     assert all(r["status"] == "completed" and r["epochs"] == "5" for r in rows), rows
     for t in finished:  # not rerun: same bundle, same reported results
         assert (experiment / "runs" / t / "model.pt").stat().st_mtime_ns == before[t]
@@ -198,6 +198,6 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(ray_local, scan,
     for t in running:  # continued from its checkpoint, not restarted at epoch 0
         manifest = json.loads((experiment / "runs" / t / "manifest.json").read_text())
         assert manifest["ray"]["start_epoch"] >= 1 and manifest["epochs_completed"] == 5, manifest
-    assert load_run_config(out / BEST_CONFIG).training.nepochs == 5 and (out / "best" / "model.pt").is_file()
+    assert load_run_config(out / BEST_CONFIG).trainer.max_epochs == 5 and (out / "best" / "model.pt").is_file()
     assert "best trial" in (tmp_path / "resume.log").read_text()
     print(f"killed with finished={sorted(finished)} running={sorted(running)}")

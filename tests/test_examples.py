@@ -71,12 +71,13 @@ def test_gpu_examples_ask_for_what_their_names_say():
     from ptycho_dist.config import load_dist_config
 
     single, _ = load_dist_config(ROOT / "examples" / "single-gpu.yaml")
-    ex = single.execution
+    ex = single.trainer
     assert (ex.accelerator, ex.devices, ex.num_nodes, ex.precision) == ("gpu", 1, 1, "bf16-mixed")
-    assert ex.scheduler == "WarmupCosine" and ex.early_stop_patience and ex.persistent_workers
+    assert single.optimizer.scheduler == "WarmupCosine" and single.checkpoint.early_stop_patience
+    assert single.dataloader.persistent_workers
 
     multi, ray_config = load_dist_config(ROOT / "examples" / "multi-gpu-ddp.yaml")
-    ex = multi.execution
+    ex = multi.trainer
     assert (ex.devices, ex.num_nodes, ex.strategy) == (4, 2, "ddp")
     # a hand-written 2-node x 4-GPU cluster (no Ray started): the request fits, 8 GPU workers
     node = {"CPU": 32.0, "GPU": 4.0}
@@ -88,8 +89,8 @@ def test_cpu_smoke_example_trains(tiny_scan, tmp_path):
     from ptycho_torch.training.train import train
 
     config = apply_overrides(load_run_config(ROOT / "examples" / "cpu-smoke.yaml"),
-                             {"data.path": str(tiny_scan), "training.nepochs": 1,
-                              "execution.enable_progress_bar": False})
+                             {"data.path": str(tiny_scan), "trainer.max_epochs": 1,
+                              "trainer.enable_progress_bar": False})
     result = train(config, tmp_path / "run")
     assert (result.run_dir / "model.pt").is_file()
     assert (result.run_dir / "config.yaml").is_file()

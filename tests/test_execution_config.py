@@ -1,9 +1,10 @@
-"""Every field of PyTorchExecutionConfig has an effect on what training really builds or does.
+"""Every field of the sections of how a run executes (trainer, optimizer, dataloader, checkpoint, logging)
+has an effect on what training really builds or does.
 
 `EFFECTS` maps each field to a check that trains (or builds) with a non-default value and inspects
 the real Lightning Trainer, DataLoader, optimiser, scheduler or files. The parametrised test over
-`fields(PyTorchExecutionConfig)` fails for a field without a check, so a new knob cannot be added
-without proving its effect.
+those sections' fields fails for a field without a check, so a new knob cannot be added without
+proving its effect. Field names are unique across the five sections.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import lightning as L
 import pytest
 import torch
 from conftest import tiny_config
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.strategies import DDPStrategy
 
-from ptycho_torch.config import ConfigError, PyTorchExecutionConfig
+from ptycho_torch.config import SECTIONS, ConfigError, DataLoaderConfig
 from ptycho_torch.data.contract import read_scan
 from ptycho_torch.model.module import warmup_cosine
 from ptycho_torch.reconstruction.reconstruct import inference_groups, inference_loader
@@ -74,31 +75,31 @@ class GradRecorder(Callback):
 
 def check_accelerator(scan, tmp):
     assert resolve_accelerator("auto") == ("gpu" if torch.cuda.is_available() else "cpu")
-    trainer = build_trainer(tiny_config(scan, **{"execution.accelerator": "cpu"}), tmp / "acc")
+    trainer = build_trainer(tiny_config(scan, **{"trainer.accelerator": "cpu"}), tmp / "acc")
     assert type(trainer.accelerator).__name__ == "CPUAccelerator"
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="execution.accelerator.*--accelerator cpu"):
-            build_trainer(tiny_config(scan, **{"execution.accelerator": "gpu"}), tmp / "acc2")
+        with pytest.raises(ConfigError, match="trainer.accelerator.*--accelerator cpu"):
+            build_trainer(tiny_config(scan, **{"trainer.accelerator": "gpu"}), tmp / "acc2")
 
 
 def check_devices(scan, tmp):
-    trainer = build_trainer(tiny_config(scan, **{"execution.devices": 2, "execution.accelerator": "cpu"}),
+    trainer = build_trainer(tiny_config(scan, **{"trainer.devices": 2, "trainer.accelerator": "cpu"}),
                             tmp / "dev")
     assert trainer.num_devices == 2
 
 
 def check_num_nodes(scan, tmp):
-    trainer = build_trainer(tiny_config(scan, **{"execution.num_nodes": 2, "execution.accelerator": "cpu"}),
+    trainer = build_trainer(tiny_config(scan, **{"trainer.num_nodes": 2, "trainer.accelerator": "cpu"}),
                             tmp / "nodes")
     assert trainer.num_nodes == 2
 
 
 def check_strategy(scan, tmp):
-    trainer = build_trainer(tiny_config(scan, **{"execution.strategy": "ddp", "execution.accelerator": "cpu"}),
+    trainer = build_trainer(tiny_config(scan, **{"trainer.strategy": "ddp", "trainer.accelerator": "cpu"}),
                             tmp / "strat")
     assert isinstance(trainer.strategy, DDPStrategy)
     with pytest.raises(ConfigError, match="deepspeed"):
-        build_trainer(tiny_config(scan, **{"execution.strategy": "deepspeed"}), tmp / "ds")
+        build_trainer(tiny_config(scan, **{"trainer.strategy": "deepspeed"}), tmp / "ds")
 
 
 def check_deterministic(scan, tmp):
@@ -106,19 +107,19 @@ def check_deterministic(scan, tmp):
     b = train(tiny_config(scan), tmp / "det_b")
     assert losses(a) == pytest.approx(losses(b), rel=1e-6, abs=0)
     assert torch.are_deterministic_algorithms_enabled()
-    build_trainer(tiny_config(scan, **{"execution.deterministic": False}), tmp / "nondet")
+    build_trainer(tiny_config(scan, **{"trainer.deterministic": False}), tmp / "nondet")
     assert not torch.are_deterministic_algorithms_enabled()
 
 
 def check_precision(scan, tmp):
-    result = fit(scan, tmp, **{"execution.precision": "bf16-mixed", "training.nepochs": 1})
+    result = fit(scan, tmp, **{"trainer.precision": "bf16-mixed", "trainer.max_epochs": 1})
     assert result.trainer.precision == "bf16-mixed"
     assert math.isfinite(losses(result)[0])
 
 
 def check_gradient_clip_val(scan, tmp):
     recorder = GradRecorder()
-    config = tiny_config(scan, **{"execution.gradient_clip_val": 1e-3, "training.nepochs": 1})
+    config = tiny_config(scan, **{"trainer.gradient_clip_val": 1e-3, "trainer.max_epochs": 1})
     trainer = build_trainer(config, tmp / "clip", extra_callbacks=[recorder])
     assert trainer.gradient_clip_val == 1e-3
     _fit_with(trainer, config)
@@ -127,19 +128,19 @@ def check_gradient_clip_val(scan, tmp):
 
 def check_gradient_clip_algorithm(scan, tmp):
     recorder = GradRecorder()
-    config = tiny_config(scan, **{"execution.gradient_clip_val": 1e-4,
-                                  "execution.gradient_clip_algorithm": "value", "training.nepochs": 1})
+    config = tiny_config(scan, **{"trainer.gradient_clip_val": 1e-4,
+                                  "trainer.gradient_clip_algorithm": "value", "trainer.max_epochs": 1})
     trainer = build_trainer(config, tmp / "clipv", extra_callbacks=[recorder])
     _fit_with(trainer, config)
     assert max(recorder.max_abs) <= 1e-4 * (1 + 1e-5)
     assert max(recorder.norms) > 1e-4  # a norm clip would have kept the norm at 1e-4
 
 
-def check_accum_steps(scan, tmp):
+def check_accumulate_grad_batches(scan, tmp):
     """Accumulation and clipping together: 3 batches per epoch with accum 2 -> 2 optimiser steps."""
     recorder = GradRecorder()
-    config = tiny_config(scan, **{"execution.accum_steps": 2, "execution.gradient_clip_val": 1e-3,
-                                  "training.nepochs": 1})
+    config = tiny_config(scan, **{"trainer.accumulate_grad_batches": 2, "trainer.gradient_clip_val": 1e-3,
+                                  "trainer.max_epochs": 1})
     trainer = build_trainer(config, tmp / "accum", extra_callbacks=[recorder])
     assert trainer.accumulate_grad_batches == 2
     _fit_with(trainer, config)
@@ -153,14 +154,14 @@ def _fit_with(trainer: L.Trainer, config) -> None:
     from ptycho_torch.data.dataset import PtychoDataModule
     from ptycho_torch.training.train import build_module
 
-    L.seed_everything(config.execution.seed, workers=True, verbose=False)
+    L.seed_everything(config.training.seed, workers=True, verbose=False)
     dm = PtychoDataModule(config)
     trainer.fit(build_module(config, dm), datamodule=dm)
 
 
 def _loader_checks(scan, tmp, attr, value, **extra):
-    overrides = {"execution.num_workers": 1, **extra}
-    result = fit(scan, tmp, **overrides, **{"training.nepochs": 1})
+    overrides = {"dataloader.num_workers": 1, **extra}
+    result = fit(scan, tmp, **overrides, **{"trainer.max_epochs": 1})
     loaders = [result.trainer.train_dataloader, result.trainer.val_dataloaders]
     config = tiny_config(scan, **overrides)
     s = read_scan(scan)
@@ -174,45 +175,45 @@ def check_num_workers(scan, tmp):
 
 
 def check_pin_memory(scan, tmp):
-    _loader_checks(scan, tmp, "pin_memory", True, **{"execution.pin_memory": True})
+    _loader_checks(scan, tmp, "pin_memory", True, **{"dataloader.pin_memory": True})
 
 
 def check_persistent_workers(scan, tmp):
-    _loader_checks(scan, tmp, "persistent_workers", True, **{"execution.persistent_workers": True})
+    _loader_checks(scan, tmp, "persistent_workers", True, **{"dataloader.persistent_workers": True})
     with pytest.raises(ConfigError, match="persistent_workers.*num_workers"):
-        PyTorchExecutionConfig(persistent_workers=True)
+        DataLoaderConfig(persistent_workers=True)
 
 
 def check_prefetch_factor(scan, tmp):
-    _loader_checks(scan, tmp, "prefetch_factor", 3, **{"execution.prefetch_factor": 3})
+    _loader_checks(scan, tmp, "prefetch_factor", 3, **{"dataloader.prefetch_factor": 3})
     with pytest.raises(ConfigError, match="prefetch_factor.*num_workers"):
-        PyTorchExecutionConfig(prefetch_factor=2)
+        DataLoaderConfig(prefetch_factor=2)
 
 
 def check_learning_rate(scan, tmp):
-    result = fit(scan, tmp, **{"execution.learning_rate": 3e-3, "execution.scheduler": "Default"})
+    result = fit(scan, tmp, **{"optimizer.learning_rate": 3e-3, "optimizer.scheduler": "Default"})
     assert result.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(3e-3)
     assert lrs(result) == pytest.approx([3e-3, 3e-3])
 
 
 def check_scheduler(scan, tmp):
-    result = fit(scan, tmp, **{"execution.scheduler": "Exponential", "training.nepochs": 3})
+    result = fit(scan, tmp, **{"optimizer.scheduler": "Exponential", "trainer.max_epochs": 3})
     assert lrs(result) == pytest.approx([1e-3, 0.9e-3, 0.81e-3])
-    constant = fit(scan, tmp, **{"execution.scheduler": "Default", "training.nepochs": 3})
+    constant = fit(scan, tmp, **{"optimizer.scheduler": "Default", "trainer.max_epochs": 3})
     assert lrs(constant) == pytest.approx([1e-3] * 3)
-    default = fit(scan, tmp, **{"training.nepochs": 3})  # WarmupCosine, 1 warm-up epoch, to 1% of lr
+    default = fit(scan, tmp, **{"trainer.max_epochs": 3})  # WarmupCosine, 1 warm-up epoch, to 1% of lr
     assert lrs(default) == pytest.approx(_warmup_cosine(1, 0.01, epochs=3))
 
 
 def check_scheduler_gamma(scan, tmp):
-    result = fit(scan, tmp, **{"execution.scheduler": "Exponential", "execution.scheduler_gamma": 0.5,
-                               "training.nepochs": 3})
+    result = fit(scan, tmp, **{"optimizer.scheduler": "Exponential", "optimizer.scheduler_gamma": 0.5,
+                               "trainer.max_epochs": 3})
     assert lrs(result) == pytest.approx([1e-3, 0.5e-3, 0.25e-3])
 
 
 def check_scheduler_milestones(scan, tmp):
-    result = fit(scan, tmp, **{"execution.scheduler": "MultiStage", "execution.scheduler_milestones": [2],
-                               "execution.scheduler_gamma": 0.1, "training.nepochs": 3})
+    result = fit(scan, tmp, **{"optimizer.scheduler": "MultiStage", "optimizer.scheduler_milestones": [2],
+                               "optimizer.scheduler_gamma": 0.1, "trainer.max_epochs": 3})
     assert lrs(result) == pytest.approx([1e-3, 1e-3, 1e-4])
 
 
@@ -246,15 +247,15 @@ def test_warmup_cosine_is_the_formula_at_every_step(warmup, total, min_ratio):
 
 
 def check_warmup_epochs(scan, tmp):
-    result = fit(scan, tmp, **{"execution.scheduler": "WarmupCosine", "execution.warmup_epochs": 2,
-                               "training.nepochs": 4})
+    result = fit(scan, tmp, **{"optimizer.scheduler": "WarmupCosine", "optimizer.warmup_epochs": 2,
+                               "trainer.max_epochs": 4})
     assert lrs(result) == pytest.approx(_warmup_cosine(2, 0.01))
     assert lrs(result)[0] < lrs(result)[1] < 1e-3 + 1e-12
 
 
 def check_min_lr_ratio(scan, tmp):
-    result = fit(scan, tmp, **{"execution.scheduler": "WarmupCosine", "execution.warmup_epochs": 0,
-                               "execution.min_lr_ratio": 0.5, "training.nepochs": 4})
+    result = fit(scan, tmp, **{"optimizer.scheduler": "WarmupCosine", "optimizer.warmup_epochs": 0,
+                               "optimizer.min_lr_ratio": 0.5, "trainer.max_epochs": 4})
     assert lrs(result) == pytest.approx(_warmup_cosine(0, 0.5))
     assert lrs(result)[-1] == pytest.approx(0.5e-3)
 
@@ -287,30 +288,42 @@ def test_budget_cosine_follows_the_time_spent():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))
 
 
-def test_max_minutes_stops_training_and_anneals_over_the_budget(scan, tmp_path):
-    result = train(tiny_config(scan, **{"training.nepochs": 100_000, "training.max_minutes": 0.05}), tmp_path / "run")
+def check_max_epochs(scan, tmp):
+    assert len(fit(scan, tmp, **{"trainer.max_epochs": 1}).history) == 1
+    assert len(fit(scan, tmp).history) == 2
+
+
+def check_max_time(scan, tmp):
+    result = train(tiny_config(scan, **{"trainer.max_epochs": 100_000, "trainer.max_time": "00:00:00:03"}),
+                   tmp / "budget")
     assert 1 <= result.epochs_completed < 100_000  # the budget, not the epoch count, ended it
     schedulers = result.trainer.lr_scheduler_configs
     assert schedulers[0].interval == "step" and isinstance(schedulers[0].scheduler, torch.optim.lr_scheduler.LambdaLR)
     assert result.trainer.optimizers[0].param_groups[0]["lr"] < 0.5e-3  # more than half the budget spent
-    with pytest.raises(ConfigError, match="training.max_minutes"):
-        tiny_config(scan, **{"training.max_minutes": 0})
+    for bad in (0, "3 minutes", {"minutes": -1}, {"weeks": 1}):
+        with pytest.raises(ConfigError, match="trainer.max_time"):
+            tiny_config(scan, **{"trainer.max_time": bad})
+    minutes = tiny_config(scan, **{"trainer.max_time": 0.05}).trainer
+    assert minutes.max_time == {"minutes": 0.05} and minutes.max_time_delta.total_seconds() == pytest.approx(3)
+    trainer = build_trainer(tiny_config(scan, **{"trainer.max_time": {"hours": 1, "minutes": 30}}), tmp / "mt")
+    timer = next(cb for cb in trainer.callbacks if isinstance(cb, Timer))
+    assert timer.time_remaining() == pytest.approx(5400)
 
 
 def _plateau(scan, tmp, **extra):
     # mode 'max' on a decreasing loss: the metric never "improves", so the plateau logic fires
-    return fit(scan, tmp, **{"execution.scheduler": "ReduceLROnPlateau", "execution.checkpoint_mode": "max",
-                             "training.nepochs": 4, **extra})
+    return fit(scan, tmp, **{"optimizer.scheduler": "ReduceLROnPlateau", "checkpoint.mode": "max",
+                             "trainer.max_epochs": 4, **extra})
 
 
 def check_plateau_factor(scan, tmp):
-    result = _plateau(scan, tmp, **{"execution.plateau_factor": 0.25, "execution.plateau_patience": 0})
+    result = _plateau(scan, tmp, **{"optimizer.plateau_factor": 0.25, "optimizer.plateau_patience": 0})
     # epoch 0 sets the best; every later epoch is "worse" and reduces at once (patience 0)
     assert lrs(result) == pytest.approx([1e-3, 1e-3, 0.25e-3, 0.0625e-3])
 
 
 def check_plateau_patience(scan, tmp):
-    result = _plateau(scan, tmp, **{"execution.plateau_factor": 0.5, "execution.plateau_patience": 1})
+    result = _plateau(scan, tmp, **{"optimizer.plateau_factor": 0.5, "optimizer.plateau_patience": 1})
     # two bad epochs (1 and 2) are needed before the first reduction with patience 1
     assert lrs(result) == pytest.approx([1e-3, 1e-3, 1e-3, 0.5e-3])
 
@@ -320,28 +333,28 @@ def _checkpoints(result: TrainResult) -> list[Path]:
 
 
 def check_enable_checkpointing(scan, tmp):
-    off = fit(scan, tmp, **{"execution.enable_checkpointing": False, "training.nepochs": 1})
+    off = fit(scan, tmp, **{"trainer.enable_checkpointing": False, "trainer.max_epochs": 1})
     assert not any(isinstance(c, ModelCheckpoint) for c in off.trainer.callbacks)
     assert not (off.run_dir / "checkpoints").exists()
     on = fit(scan, tmp)
     assert (on.run_dir / "checkpoints" / "last.ckpt").is_file() and _checkpoints(on)
 
 
-def check_checkpoint_save_top_k(scan, tmp):
-    result = fit(scan, tmp, **{"execution.checkpoint_save_top_k": 2, "training.nepochs": 3})
+def check_save_top_k(scan, tmp):
+    result = fit(scan, tmp, **{"checkpoint.save_top_k": 2, "trainer.max_epochs": 3})
     assert len(_checkpoints(result)) == 2
-    assert len(_checkpoints(fit(scan, tmp, **{"training.nepochs": 3}))) == 1
+    assert len(_checkpoints(fit(scan, tmp, **{"trainer.max_epochs": 3}))) == 1
 
 
-def check_checkpoint_monitor_metric(scan, tmp):
-    result = fit(scan, tmp, **{"execution.checkpoint_monitor_metric": "train_nll"})
+def check_monitor(scan, tmp):
+    result = fit(scan, tmp, **{"checkpoint.monitor": "train_nll"})
     ckpt = result.trainer.checkpoint_callback
     assert ckpt.monitor == "train_nll"
     assert all("train_nll" in p.name for p in _checkpoints(result))
 
 
-def check_checkpoint_mode(scan, tmp):
-    result = fit(scan, tmp, **{"execution.checkpoint_mode": "max", "training.nepochs": 3})
+def check_mode(scan, tmp):
+    result = fit(scan, tmp, **{"checkpoint.mode": "max", "trainer.max_epochs": 3})
     ckpt = result.trainer.checkpoint_callback
     assert ckpt.mode == "max"
     worst = max(row["val_loss"] for row in result.history)
@@ -349,55 +362,56 @@ def check_checkpoint_mode(scan, tmp):
 
 
 def check_early_stop_patience(scan, tmp):
-    result = fit(scan, tmp, **{"execution.early_stop_patience": 1, "execution.checkpoint_mode": "max",
-                               "training.nepochs": 5})
+    result = fit(scan, tmp, **{"checkpoint.early_stop_patience": 1, "checkpoint.mode": "max",
+                               "trainer.max_epochs": 5})
     assert any(isinstance(c, EarlyStopping) and c.patience == 1 for c in result.trainer.callbacks)
     assert len(result.history) == 2  # epoch 0 sets the best, epoch 1 does not beat it -> stop
 
 
 def check_enable_progress_bar(scan, tmp):
-    on = build_trainer(tiny_config(scan, **{"execution.enable_progress_bar": True}), tmp / "pb1")
-    off = build_trainer(tiny_config(scan, **{"execution.enable_progress_bar": False}), tmp / "pb0")
+    on = build_trainer(tiny_config(scan, **{"trainer.enable_progress_bar": True}), tmp / "pb1")
+    off = build_trainer(tiny_config(scan, **{"trainer.enable_progress_bar": False}), tmp / "pb0")
     assert on.progress_bar_callback is not None and off.progress_bar_callback is None
 
 
-def check_logger_backend(scan, tmp):
-    csv = fit(scan, tmp, **{"training.nepochs": 1})
+def check_logger(scan, tmp):
+    csv = fit(scan, tmp, **{"trainer.max_epochs": 1})
     assert list(csv.run_dir.glob("logs/version_*/metrics.csv"))
-    none = fit(scan, tmp, **{"execution.logger_backend": None, "training.nepochs": 1})
+    none = fit(scan, tmp, **{"logging.logger": None, "trainer.max_epochs": 1})
     assert none.trainer.logger is None and not (none.run_dir / "logs").exists()
-    tb = fit(scan, tmp, **{"execution.logger_backend": "tensorboard", "training.nepochs": 1})
+    tb = fit(scan, tmp, **{"logging.logger": "tensorboard", "trainer.max_epochs": 1})
     assert list(tb.run_dir.glob("logs/version_*/events.out.tfevents.*"))
-    mlf = fit(scan, tmp, **{"execution.logger_backend": "mlflow", "training.nepochs": 1})
+    mlf = fit(scan, tmp, **{"logging.logger": "mlflow", "trainer.max_epochs": 1})
     assert type(mlf.trainer.logger).__name__ == "MLFlowLogger"
     assert (mlf.run_dir / "mlruns" / "mlflow.db").stat().st_size > 0
 
 
 def check_log_images_every_n_epochs(scan, tmp):
-    shown = fit(scan, tmp, **{"training.nepochs": 1})  # the default (5) still shows the last epoch
+    shown = fit(scan, tmp, **{"trainer.max_epochs": 1})  # the default (5) still shows the last epoch
     assert sorted(p.name for p in shown.run_dir.glob("logs/version_*/images/*.png")) == [
         "epoch000_amplitude.png", "epoch000_phase.png"]
-    off = fit(scan, tmp, **{"training.nepochs": 1, "execution.log_images_every_n_epochs": 0})
+    off = fit(scan, tmp, **{"trainer.max_epochs": 1, "logging.log_images_every_n_epochs": 0})
     assert not list(off.run_dir.glob("logs/version_*/images"))
 
 
 def check_log_every_n_steps(scan, tmp):
-    trainer = build_trainer(tiny_config(scan, **{"execution.log_every_n_steps": 3}), tmp / "les")
+    trainer = build_trainer(tiny_config(scan, **{"trainer.log_every_n_steps": 3}), tmp / "les")
     assert trainer.log_every_n_steps == 3
 
 
-def check_inference_batch_size(scan, tmp):
+def test_inference_batch_size_sets_the_reconstruction_loader(scan, tmp_path):
     s = read_scan(scan)
-    config = tiny_config(scan, **{"execution.inference_batch_size": 7})
+    config = tiny_config(scan, **{"inference.batch_size": 7})
     assert inference_loader(s, inference_groups(s, 1), config).batch_size == 7
     assert inference_loader(s, inference_groups(s, 1), tiny_config(scan)).batch_size == 16
 
 
-def check_seed(scan, tmp):
-    a = fit(scan, tmp, **{"execution.seed": 1, "training.nepochs": 1})
-    b = fit(scan, tmp, **{"execution.seed": 2, "training.nepochs": 1})
+def test_training_seed_decides_the_losses(scan, tmp_path):
+    tmp = tmp_path
+    a = fit(scan, tmp, **{"training.seed": 1, "trainer.max_epochs": 1})
+    b = fit(scan, tmp, **{"training.seed": 2, "trainer.max_epochs": 1})
     assert losses(a) != losses(b)
-    c = train(tiny_config(scan, **{"execution.seed": 1, "training.nepochs": 1}), tmp / "seed_again")
+    c = train(tiny_config(scan, **{"training.seed": 1, "trainer.max_epochs": 1}), tmp / "seed_again")
     assert losses(c) == pytest.approx(losses(a), rel=1e-6, abs=0)
     assert losses(a) != pytest.approx(losses(b), rel=1e-3)
 
@@ -407,15 +421,22 @@ EFFECTS: dict[str, Callable[[Path, Path], None]] = {
 }
 
 
-@pytest.mark.parametrize("name", [f.name for f in fields(PyTorchExecutionConfig)])
-def test_every_execution_field_has_an_effect(name, scan, tmp_path):
-    assert name in EFFECTS, (f"execution.{name} has no test of its effect: add check_{name} to "
+EXECUTION_SECTIONS = ("trainer", "optimizer", "dataloader", "checkpoint", "logging")
+EXECUTION_FIELDS = [f"{section}.{f.name}" for section in EXECUTION_SECTIONS for f in fields(SECTIONS[section])]
+
+
+@pytest.mark.parametrize("dotted", EXECUTION_FIELDS)
+def test_every_execution_field_has_an_effect(dotted, scan, tmp_path):
+    name = dotted.split(".")[1]
+    assert name in EFFECTS, (f"{dotted} has no test of its effect: add check_{name} to "
                              "tests/test_execution_config.py")
     EFFECTS[name](scan, tmp_path)
 
 
-def test_no_check_for_a_field_that_does_not_exist():
-    assert set(EFFECTS) <= {f.name for f in fields(PyTorchExecutionConfig)}
+def test_field_names_are_unique_and_every_check_has_its_field():
+    names = [dotted.split(".")[1] for dotted in EXECUTION_FIELDS]
+    assert len(names) == len(set(names))
+    assert set(EFFECTS) <= set(names)
 
 
 def test_the_defaults_are_the_benchmarked_model():
@@ -434,8 +455,8 @@ def test_the_defaults_are_the_benchmarked_model():
     for key, value in PRESETS["standard"].items():
         setattr(args, key, value if getattr(args, key, None) is None else getattr(args, key))
     bench, default = run_config(args, Path("scan.npz"), 2), RunConfig()
-    for dotted in ("model.gridsize", "model.n_filters_scale", "training.batch_size", "execution.learning_rate",
-                   "execution.scheduler", "data.neighbor_count", "data.val_fraction"):
+    for dotted in ("model.gridsize", "model.n_filters_scale", "training.batch_size", "optimizer.learning_rate",
+                   "optimizer.scheduler", "data.neighbor_count", "data.val_fraction"):
         section, name = dotted.split(".")
         assert getattr(getattr(default, section), name) == getattr(getattr(bench, section), name), dotted
-    assert default.model.gridsize == 2 and default.execution.scheduler == "WarmupCosine"
+    assert default.model.gridsize == 2 and default.optimizer.scheduler == "WarmupCosine"

@@ -77,7 +77,7 @@ class SigintAt(Callback):
 
 def test_sigint_saves_the_step_it_stopped_at(tiny_scan, tmp_path):
     run = tmp_path / "run"
-    config = tiny_config(tiny_scan, **{"training.nepochs": 50, "execution.logger_backend": None})
+    config = tiny_config(tiny_scan, **{"trainer.max_epochs": 50, "logging.logger": None})
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as caught:
         train(config, run, callbacks=[SigintAt(step=2)])
@@ -140,7 +140,7 @@ def test_signal_after_an_epochs_last_batch_keeps_that_epoch_in_the_history(tiny_
     """The race CI once hit: SIGTERM between an epoch's last batch and its end hooks. The saved epoch
     must have its validation and history row, and the resumed run every epoch's."""
     run = tmp_path / "run"
-    config = tiny_config(tiny_scan, **{"training.nepochs": 3, "execution.logger_backend": None})
+    config = tiny_config(tiny_scan, **{"trainer.max_epochs": 3, "logging.logger": None})
     with pytest.raises(TrainingInterrupted):
         train(config, run, callbacks=[SigintAtEpochEnd()])
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)

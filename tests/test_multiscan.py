@@ -31,8 +31,8 @@ def corpus(tmp_path_factory):
 
 
 def _config(corpus, **overrides):
-    base = {"model.gridsize": 2, "training.nepochs": 1, "training.batch_size": 8,
-            "execution.logger_backend": None, "execution.enable_checkpointing": False}
+    base = {"model.gridsize": 2, "trainer.max_epochs": 1, "training.batch_size": 8,
+            "logging.logger": None, "trainer.enable_checkpointing": False}
     base.update(overrides)
     return apply_overrides(tiny_config(corpus[0]), {"data.path": [str(p) for p in corpus], **base})
 

@@ -52,8 +52,8 @@ def _config(corpus, batch_size: int):
     """One epoch at a learning rate too small to move the loss: its epoch means are then the losses of
     the same (seeded) initial model over the same groups, whatever their order or sharding."""
     return apply_overrides(tiny_config(corpus[0]), {
-        "data.path": corpus, "data.val_fraction": 0.25, "training.nepochs": 1, "training.batch_size": batch_size,
-        "execution.learning_rate": 1e-6, "execution.logger_backend": None, "execution.enable_checkpointing": False})
+        "data.path": corpus, "data.val_fraction": 0.25, "trainer.max_epochs": 1, "training.batch_size": batch_size,
+        "optimizer.learning_rate": 1e-6, "logging.logger": None, "trainer.enable_checkpointing": False})
 
 
 def test_each_worker_trains_on_a_disjoint_shard_and_losses_match_a_local_run(two_nodes, corpus, tmp_path):
@@ -62,7 +62,7 @@ def test_each_worker_trains_on_a_disjoint_shard_and_losses_match_a_local_run(two
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
     seen = tmp_path / "seen"
     seen.mkdir()
-    dist_config = apply_overrides(_config(corpus, 8), {"execution.devices": 1, "execution.num_nodes": 2})
+    dist_config = apply_overrides(_config(corpus, 8), {"trainer.devices": 1, "trainer.num_nodes": 2})
     r = fit_distributed(dist_config, RayConfig(storage_path=str(tmp_path), name="ingest", cpus_per_worker=0.5,
                                                placement_strategy="SPREAD"), callbacks=[SeenGroups(str(seen))])
     assert r.world_size == 2 and len(set(r.replica_nodes)) == 2 and len(set(r.replica_checksums)) == 1

@@ -40,7 +40,7 @@ def test_reconstruct_refines_the_network_object(small_scan, tmp_path):
     from ptycho_torch.cli.main import main
     from ptycho_torch.training.train import train
 
-    run = train(tiny_config(small_scan, **{"training.nepochs": 1}), tmp_path / "run").run_dir
+    run = train(tiny_config(small_scan, **{"trainer.max_epochs": 1}), tmp_path / "run").run_dir
     out = tmp_path / "recon"
     assert main(["reconstruct", "--model", str(run), "--data", str(small_scan), "--out", str(out),
                  "--refine-seconds", "6"]) == 0

@@ -20,12 +20,12 @@ from ptycho_torch.training.train import train
 
 
 def test_last_checkpoint_is_written_every_epoch_whatever_the_metric_does(tiny_scan, tmp_path):
-    """checkpoint_mode max on a falling val_loss: the monitored metric never improves after epoch 0, so
+    """checkpoint.mode max on a falling val_loss: the monitored metric never improves after epoch 0, so
     Lightning's save_last (tied to top-k saves) would leave last.ckpt at epoch 0. Ours follows every
     epoch, and extending the finished run continues after its last epoch."""
     run = tmp_path / "run"
-    result = train(tiny_config(tiny_scan, **{"training.nepochs": 3, "execution.checkpoint_mode": "max",
-                                             "execution.checkpoint_save_top_k": 1}), run)
+    result = train(tiny_config(tiny_scan, **{"trainer.max_epochs": 3, "checkpoint.mode": "max",
+                                             "checkpoint.save_top_k": 1}), run)
     best = [p.name for p in (run / "checkpoints").glob("epoch*.ckpt")]
     assert best == ["epoch000-val_loss" + best[0].split("val_loss")[1]], best  # the metric peaked at epoch 0
     assert result.history[-1]["val_loss"] < result.history[0]["val_loss"]
@@ -178,7 +178,7 @@ def test_the_size_advice_for_beamline_frames_names_one_working_choice(frame, adv
 def tiny_model(tiny_scan, tmp_path_factory) -> Path:
     """A 1-epoch run directory (its model.pt) for the reconstruct tests."""
     run = tmp_path_factory.mktemp("model") / "run"
-    train(tiny_config(tiny_scan, **{"training.nepochs": 1}), run)
+    train(tiny_config(tiny_scan, **{"trainer.max_epochs": 1}), run)
     return run
 
 
@@ -190,7 +190,7 @@ def test_a_run_that_is_training_cannot_be_resumed_by_a_second_process(tiny_scan,
     import sys
 
     run = tmp_path / "run"
-    train(tiny_config(tiny_scan, **{"training.nepochs": 1}), run)
+    train(tiny_config(tiny_scan, **{"trainer.max_epochs": 1}), run)
     holder = subprocess.Popen([sys.executable, "-c", "import sys; from ptycho_torch.safe_output import hold_run_lock; "
                                "hold_run_lock(sys.argv[1], '--out'); print('held', flush=True); sys.stdin.read()",
                                str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -320,7 +320,7 @@ def test_an_hdf5_scan_truncated_while_training_stops_with_one_line(tmp_path):
     scan = simulate(tmp_path / "scan.h5")
     run = tmp_path / "run"
     with pytest.raises(DataFileChanged) as caught:
-        train(tiny_config(scan, **{"training.nepochs": 3}), run, callbacks=[_DamageAfterFirstEpoch(scan)])
+        train(tiny_config(scan, **{"trainer.max_epochs": 3}), run, callbacks=[_DamageAfterFirstEpoch(scan)])
     message = str(caught.value)
     assert message.startswith(f"{scan}: changed size from ") and "(truncated) while training read it" in message
     assert "\n" not in message and "the last checkpoint is kept" in message
@@ -344,7 +344,7 @@ def test_a_memory_mapped_npz_truncated_while_training_is_one_line_not_sigbus(tin
         "from ptycho_torch.cli.main import run_cli\n"
         "from ptycho_torch.training.train import train\n"
         "scan, run = Path(sys.argv[2]), Path(sys.argv[3])\n"
-        "fit = lambda args: train(tiny_config(scan, **{'training.nepochs': 3}), run,"
+        "fit = lambda args: train(tiny_config(scan, **{'trainer.max_epochs': 3}), run,"
         " callbacks=[_DamageAfterFirstEpoch(scan, rewrite=sys.argv[4] == 'rewrite')])\n"
         "sys.exit(run_cli(fit, None))\n")
     for how in ("truncate", "rewrite"):

@@ -67,7 +67,7 @@ def test_reconstruct_split_files_equals_whole_file(split, tmp_path):
     from ptycho_torch.training.train import train
 
     config = apply_overrides(tiny_config(split["whole"]), {
-        "training.nepochs": 1, "execution.logger_backend": None, "execution.enable_checkpointing": False})
+        "trainer.max_epochs": 1, "logging.logger": None, "trainer.enable_checkpointing": False})
     run = train(config, tmp_path / "run").run_dir
     whole = reconstruct(run, split["whole"], tmp_path / "whole", progress=False)
     assert main(["reconstruct", "--model", str(run), "--data", str(split["dir"] / "part*.*"),

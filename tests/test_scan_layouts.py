@@ -86,7 +86,7 @@ def test_data_probe_changes_the_training_loss(small_scan, tmp_path):
     np.save(tmp_path / "junk.npy", (np.ones((32, 32)) * 0.1).astype(np.complex64))
     losses = []
     for name, extra in (("file", {}), ("junk", {"data.probe": str(tmp_path / "junk.npy")})):
-        run = train(tiny_config(small_scan, **{"training.nepochs": 1, **extra}), tmp_path / name)
+        run = train(tiny_config(small_scan, **{"trainer.max_epochs": 1, **extra}), tmp_path / name)
         losses.append(run.metrics["train_loss"])
     assert abs(losses[0] - losses[1]) > 1e-3 * abs(losses[0]), losses
 

@@ -28,11 +28,11 @@ search: {name: grid}        # grid | random | optuna
 workers_per_trial: 1
 max_concurrent_trials: 2
 space:
-  execution.gradient_clip_val: {grid: [0.5, 1.0]}
-  execution.accum_steps: {grid: [1, 2]}
-  execution.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}   # also choice, uniform, randint
+  trainer.gradient_clip_val: {grid: [0.5, 1.0]}
+  trainer.accumulate_grad_batches: {grid: [1, 2]}
+  optimizer.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}   # also choice, uniform, randint
 """
-CLIP = {"execution.gradient_clip_val": {"grid": [0.5, 1.0]}}
+CLIP = {"trainer.gradient_clip_val": {"grid": [0.5, 1.0]}}
 
 
 def _sweep(**keys) -> SweepConfig:
@@ -53,12 +53,12 @@ def test_spec_example_loads_with_defaults(tmp_path):
     assert (sweep.metric, sweep.mode, sweep.num_samples, sweep.workers_per_trial) == ("val_loss", "min", 1, 1)
     assert (sweep.scheduler.name, sweep.scheduler.max_epochs, sweep.scheduler.grace_period) == ("asha", 8, 1)
     assert sweep.scheduler.reduction_factor == 4.0 and sweep.search.name == "grid"
-    assert sweep.space["execution.accum_steps"] == {"grid": [1, 2]}
+    assert sweep.space["trainer.accumulate_grad_batches"] == {"grid": [1, 2]}
     assert sweep.max_concurrent_trials == 2 and sweep.cpus_per_worker == 1.0 and sweep.storage_path is None
     sweep.check_against(RunConfig())
     space = param_space(sweep)  # a grid search that also samples a distribution at every grid point
-    assert space["execution.accum_steps"] == {"grid_search": [1, 2]}
-    assert type(space["execution.learning_rate"]).__name__ == "Float"
+    assert space["trainer.accumulate_grad_batches"] == {"grid_search": [1, 2]}
+    assert type(space["optimizer.learning_rate"]).__name__ == "Float"
     assert SweepConfig.from_dict(sweep.to_dict()) == sweep  # stored in the experiment for --resume
     # defaults: asha, random search, val_loss/min
     plain = _sweep()
@@ -69,19 +69,19 @@ def test_spec_example_loads_with_defaults(tmp_path):
 def test_trial_config_sets_workers_and_asha_epochs():
     base = RunConfig()
     sweep = _sweep(workers_per_trial=2, scheduler={"name": "asha", "max_epochs": 5})
-    config = sweep.trial_config(base, {"execution.gradient_clip_val": 0.5, "model.n_filters_scale": 0.5})
-    assert (config.execution.devices, config.execution.num_nodes, config.training.nepochs) == (2, 1, 5)
-    assert config.execution.gradient_clip_val == 0.5 and config.model.n_filters_scale == 0.5
-    fifo = _sweep(scheduler={"name": "fifo"}, space={"training.nepochs": {"grid": [2, 3]}})
-    assert fifo.trial_config(base, {}).training.nepochs == base.training.nepochs
-    assert fifo.trial_config(base, {"training.nepochs": 3}).training.nepochs == 3
-    assert _sweep(scheduler={"name": "asha"}).epochs_per_trial(base) == base.training.nepochs
+    config = sweep.trial_config(base, {"trainer.gradient_clip_val": 0.5, "model.n_filters_scale": 0.5})
+    assert (config.trainer.devices, config.trainer.num_nodes, config.trainer.max_epochs) == (2, 1, 5)
+    assert config.trainer.gradient_clip_val == 0.5 and config.model.n_filters_scale == 0.5
+    fifo = _sweep(scheduler={"name": "fifo"}, space={"trainer.max_epochs": {"grid": [2, 3]}})
+    assert fifo.trial_config(base, {}).trainer.max_epochs == base.trainer.max_epochs
+    assert fifo.trial_config(base, {"trainer.max_epochs": 3}).trainer.max_epochs == 3
+    assert _sweep(scheduler={"name": "asha"}).epochs_per_trial(base) == base.trainer.max_epochs
 
 
 @pytest.mark.parametrize("data, expected", [
     # unknown field names: the field and the valid ones of its section
-    ({"space": {"execution.learnin_rate": {"grid": [1e-3]}}},
-     ["sweep.space.execution.learnin_rate", "unknown field 'learnin_rate'", "learning_rate", "accum_steps"]),
+    ({"space": {"optimizer.learnin_rate": {"grid": [1e-3]}}},
+     ["sweep.space.optimizer.learnin_rate", "unknown field 'learnin_rate'", "learning_rate", "warmup_epochs"]),
     ({"space": {"modle.N": {"grid": [32]}}}, ["sweep.space.modle.N", "data, model, training"]),
     ({"space": {"learning_rate": {"grid": [1e-3]}}}, ["sweep.space.learning_rate", "section.field"]),
     # unknown keys in the sweep file and its mappings
@@ -91,23 +91,23 @@ def test_trial_config_sets_workers_and_asha_epochs():
     ({"space": CLIP, "search": {"name": "bayes"}}, ["sweep.search.name", "'bayes'", "'optuna'"]),
     ({"space": CLIP, "scheduler": {"name": "pbt"}}, ["sweep.scheduler.name", "'asha'", "'fifo'"]),
     # entries
-    ({"space": {"execution.accum_steps": 2}}, ["sweep.space.execution.accum_steps", "exactly one of grid"]),
-    ({"space": {"execution.accum_steps": {"values": [1, 2]}}}, ["unknown kind 'values'"]),
-    ({"space": {"execution.accum_steps": {"grid": []}}}, ["grid needs a non-empty list"]),
-    ({"space": {"execution.learning_rate": {"uniform": [1e-3]}}}, ["uniform needs [low, high]"]),
+    ({"space": {"trainer.accumulate_grad_batches": 2}}, ["sweep.space.trainer.accumulate_grad_batches", "exactly one of grid"]),
+    ({"space": {"trainer.accumulate_grad_batches": {"values": [1, 2]}}}, ["unknown kind 'values'"]),
+    ({"space": {"trainer.accumulate_grad_batches": {"grid": []}}}, ["grid needs a non-empty list"]),
+    ({"space": {"optimizer.learning_rate": {"uniform": [1e-3]}}}, ["uniform needs [low, high]"]),
     ({"space": {}}, ["sweep.space", "non-empty mapping"]),
     ({}, ["sweep.space", "non-empty mapping"]),
     # impossible ranges
-    ({"space": {"execution.learning_rate": {"uniform": [1e-2, 1e-3]}}}, ["uniform [0.01, 0.001]: low must be < high"]),
-    ({"space": {"execution.learning_rate": {"loguniform": [0.0, 1e-2]}}}, ["loguniform", "low must be > 0"]),
-    ({"space": {"execution.learning_rate": {"loguniform": [-1e-3, 1e-2]}}}, ["loguniform", "low must be > 0"]),
-    ({"space": {"execution.accum_steps": {"randint": [3, 3]}}}, ["randint [3, 3]", "high is exclusive"]),
-    ({"space": {"execution.accum_steps": {"randint": [1.5, 3]}}}, ["randint needs integer bounds"]),
+    ({"space": {"optimizer.learning_rate": {"uniform": [1e-2, 1e-3]}}}, ["uniform [0.01, 0.001]: low must be < high"]),
+    ({"space": {"optimizer.learning_rate": {"loguniform": [0.0, 1e-2]}}}, ["loguniform", "low must be > 0"]),
+    ({"space": {"optimizer.learning_rate": {"loguniform": [-1e-3, 1e-2]}}}, ["loguniform", "low must be > 0"]),
+    ({"space": {"trainer.accumulate_grad_batches": {"randint": [3, 3]}}}, ["randint [3, 3]", "high is exclusive"]),
+    ({"space": {"trainer.accumulate_grad_batches": {"randint": [1.5, 3]}}}, ["randint needs integer bounds"]),
     # search / space conflicts
-    ({"space": CLIP, "search": {"name": "optuna"}}, ["sweep.space.execution.gradient_clip_val",
+    ({"space": CLIP, "search": {"name": "optuna"}}, ["sweep.space.trainer.gradient_clip_val",
                                                      "grid is not supported with search optuna"]),
-    ({"space": {"training.nepochs": {"grid": [2, 4]}}}, ["sweep.space.training.nepochs", "scheduler.max_epochs"]),
-    ({"space": {"execution.devices": {"grid": [1, 2]}}}, ["sweep.space.execution.devices", "workers_per_trial"]),
+    ({"space": {"trainer.max_epochs": {"grid": [2, 4]}}}, ["sweep.space.trainer.max_epochs", "scheduler.max_epochs"]),
+    ({"space": {"trainer.devices": {"grid": [1, 2]}}}, ["sweep.space.trainer.devices", "workers_per_trial"]),
     ({"space": {"data.path": {"grid": ["a.npz"]}}}, ["sweep.space.data.path", "--data"]),
     # scalar keys
     ({"space": CLIP, "metric": "val_acc"}, ["sweep.metric", "'val_acc'", "val_loss", "train_nll"]),
@@ -128,20 +128,20 @@ def test_bad_sweep_files_name_the_problem(data, expected):
 
 @pytest.mark.parametrize("space, expected", [
     # each grid/choice value is type-checked by building the trial's RunConfig
-    ({"execution.accum_steps": {"grid": [1, 2.5]}}, ["sweep.space.execution.accum_steps: grid value 2.5",
+    ({"trainer.accumulate_grad_batches": {"grid": [1, 2.5]}}, ["sweep.space.trainer.accumulate_grad_batches: grid value 2.5",
                                                       "expected an integer"]),
-    ({"execution.scheduler": {"choice": ["Default", "Cosine"]}}, ["choice value 'Cosine'", "'WarmupCosine'"]),
-    ({"execution.gradient_clip_val": {"grid": [0.5, -1.0]}}, ["grid value -1.0", "must be > 0"]),
+    ({"optimizer.scheduler": {"choice": ["Default", "Cosine"]}}, ["choice value 'Cosine'", "'WarmupCosine'"]),
+    ({"trainer.gradient_clip_val": {"grid": [0.5, -1.0]}}, ["grid value -1.0", "must be > 0"]),
     ({"model.N": {"grid": [32, 48]}}, ["sweep.space.model.N: grid value 48", "32, 64, 128"]),
     ({"training.batch_size": {"grid": ["big"]}}, ["grid value 'big'", "expected an integer"]),
     # ranges: both ends and a non-integer sample
-    ({"execution.accum_steps": {"uniform": [1, 4]}}, ["an integer field: use randint or grid"]),
-    ({"execution.learning_rate": {"uniform": [-1.0, 1.0]}}, ["execution.learning_rate", "must be > 0"]),
+    ({"trainer.accumulate_grad_batches": {"uniform": [1, 4]}}, ["an integer field: use randint or grid"]),
+    ({"optimizer.learning_rate": {"uniform": [-1.0, 1.0]}}, ["optimizer.learning_rate", "must be > 0"]),
     ({"data.val_fraction": {"uniform": [0.1, 1.0]}}, ["data.val_fraction", "[0, 1)"]),
-    ({"execution.accum_steps": {"randint": [0, 3]}}, ["randint [0, 3] sample 0", "must be >= 1"]),
+    ({"trainer.accumulate_grad_batches": {"randint": [0, 3]}}, ["randint [0, 3] sample 0", "must be >= 1"]),
     # several problems are reported at once
-    ({"execution.accum_steps": {"grid": [0]}, "execution.learning_rate": {"grid": [-1.0]}},
-     ["invalid sweep:", "execution.accum_steps", "execution.learning_rate"]),
+    ({"trainer.accumulate_grad_batches": {"grid": [0]}, "optimizer.learning_rate": {"grid": [-1.0]}},
+     ["invalid sweep:", "trainer.accumulate_grad_batches", "optimizer.learning_rate"]),
 ])
 def test_values_are_type_checked_against_the_run_config(space, expected):
     message = _error({"space": space})
@@ -150,8 +150,8 @@ def test_values_are_type_checked_against_the_run_config(space, expected):
 
 
 def test_combinations_of_grid_values_are_checked():
-    base = RunConfig.from_dict({"execution": {"num_workers": 2}})
-    space = {"execution.num_workers": {"grid": [2, 0]}, "execution.persistent_workers": {"grid": [True]}}
+    base = RunConfig.from_dict({"dataloader": {"num_workers": 2}})
+    space = {"dataloader.num_workers": {"grid": [2, 0]}, "dataloader.persistent_workers": {"grid": [True]}}
     message = _error({"space": space}, base)
     assert "the combination" in message and "persistent_workers" in message
 
@@ -166,21 +166,21 @@ def test_metric_must_be_logged_by_every_trial():
     sweep_config_from_dict({"space": CLIP, "metric": "val_mae"}).check_against(
         RunConfig.from_dict({"training": {"mae_weight": 0.1}}))
     assert "grace_period: 3 epochs is more than the 2 epochs" in _error(
-        {"space": CLIP, "scheduler": {"grace_period": 3}}, RunConfig.from_dict({"training": {"nepochs": 2}}))
+        {"space": CLIP, "scheduler": {"grace_period": 3}}, RunConfig.from_dict({"trainer": {"max_epochs": 2}}))
 
 
 def test_sweep_file_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_sweep_config(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text("space: {execution.accum_steps: {grid: [1, 2]}\n")
+    bad.write_text("space: {trainer.accumulate_grad_batches: {grid: [1, 2]}\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_sweep_config(bad)
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_sweep_config(bad)
-    bad.write_text("space: {execution.lr: {grid: [1]}}\n")
-    with pytest.raises(ConfigError, match=r"bad\.yaml: sweep\.space\.execution\.lr: unknown field"):
+    bad.write_text("space: {optimizer.lr: {grid: [1]}}\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: sweep\.space\.optimizer\.lr: unknown field"):
         load_sweep_config(bad)
 
 
@@ -188,15 +188,15 @@ def test_param_space_maps_to_tune_domains():
     from ray.tune.search.sample import Categorical, Float, Integer
 
     space = param_space(sweep_config_from_dict({"space": {
-        "execution.accum_steps": {"grid": [1, 2]}, "execution.scheduler": {"choice": ["Default", "Exponential"]},
-        "execution.gradient_clip_val": {"uniform": [0.5, 2.0]},
-        "execution.learning_rate": {"loguniform": [1e-4, 1e-2]}, "training.batch_size": {"randint": [8, 33]}}}))
-    assert space["execution.accum_steps"] == {"grid_search": [1, 2]}
-    assert isinstance(space["execution.scheduler"], Categorical)
-    assert space["execution.scheduler"].categories == ["Default", "Exponential"]
-    assert isinstance(space["execution.gradient_clip_val"], Float)
-    assert (space["execution.gradient_clip_val"].lower, space["execution.gradient_clip_val"].upper) == (0.5, 2.0)
-    assert isinstance(space["execution.learning_rate"].sampler, Float._LogUniform)
+        "trainer.accumulate_grad_batches": {"grid": [1, 2]}, "optimizer.scheduler": {"choice": ["Default", "Exponential"]},
+        "trainer.gradient_clip_val": {"uniform": [0.5, 2.0]},
+        "optimizer.learning_rate": {"loguniform": [1e-4, 1e-2]}, "training.batch_size": {"randint": [8, 33]}}}))
+    assert space["trainer.accumulate_grad_batches"] == {"grid_search": [1, 2]}
+    assert isinstance(space["optimizer.scheduler"], Categorical)
+    assert space["optimizer.scheduler"].categories == ["Default", "Exponential"]
+    assert isinstance(space["trainer.gradient_clip_val"], Float)
+    assert (space["trainer.gradient_clip_val"].lower, space["trainer.gradient_clip_val"].upper) == (0.5, 2.0)
+    assert isinstance(space["optimizer.learning_rate"].sampler, Float._LogUniform)
     assert isinstance(space["training.batch_size"], Integer)
     assert (space["training.batch_size"].lower, space["training.batch_size"].upper) == (8, 33)
 
@@ -230,7 +230,7 @@ def no_ray(monkeypatch):
 def test_optuna_missing_gives_install_hint(no_ray, tiny_scan, monkeypatch, tmp_path):
     monkeypatch.setattr(dist_tune, "has_module", lambda name: False)
     sweep = sweep_config_from_dict({"search": {"name": "optuna"},
-                                    "space": {"execution.learning_rate": {"loguniform": [1e-4, 1e-2]}}})
+                                    "space": {"optimizer.learning_rate": {"loguniform": [1e-4, 1e-2]}}})
     with pytest.raises(ConfigError, match=r"pip install 'ptycho-dist\[optuna\]'"):
         run_sweep(tiny_config(tiny_scan), sweep, tmp_path / "out")
 
@@ -252,8 +252,8 @@ def test_resume_checks_the_stored_sweep(no_ray, tiny_scan, tmp_path):
     base, sweep = tiny_config(tiny_scan), _sweep()
     (out / "s1").mkdir(parents=True)
     (out / "s1" / SPEC_FILE).write_text(yaml.safe_dump({"base": base.to_dict(), "sweep": sweep.to_dict()}))
-    changed = tiny_config(tiny_scan, **{"execution.learning_rate": 0.5})
-    with pytest.raises(ConfigError, match=r"--resume s1: the run config differs .*execution.learning_rate"):
+    changed = tiny_config(tiny_scan, **{"optimizer.learning_rate": 0.5})
+    with pytest.raises(ConfigError, match=r"--resume s1: the run config differs .*optimizer.learning_rate"):
         run_sweep(changed, None, out, name="s1", resume=True)
     with pytest.raises(ConfigError, match=r"the sweep differs .*metric"):
         run_sweep(None, _sweep(metric="train_loss"), out, name="s1", resume=True)
@@ -265,7 +265,7 @@ def test_resume_with_data_alone_keeps_the_stored_run_config(no_ray, tiny_scan, s
     import ptycho_dist as pd
 
     out = tmp_path / "out"
-    base = tiny_config(tiny_scan, **{"execution.learning_rate": 0.5, "data.path": str(tiny_scan.resolve())})
+    base = tiny_config(tiny_scan, **{"optimizer.learning_rate": 0.5, "data.path": str(tiny_scan.resolve())})
     (out / "s1").mkdir(parents=True)
     (out / "s1" / SPEC_FILE).write_text(yaml.safe_dump({"base": base.to_dict(), "sweep": _sweep().to_dict()}))
     with pytest.raises(AssertionError, match="Ray must not start"):  # passed every check, then Ray would start
@@ -278,7 +278,7 @@ def test_cli_reports_one_line_and_exit_status_2(no_ray, tiny_scan, tmp_path, cap
     from ptycho_dist.cli import main
 
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text("space: {execution.accum_steps: {grid: [1, 2.5]}}\n")
+    sweep.write_text("space: {trainer.accumulate_grad_batches: {grid: [1, 2.5]}}\n")
     code = main(["tune", "--sweep", str(sweep), "--data", str(tiny_scan), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: invalid sweep:") and "grid value 2.5" in err
@@ -291,7 +291,7 @@ def test_cli_reports_one_line_and_exit_status_2(no_ray, tiny_scan, tmp_path, cap
 # ------------------------------------------------------------------ results table
 
 def _record(trial_id: str, status: str, last: float, epochs: int = 3, best: float | None = None) -> TrialRecord:
-    return TrialRecord(trial_id, {"execution.accum_steps": int(trial_id[-1])}, status, epochs, last,
+    return TrialRecord(trial_id, {"trainer.accumulate_grad_batches": int(trial_id[-1])}, status, epochs, last,
                        last if best is None else best, epochs < 3, 10.0, f"/runs/{trial_id}",
                        "FloatingPointError: loss became nan" if status == "error" else "",
                        [(e + 1, last) for e in range(epochs)])
@@ -303,13 +303,13 @@ def test_best_is_the_completed_trial_with_the_best_last_value(tmp_path):
     assert choose_best(records, "min").trial_id == "t_2"  # stopped/errored trials have no full model
     assert choose_best(records, "max").trial_id == "t_1"
     assert choose_best(records[2:], "min") is None
-    table = format_table(records, ["execution.accum_steps"], "val_loss", "min", records[1])
+    table = format_table(records, ["trainer.accumulate_grad_batches"], "val_loss", "min", records[1])
     lines = table.splitlines()
-    assert "accum_steps" in lines[0] and lines[1].startswith("*") and "t_2" in lines[1]
+    assert "accumulate_grad_batches" in lines[0] and lines[1].startswith("*") and "t_2" in lines[1]
     assert lines[0].split()[-1] == "error" and "FloatingPointError: loss became nan" in table
-    path = write_trials_csv(records, ["execution.accum_steps"], "val_loss", tmp_path / "trials.csv")
+    path = write_trials_csv(records, ["trainer.accumulate_grad_batches"], "val_loss", tmp_path / "trials.csv")
     text = Path(path).read_text().splitlines()
-    assert text[0] == ("trial_id,status,execution.accum_steps,epochs,stopped_early,last_val_loss,best_val_loss,"
+    assert text[0] == ("trial_id,status,trainer.accumulate_grad_batches,epochs,stopped_early,last_val_loss,best_val_loss,"
                        "seconds,run_dir,error")
     assert text[3].startswith("t_3,stopped,3,1,true,1,1,")
 
@@ -353,7 +353,7 @@ def test_trial_records_from_a_result_grid_without_ray(tmp_path):
         def __iter__(self):
             for t in ("t_4", "t_1", "t_2", "t_3"):
                 # Result.metrics: the trial's last result, Tune's `done` True once it ended (t_3 still ran)
-                yield SimpleNamespace(path=str(tmp_path / t), config={"execution.accum_steps": int(t[-1])},
+                yield SimpleNamespace(path=str(tmp_path / t), config={"trainer.accumulate_grad_batches": int(t[-1])},
                                       error=RuntimeError("boom\nValueError: bad") if t == "t_4" else None,
                                       metrics={"trial_id": t, "done": t in ("t_1", "t_2")},
                                       metrics_dataframe=frames.get(t))

@@ -1,5 +1,5 @@
 """Experiment tracking of a real tiny training run: the learning rate (Lightning's
-LearningRateMonitor), the losses and, every execution.log_images_every_n_epochs, the current
+LearningRateMonitor), the losses and, every logging.log_images_every_n_epochs, the current
 reconstruction of a fixed validation region reach TensorBoard, MLflow (MLFLOW_TRACKING_URI honoured)
 and the CSV logger (PNG files)."""
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from ptycho_torch.config import ConfigError, PyTorchExecutionConfig
+from ptycho_torch.config import ConfigError, LoggingConfig
 from ptycho_torch.training.progress_images import region_indices, render
 from ptycho_torch.training.train import train
 
@@ -23,11 +23,11 @@ IMAGES = ("amplitude", "phase")
 
 
 def fit(scan: Path, run_dir: Path, **overrides):
-    return train(tiny_config(scan, **{"training.nepochs": 2, **overrides}), run_dir)
+    return train(tiny_config(scan, **{"trainer.max_epochs": 2, **overrides}), run_dir)
 
 
 def test_csv_run_saves_pngs_every_k_epochs_and_lr_in_the_metrics(tiny_scan, tmp_path):
-    result = fit(tiny_scan, tmp_path / "run", **{"training.nepochs": 3, "execution.log_images_every_n_epochs": 2})
+    result = fit(tiny_scan, tmp_path / "run", **{"trainer.max_epochs": 3, "logging.log_images_every_n_epochs": 2})
     folder = result.run_dir / "logs" / "version_0"
     names = sorted(p.name for p in (folder / "images").glob("*.png"))
     # epoch index 1 (the 2nd epoch) and the last one (index 2)
@@ -41,7 +41,7 @@ def test_csv_run_saves_pngs_every_k_epochs_and_lr_in_the_metrics(tiny_scan, tmp_
     default_schedule = [5e-4, 1e-3, 1e-5]  # WarmupCosine: 1 warm-up epoch, then cosine to 1% at the last epoch
     assert [float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")] == pytest.approx(default_schedule)
     assert [row["lr"] for row in result.history] == pytest.approx(default_schedule)  # the epoch metric stays
-    off = fit(tiny_scan, tmp_path / "off", **{"training.nepochs": 1, "execution.log_images_every_n_epochs": 0})
+    off = fit(tiny_scan, tmp_path / "off", **{"trainer.max_epochs": 1, "logging.log_images_every_n_epochs": 0})
     assert not list(off.run_dir.glob("logs/*/images"))
 
 
@@ -49,10 +49,10 @@ def test_csv_run_saves_pngs_every_k_epochs_and_lr_in_the_metrics(tiny_scan, tmp_
 def test_tensorboard_gets_lr_losses_and_the_reconstruction(tiny_scan, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = fit(tiny_scan, tmp_path / "tb", **{"execution.logger_backend": "tensorboard",
-                                                "execution.log_images_every_n_epochs": 1,
-                                                "execution.scheduler": "Exponential",
-                                                "execution.scheduler_gamma": 0.5})
+    result = fit(tiny_scan, tmp_path / "tb", **{"logging.logger": "tensorboard",
+                                                "logging.log_images_every_n_epochs": 1,
+                                                "optimizer.scheduler": "Exponential",
+                                                "optimizer.scheduler_gamma": 0.5})
     events = EventAccumulator(str(result.run_dir / "logs" / "version_0"), size_guidance={"images": 0}).Reload()
     tags = events.Tags()
     assert {"lr-Adam", "train_loss", "val_loss"} <= set(tags["scalars"])
@@ -71,8 +71,8 @@ def test_mlflow_honours_the_tracking_uri(tiny_scan, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "beamtime")
     monkeypatch.chdir(tmp_path)  # a sqlite store without an artifact root keeps artifacts in ./mlruns
-    result = fit(tiny_scan, tmp_path / "ml", **{"execution.logger_backend": "mlflow",
-                                                "execution.log_images_every_n_epochs": 1})
+    result = fit(tiny_scan, tmp_path / "ml", **{"logging.logger": "mlflow",
+                                                "logging.log_images_every_n_epochs": 1})
     assert not (result.run_dir / "mlruns").exists()  # nothing local when a store is set
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("beamtime")
@@ -98,7 +98,7 @@ def test_region_and_render():
 
 def test_bad_image_interval_is_a_config_error():
     with pytest.raises(ConfigError, match="log_images_every_n_epochs: got -1; must be >= 0"):
-        PyTorchExecutionConfig(log_images_every_n_epochs=-1)
+        LoggingConfig(log_images_every_n_epochs=-1)
 
 
 def test_several_scans_show_a_region_of_scan_0(tmp_path):
@@ -113,8 +113,8 @@ def test_several_scans_show_a_region_of_scan_0(tmp_path):
     assert main(["simulate", "--n-scans", "2", "--out", str(out), "--N", "32", "--n-positions", "40"]) == 0
     files = sorted(str(p) for p in out.glob("scan_*.npz"))
     config = apply_overrides(tiny_config(files[0]), {"data.path": files, "model.gridsize": 2,
-                                                     "training.nepochs": 1, "training.batch_size": 8,
-                                                     "execution.log_images_every_n_epochs": 1})
+                                                     "trainer.max_epochs": 1, "training.batch_size": 8,
+                                                     "logging.log_images_every_n_epochs": 1})
     datamodule = PtychoDataModule(config)
     dataset, indices = _region_dataset(datamodule)
     assert len(indices) > 0 and (datamodule.scan.pattern_scan[dataset.groups.indices[indices]] == 0).all()

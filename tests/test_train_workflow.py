@@ -22,7 +22,7 @@ from ptycho_torch.training.train import train
 @pytest.fixture(scope="module")
 def trained(tiny_scan, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("trained") / "run"
-    return train(tiny_config(tiny_scan, **{"training.nepochs": 3}), run_dir)
+    return train(tiny_config(tiny_scan, **{"trainer.max_epochs": 3}), run_dir)
 
 
 def test_run_directory_holds_everything(trained):
@@ -74,33 +74,33 @@ def test_reconstruction_files_and_frame(trained, tiny_scan, tmp_path):
 def test_resume_equals_uninterrupted_run(tiny_scan, tmp_path):
     # a constant rate: the default WarmupCosine decays to the last epoch, so extending a run with
     # --epochs restarts its decay part-way (docs/configuration.md) and cannot equal a 4-epoch run
-    constant = {"execution.scheduler": "Default"}
-    full = train(tiny_config(tiny_scan, **{"training.nepochs": 4, **constant}), tmp_path / "full")
+    constant = {"optimizer.scheduler": "Default"}
+    full = train(tiny_config(tiny_scan, **{"trainer.max_epochs": 4, **constant}), tmp_path / "full")
     part = tmp_path / "part"
-    train(tiny_config(tiny_scan, **{"training.nepochs": 2, **constant}), part)
+    train(tiny_config(tiny_scan, **{"trainer.max_epochs": 2, **constant}), part)
     assert main(["train", "--resume", str(part), "--epochs", "4", "--no-progress-bar"]) == 0
     resumed = json.loads((part / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
     for a, b in zip(full.history, resumed):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6, rel=1e-6)
         assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-6, rel=1e-6)
-    assert load_run_config(part / "config.yaml").training.nepochs == 4
+    assert load_run_config(part / "config.yaml").trainer.max_epochs == 4
 
 
 def test_cli_precedence_cli_over_file_over_defaults(tiny_scan, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"N": 32, "n_filters_scale": 0.25},
-                                   "training": {"nepochs": 1, "batch_size": 32},
-                                   "execution": {"learning_rate": 0.01, "accum_steps": 2}}))
+                                   "training": {"batch_size": 32}, "trainer": {"max_epochs": 1, "accumulate_grad_batches": 2},
+                                   "optimizer": {"learning_rate": 0.01}}))
     out = tmp_path / "run"
     rc = main(["train", "--config", str(cfg), "--data", str(tiny_scan), "--out", str(out),
-               "--learning-rate", "0.02", "--execution.gradient_clip_val", "0.5", "--no-progress-bar"])
+               "--learning-rate", "0.02", "--trainer.gradient_clip_val", "0.5", "--no-progress-bar"])
     assert rc == 0
     resolved = load_run_config(out / "config.yaml")
-    assert resolved.execution.learning_rate == 0.02  # CLI beats file
-    assert resolved.execution.accum_steps == 2  # file beats default
-    assert resolved.execution.gradient_clip_val == 0.5
-    assert resolved.execution.scheduler == "WarmupCosine"  # default
+    assert resolved.optimizer.learning_rate == 0.02  # CLI beats file
+    assert resolved.trainer.accumulate_grad_batches == 2  # file beats default
+    assert resolved.trainer.gradient_clip_val == 0.5
+    assert resolved.optimizer.scheduler == "WarmupCosine"  # default
     # the resolved file is itself a valid --config
     assert main(["train", "--config", str(out / "config.yaml"), "--out", str(tmp_path / "again"),
                  "--no-progress-bar"]) == 0
@@ -108,11 +108,11 @@ def test_cli_precedence_cli_over_file_over_defaults(tiny_scan, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--execution.bogus", "1"], "unrecognized arguments"),
-    (["--scheduler", "Cosine"], "execution.scheduler: got 'Cosine'; allowed values are"),
-    (["--accumulate-grad-batches", "0"], "execution.accum_steps"),
-    (["--num-workers", "0", "--execution.persistent_workers", "true"], "persistent_workers: needs num_workers > 0"),
-    (["--epochs", "two"], "training.nepochs: got 'two'; expected an integer"),
+    (["--trainer.bogus", "1"], "unrecognized arguments"),
+    (["--scheduler", "Cosine"], "optimizer.scheduler: got 'Cosine'; allowed values are"),
+    (["--accumulate-grad-batches", "0"], "trainer.accumulate_grad_batches"),
+    (["--dataloader-workers", "0", "--dataloader.persistent_workers", "true"], "persistent_workers: needs num_workers > 0"),
+    (["--epochs", "two"], "trainer.max_epochs: got 'two'; expected an integer"),
 ])
 def test_cli_rejects_bad_settings_with_one_line(argv, message, tiny_scan, tmp_path, capsys):
     try:
@@ -125,11 +125,12 @@ def test_cli_rejects_bad_settings_with_one_line(argv, message, tiny_scan, tmp_pa
 
 
 def test_config_file_with_unknown_key_names_it(tiny_scan, tmp_path, capsys):
+    """A misspelt field of the old execution section: named, with the old field it resembles and its new name."""
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("execution:\n  acum_steps: 4\n")
     assert main(["train", "--config", str(cfg), "--data", str(tiny_scan), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "unknown key(s) acum_steps" in err and "accum_steps" in err
+    assert "unknown key(s) acum_steps" in err and "accum_steps (now trainer.accumulate_grad_batches)" in err
 
 
 def test_help_documents_every_flag_with_default(capsys):
@@ -162,13 +163,13 @@ def test_n_mismatch_is_reported(tiny_scan, tmp_path, capsys):
 
 def test_model_size_comes_from_the_data(tiny_scan, tmp_path):
     """model.N left unset takes the scan's 32; the resolved config says so."""
-    config = tiny_config(tiny_scan, **{"model.N": None, "training.nepochs": 1, "data.max_patterns": 24})
+    config = tiny_config(tiny_scan, **{"model.N": None, "trainer.max_epochs": 1, "data.max_patterns": 24})
     result = train(config, tmp_path / "auto")
     assert yaml.safe_load((result.run_dir / "config.yaml").read_text())["model"]["N"] == 32
 
 
 def test_gridsize2_trains_and_reconstructs_from_the_constrained_output(tiny_scan, tmp_path):
-    result = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "training.nepochs": 1}), tmp_path / "g2")
+    result = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "trainer.max_epochs": 1}), tmp_path / "g2")
     assert np.isfinite(result.metrics["train_loss"])
     recon = reconstruct(result.run_dir, tiny_scan, tmp_path / "g2recon")
     assert np.isfinite(recon.object).all() and recon.object.any()
@@ -193,7 +194,7 @@ def test_gridsize2_trains_and_reconstructs_from_the_constrained_output(tiny_scan
 
     predictor = PatchPredictor(result.run_dir)
     scan = read_scan(tiny_scan)
-    groups = inference_groups(scan, 2, predictor.config.data.neighbor_count, predictor.config.execution.seed)
+    groups = inference_groups(scan, 2, predictor.config.data.neighbor_count, predictor.config.training.seed)
     amp = torch.from_numpy(scan.diffraction_rows(groups.indices[:8]))  # (8, 4, N, N)
     offsets = group_offsets(torch.from_numpy(scan.positions[groups.indices[:8]].astype(np.float32)))
     constrained = predictor(amp, offsets)
@@ -246,7 +247,7 @@ def test_partner_input_reads_the_group_and_reconstructs(tiny_scan, tmp_path):
     from ptycho_torch.physics.forward import group_offsets
 
     result = train(tiny_config(tiny_scan, **{"model.gridsize": 2, "model.partner_input": True,
-                                             "training.nepochs": 1}), tmp_path / "g2p")
+                                             "trainer.max_epochs": 1}), tmp_path / "g2p")
     module = load_bundle(result.run_dir).module.eval()
     assert module.net.blocks[0][0].in_channels == 8
     scan = read_scan(tiny_scan)

@@ -36,8 +36,8 @@ def scans(tmp_path_factory):
 def run_a(scans, tmp_path_factory):
     """A gridsize-2 model (partner input: its first layer reads 4 patterns) trained on scan A."""
     config = apply_overrides(tiny_config(scans["A"]), {
-        "training.nepochs": 1, "training.batch_size": 8, "model.gridsize": 2,
-        "execution.logger_backend": None, "execution.enable_checkpointing": False})
+        "trainer.max_epochs": 1, "training.batch_size": 8, "model.gridsize": 2,
+        "logging.logger": None, "trainer.enable_checkpointing": False})
     return train(config, tmp_path_factory.mktemp("run_a") / "run").run_dir
 
 
@@ -89,7 +89,7 @@ def test_incompatible_models_and_freezing_alone_are_refused(scans, run_a, tmp_pa
     assert not (tmp_path / "g1").exists()
     big = simulate(tmp_path / "big.npz", N=64, n_positions=9)
     config = apply_overrides(tiny_config(big), {"model.N": None, "model.gridsize": 2,
-                                                "training.init_from": str(run_a), "execution.logger_backend": None})
+                                                "training.init_from": str(run_a), "logging.logger": None})
     with pytest.raises(ConfigError, match=r"model.N=32\) but this run's are 64x64"):
         train(config, tmp_path / "n64")
     assert main(["train", "--data", str(scans["B"]), "--out", str(tmp_path / "f"), "--freeze", "encoder",
@@ -127,8 +127,8 @@ def test_on_its_own_training_scan_the_defaults_are_the_models(scans, run_a, tmp_
 
 def test_auto_keeps_a_learned_probe_only_for_the_probe_it_started_from(scans, tmp_path):
     config = apply_overrides(tiny_config(scans["A"]), {
-        "training.nepochs": 1, "model.probe_trainable": True, "execution.logger_backend": None,
-        "execution.enable_checkpointing": False})
+        "trainer.max_epochs": 1, "model.probe_trainable": True, "logging.logger": None,
+        "trainer.enable_checkpointing": False})
     run = train(config, tmp_path / "learned").run_dir
     for name, expected in (("A", "model (refined from this scan's probe)"), ("B", "scan")):
         reconstruct(run, scans[name], tmp_path / name, progress=False)

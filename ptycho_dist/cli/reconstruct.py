@@ -48,7 +48,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=_positive_int, default=None,
                    help="number of inference actors (default: as many as the cluster's CPUs/GPUs fit)")
     p.add_argument("--batch-size", "--inference-batch-size", dest="batch_size", type=_positive_int, default=None,
-                   help="patterns per network batch (default: the bundle's execution.inference_batch_size, "
+                   help="patterns per network batch (default: the bundle's inference.batch_size, "
                         "else training.batch_size)")
     p.add_argument("--num-gpus-per-actor", type=float, default=0.0,
                    help="GPUs per actor; > 0 runs the network on CUDA, fractions share a GPU (default: 0)")

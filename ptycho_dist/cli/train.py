@@ -1,15 +1,15 @@
 """`ptycho-dist train`: its flags, and the call of ptycho_dist.api.train.
 
-Flags: everything `ptycho-torch train` takes (`--data`, `--out`, `--config`, `--epochs`, execution
+Flags: everything `ptycho-torch train` takes (`--data`, `--out`, `--config`, `--epochs`, the Trainer's
 flags, every `--section.field`), plus the Ray ones (`--address`, `--storage-path`, `--name`,
 `--max-failures`, `--cpus-per-worker`, `--gpus-per-worker`, `--num-cpus`, `--placement-strategy`,
 `--worker-start-timeout`, `--autoscaling`), `--resume NAME` and `--overwrite`.
 
 The run YAML given to `--config` may carry a `ray:` section (any RayConfig field) next to the
-data/model/training/inference/execution sections; ptycho-dist takes it out before the rest goes to
+data/model/training/inference/trainer/optimizer/dataloader/checkpoint/logging sections; ptycho-dist takes it out before the rest goes to
 RunConfig, so `ptycho-torch` stays strict about unknown sections:
 
-    execution: {devices: 2, num_nodes: 1}
+    trainer: {devices: 2, num_nodes: 1}
     ray: {storage_path: /shared/runs, name: big-run, max_failures: 2, cpus_per_worker: 4}
 
 Precedence (lowest first): defaults <- the resumed run's config.yaml / ray.yaml <- --config <- flags

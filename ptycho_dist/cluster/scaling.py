@@ -1,19 +1,19 @@
-"""Execution config + RayConfig -> Ray Train's ScalingConfig, RunConfig, CheckpointConfig, FailureConfig.
+"""The trainer section + RayConfig -> Ray Train's ScalingConfig, RunConfig, CheckpointConfig, FailureConfig.
 
 Pure functions of plain data (no worker is started), so a bad request fails in the driver with one
 message before Ray reserves anything: `plan_scaling` checks the request against the cluster's
 resources (`ClusterResources.from_ray()`, or a hand-written one in tests) and collects every problem.
 
 Mapping (SPEC 6):
-    workers             = execution.devices * execution.num_nodes   (one process per GPU or CPU slot)
+    workers             = trainer.devices * trainer.num_nodes   (one process per GPU or CPU slot)
     use_gpu             = accelerator gpu/cuda, or 'auto' on a cluster that has GPUs
     resources_per_worker = {CPU: ray.cpus_per_worker, GPU: ray.gpus_per_worker if use_gpu}
     placement_strategy  = ray.placement_strategy (PACK, SPREAD, STRICT_PACK, STRICT_SPREAD)
     strategy            'auto' with 1 worker -> Lightning's single-device strategy (no DDP wrapper),
                         'auto' with more, or 'ddp' -> RayDDPStrategy, 'fsdp' -> RayFSDPStrategy,
                         'deepspeed' -> RayDeepSpeedStrategy (needs the deepspeed package)
-    CheckpointConfig    num_to_keep = checkpoint_save_top_k (-1 -> keep all), scored by the monitored
-                        metric in checkpoint_mode order; Ray always keeps the latest one as well
+    CheckpointConfig    num_to_keep = checkpoint.save_top_k (-1 -> keep all), scored by the monitored
+                        metric in checkpoint.mode order; Ray always keeps the latest one as well
     FailureConfig       max_failures = ray.max_failures, controller_failure_limit = 0
     elastic             ray.min_workers set -> ScalingConfig(num_workers=(min_workers, workers)): Ray Train
                         starts as many workers as fit (at least min), and after a node leaves restarts the
@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 from ptycho_dist.cluster.run_files import storage_path
 from ptycho_dist.config import RayConfig
-from ptycho_torch.config import ConfigError, PyTorchExecutionConfig, RunConfig
+from ptycho_torch.config import ConfigError, RunConfig, TrainerConfig
 
 START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 POLL_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
@@ -89,7 +89,7 @@ class ScalingPlan:
         return res
 
     def summary(self) -> dict[str, Any]:
-        """What Ray made of the execution section (ray.yaml's `scaling:`, for reading only): execution.devices x
+        """What Ray made of the trainer section (ray.yaml's `scaling:`, for reading only): trainer.devices x
         num_nodes became this many Ray workers, each a Lightning Trainer on one device (devices=1 per worker)."""
         return {"workers": self.num_workers, "min_workers": self.min_workers, "trainer_devices_per_worker": 1,
                 "accelerator": self.accelerator, "strategy": self.strategy,
@@ -109,12 +109,12 @@ class ScalingPlan:
                              placement_strategy=self.placement_strategy)
 
 
-def num_workers(execution: PyTorchExecutionConfig) -> int:
+def num_workers(trainer: TrainerConfig) -> int:
     """Ray workers = devices per node x nodes; 'auto' devices is refused (Ray needs a number)."""
-    if execution.devices == "auto":
-        raise ConfigError("execution.devices: 'auto' cannot be used with Ray (it would mean one worker per "
+    if trainer.devices == "auto":
+        raise ConfigError("trainer.devices: 'auto' cannot be used with Ray (it would mean one worker per "
                           "visible device of the driver); give an explicit --devices (workers per node)")
-    return int(execution.devices) * execution.num_nodes
+    return int(trainer.devices) * trainer.num_nodes
 
 
 def fit_count(available: Mapping[str, float], need: Mapping[str, float]) -> int:
@@ -142,64 +142,64 @@ def actor_pool_size(resources: ClusterResources, asked: int | None, cpus: float,
     return asked
 
 
-def _request(execution: PyTorchExecutionConfig, ray_config: RayConfig,
+def _request(trainer: TrainerConfig, ray_config: RayConfig,
              resources: ClusterResources | None) -> tuple[ScalingPlan, list[str]]:
     """The plan and the problems that do not depend on where workers go (None = cluster unknown)."""
     problems: list[str] = []
     try:
-        workers = num_workers(execution)
+        workers = num_workers(trainer)
     except ConfigError as e:
         problems.append(str(e))
-        workers = execution.num_nodes
-    acc = execution.accelerator
+        workers = trainer.num_nodes
+    acc = trainer.accelerator
     if acc == "mps":
-        problems.append("execution.accelerator: 'mps' is not supported with Ray; use --accelerator cpu")
+        problems.append("trainer.accelerator: 'mps' is not supported with Ray; use --accelerator cpu")
     wants_gpu = acc in ("gpu", "cuda")
     gpus = resources.gpus if resources is not None else 0.0
     if wants_gpu and resources is not None and gpus <= 0:
-        problems.append(f"execution.accelerator: {acc!r} requested but the Ray cluster has no GPUs "
+        problems.append(f"trainer.accelerator: {acc!r} requested but the Ray cluster has no GPUs "
                         f"({resources.cpus:g} CPUs, 0 GPUs); use --accelerator cpu (or auto)")
     use_gpu = wants_gpu or (acc == "auto" and gpus > 0)
     if use_gpu and ray_config.gpus_per_worker <= 0:
         problems.append(f"ray.gpus_per_worker: {ray_config.gpus_per_worker:g} with a GPU accelerator; "
                         "set --gpus-per-worker > 0 (e.g. 1) or use --accelerator cpu")
-    strategy = execution.strategy if execution.strategy != "auto" else "single" if workers == 1 else "ddp"
+    strategy = trainer.strategy if trainer.strategy != "auto" else "single" if workers == 1 else "ddp"
     if strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        problems.append("execution.strategy: 'deepspeed' needs the deepspeed package on the driver and "
+        problems.append("trainer.strategy: 'deepspeed' needs the deepspeed package on the driver and "
                         "every worker (pip install deepspeed); or use --strategy ddp or fsdp")
     if ray_config.min_workers is not None and ray_config.min_workers > workers:
         problems.append(f"ray.min_workers: {ray_config.min_workers} is more than the {workers} workers asked "
-                        f"(--devices {execution.devices} x --num-nodes {execution.num_nodes}); give at most {workers}")
+                        f"(--devices {trainer.devices} x --num-nodes {trainer.num_nodes}); give at most {workers}")
     plan = ScalingPlan(workers, use_gpu, "gpu" if use_gpu else "cpu", strategy,
                        float(ray_config.cpus_per_worker), float(ray_config.gpus_per_worker),
                        ray_config.placement_strategy, ray_config.min_workers)
     return plan, problems
 
 
-def check_request(execution: PyTorchExecutionConfig, ray_config: RayConfig) -> None:
+def check_request(trainer: TrainerConfig, ray_config: RayConfig) -> None:
     """The checks that need no cluster (devices='auto', mps, deepspeed missing): run them before
     starting Ray, so such mistakes fail in well under a second."""
-    _, problems = _request(execution, ray_config, None)
+    _, problems = _request(trainer, ray_config, None)
     if problems:
         raise ConfigError("; ".join(problems))
 
 
-def plan_scaling(execution: PyTorchExecutionConfig, ray_config: RayConfig,
+def plan_scaling(trainer: TrainerConfig, ray_config: RayConfig,
                  resources: ClusterResources) -> ScalingPlan:
     """Validate the request against `resources` and return the plan; raise ConfigError listing every
     problem (which flag to change, what was asked, what the cluster has)."""
-    plan, problems = _request(execution, ray_config, resources)
+    plan, problems = _request(trainer, ray_config, resources)
     if not problems:
-        problems = _placement_problems(plan, execution, resources)
+        problems = _placement_problems(plan, trainer, resources)
     if problems:
         raise ConfigError("; ".join(problems))
     return plan
 
 
-def _placement_problems(plan: ScalingPlan, execution: PyTorchExecutionConfig,
+def _placement_problems(plan: ScalingPlan, trainer: TrainerConfig,
                         resources: ClusterResources) -> list[str]:
     n = plan.num_workers if plan.min_workers is None else plan.min_workers  # elastic: the fewest must fit now
-    ask = (f"{n} workers (--devices {execution.devices} x --num-nodes {execution.num_nodes})" if plan.min_workers is None
+    ask = (f"{n} workers (--devices {trainer.devices} x --num-nodes {trainer.num_nodes})" if plan.min_workers is None
            else f"{n} workers (--min-workers)")
     problems = []
     need_cpu = n * plan.cpus_per_worker
@@ -259,7 +259,7 @@ def cluster_can_grow(ray_config: RayConfig) -> bool:
     return ray_config.autoscaling if ray_config.autoscaling is not None else autoscaler_running()
 
 
-def plan_for_cluster(execution: PyTorchExecutionConfig, ray_config: RayConfig,
+def plan_for_cluster(trainer: TrainerConfig, ray_config: RayConfig,
                      poll_s: float = 1.0) -> tuple[ScalingPlan, bool]:
     """The pre-flight check against the connected cluster: `(plan, asked_autoscaler)`.
 
@@ -271,13 +271,13 @@ def plan_for_cluster(execution: PyTorchExecutionConfig, ray_config: RayConfig,
     import time
 
     try:
-        return plan_scaling(execution, ray_config, ClusterResources.from_ray()), False
+        return plan_scaling(trainer, ray_config, ClusterResources.from_ray()), False
     except ConfigError as error:
         if not cluster_can_grow(ray_config):
             raise
         first = error
     # what the workers need, independent of what is alive now (a GPU request stays a GPU request)
-    plan, problems = _request(execution, ray_config, None)
+    plan, problems = _request(trainer, ray_config, None)
     if problems:
         raise ConfigError("; ".join(problems))
     from ray.autoscaler.sdk import request_resources
@@ -287,7 +287,7 @@ def plan_for_cluster(execution: PyTorchExecutionConfig, ray_config: RayConfig,
     while time.monotonic() < deadline:
         time.sleep(poll_s)
         try:
-            return plan_scaling(execution, ray_config, ClusterResources.from_ray()), True
+            return plan_scaling(trainer, ray_config, ClusterResources.from_ray()), True
         except ConfigError:
             continue
     release_autoscaler_request()
@@ -319,7 +319,7 @@ def strategy_class(name: str) -> type:
 
     classes = {"ddp": "RayDDPStrategy", "fsdp": "RayFSDPStrategy", "deepspeed": "RayDeepSpeedStrategy"}
     if name not in classes:
-        raise ConfigError(f"execution.strategy: {name!r} has no Ray equivalent; use ddp, fsdp or deepspeed")
+        raise ConfigError(f"trainer.strategy: {name!r} has no Ray equivalent; use ddp, fsdp or deepspeed")
     return getattr(rl, classes[name])
 
 
@@ -337,15 +337,15 @@ def run_name(ray_config: RayConfig, now: datetime | None = None) -> str:
 # ------------------------------------------------------------------ Ray configs
 
 def checkpoint_config(config: RunConfig) -> Any:
-    """Ray's checkpoint retention from the execution config (top-k by the monitored metric)."""
+    """Ray's checkpoint retention from the checkpoint section (top-k by the monitored metric)."""
     from ray.train import CheckpointConfig
 
     from ptycho_torch.training.train import monitored_metric
 
-    ex = config.execution
-    keep = None if ex.checkpoint_save_top_k == -1 else max(1, ex.checkpoint_save_top_k)
+    kept = config.checkpoint
+    keep = None if kept.save_top_k == -1 else max(1, kept.save_top_k)
     return CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=monitored_metric(config),
-                            checkpoint_score_order=ex.checkpoint_mode)
+                            checkpoint_score_order=kept.mode)
 
 
 def failure_config(ray_config: RayConfig) -> Any:
@@ -364,9 +364,9 @@ def run_config(config: RunConfig, ray_config: RayConfig, name: str) -> Any:
     from ray.train import LoggingConfig
     from ray.train import RunConfig as RayRunConfig
 
-    if ray_config.max_failures != 0 and not config.execution.enable_checkpointing:
+    if ray_config.max_failures != 0 and not config.trainer.enable_checkpointing:
         raise ConfigError("ray.max_failures: restarts resume from the latest checkpoint, but "
-                          "execution.enable_checkpointing is false; enable checkpointing or set --max-failures 0")
+                          "trainer.enable_checkpointing is false; enable checkpointing or set --max-failures 0")
     return RayRunConfig(name=name, storage_path=storage_path(ray_config),
                         checkpoint_config=checkpoint_config(config), failure_config=failure_config(ray_config),
                         logging_config=LoggingConfig(log_level="INFO" if ray_config.verbose else "WARNING"))

@@ -18,6 +18,7 @@ import typing
 from typing import Any, Callable, Mapping
 
 from ptycho_torch.config import SECTIONS, ConfigError, RunConfig
+from ptycho_torch.config.renamed import renamed_field
 
 # Metrics the LightningModule logs once per epoch (the *_mae / *_tv terms only with a non-zero weight,
 # val_* only with validation), any of which a sweep can rank trials by.
@@ -28,8 +29,8 @@ SPACE_KINDS: tuple[str, ...] = ("grid", "choice", "uniform", "loguniform", "rand
 # Fields a sweep may not search, and what to do instead.
 NOT_SEARCHABLE: dict[str, str] = {
     "data.path": "the scan comes from --data (or data.path of the run config)",
-    "execution.devices": "the workers of each trial are set by workers_per_trial",
-    "execution.num_nodes": "the workers of each trial are set by workers_per_trial",
+    "trainer.devices": "the workers of each trial are set by workers_per_trial",
+    "trainer.num_nodes": "the workers of each trial are set by workers_per_trial",
 }
 MAX_COMBINATIONS_CHECKED = 512
 
@@ -82,10 +83,11 @@ def normalise_space(space: Any) -> Space:
     """Check a space's field names and entries and return it normalised (module docstring)."""
     if not isinstance(space, dict) or not space:
         _fail("space", f"got {space!r}; expected a non-empty mapping of dotted config fields to search "
-                       "entries, e.g. execution.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}")
+                       "entries, e.g. optimizer.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}")
     out: Space = {}
     for dotted, entry in space.items():
-        section, _, name = str(dotted).partition(".")
+        dotted = renamed_field(str(dotted), "sweep.space")
+        section, _, name = dotted.partition(".")
         if section not in SECTIONS or not name:
             _fail(f"space.{dotted}", f"expected 'section.field' with section one of {', '.join(SECTIONS)}")
         if name not in _section_fields(section):

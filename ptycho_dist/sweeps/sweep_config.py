@@ -27,8 +27,8 @@ class SweepScheduler(ConfigSection):
     name: Literal["asha", "fifo"] = config_field(
         "asha", "asha = asynchronous successive halving (stops bad trials early); fifo = run every trial to the end")
     max_epochs: Optional[int] = config_field(
-        None, "asha: epochs of a trial that is never stopped; sets training.nepochs of every trial "
-              "(None = training.nepochs of the run config)")
+        None, "asha: epochs of a trial that is never stopped; sets trainer.max_epochs of every trial "
+              "(None = trainer.max_epochs of the run config)")
     grace_period: int = config_field(1, "asha: epochs every trial runs before it can be stopped")
     reduction_factor: float = config_field(
         4.0, "asha: rungs at grace_period * reduction_factor^k epochs; at each rung only the best "
@@ -78,8 +78,8 @@ class SweepConfig(ConfigSection):
     search: Any = config_field(None, "search algorithm: {name: random|grid|optuna, seed} (None = random)")
     space: Any = config_field(None, "dotted field name -> {grid|choice: [values]} or "
                                     "{uniform|loguniform|randint: [low, high]}")
-    workers_per_trial: int = config_field(1, "Ray Train workers of each trial (sets execution.devices; "
-                                             "execution.num_nodes = 1)")
+    workers_per_trial: int = config_field(1, "Ray Train workers of each trial (sets trainer.devices; "
+                                             "trainer.num_nodes = 1)")
     cpus_per_worker: float = config_field(1.0, "CPUs reserved by each training worker")
     gpus_per_worker: float = config_field(1.0, "GPUs reserved by each worker when the accelerator is a GPU")
     max_concurrent_trials: Optional[int] = config_field(
@@ -131,8 +131,8 @@ class SweepConfig(ConfigSection):
             if search.name == "optuna" and kind == "grid":
                 self._fail(f"space.{dotted}", "grid is not supported with search optuna (Optuna samples "
                                               "points); use {choice: [...]} or search: {name: grid}")
-            if dotted == "training.nepochs" and scheduler.name == "asha":
-                self._fail(f"space.{dotted}", "ASHA sets training.nepochs of every trial to scheduler.max_epochs; "
+            if dotted == "trainer.max_epochs" and scheduler.name == "asha":
+                self._fail(f"space.{dotted}", "ASHA sets trainer.max_epochs of every trial to scheduler.max_epochs; "
                                               "search it with scheduler: {name: fifo}")
 
     # ---------------------------------------------------------------- with the run config
@@ -142,20 +142,20 @@ class SweepConfig(ConfigSection):
         return self.scheduler.name == "asha"
 
     def epochs_per_trial(self, base: RunConfig) -> int:
-        """Epochs of a trial that runs to the end: scheduler.max_epochs (ASHA) or training.nepochs."""
+        """Epochs of a trial that runs to the end: scheduler.max_epochs (ASHA) or trainer.max_epochs."""
         if self.is_asha and self.scheduler.max_epochs is not None:
             return self.scheduler.max_epochs
-        return base.training.nepochs
+        return base.trainer.max_epochs
 
     def trial_config(self, base: RunConfig, params: dict[str, Any]) -> RunConfig:
         """The full RunConfig of one trial: `base` + the sampled dotted `params`, with
-        execution.devices = workers_per_trial, execution.num_nodes = 1 and, under ASHA,
-        training.nepochs = scheduler.max_epochs."""
+        trainer.devices = workers_per_trial, trainer.num_nodes = 1 and, under ASHA,
+        trainer.max_epochs = scheduler.max_epochs."""
         from ptycho_torch.config import apply_overrides
 
-        fixed: dict[str, Any] = {"execution.devices": self.workers_per_trial, "execution.num_nodes": 1}
+        fixed: dict[str, Any] = {"trainer.devices": self.workers_per_trial, "trainer.num_nodes": 1}
         if self.is_asha:
-            fixed["training.nepochs"] = self.epochs_per_trial(base)
+            fixed["trainer.max_epochs"] = self.epochs_per_trial(base)
         return apply_overrides(base, {**params, **fixed})
 
     def check_against(self, base: RunConfig) -> None:
@@ -172,7 +172,7 @@ class SweepConfig(ConfigSection):
         problems += metric_problems(self.metric, self.space, base)
         if self.is_asha and self.scheduler.grace_period > self.epochs_per_trial(base):
             problems.append(f"sweep.scheduler.grace_period: {self.scheduler.grace_period} epochs is more than the "
-                            f"{self.epochs_per_trial(base)} epochs of a trial (training.nepochs); lower grace_period "
+                            f"{self.epochs_per_trial(base)} epochs of a trial (trainer.max_epochs); lower grace_period "
                             "or set scheduler.max_epochs")
         if problems:
             raise ConfigError("invalid sweep:\n  - " + "\n  - ".join(problems))

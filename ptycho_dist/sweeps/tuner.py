@@ -243,7 +243,7 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
     sweep = dataclasses.replace(sweep, name=name)
     probe = sweep.trial_config(base, {})
     trial_ray = trial_ray_config(sweep, ray_config)
-    check_request(probe.execution, trial_ray)
+    check_request(probe.trainer, trial_ray)
     if sweep.is_asha and ray_config.include_dashboard is False and not ray_config.address:
         log.warning("the Ray dashboard is off: ASHA's early stopping can hang without it (ray#54305); "
                     "keep ray.include_dashboard on")
@@ -257,7 +257,7 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
         from ptycho_dist.sweeps.trial import trainable, trial_dirname
 
         resources = ClusterResources.from_ray()
-        plan = plan_scaling(probe.execution, trial_ray, resources)
+        plan = plan_scaling(probe.trainer, trial_ray, resources)
         concurrency = concurrent_trials(sweep, plan, resources)
         if resume:
             if not tune.Tuner.can_restore(experiment):

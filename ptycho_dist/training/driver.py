@@ -10,7 +10,7 @@ unchanged.
 Checkpointing decision: Lightning's own ModelCheckpoint is switched off under Ray; Ray's checkpoints
 (`RayTrainReportCallback`: a full Lightning checkpoint.ckpt after every training epoch, with optimizer,
 scheduler, epoch counter, the History callback and the hyperparameters incl. the normalisation factor)
-replace it. Ray keeps `checkpoint_save_top_k` of them ranked by the monitored metric, plus always the
+replace it. Ray keeps `checkpoint.save_top_k` of them ranked by the monitored metric, plus always the
 latest, and only Ray's checkpoints survive a worker-group restart or can be found by `--resume`. Writing
 a second copy from rank 0 would double the I/O and would not work on object-store URIs.
 
@@ -117,7 +117,7 @@ def _quiet_worker(verbose: bool) -> None:
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """Body of every Ray Train worker: `ptycho_torch.training.train.train` with what Ray adds.
 
-    `loop_config` (plain data, built once by the driver): config (the resolved RunConfig as a dict),
+    `loop_config` (built once by the driver): config (the resolved RunConfig),
     norm_factor (r from the driver's validation pass), run_dir (path or URI), strategy, accelerator,
     threads (torch intra-op threads), verbose, callbacks (extra Lightning callbacks, pickled by the
     driver: as bytes, Ray's controller passes them on without importing Lightning to unpickle them,
@@ -133,12 +133,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
     _quiet_worker(bool(loop_config.get("verbose")))
     os.environ["OMP_NUM_THREADS"] = str(loop_config["threads"])  # train() sets torch's threads from it
-    config = RunConfig.from_dict(loop_config["config"])
+    config: RunConfig = loop_config["config"]  # the driver's resolved RunConfig, pickled as it is
     target = str(loop_config["run_dir"])
     staging = Path(tempfile.mkdtemp(prefix="ptycho-dist-run-")) if is_uri(target) else None
     start = StartEpoch()
     # Ray's checkpoints replace Lightning's ModelCheckpoint (module docstring)
-    report = RayTrainReportCallback() if config.execution.enable_checkpointing else _MetricsReport()
+    report = RayTrainReportCallback() if config.trainer.enable_checkpointing else _MetricsReport()
 
     replicas: dict[str, Any] = {}
 
@@ -185,7 +185,7 @@ def intact_ray_checkpoint(latest: Path, run_dir: str) -> Path:
 
 
 class _MetricsReport(Callback):
-    """Reports epoch metrics to Ray without a checkpoint (execution.enable_checkpointing false)."""
+    """Reports epoch metrics to Ray without a checkpoint (trainer.enable_checkpointing false)."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import ray.train
@@ -294,7 +294,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     """Train with Ray Train on `ray_config`'s cluster (embedded local Ray when no address).
 
     The run directory is storage_path/name. `resume=True` continues the named run from its latest
-    Ray checkpoint up to `config.training.nepochs`; without it an existing run of that name is an
+    Ray checkpoint up to `config.trainer.max_epochs`; without it an existing run of that name is an
     error, unless `overwrite` (the old run is moved aside, never deleted). A new run that fails with
     a user error before its first checkpoint leaves no directory behind. SIGTERM / SIGINT raise
     TrainingInterrupted naming the latest checkpoint and the resume command. `callbacks` are extra
@@ -307,7 +307,7 @@ def fit_distributed(config: RunConfig, ray_config: RayConfig, *, resume: bool = 
     (ptycho_torch.safe_output.hold_run_lock): a --resume while it trains is refused in one line.
     """
     config = with_absolute_data_path(config)
-    check_request(config.execution, ray_config)
+    check_request(config.trainer, ray_config)
     name = run_name(ray_config)
     location = run_location(storage_path(ray_config), name)
     ray_config = dataclasses.replace(ray_config, name=name)
@@ -372,7 +372,7 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
 
     name = str(ray_config.name)
     with ray_session(ray_config):
-        plan, asked_autoscaler = plan_for_cluster(config.execution, ray_config)
+        plan, asked_autoscaler = plan_for_cluster(config.trainer, ray_config)
         datasets = None
         if rows is not None:
             import ray
@@ -396,7 +396,7 @@ def _fit_on_cluster(config: RunConfig, norm_factor: float | list[float], ray_con
         workers = str(plan.num_workers) if plan.min_workers is None else f"{plan.min_workers}-{plan.num_workers} (elastic)"
         log.info("%s run %r: %s worker(s) x %s, %s on %s, storage %s", "resuming" if resume else "starting",
                  name, workers, plan.resources_per_worker, plan.strategy, plan.accelerator, location)
-        loop_config = {"config": config.to_dict(), "norm_factor": norm_factor, "run_dir": location, "strategy": plan.strategy,
+        loop_config = {"config": config, "norm_factor": norm_factor, "run_dir": location, "strategy": plan.strategy,
                        "accelerator": plan.accelerator, "threads": plan.torch_threads,
                        "verbose": ray_config.verbose, "callbacks": cloudpickle.dumps(list(callbacks)), "ingest": datasets is not None}
         trainer = TorchTrainer(train_loop_per_worker, train_loop_config=loop_config, datasets=datasets,

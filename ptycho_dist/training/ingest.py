@@ -7,7 +7,7 @@ when the data have one): the dataset starts as blocks of group indices and read 
 cluster turn each block into rows, reading only those patterns from the files. `TorchTrainer(datasets=)`
 splits each dataset into one disjoint, equal shard per worker (Ray Train's default: a streaming
 split, the last G mod world_size groups of an epoch left out), and each worker iterates its shard
-(`ShardBatches`, re-read every epoch, shuffled in a local buffer seeded by execution.seed + epoch)
+(`ShardBatches`, re-read every epoch, shuffled in a local buffer seeded by training.seed + epoch)
 instead of its DistributedSampler shard of the whole corpus. No worker holds more than its batches,
 and more nodes read in parallel. With `sampler` (and `auto` for one scan) nothing changes. The rows
 come from ptycho_torch.data.dataset (`split_rows`, `GroupRows`, `read_groups`, `block_count`).
@@ -105,4 +105,4 @@ def shard_loaders(datamodule: PtychoDataModule) -> tuple[ShardBatches, ShardBatc
     """The (train, val) iterables of a worker (Launch.loaders): training shuffled, validation in order."""
     config = datamodule.config
     val = ShardBatches("val", config.training.batch_size) if datamodule.has_validation else None
-    return ShardBatches("train", config.training.batch_size, config.execution.seed), val
+    return ShardBatches("train", config.training.batch_size, config.training.seed), val

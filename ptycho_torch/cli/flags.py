@@ -1,6 +1,6 @@
 """Command-line flags for run configs, shared by `ptycho-torch` and `ptycho-dist`.
 
-Every config field is settable as `--section.field VALUE` (e.g. `--execution.accum_steps 4`); the
+Every config field is settable as `--section.field VALUE` (e.g. `--trainer.accumulate_grad_batches 4`); the
 common ones also have upstream-style spellings (`--accumulate-grad-batches 4`, `--epochs 20`).
 Values are read as YAML scalars ("null", "0.5", "[5, 8]", "true") and handed to the API as dotted
 overrides (`cli_overrides`); ptycho_torch.api.run_config checks them exactly like a config file.
@@ -18,6 +18,7 @@ import yaml
 
 from ptycho_torch.config import SECTIONS
 from ptycho_torch.config.flag_names import BOOL_FLAG_FIELDS, FLAG_FIELDS
+from ptycho_torch.config.renamed import RENAMED_FLAGS, renamed_flag
 
 _PREFIX = "override:"
 
@@ -41,7 +42,8 @@ def _field_help(dotted: str) -> str:
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add --config, the alias flags and one --section.field flag per config field."""
     parser.add_argument("--config", type=Path, default=None,
-                        help="run YAML file with sections data/model/training/inference/execution "
+                        help="run YAML file with sections data/model/training/inference/trainer/optimizer/"
+                             "dataloader/checkpoint/logging "
                              "(default: built-in defaults)")
     group = parser.add_argument_group("common settings")
     for flag, dotted in FLAG_FIELDS.items():
@@ -50,6 +52,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, dotted in BOOL_FLAG_FIELDS.items():
         group.add_argument(flag, dest=_PREFIX + dotted, action=argparse.BooleanOptionalAction,
                            default=argparse.SUPPRESS, help=_field_help(dotted))
+    for old, new in RENAMED_FLAGS.items():  # still read, with a notice; not in --help
+        group.add_argument(old, dest=_PREFIX + FLAG_FIELDS[new], type=_parse_value, default=argparse.SUPPRESS,
+                           action=_RenamedFlag, help=argparse.SUPPRESS)
     every = parser.add_argument_group("every config field (--section.field VALUE)")
     for section, cls in SECTIONS.items():
         for f in fields(cls):
@@ -58,6 +63,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 continue
             every.add_argument(f"--{dotted}", dest=_PREFIX + dotted, type=_parse_value,
                                default=argparse.SUPPRESS, metavar="VALUE", help=_field_help(dotted))
+
+
+class _RenamedFlag(argparse.Action):
+    """An old spelling of a flag: stores the value as its new spelling does, with one notice line."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        renamed_flag(option_string or "")
+        setattr(namespace, self.dest, values)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

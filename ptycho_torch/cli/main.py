@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "one scan, positions in one object frame (required)")
     p.add_argument("--out", required=True, type=Path, help="reconstruction directory")
     p.add_argument("--inference-batch-size", type=int, default=None,
-                   help="patterns per batch (default: the model's execution.inference_batch_size or batch_size)")
+                   help="patterns per batch (default: the model's inference.batch_size or batch_size)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
     add_probe_normalization_flags(p)
     p.add_argument("--align-phases", action="store_true",

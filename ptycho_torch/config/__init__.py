@@ -2,11 +2,14 @@
 
 Every field has a default and a doc; creation checks values and raises `ConfigError` naming the field,
 what was given and what is allowed. `RunConfig` bundles the sections of a run and round-trips through
-YAML; dotted overrides (``execution.accum_steps=4``) are checked exactly like a YAML file. Plain data
-(str, int, float, bool, None, lists): configs pickle to Ray workers and go into Tune search spaces.
+YAML; dotted overrides (``trainer.accumulate_grad_batches=4``) are checked exactly like a YAML file. Plain
+data (str, int, float, bool, None, lists): configs pickle to Ray workers and go into Tune search spaces.
 
-    __init__.py      the sections, RunConfig, YAML load/save, dotted overrides
-    flag_names.py    the command-line spellings of common fields (--epochs -> training.nepochs)
+    __init__.py      the sections of what is computed (data, model, training, inference, simulation),
+                     RunConfig, YAML load/save, dotted overrides
+    execution.py     the sections of how it runs: trainer, optimizer, dataloader, checkpoint, logging
+    renamed.py       old names (the former `execution` section, trainer.max_epochs, ...) read as the new ones
+    flag_names.py    the command-line spellings of common fields (--epochs -> trainer.max_epochs)
     typed_fields.py  the field-checking engine (ConfigSection, config_field) from type hints
     bounded_yaml.py  every YAML read with bounded expansion (alias bombs, deep nesting refused in one line)
     reference.py     the generated configuration reference (docs/configuration.md)
@@ -23,6 +26,14 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from ptycho_torch.config.bounded_yaml import yaml_problem
+from ptycho_torch.config.execution import (
+    CheckpointConfig,
+    DataLoaderConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    TrainerConfig,
+)
+from ptycho_torch.config.renamed import renamed_dotted, renamed_sections
 from ptycho_torch.config.typed_fields import ConfigError, ConfigSection, config_field
 
 # --------------------------------------------------------------------------------------------
@@ -164,14 +175,11 @@ class ModelConfig(ConfigSection):
 
 @dataclass(frozen=True)
 class TrainingConfig(ConfigSection):
-    """Epochs, batch size and the loss terms."""
+    """What is learned from what: batch size, the loss terms, the starting weights, the seed (how long:
+    trainer.max_epochs / trainer.max_time)."""
 
     section: typing.ClassVar[str] = "training"
 
-    nepochs: int = config_field(10, "training epochs")
-    max_minutes: Optional[float] = config_field(
-        None, "wall-clock budget: stop after this many minutes of training, even before nepochs (Lightning "
-        "max_time; resumed runs count the time already spent); WarmupCosine then anneals over the budget")
     batch_size: int = config_field(4, "groups per optimisation step per device (4 = 16 patterns at gridsize 2)")
     nll_weight: float = config_field(1.0, "weight of the Poisson negative log-likelihood (photon counts)")
     mae_weight: float = config_field(0.0, "weight of the mean absolute error on normalised amplitudes")
@@ -183,12 +191,9 @@ class TrainingConfig(ConfigSection):
     freeze: Union[str, list[str]] = config_field(
         [], "with init_from: parts of the network kept fixed while fine-tuning, any of 'encoder', 'decoders'; "
         "`--freeze encoder` sets it")
+    seed: int = config_field(42, "seed for torch, numpy, python and DataLoader workers")
 
     def _check(self) -> None:
-        if self.nepochs < 1:
-            self._fail("nepochs", f"got {self.nepochs}; must be >= 1")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            self._fail("max_minutes", f"got {self.max_minutes}; must be > 0 minutes (or None = no budget)")
         if self.batch_size < 1:
             self._fail("batch_size", f"got {self.batch_size}; must be >= 1")
         for name in ("nll_weight", "mae_weight", "tv_weight"):
@@ -226,6 +231,7 @@ class InferenceConfig(ConfigSection):
         "cover", "gridsize > 1: 'cover' stitches every channel of about M / C groups that hold each pattern "
         "once (the network reads each pattern about once); 'every_pattern' forms one group per pattern and "
         "stitches only its own channel (C times the network work)")
+    batch_size: Optional[int] = config_field(None, "reconstruction batch size (None = training.batch_size)")
     fit_patterns: int = config_field(
         2048, "patterns (evenly spread through the scan) on which a written reconstruction's data fit is "
         "measured: Poisson deviance of the object's predicted patterns / the counting-noise floor, in "
@@ -234,6 +240,8 @@ class InferenceConfig(ConfigSection):
     def _check(self) -> None:
         if not 0 <= self.weight_threshold < 1:
             self._fail("weight_threshold", f"got {self.weight_threshold}; must be in [0, 1)")
+        if self.batch_size is not None and self.batch_size < 1:
+            self._fail("batch_size", f"got {self.batch_size}; must be >= 1 or null")
         if self.fit_patterns < 0:
             self._fail("fit_patterns", f"got {self.fit_patterns}; must be >= 0 (0 = no data fit)")
 
@@ -289,117 +297,16 @@ class SimulationConfig(ConfigSection):
             self._fail("probe_diameter_px", f"got {self.probe_diameter_px}; must be in [2, N]")
 
 
-SchedulerName = Literal["Default", "Exponential", "MultiStage", "WarmupCosine", "ReduceLROnPlateau"]
-PrecisionName = Literal["32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true", "64"]
-LoggerName = Optional[Literal["csv", "tensorboard", "mlflow", "none"]]
-
-
-@dataclass(frozen=True)
-class PyTorchExecutionConfig(ConfigSection):
-    """Every execution knob of a run; each one is consumed by the Trainer, a DataLoader or the
-    optimiser (see docs/configuration.md for where)."""
-
-    section: typing.ClassVar[str] = "execution"
-
-    # Trainer
-    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = config_field(
-        "auto", "'auto' = cuda if available else cpu")
-    devices: Union[int, Literal["auto"]] = config_field(1, "devices per node (Ray: workers per node)")
-    num_nodes: int = config_field(1, "nodes (Ray: workers = devices * num_nodes)")
-    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = config_field("auto", "distribution strategy")
-    deterministic: bool = config_field(True, "deterministic algorithms; same seed -> same losses")
-    precision: PrecisionName = config_field("32-true", "Lightning precision")
-    gradient_clip_val: Optional[float] = config_field(None, "clip gradients at this value (None = off)")
-    gradient_clip_algorithm: Literal["norm", "value"] = config_field("norm", "how gradients are clipped")
-    accum_steps: int = config_field(1, "accumulate gradients over this many batches per optimiser step")
-    # DataLoader
-    num_workers: int = config_field(0, "DataLoader worker processes (train, val and inference loaders)")
-    pin_memory: bool = config_field(False, "DataLoader pin_memory")
-    persistent_workers: bool = config_field(False, "keep DataLoader workers alive between epochs (needs num_workers > 0)")
-    prefetch_factor: Optional[int] = config_field(None, "batches prefetched per worker (needs num_workers > 0)")
-    # Optimisation
-    learning_rate: float = config_field(2e-3, "Adam learning rate (2e-3 with batch 4: the benchmarks' setting)")
-    scheduler: SchedulerName = config_field(
-        "WarmupCosine", "learning-rate schedule ('Default' = constant; WarmupCosine: warm-up, then cosine decay to "
-        "the last epoch, or over training.max_minutes when set)")
-    scheduler_gamma: float = config_field(0.9, "Exponential: lr *= gamma each epoch; MultiStage: lr *= gamma at each milestone")
-    scheduler_milestones: list[int] = config_field([5, 8], "MultiStage: epochs at which lr is multiplied by scheduler_gamma")
-    warmup_epochs: int = config_field(1, "WarmupCosine: linear warm-up epochs before the cosine decay")
-    min_lr_ratio: float = config_field(0.01, "WarmupCosine: final lr as a fraction of learning_rate")
-    plateau_factor: float = config_field(0.5, "ReduceLROnPlateau: lr *= factor when the monitored metric stalls")
-    plateau_patience: int = config_field(2, "ReduceLROnPlateau: epochs without improvement before reducing")
-    # Checkpoints
-    enable_checkpointing: bool = config_field(True, "save checkpoints (ModelCheckpoint, plus last.ckpt)")
-    checkpoint_save_top_k: int = config_field(1, "best checkpoints kept (-1 = all)")
-    checkpoint_monitor_metric: str = config_field("val_loss", "metric ranking checkpoints, early stopping, plateau")
-    checkpoint_mode: Literal["min", "max"] = config_field("min", "whether the monitored metric should go down or up")
-    early_stop_patience: Optional[int] = config_field(None, "stop after this many epochs without improvement (None = off)")
-    # Logging
-    enable_progress_bar: Optional[bool] = config_field(None, "progress bar (None = only on a terminal)")
-    logger_backend: LoggerName = config_field("csv", "metrics logger: csv, tensorboard, mlflow or none")
-    log_every_n_steps: int = config_field(10, "how often step-level metrics are logged")
-    log_images_every_n_epochs: int = config_field(
-        5, "every this many epochs (and after the last) the logger gets the current reconstruction of a fixed "
-        "validation region, amplitude and phase (TensorBoard/MLflow images, PNGs under logs/ for csv); 0 = off")
-    # Inference
-    inference_batch_size: Optional[int] = config_field(None, "reconstruction batch size (None = training.batch_size)")
-    # Seeds
-    seed: int = config_field(42, "seed for torch, numpy, python and DataLoader workers")
-
-    def _check(self) -> None:
-        if self.devices != "auto" and self.devices < 1:
-            self._fail("devices", f"got {self.devices}; must be >= 1 or 'auto'")
-        if self.num_nodes < 1:
-            self._fail("num_nodes", f"got {self.num_nodes}; must be >= 1")
-        if self.accum_steps < 1:
-            self._fail("accum_steps", f"got {self.accum_steps}; must be >= 1 (1 = no accumulation)")
-        if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
-            self._fail("gradient_clip_val", f"got {self.gradient_clip_val}; must be > 0 or null (off)")
-        if self.num_workers < 0:
-            self._fail("num_workers", f"got {self.num_workers}; must be >= 0")
-        if self.num_workers == 0 and self.persistent_workers:
-            self._fail("persistent_workers", "needs num_workers > 0 (torch refuses persistent "
-                       "workers without worker processes); set --num-workers or drop persistent_workers")
-        if self.num_workers == 0 and self.prefetch_factor is not None:
-            self._fail("prefetch_factor", "needs num_workers > 0 (torch refuses prefetch_factor "
-                       "without worker processes); set --num-workers or leave prefetch_factor null")
-        if self.prefetch_factor is not None and self.prefetch_factor < 1:
-            self._fail("prefetch_factor", f"got {self.prefetch_factor}; must be >= 1 or null")
-        if self.learning_rate <= 0:
-            self._fail("learning_rate", f"got {self.learning_rate}; must be > 0")
-        if not 0 < self.scheduler_gamma <= 1:
-            self._fail("scheduler_gamma", f"got {self.scheduler_gamma}; must be in (0, 1]")
-        if any(m < 1 for m in self.scheduler_milestones) or list(self.scheduler_milestones) != sorted(
-                set(self.scheduler_milestones)):
-            self._fail("scheduler_milestones", f"got {self.scheduler_milestones}; must be increasing epochs >= 1")
-        if self.warmup_epochs < 0:
-            self._fail("warmup_epochs", f"got {self.warmup_epochs}; must be >= 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            self._fail("min_lr_ratio", f"got {self.min_lr_ratio}; must be in [0, 1]")
-        if not 0 < self.plateau_factor < 1:
-            self._fail("plateau_factor", f"got {self.plateau_factor}; must be in (0, 1)")
-        if self.plateau_patience < 0:
-            self._fail("plateau_patience", f"got {self.plateau_patience}; must be >= 0")
-        if self.checkpoint_save_top_k < -1:
-            self._fail("checkpoint_save_top_k", f"got {self.checkpoint_save_top_k}; must be >= -1")
-        if self.early_stop_patience is not None and self.early_stop_patience < 1:
-            self._fail("early_stop_patience", f"got {self.early_stop_patience}; must be >= 1 or null (off)")
-        if self.log_every_n_steps < 1:
-            self._fail("log_every_n_steps", f"got {self.log_every_n_steps}; must be >= 1")
-        if self.log_images_every_n_epochs < 0:
-            self._fail("log_images_every_n_epochs", f"got {self.log_images_every_n_epochs}; must be >= 0 (0 = off)")
-        if self.inference_batch_size is not None and self.inference_batch_size < 1:
-            self._fail("inference_batch_size", f"got {self.inference_batch_size}; must be >= 1 or null")
-        if self.logger_backend == "none":
-            object.__setattr__(self, "logger_backend", None)
-
-
 SECTIONS: dict[str, type[ConfigSection]] = {
     "data": DataConfig,
     "model": ModelConfig,
     "training": TrainingConfig,
     "inference": InferenceConfig,
-    "execution": PyTorchExecutionConfig,
+    "trainer": TrainerConfig,
+    "optimizer": OptimizerConfig,
+    "dataloader": DataLoaderConfig,
+    "checkpoint": CheckpointConfig,
+    "logging": LoggingConfig,
 }
 
 
@@ -411,11 +318,17 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
-    execution: PyTorchExecutionConfig = field(default_factory=PyTorchExecutionConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    dataloader: DataLoaderConfig = field(default_factory=DataLoaderConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "RunConfig":
-        data = dict(data or {})
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "config") -> "RunConfig":
+        """Build from a mapping of sections; old names (see config.renamed) are read as the new ones, with
+        one notice naming `where` they were found."""
+        data = renamed_sections(dict(data or {}), where)
         unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
             raise ConfigError(f"unknown section(s) {', '.join(unknown)}; "
@@ -438,16 +351,16 @@ class RunConfig:
 
     @property
     def inference_batch_size(self) -> int:
-        return self.execution.inference_batch_size or self.training.batch_size
+        return self.inference.batch_size or self.training.batch_size
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
-    """Return `config` with dotted overrides applied, e.g. {'execution.accum_steps': 4}.
+    """Return `config` with dotted overrides applied, e.g. {'trainer.accumulate_grad_batches': 4}.
 
     Values are checked exactly as in a YAML file; an unknown section or field raises ConfigError.
     """
     data = config.to_dict()
-    for dotted, value in overrides.items():
+    for dotted, value in renamed_dotted(dict(overrides), "override").items():
         section, _, name = dotted.partition(".")
         if section not in SECTIONS or not name:
             raise ConfigError(f"{dotted}: expected 'section.field' with section one of "
@@ -482,7 +395,7 @@ def load_run_config(path: str | Path) -> RunConfig:
     """Read a run YAML file (any subset of sections/fields); missing fields take defaults."""
     data = read_yaml_mapping(path)
     try:
-        return RunConfig.from_dict(data)
+        return RunConfig.from_dict(data, str(path))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

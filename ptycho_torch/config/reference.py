@@ -16,25 +16,35 @@ from ptycho_torch.config.flag_names import BOOL_FLAG_FIELDS, FLAG_FIELDS
 BEGIN = "<!-- BEGIN GENERATED: python -m ptycho_torch.config.reference --write docs/configuration.md -->"
 END = "<!-- END GENERATED -->"
 
-CONSUMED_BY = {
-    "accelerator": "Trainer(accelerator)", "devices": "Trainer(devices); Ray workers per node",
-    "num_nodes": "Trainer(num_nodes); Ray workers = devices x num_nodes", "strategy": "Trainer(strategy); Ray strategy",
-    "deterministic": "Trainer(deterministic) + seed_everything", "precision": "Trainer(precision)",
-    "gradient_clip_val": "Trainer(gradient_clip_val)", "gradient_clip_algorithm": "Trainer(gradient_clip_algorithm)",
-    "accum_steps": "Trainer(accumulate_grad_batches)", "num_workers": "train/val/inference DataLoader",
-    "pin_memory": "train/val/inference DataLoader", "persistent_workers": "train/val/inference DataLoader",
-    "prefetch_factor": "train/val/inference DataLoader", "learning_rate": "configure_optimizers (Adam)",
-    "scheduler": "configure_optimizers", "scheduler_gamma": "Exponential, MultiStage",
-    "scheduler_milestones": "MultiStage", "warmup_epochs": "WarmupCosine", "min_lr_ratio": "WarmupCosine",
-    "plateau_factor": "ReduceLROnPlateau", "plateau_patience": "ReduceLROnPlateau",
-    "enable_checkpointing": "ModelCheckpoint; Ray CheckpointConfig", "checkpoint_save_top_k": "ModelCheckpoint(save_top_k); Ray num_to_keep",
-    "checkpoint_monitor_metric": "ModelCheckpoint, EarlyStopping, ReduceLROnPlateau; Ray score attribute",
-    "checkpoint_mode": "ModelCheckpoint, EarlyStopping, ReduceLROnPlateau; Ray order",
-    "early_stop_patience": "EarlyStopping(patience)", "enable_progress_bar": "Trainer(enable_progress_bar)",
-    "logger_backend": "Trainer(logger)", "log_every_n_steps": "Trainer(log_every_n_steps)",
-    "log_images_every_n_epochs": "progress_images.ReconstructionImages callback",
-    "inference_batch_size": "reconstruct (local and Ray Data)", "seed": "seed_everything, DistributedSampler, data split",
+CONSUMED_BY = {  # where the fields of the sections of how a run executes end up
+    "trainer": "Trainer(%s)",
+    "dataloader": "train/val/inference DataLoader(%s)",
+    "optimizer": "configure_optimizers",
+    "checkpoint": "ModelCheckpoint / EarlyStopping / ReduceLROnPlateau; Ray CheckpointConfig",
+    "logging": "Trainer(logger), ReconstructionImages",
 }
+CONSUMED_BY_FIELD = {
+    "trainer.devices": "Trainer(devices); Ray workers per node",
+    "trainer.num_nodes": "Trainer(num_nodes); Ray workers = devices x num_nodes",
+    "trainer.strategy": "Trainer(strategy); Ray strategy",
+    "trainer.deterministic": "Trainer(deterministic) + seed_everything",
+    "trainer.enable_checkpointing": "ModelCheckpoint; Ray CheckpointConfig",
+    "checkpoint.save_top_k": "ModelCheckpoint(save_top_k); Ray num_to_keep",
+    "checkpoint.monitor": "ModelCheckpoint, EarlyStopping, ReduceLROnPlateau; Ray score attribute",
+    "checkpoint.mode": "ModelCheckpoint, EarlyStopping, ReduceLROnPlateau; Ray order",
+    "checkpoint.early_stop_patience": "EarlyStopping(patience)",
+    "logging.logger": "Trainer(logger)",
+    "logging.log_images_every_n_epochs": "progress_images.ReconstructionImages callback",
+}
+
+
+def _consumed_by(section: str, name: str) -> str:
+    dotted = f"{section}.{name}"
+    if dotted in CONSUMED_BY_FIELD:
+        return CONSUMED_BY_FIELD[dotted]
+    where = CONSUMED_BY.get(section, "")
+    return where % name if "%s" in where else where
+
 
 
 def _default(f) -> str:
@@ -53,13 +63,13 @@ def generated_reference() -> str:
     lines = []
     for section, cls in SECTIONS.items():
         lines += [f"### `{section}` — {cls.__name__}", "", " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()), ""]
-        consumed = section == "execution"
+        consumed = section in CONSUMED_BY
         lines.append("| field | default | flags | meaning |" + (" consumed by |" if consumed else ""))
         lines.append("|---|---|---|---|" + ("---|" if consumed else ""))
         for f in fields(cls):
             row = f"| `{f.name}` | {_default(f)} | {_flags(f'{section}.{f.name}')} | {f.metadata.get('doc', '')} |"
             if consumed:
-                row += f" {CONSUMED_BY.get(f.name, '')} |"
+                row += f" {_consumed_by(section, f.name)} |"
             lines.append(row)
         lines.append("")
     lines += ["### `ptycho-torch simulate` — SimulationConfig", "",

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ptycho_torch.config import MODEL_SIZES, ConfigError, PyTorchExecutionConfig, RunConfig
+from ptycho_torch.config import MODEL_SIZES, ConfigError, DataLoaderConfig, RunConfig
 from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.corpus import ScanCorpus, TrainingScans, corpus_scans, read_training_scans
 from ptycho_torch.data.file_watch import FileWatch
@@ -106,15 +106,15 @@ class GroupDataset(Dataset):
         return sample
 
 
-def dataloader_kwargs(execution: PyTorchExecutionConfig) -> dict[str, Any]:
-    """The DataLoader knobs of the execution config, for train, val and inference loaders alike."""
+def dataloader_kwargs(dataloader: DataLoaderConfig) -> dict[str, Any]:
+    """The dataloader section as DataLoader keywords, for train, val and inference loaders alike."""
     kwargs: dict[str, Any] = {
-        "num_workers": execution.num_workers,
-        "pin_memory": execution.pin_memory,
-        "persistent_workers": execution.persistent_workers,
+        "num_workers": dataloader.num_workers,
+        "pin_memory": dataloader.pin_memory,
+        "persistent_workers": dataloader.persistent_workers,
     }
-    if execution.prefetch_factor is not None:
-        kwargs["prefetch_factor"] = execution.prefetch_factor
+    if dataloader.prefetch_factor is not None:
+        kwargs["prefetch_factor"] = dataloader.prefetch_factor
     return kwargs
 
 
@@ -168,7 +168,7 @@ def dataset_norm_factor(scan: Scan) -> float:
 class PtychoDataModule(L.LightningDataModule):
     """Train/val split of the groups of one scan, or of several scans (each grouped on its own).
 
-    The split is a seeded permutation of the groups (`execution.seed`), so every process of a
+    The split is a seeded permutation of the groups (`training.seed`), so every process of a
     distributed run sees the same split; each rank then reads its shard (DistributedSampler).
     `norm_factor` is r of scan 0 (the reference a model keeps), `norm_factors` r of every scan.
     """
@@ -202,7 +202,7 @@ class PtychoDataModule(L.LightningDataModule):
             if len(self.norm_factors) != len(scans):
                 raise ValueError(f"{len(self.norm_factors)} normalisation factors given for {len(scans)} scans")
         self.norm_factor = self.norm_factors[0]
-        rng = np.random.default_rng(config.execution.seed)
+        rng = np.random.default_rng(config.training.seed)
         grouping = dict(neighbor_count=config.data.neighbor_count, n_groups=config.data.n_groups,
                         rng=rng if config.model.gridsize > 1 else None)
         if len(scans) == 1:
@@ -239,13 +239,13 @@ class PtychoDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle,
-                                     seed=self.config.execution.seed, drop_last=False)
+                                     seed=self.config.training.seed, drop_last=False)
         return DataLoader(
             dataset,
             batch_size=self.config.training.batch_size,
             sampler=sampler,
             drop_last=False,
-            **dataloader_kwargs(self.config.execution),
+            **dataloader_kwargs(self.config.dataloader),
         )
 
     def train_dataloader(self) -> DataLoader | Iterable:

@@ -106,9 +106,8 @@ def load_bundle(path: str | Path) -> LoadedBundle:
         raise UserError(f"{path} is not a {BUNDLE_FORMAT} model bundle")
     saved = dict(bundle["config"])
     saved["model"] = {**ModelConfig.saved_before, **(saved.get("model") or {})}
-    config = RunConfig.from_dict(saved)
-    module = PtychoPINNModule(config.model.to_dict(), config.training.to_dict(),
-                              config.execution.to_dict(), bundle["norm_factor"], bundle["probe_modes"])
+    config = RunConfig.from_dict(saved, str(path))
+    module = PtychoPINNModule(config, bundle["norm_factor"], bundle["probe_modes"])
     module.load_state_dict(bundle["state_dict"])
     module.eval()
     return LoadedBundle(module, config, float(bundle["norm_factor"]), path, bundle.get("versions", {}),

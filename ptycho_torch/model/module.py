@@ -1,8 +1,9 @@
 """The LightningModule: network + differentiable physics + Poisson loss, optimiser and schedules.
 
 The module knows nothing about Ray: distributed training wraps it from outside (ptycho_dist).
-Hyperparameters saved in checkpoints are plain dicts of the config sections, the number of probe
-modes and the normalisation factor r; the probe itself lives in the state dict (as a real view).
+Hyperparameters saved in checkpoints are the run's config as a plain dict (`RunConfig.to_dict()`), the
+number of probe modes and the normalisation factor r; the probe itself lives in the state dict (as a
+real view).
 
 Several scans (`set_scans`): a batch's `scan` ids (B,) pick each sample's probe, input scale and
 normalisation factor from per-scan tables (not saved: they belong to the training data, the module's
@@ -20,7 +21,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from ptycho_torch.config import ModelConfig, PyTorchExecutionConfig, TrainingConfig
+from ptycho_torch.config import RunConfig
 from ptycho_torch.model.network import PtychoNet
 from ptycho_torch.physics.forward import (
     TYPICAL_AMPLITUDE,
@@ -54,7 +55,7 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min
 
 def budget_cosine(optimizer: torch.optim.Optimizer, trainer: Any, warmup_steps: int, min_ratio: float,
                   total_steps: float = math.inf) -> torch.optim.lr_scheduler.LambdaLR:
-    """The `WarmupCosine` schedule of a wall-clock budget (training.max_minutes), stepped every
+    """The `WarmupCosine` schedule of a wall-clock budget (trainer.max_time), stepped every
     optimiser step: lr * min(1, (s + 1) / (warmup_steps + 1)) * (min_ratio + (1 - min_ratio) *
     (1 + cos(pi * f)) / 2), with s the step and f the larger of the fraction of the budget spent
     (Lightning's Timer, which a resumed run restores; rank 0's value on every rank, so DDP replicas keep
@@ -78,9 +79,7 @@ class PtychoPINNModule(L.LightningModule):
 
     def __init__(
         self,
-        model: dict[str, Any],
-        training: dict[str, Any],
-        execution: dict[str, Any],
+        config: RunConfig,
         norm_factor: float,
         probe_modes: int = 1,
         probe: torch.Tensor | None = None,
@@ -89,11 +88,13 @@ class PtychoPINNModule(L.LightningModule):
         scan_norm_factors: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["probe", "scan_probes", "scan_norm_factors"])
-        self.model_config = ModelConfig.from_dict(model)
-        self.training_config = TrainingConfig.from_dict(training)
-        self.execution_config = PyTorchExecutionConfig.from_dict(execution)
-        self.monitor = monitor or self.execution_config.checkpoint_monitor_metric
+        # plain data only: checkpoints load with weights_only=True
+        self.save_hyperparameters({"config": config.to_dict(), "norm_factor": float(norm_factor),
+                                   "probe_modes": probe_modes, "monitor": monitor})
+        self.config = config
+        self.model_config = config.model
+        self.training_config = config.training
+        self.monitor = monitor or config.checkpoint.monitor
         N = self.model_config.N
         cfg = self.model_config
         self.net_channels = 1 if cfg.group_network == "per_pattern" else cfg.channels
@@ -280,10 +281,10 @@ class PtychoPINNModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        ex = self.execution_config
+        ex = self.config.optimizer
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=ex.learning_rate)
-        epochs = self.training_config.nepochs
+        epochs = self.config.trainer.max_epochs
         sched = ex.scheduler
         if sched == "Default":
             return optimizer
@@ -292,7 +293,7 @@ class PtychoPINNModule(L.LightningModule):
         elif sched == "MultiStage":
             scheduler = torch.optim.lr_scheduler.MultiStepLR(
                 optimizer, milestones=list(ex.scheduler_milestones), gamma=ex.scheduler_gamma)
-        elif sched == "WarmupCosine" and self.training_config.max_minutes is not None:
+        elif sched == "WarmupCosine" and self.config.trainer.max_time is not None:
             total = float(self.trainer.estimated_stepping_batches)  # optimiser steps of all epochs
             per_epoch = total / max(1, epochs)
             warmup = round(ex.warmup_epochs * per_epoch) if math.isfinite(per_epoch) else 0
@@ -302,7 +303,7 @@ class PtychoPINNModule(L.LightningModule):
             scheduler = warmup_cosine(optimizer, ex.warmup_epochs, epochs, ex.min_lr_ratio)
         else:  # ReduceLROnPlateau
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                optimizer, mode=ex.checkpoint_mode, factor=ex.plateau_factor, patience=ex.plateau_patience)
+                optimizer, mode=self.config.checkpoint.mode, factor=ex.plateau_factor, patience=ex.plateau_patience)
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"}}
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -177,16 +177,16 @@ def scan_for_model(bundle: LoadedBundle, data: ScanPaths | Scan, *, validate: bo
                         f"but {where} holds {scan.N}x{scan.N} patterns")
     chosen, probe_used = choose_probe(bundle, scan.probe, probe)
     grouping = grouping or config.inference.grouping
-    groups = inference_groups(scan, config.model.gridsize, config.data.neighbor_count, config.execution.seed,
+    groups = inference_groups(scan, config.model.gridsize, config.data.neighbor_count, config.training.seed,
                               grouping)
     return ScanForModel(scan, groups, "scan" if renormalize else normalization, chosen, probe_used, grouping)
 
 
 def inference_loader(scan: Scan, groups: Groups, config: RunConfig, batch_size: int | None = None) -> DataLoader:
     """Loader of raw amplitudes (norm factor 1) in scan order; batch size defaults to the run's
-    `inference_batch_size`, DataLoader knobs come from the execution config."""
+    inference batch size, DataLoader keywords from its dataloader section."""
     return DataLoader(GroupDataset(scan, groups, 1.0), batch_size=batch_size or config.inference_batch_size,
-                      shuffle=False, **dataloader_kwargs(config.execution))
+                      shuffle=False, **dataloader_kwargs(config.dataloader))
 
 
 def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarray, scan: Scan,
@@ -352,7 +352,7 @@ def refine_network_object(obj: np.ndarray, weight: np.ndarray, scan: Scan, predi
     log.info("refining the network's object for %.0f s (iterative solver%s)", seconds,
              ", probe refined too" if refine_probe else "")
     sol = refine_stitched(obj, weight, scan, predictor.probe.numpy(), seconds, refine_probe=refine_probe,
-                          seed=predictor.config.execution.seed, device=predictor.device)
+                          seed=predictor.config.training.seed, device=predictor.device)
     log.info("refined in %d epochs (%.1f s), amplitude error %.4f", sol.epochs, sol.seconds,
              sol.errors[-1] if sol.errors else float("nan"))
     network = str(Path(out_dir) / "network" / "object.npz") if out_dir is not None else None

@@ -44,7 +44,7 @@ def write_manifest(run_dir: Path, config: RunConfig, scan: Any, extra: dict[str,
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
-        "seed": config.execution.seed,
+        "seed": config.training.seed,
         "hardware": hardware(),
         "data": file_checksum(Path(data_path)) if data_path and Path(data_path).is_file() else None,
         "n_patterns": getattr(scan, "n_patterns", None),

@@ -1,6 +1,6 @@
-"""Single-machine training: build the Lightning Trainer from the execution config, fit, save.
+"""Single-machine training: build the Lightning Trainer from the run config, fit, save.
 
-`build_trainer` is the one place where PyTorchExecutionConfig becomes Trainer arguments, callbacks
+`build_trainer` is the one place where the trainer section becomes Trainer arguments, callbacks
 and loggers, and `train` is the one training path: the Ray Train worker (ptycho_dist.training.driver) calls it
 with a `Launch` holding what Ray adds (strategy, cluster environment, report callback, the
 checkpoint to continue from, the normalisation factor its driver computed while validating the
@@ -28,7 +28,6 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -72,16 +71,16 @@ def resolve_accelerator(accelerator: str) -> str:
     if accelerator == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"execution.accelerator: {accelerator!r} requested but no CUDA device is "
+        raise ConfigError(f"trainer.accelerator: {accelerator!r} requested but no CUDA device is "
                           "visible on this machine; use --accelerator cpu (or auto)")
     if accelerator == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ConfigError("execution.accelerator: 'mps' requested but MPS is not available; use --accelerator cpu")
+        raise ConfigError("trainer.accelerator: 'mps' requested but MPS is not available; use --accelerator cpu")
     return "gpu" if accelerator == "cuda" else accelerator
 
 
 def monitored_metric(config: RunConfig) -> str:
     """The monitored metric; a val_* metric falls back to train_* when validation is off."""
-    metric = config.execution.checkpoint_monitor_metric
+    metric = config.checkpoint.monitor
     if config.data.val_fraction == 0 and metric.startswith("val_"):
         return "train_" + metric[len("val_"):]
     return metric
@@ -94,15 +93,15 @@ def check_logger_backend(backend: str | None) -> None:
             try:
                 importlib.import_module(package)
             except ImportError:
-                raise ConfigError(f"execution.logger_backend: {name!r} needs the {package} package; "
+                raise ConfigError(f"logging.logger: {name!r} needs the {package} package; "
                                   f"pip install 'ptycho-dist[{extra}]' or use --logger csv") from None
 
 
 def build_logger(config: RunConfig, run_dir: Path) -> Any:
-    """The Lightning logger for `execution.logger_backend` (False when None). MLflow logs to
+    """The Lightning logger for `logging.logger` (False when None). MLflow logs to
     MLFLOW_TRACKING_URI (experiment MLFLOW_EXPERIMENT_NAME, default 'ptycho-dist') when set, else to a
     SQLite store in run_dir/mlruns."""
-    backend = config.execution.logger_backend
+    backend = config.logging.logger
     check_logger_backend(backend)
     if backend is None:
         return False
@@ -129,51 +128,40 @@ def build_logger(config: RunConfig, run_dir: Path) -> Any:
 
 def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     """LearningRate (Lightning's LearningRateMonitor), History, EpochSummary, ReconstructionImages
-    (every execution.log_images_every_n_epochs, with a logger), ModelCheckpoint (top-k by the
+    (every logging.log_images_every_n_epochs, with a logger), ModelCheckpoint (top-k by the
     monitored metric), LastEveryEpoch (last.ckpt at every epoch end, whatever the metric did) and
     EarlyStopping."""
     from ptycho_torch.training.progress_images import ReconstructionImages
 
-    ex = config.execution
+    logs, kept = config.logging, config.checkpoint
     monitor = monitored_metric(config)
     callbacks: list[Callback] = [LearningRate(), History(), EpochSummary()]
-    if ex.log_images_every_n_epochs > 0 and ex.logger_backend is not None:
-        callbacks.append(ReconstructionImages(ex.log_images_every_n_epochs))
-    if ex.enable_checkpointing:
+    if logs.log_images_every_n_epochs > 0 and logs.logger is not None:
+        callbacks.append(ReconstructionImages(logs.log_images_every_n_epochs))
+    if config.trainer.enable_checkpointing:
         callbacks.append(ModelCheckpoint(
-            dirpath=str(run_dir / CHECKPOINT_DIR), monitor=monitor, mode=ex.checkpoint_mode,
-            save_top_k=ex.checkpoint_save_top_k, save_last=False,
+            dirpath=str(run_dir / CHECKPOINT_DIR), monitor=monitor, mode=kept.mode,
+            save_top_k=kept.save_top_k, save_last=False,
             filename="epoch{epoch:03d}-" + monitor.replace("/", "_") + "{" + monitor + ":.5g}",
             auto_insert_metric_name=False))
         callbacks.append(LastEveryEpoch(run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT))
-    if ex.early_stop_patience is not None:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=ex.checkpoint_mode,
-                                       patience=ex.early_stop_patience))
+    if kept.early_stop_patience is not None:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=kept.mode, patience=kept.early_stop_patience))
     return callbacks
 
 
 def trainer_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
-    """Every Trainer argument derived from the execution and training configs."""
-    ex = config.execution
-    progress = ex.enable_progress_bar if ex.enable_progress_bar is not None else sys.stderr.isatty()
+    """Every Trainer argument: the trainer section as it is (its fields are the Trainer's keywords; the
+    accelerator resolved, max_time as a timedelta, the progress bar on a terminal when unset), plus the
+    logger and callbacks of the logging and checkpoint sections."""
+    t = config.trainer
     return {
-        "accelerator": resolve_accelerator(ex.accelerator),
-        "devices": ex.devices,
-        "num_nodes": ex.num_nodes,
-        "strategy": ex.strategy,
-        "deterministic": ex.deterministic,
-        "precision": ex.precision,
-        "gradient_clip_val": ex.gradient_clip_val,
-        "gradient_clip_algorithm": ex.gradient_clip_algorithm,
-        "accumulate_grad_batches": ex.accum_steps,
-        "max_epochs": config.training.nepochs,
-        "max_time": (None if config.training.max_minutes is None
-                     else timedelta(minutes=config.training.max_minutes)),
-        "enable_checkpointing": ex.enable_checkpointing,
-        "enable_progress_bar": progress,
+        **t.to_dict(),
+        "accelerator": resolve_accelerator(t.accelerator),
+        "max_time": t.max_time_delta,
+        "enable_progress_bar": t.enable_progress_bar if t.enable_progress_bar is not None else sys.stderr.isatty(),
         "logger": build_logger(config, run_dir),
         "callbacks": build_callbacks(config, run_dir),
-        "log_every_n_steps": ex.log_every_n_steps,
         "default_root_dir": str(run_dir),
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
@@ -194,8 +182,8 @@ def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Train
     kwargs.update(overrides)
     if not kwargs["enable_checkpointing"]:  # e.g. under Ray, whose report callback checkpoints instead
         kwargs["callbacks"] = [cb for cb in kwargs["callbacks"] if not isinstance(cb, (ModelCheckpoint, LastEveryEpoch))]
-    if config.execution.strategy == "deepspeed" and "strategy" not in overrides:
-        raise ConfigError("execution.strategy: 'deepspeed' is only supported under ptycho-dist "
+    if config.trainer.strategy == "deepspeed" and "strategy" not in overrides:
+        raise ConfigError("trainer.strategy: 'deepspeed' is only supported under ptycho-dist "
                           "(Ray) with deepspeed installed; use auto, ddp or fsdp")
     return L.Trainer(**kwargs)
 
@@ -210,8 +198,7 @@ def build_module(config: RunConfig, datamodule: PtychoDataModule) -> PtychoPINNM
     tables = {}
     if isinstance(scan, ScanCorpus):
         tables = {"scan_probes": torch.from_numpy(scan.probes()), "scan_norm_factors": datamodule.norm_factors}
-    return PtychoPINNModule(config.model.to_dict(), config.training.to_dict(), config.execution.to_dict(),
-                            datamodule.norm_factor, probe.shape[0], probe, monitor=monitored_metric(config),
+    return PtychoPINNModule(config, datamodule.norm_factor, probe.shape[0], probe, monitor=monitored_metric(config),
                             **tables)
 
 
@@ -238,9 +225,9 @@ def check_local_execution(config: RunConfig, cpu_count: int | None = None, gpu_c
     Lightning takes the counts from it and nothing is checked."""
     if os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS"):
         return
-    ex = config.execution
+    ex = config.trainer
     if ex.num_nodes > 1:
-        raise ConfigError(f"execution.num_nodes: {ex.num_nodes} nodes, but ptycho-torch trains on this machine "
+        raise ConfigError(f"trainer.num_nodes: {ex.num_nodes} nodes, but ptycho-torch trains on this machine "
                           f"only; use ptycho-dist train --num-nodes {ex.num_nodes} on a Ray cluster "
                           "(cluster/README.md), or --num-nodes 1")
     if ex.devices == "auto":
@@ -249,13 +236,13 @@ def check_local_execution(config: RunConfig, cpu_count: int | None = None, gpu_c
     if accelerator == "cpu":
         cores = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
         if int(ex.devices) > cores:
-            raise ConfigError(f"execution.devices: {ex.devices} CPU processes requested but this machine has "
+            raise ConfigError(f"trainer.devices: {ex.devices} CPU processes requested but this machine has "
                               f"{cores} cores; use --devices {cores} or fewer (ptycho-dist spreads more "
                               "workers over several machines)")
     elif accelerator == "gpu":
         gpus = gpu_count if gpu_count is not None else torch.cuda.device_count()
         if int(ex.devices) > gpus:
-            raise ConfigError(f"execution.devices: {ex.devices} GPUs requested but {gpus} are visible; use "
+            raise ConfigError(f"trainer.devices: {ex.devices} GPUs requested but {gpus} are visible; use "
                               f"--devices {gpus} or fewer")
 
 
@@ -331,7 +318,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
     Everything is validated (config against this machine, the scan file, the output directory)
     before `run_dir` is created. A directory that already holds files is refused unless `resume`
     (continue from its newest intact checkpoint, optimizer, scheduler and epoch counter restored, up
-    to `config.training.nepochs`) or `overwrite` (the old run is moved aside, never deleted).
+    to `config.trainer.max_epochs`) or `overwrite` (the old run is moved aside, never deleted).
     SIGTERM/SIGINT save a resumable checkpoint and raise `TrainingInterrupted`. `callbacks` are extra
     Lightning callbacks (e.g. benchmark timers), appended after the derived ones. With `launch`, a
     launcher owns the processes and `run_dir` (see Launch); `resume` and `overwrite` are then unused.
@@ -342,7 +329,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
     with interruptible() as signals:
         if launch is None:
             check_local_execution(config)
-        check_logger_backend(config.execution.logger_backend)
+        check_logger_backend(config.logging.logger)
         ckpt_path = launch.checkpoint if launch is not None else resume_checkpoint(run_dir) if resume else None
         if launch is None:
             check_output_dir(run_dir, "--resume" if resume else "--out")
@@ -350,7 +337,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
             if resume:
                 check_resume_data(run_dir, config, allow_other_data)
         configure_threads()
-        L.seed_everything(config.execution.seed, workers=True, verbose=False)
+        L.seed_everything(config.training.seed, workers=True, verbose=False)
         datamodule = PtychoDataModule(config, validate=launch is None,
                                       norm_factor=launch.norm_factor if launch is not None else None)
         config = datamodule.config  # model.N resolved from the scan when it was left unset
