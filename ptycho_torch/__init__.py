@@ -9,7 +9,7 @@ The Python API (docs/api.md), loaded on first use so that `import ptycho_torch` 
     metrics = pt.evaluate(obj, truth)
 
 `pt.simulate`, `pt.read_scan`, `pt.train`, `pt.reconstruct`, `pt.solve` (iterative object + probe),
-`pt.evaluate` (ptycho_torch.api) and
+`pt.live` (while the scan is acquired), `pt.evaluate` (ptycho_torch.api) and
 `pt.RunConfig`, `pt.SimulationConfig` (ptycho_torch.config).
 """
 
@@ -27,14 +27,15 @@ _EXPORTS = {
     "reconstruct": "ptycho_torch.api",
     "evaluate": "ptycho_torch.api",
     "solve": "ptycho_torch.api",
+    "live": "ptycho_torch.api",
     "RunConfig": "ptycho_torch.config",
     "SimulationConfig": "ptycho_torch.config",
 }
-__all__ = ["RunConfig", "SimulationConfig", "__version__", "evaluate", "read_scan", "reconstruct", "simulate",
-           "solve", "train"]
+__all__ = ["RunConfig", "SimulationConfig", "__version__", "evaluate", "live", "read_scan", "reconstruct",
+           "simulate", "solve", "train"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time the names load on first use
-    from ptycho_torch.api import evaluate, read_scan, reconstruct, simulate, solve, train
+    from ptycho_torch.api import evaluate, live, read_scan, reconstruct, simulate, solve, train
     from ptycho_torch.config import RunConfig, SimulationConfig
 
 

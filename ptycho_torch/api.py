@@ -33,7 +33,7 @@ from ptycho_torch.data.validation import ScanValidationError, check_arrays
 from ptycho_torch.errors import UserError
 
 __all__ = ["RunConfig", "SimulationConfig", "check_batch_size", "check_device", "data_path", "demo", "evaluate",
-           "flag_keywords", "read_scan", "reconstruct", "resolve_device", "run_config", "scan_from_arrays", "simulate",
+           "flag_keywords", "live", "read_scan", "reconstruct", "resolve_device", "run_config", "scan_from_arrays", "simulate",
            "solve", "train"]
 
 ConfigLike = Union[RunConfig, Mapping[str, Any], str, Path, None]
@@ -142,14 +142,16 @@ def run_config(config: ConfigLike = None, data: ScanPaths | None = None, *,
 def simulate(out: str | Path | None = None, *, config: SimulationConfig | None = None, noise: bool = True,
              n_scans: int | None = None, defocus_range: tuple[float, float] | None = None,
              diameter_range: tuple[float, float] | None = None, nphotons_range: tuple[float, float] | None = None,
-             **fields: Any) -> Path | ScanData | list[Path]:
+             acquire_hz: float | None = None, **fields: Any) -> Path | ScanData | list[Path]:
     """A synthetic scan (`ptycho-torch simulate`). `fields` are SimulationConfig fields (N=32,
     n_positions=100, object='grf', nphotons=1e6, seed=0, ...), applied over `config`. With `out` (.npz or
     .h5) the scan is written there and its path returned; without, the scan is returned in memory as a
     ScanData (diffraction (M, N, N) float32 sqrt(counts), positions (M, 2) (x, y) object pixels, probe
     (P, N, N), object_guess (H, W) complex64). `n_scans` K writes a corpus of K scans into the folder
     `out` (out/scan_000.npz, ...; other objects, probes spread over `defocus_range` (rad) and
-    `diameter_range` (px), doses over `nphotons_range`, as --n-scans does) and returns their paths."""
+    `diameter_range` (px), doses over `nphotons_range`, as --n-scans does) and returns their paths.
+    `acquire_hz` writes `out` (.h5) frame by frame at that rate in SWMR mode, as a detector's file grows
+    (ptycho_torch.live.acquisition; what `live` watches); it returns when the last frame is written."""
     import dataclasses
 
     from ptycho_torch.data.simulate import simulate_scan, simulate_to_file
@@ -180,6 +182,13 @@ def simulate(out: str | Path | None = None, *, config: SimulationConfig | None =
     if any(v is not None for v in ranges.values()):
         raise ConfigError("--defocus-range, --diameter-range and --nphotons-range vary the scans of a corpus; "
                           "add --n-scans K (or set --probe-defocus / --probe-diameter-px / --nphotons)")
+    if acquire_hz is not None:
+        if out is None or Path(out).suffix.lower() not in (".h5", ".hdf5"):
+            raise ConfigError(f"--acquire-hz: an acquisition is written into an HDF5 file; give --out SCAN.h5 "
+                              f"(got {out})")
+        from ptycho_torch.live.acquisition import acquire
+
+        return acquire(simulate_scan(sim, noise=noise), out, acquire_hz, progress=True)
     if out is not None:
         from ptycho_torch.safe_output import check_output_dir
 
@@ -191,6 +200,23 @@ def simulate(out: str | Path | None = None, *, config: SimulationConfig | None =
     return ScanData(path=None, probe=arrays["probe"], xcoords=arrays["xcoords"], ycoords=arrays["ycoords"],
                     object_guess=arrays["object_guess"], scan_index=arrays["scan_index"],
                     metadata=arrays["metadata"], diffraction=arrays["diffraction"])
+
+
+def live(model: Any, watch: str | Path, out: str | Path, *, publish_seconds: float = 5.0, idle_seconds: float = 30.0,
+         start_timeout_s: float = 120.0, inference_batch_size: int | None = None, device: str = "auto",
+         refine_seconds: float = 0.0, fit_patterns: int = 256, progress: bool | None = None) -> Any:
+    """Reconstruct a scan while it is acquired (`ptycho-torch live`): `watch` is an HDF5 file growing in SWMR
+    mode (docs/live.md). Every `publish_seconds` the picture so far is published into out/live/ (each file
+    whole); at the writer's end mark, or after `idle_seconds` without a frame (a writer that died), the
+    frames received get `reconstruct`'s products in `out`. Returns a LiveResult (final ReconResult,
+    frames, how it ended, one row per publication, the live rate and per-frame latencies)."""
+    from ptycho_torch.live.loop import LiveOptions, live_reconstruct
+
+    check_batch_size(inference_batch_size)
+    options = LiveOptions(publish_seconds=publish_seconds, idle_seconds=idle_seconds, start_timeout_s=start_timeout_s,
+                          batch_size=inference_batch_size, device=resolve_device(device),
+                          refine_seconds=refine_seconds, fit_patterns=fit_patterns, progress=progress)
+    return live_reconstruct(model_source(model), watch, out, options)
 
 
 def read_scan(data: ScanPaths, *, validate: bool = True) -> Scan:

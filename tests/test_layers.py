@@ -9,7 +9,7 @@ ptycho_torch, bottom to top:
     5  model                                    the network, its LightningModule, bundle, checkpoints
     6  evaluation                               metrics, data fit, plots, the truth's loss
     7  training, reconstruction                 the two workflows (neither imports the other)
-    8  demo                                     simulate -> train -> reconstruct -> evaluate
+    8  demo, live                               simulate -> train -> reconstruct; reconstruction while acquired
     9  api                                      the Python front door: resolves configs, checks inputs
     10 cli                                      argparse and printing only
 ptycho_dist (over any floor of ptycho_torch below its cli):
@@ -33,7 +33,7 @@ FLOORS = {
     "ptycho_torch": {
         "__init__": 0, "errors": 0, "logging_setup": 0, "torch_threads": 0,
         "safe_output": 1, "config": 2, "physics": 3, "data": 4, "model": 5, "evaluation": 6,
-        "training": 7, "reconstruction": 7, "demo": 8, "api": 9, "cli": 10,
+        "training": 7, "reconstruction": 7, "demo": 8, "live": 8, "api": 9, "cli": 10,
     },
     "ptycho_dist": {
         "__init__": 0, "config": 0, "cluster": 1, "training": 2, "inference": 3, "sweeps": 3, "demo": 4,

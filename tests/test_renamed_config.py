@@ -104,8 +104,8 @@ def test_old_dotted_overrides_flags_and_keywords_still_work(tmp_path, caplog, ca
     assert "execution.accum_steps -> trainer.accumulate_grad_batches" in messages
     assert "num_workers is now dataloader_workers" in messages
     # the old flag, hidden from --help, still sets the DataLoader's workers (with a notice)
-    from ptycho_torch.cli.main import build_parser
     from ptycho_torch.cli.flags import cli_overrides
+    from ptycho_torch.cli.main import build_parser
 
     args = build_parser().parse_args(["train", "--data", "x.npz", "--out", str(tmp_path / "r"), "--num-workers", "2"])
     assert cli_overrides(args) == {"dataloader.num_workers": 2}

@@ -86,8 +86,11 @@ def cmd_simulate(args: argparse.Namespace) -> None:
 
     config = simulation_config(args)
     written = api.simulate(args.out, config=config, n_scans=args.n_scans, defocus_range=args.defocus_range,
-                           diameter_range=args.diameter_range, nphotons_range=args.nphotons_range)
-    if args.n_scans is not None:
+                           diameter_range=args.diameter_range, nphotons_range=args.nphotons_range,
+                           acquire_hz=args.acquire_hz)
+    if args.acquire_hz is not None:
+        print(f"acquired {config.n_positions} frames ({config.N}x{config.N}) into {written} at {args.acquire_hz:g} Hz")
+    elif args.n_scans is not None:
         print(f"wrote {len(written)} scans of {config.n_positions} patterns ({config.N}x{config.N}) to "
               f"{args.out}/scan_*.npz")
     else:
@@ -119,6 +122,18 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
                              align_phases=args.align_phases, probe=args.probe, normalization=args.normalization,
                              grouping=args.grouping, refine_probe=args.refine_probe, progress=None, full_result=True)
     print("\n".join(result.summary_lines()))
+
+
+def cmd_live(args: argparse.Namespace) -> None:
+    from ptycho_torch import api
+
+    result = api.live(args.model, args.watch, args.out, publish_seconds=args.publish_seconds,
+                      idle_seconds=args.idle_timeout, start_timeout_s=args.start_timeout,
+                      inference_batch_size=args.inference_batch_size, device=args.device,
+                      refine_seconds=args.refine_seconds, fit_patterns=args.fit_patterns)
+    print(f"live: {result.frames} frames ({result.ended_by}), {len(result.publications)} pictures published in "
+          f"{args.out / 'live'}")
+    print("\n".join(result.final.summary_lines()))
 
 
 def cmd_solve(args: argparse.Namespace) -> None:
@@ -182,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nphotons-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="with --n-scans: photons per pattern spread geometrically from LOW to HIGH (default: "
                         "--nphotons for all)")
+    p.add_argument("--acquire-hz", type=float, default=None, metavar="RATE",
+                   help="write the scan into --out (.h5) frame by frame at RATE frames/s in SWMR mode, as a detector "
+                        "does during a scan (what `live --watch` reads; 0 = as fast as possible) (default: off, the "
+                        "whole file at once)")
     add_simulation_arguments(p)
     p.set_defaults(func=cmd_simulate)
 
@@ -216,6 +235,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-probe", action="store_true",
                    help="with --refine-seconds: refine the probe too (default: off, the probe stays fixed)")
     p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("live", help="reconstruct a scan while it is acquired: pictures every few seconds, "
+                                     "reconstruct's products at the end")
+    p.add_argument("--model", required=True, type=Path, help="training run directory or model.pt")
+    p.add_argument("--watch", required=True, type=Path,
+                   help="the scan being written: an HDF5 file in the data contract's layout, growing in SWMR mode "
+                        "(docs/live.md) (required)")
+    p.add_argument("--out", required=True, type=Path, help="reconstruction directory; pictures so far in OUT/live/")
+    p.add_argument("--publish-seconds", type=float, default=5.0,
+                   help="publish the picture so far this often (default: 5)")
+    p.add_argument("--idle-timeout", type=float, default=30.0,
+                   help="seconds without a new frame (and no end mark) after which the writer counts as gone and "
+                        "the frames received are finished (default: 30)")
+    p.add_argument("--start-timeout", type=float, default=120.0,
+                   help="seconds to wait for the file to appear (default: 120)")
+    p.add_argument("--inference-batch-size", type=int, default=None,
+                   help="patterns per batch (default: the model's inference.batch_size or batch_size)")
+    p.add_argument("--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0 "
+                                                   "(default: auto)")
+    p.add_argument("--fit-patterns", type=int, default=256,
+                   help="data fit of each published picture on this many of the frames so far (0 = none) (default: 256)")
+    p.add_argument("--refine-seconds", type=float, default=0.0,
+                   help="at the end, refine the network's object with the iterative solver this long (default: 0)")
+    p.set_defaults(func=cmd_live)
 
     p = sub.add_parser("solve", help="reconstruct object and probe iteratively (no model): a measured scan's "
                                       "first answer, its probe for training, its resolution")

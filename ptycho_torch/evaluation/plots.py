@@ -341,3 +341,14 @@ def save_solver_errors(errors: Sequence[float], path: str | Path) -> Path:
     a.set_title("iterative reconstruction: amplitude error")
     a.grid(True, which="both", alpha=0.3)
     return _save(fig, path)
+
+
+def save_weight_map(weight: np.ndarray, path: str | Path, title: str = "coverage",
+                    pixel_size_m: float | None = None) -> Path:
+    """The stitching weight sum (H, W) of a reconstruction: where the scan has looked so far and how often
+    (0 shown grey)."""
+    fig, ax = _figure()
+    shown = np.where(weight > 0, weight, np.nan).astype(np.float32)
+    _show(fig, ax[0, 0], shown, title, "viridis", "weight sum (probe intensity, relative)",
+          limits=(0.0, float(np.nanmax(shown)) if np.isfinite(shown).any() else 1.0), pixel_size_m=pixel_size_m)
+    return _save(fig, path)

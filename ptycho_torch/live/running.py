@@ -1,0 +1,81 @@
+"""The running reconstruction of a scan still being acquired: network patches stitched onto a canvas that
+grows with the positions, and the frames kept for the final pass.
+
+Positions are (x, y) object pixels of the data contract (the patch of (x, y) starts at floor(x) - N/2), so
+the canvas only grows towards larger x and y; it grows by at least a quarter each time (amortised copies).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ptycho_torch.data.scan import canvas_shape
+from ptycho_torch.physics.stitching import StitchAccumulator
+
+
+class RunningCanvas:
+    """Sums of w*O and w (physics.stitching.StitchAccumulator) on a canvas that grows to hold every patch
+    added; `snapshot()` is the object and weight so far, cut to the canvas the positions so far imply."""
+
+    def __init__(self, N: int, weight: torch.Tensor) -> None:
+        self.N = N
+        self.weight = weight
+        self.acc: StitchAccumulator | None = None
+        self.extent = (0, 0)  # (H, W) the positions so far need
+
+    def _fit(self, positions: np.ndarray) -> None:
+        need = canvas_shape(positions[:, 0], positions[:, 1], self.N)
+        self.extent = (max(self.extent[0], need[0]), max(self.extent[1], need[1]))
+        if self.acc is not None and all(n <= h for n, h in zip(self.extent, self.acc.canvas_hw)):
+            return
+        old = self.acc
+        size = self.extent if old is None else tuple(
+            max(n, h + h // 4) if n > h else h for n, h in zip(self.extent, old.canvas_hw))
+        self.acc = StitchAccumulator(size, self.weight)
+        if old is not None:
+            self.acc.add_partial(0, 0, old.obj_sum, old.w_sum, old.count)
+
+    def add(self, patches: torch.Tensor, positions: np.ndarray) -> None:
+        """patches (K, N, N) complex at positions (K, 2) (x, y) object pixels."""
+        if len(patches) == 0:
+            return
+        self._fit(positions)
+        self.acc.add(patches, torch.from_numpy(np.asarray(positions, np.float64)))
+
+    @property
+    def count(self) -> int:
+        return 0 if self.acc is None else self.acc.count
+
+    def snapshot(self, threshold: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+        """(object (H, W) complex64, weight (H, W) float32) so far; empty before the first patch."""
+        if self.acc is None:
+            return np.zeros((0, 0), np.complex64), np.zeros((0, 0), np.float32)
+        obj, weight = self.acc.result(threshold)
+        H, W = self.extent
+        return obj[:H, :W], weight[:H, :W]
+
+
+class FrameStore:
+    """Every frame received, in order: amplitudes (M, N, N) float32 and positions (M, 2), grown in blocks."""
+
+    def __init__(self, N: int) -> None:
+        self.N = N
+        self.amplitudes = np.zeros((0, N, N), np.float32)
+        self.positions = np.zeros((0, 2), np.float64)
+        self.n = 0
+
+    def append(self, amplitudes: np.ndarray, positions: np.ndarray) -> None:
+        k = len(amplitudes)
+        if self.n + k > len(self.amplitudes):
+            grow = max(self.n + k, 2 * len(self.amplitudes), 256)
+            amp = np.zeros((grow, self.N, self.N), np.float32)
+            pos = np.zeros((grow, 2), np.float64)
+            amp[:self.n], pos[:self.n] = self.amplitudes[:self.n], self.positions[:self.n]
+            self.amplitudes, self.positions = amp, pos
+        self.amplitudes[self.n:self.n + k] = amplitudes
+        self.positions[self.n:self.n + k] = positions
+        self.n += k
+
+    def frames(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.amplitudes[:self.n], self.positions[:self.n]

@@ -1,0 +1,172 @@
+"""Where live frames come from: one small interface, and the sources behind it.
+
+A `FrameSource` hands out the frames that are complete *and* have their positions, in acquisition order:
+
+    source.header(timeout_s)  -> SourceHeader   the probe, the pattern size, metadata (waits for the source)
+    source.poll(max_frames)   -> Frames         the next complete frames (maybe none), never one twice
+    source.finished           -> bool           the writer said the scan is over (its end mark)
+    source.writer_gone()                        no frame for the idle time: the last frame counts as whole
+    source.close()
+
+`poll` never returns a frame whose bytes may still be changing: an HDF5 frame counts once the writer's
+frame counter passed it (or, for writers without a counter, once a later frame exists or the scan is
+marked over); a frame without its position waits for it. An adaptor for a stream (ZMQ, EPICS PVA) is the
+same four calls over its messages.
+
+Sources:
+    H5FrameSource    a growing HDF5 scan in the data contract's layout, written in SWMR mode (what
+                     `ptycho_torch.live.acquisition` and `ptycho-torch simulate --acquire-hz` write;
+                     the layout a detector writes with a position dataset beside it)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ptycho_torch.errors import UserError
+
+STATUS_KEY = "acquisition"  # int64 (2,): [frames complete, scan over (0/1)], written by the acquisition writer
+
+
+@dataclass
+class SourceHeader:
+    """What is known before the frames: probe (P, N, N) complex64 (photon units, as the contract),
+    the pattern size N, the scan's metadata, and the ground truth when the source carries one."""
+
+    probe: np.ndarray
+    N: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    object_guess: np.ndarray | None = None
+    name: str = ""
+
+
+@dataclass
+class Frames:
+    """Frames start .. start + k - 1 of the scan: amplitudes (k, N, N) float32 sqrt(photon counts) and
+    positions (k, 2) float64 (x, y) object pixels."""
+
+    start: int
+    amplitudes: np.ndarray
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.amplitudes)
+
+
+class FrameSource(Protocol):
+    finished: bool
+
+    def header(self, timeout_s: float) -> SourceHeader: ...
+
+    def poll(self, max_frames: int) -> Frames: ...
+
+    def writer_gone(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class H5FrameSource:
+    """A contract-layout HDF5 scan that grows while it is read (SWMR): diffraction (M, N, N), xcoords and
+    ycoords (M,), probeGuess, optional objectGuess / metadata, and optionally the writer's status dataset
+    `acquisition` = [frames complete, scan over]. Integer diffraction is photon counts (sqrt taken),
+    float is amplitudes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.finished = False
+        self._file: Any = None
+        self._next = 0
+        self._counts = False
+        self._gone = False
+
+    def _open(self) -> bool:
+        import h5py
+
+        if not self.path.is_file():
+            return False
+        try:
+            self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
+        except OSError:
+            return False  # being created, or held by a writer that has not switched to SWMR yet
+        return True
+
+    def header(self, timeout_s: float = 60.0) -> SourceHeader:
+        deadline = time.monotonic() + timeout_s
+        while not self._open():
+            if time.monotonic() > deadline:
+                raise UserError(f"--watch {self.path}: no readable HDF5 file appeared within {timeout_s:g} s; "
+                                "start the acquisition (written in SWMR mode), or check the path")
+            time.sleep(0.2)
+        f = self._file
+        missing = [k for k in ("diffraction", "probeGuess", "xcoords", "ycoords") if k not in f]
+        if missing:
+            raise UserError(f"--watch {self.path}: no {', '.join(missing)} dataset at the root; a live source "
+                            "holds the data contract's datasets (docs/live.md), created before the first frame")
+        d = f["diffraction"]
+        if d.ndim != 3 or d.shape[1] != d.shape[2]:
+            raise UserError(f"--watch {self.path}: diffraction has shape {d.shape}; expected (frames, N, N)")
+        self._counts = np.issubdtype(d.dtype, np.integer)
+        probe = np.asarray(f["probeGuess"][()], dtype=np.complex64)
+        probe = probe[None] if probe.ndim == 2 else probe
+        metadata: dict[str, Any] = {}
+        if "metadata" in f:
+            raw = f["metadata"][()]
+            try:
+                metadata = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+            except (ValueError, AttributeError):
+                metadata = {}
+        truth = np.asarray(f["objectGuess"][()], dtype=np.complex64) if "objectGuess" in f else None
+        return SourceHeader(probe, int(d.shape[-1]), metadata, truth, str(self.path))
+
+    def _complete(self) -> int:
+        """How many frames are whole and have positions."""
+        f = self._file
+        for key in ("diffraction", "xcoords", "ycoords", STATUS_KEY):
+            if key in f:
+                f[key].refresh()
+        n_pos = min(f["xcoords"].shape[0], f["ycoords"].shape[0])
+        if STATUS_KEY in f:
+            done, over = (int(v) for v in f[STATUS_KEY][:2])
+            self.finished = bool(over)
+            return min(done, n_pos)
+        # no writer's counter: the last frame of the dataset may still be written
+        n = f["diffraction"].shape[0]
+        return min(n if self._gone else max(n - 1, 0), n_pos)
+
+    def poll(self, max_frames: int = 256) -> Frames:
+        if self._file is None:
+            raise RuntimeError("header() first")
+        stop = min(self._complete(), self._next + max_frames)
+        start = self._next
+        if stop <= start:
+            return Frames(start, np.zeros((0, 0, 0), np.float32), np.zeros((0, 2)))
+        f = self._file
+        raw = f["diffraction"][start:stop]
+        amp = np.sqrt(raw.astype(np.float32)) if self._counts else raw.astype(np.float32, copy=False)
+        positions = np.stack([f["xcoords"][start:stop], f["ycoords"][start:stop]], axis=1).astype(np.float64)
+        self._next = stop
+        return Frames(start, amp, positions)
+
+    def writer_gone(self) -> None:
+        """The writer went quiet for good: its last frame counts as whole (for writers without a counter)."""
+        self._gone = True
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def open_source(watch: str | Path) -> FrameSource:
+    """The source for `--watch`: an .h5 / .hdf5 / .cxi / .nxs file (growing in SWMR mode)."""
+    path = Path(watch)
+    if path.suffix.lower() in (".h5", ".hdf5", ".cxi", ".nxs", ".hdf"):
+        return H5FrameSource(path)
+    raise UserError(f"--watch {watch}: not an HDF5 file (.h5, .hdf5, .cxi, .nxs); a live source is a growing "
+                    "HDF5 scan written in SWMR mode (docs/live.md)")
