@@ -73,24 +73,16 @@ class StopAtStep(Callback):
 
 def run_variant(args: argparse.Namespace, scan: Path, name: str, model: dict[str, Any], work: Path
                 ) -> dict[str, Any]:
-    from ptycho_torch.config import (
-        DataConfig,
-        LoggingConfig,
-        ModelConfig,
-        OptimizerConfig,
-        RunConfig,
-        TrainerConfig,
-        TrainingConfig,
-    )
+    from ptycho_torch.config import RunConfig
     from ptycho_torch.reconstruction.reconstruct import reconstruct
     from ptycho_torch.training.train import train
 
-    config = RunConfig(
-        data=DataConfig(path=str(scan), val_fraction=0.1),
-        model=ModelConfig(N=args.N, n_filters_scale=args.n_filters_scale, **model),
-        training=TrainingConfig(batch_size=args.batch_size, seed=args.seed),
-        trainer=TrainerConfig(max_epochs=100_000, max_time=args.minutes, enable_progress_bar=False),
-        optimizer=OptimizerConfig(learning_rate=args.learning_rate), logging=LoggingConfig(logger="csv"))
+    config = RunConfig.from_dict({
+        "data": {"path": str(scan), "val_fraction": 0.1},
+        "model": {"N": args.N, "n_filters_scale": args.n_filters_scale, **model},
+        "training": {"batch_size": args.batch_size, "seed": args.seed},
+        "trainer": {"max_epochs": 100_000, "max_time": args.minutes, "enable_progress_bar": False},
+        "optimizer": {"learning_rate": args.learning_rate}, "logging": {"logger": "csv"}})
     start = time.perf_counter()
     stop = [] if args.minutes else [StopAtStep(args.steps)]  # equal wall-clock: Lightning's max_time stops it
     trained = train(config, work / f"run_{name}", callbacks=stop)

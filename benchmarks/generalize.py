@@ -96,22 +96,14 @@ def simulate(args: argparse.Namespace, work: Path) -> tuple[list[Path], Path]:
 
 
 def run_config(args: argparse.Namespace, data: str, init_from: str | None = None) -> Any:
-    from ptycho_torch.config import (
-        DataConfig,
-        LoggingConfig,
-        ModelConfig,
-        OptimizerConfig,
-        RunConfig,
-        TrainerConfig,
-        TrainingConfig,
-    )
+    from ptycho_torch.config import RunConfig
 
-    return RunConfig(
-        data=DataConfig(path=data, val_fraction=0.1, neighbor_count=args.neighbor_count, scans="per_file"),
-        model=ModelConfig(N=args.N, gridsize=2, n_filters_scale=args.n_filters_scale),
-        training=TrainingConfig(batch_size=args.batch_size, init_from=init_from, seed=args.seed),
-        trainer=TrainerConfig(max_epochs=100_000, accelerator=args.device, enable_progress_bar=False),
-        optimizer=OptimizerConfig(learning_rate=args.learning_rate), logging=LoggingConfig(logger="csv"))
+    return RunConfig.from_dict({
+        "data": {"path": data, "val_fraction": 0.1, "neighbor_count": args.neighbor_count, "scans": "per_file"},
+        "model": {"N": args.N, "gridsize": 2, "n_filters_scale": args.n_filters_scale},
+        "training": {"batch_size": args.batch_size, "init_from": init_from, "seed": args.seed},
+        "trainer": {"max_epochs": 100_000, "accelerator": args.device, "enable_progress_bar": False},
+        "optimizer": {"learning_rate": args.learning_rate}, "logging": {"logger": "csv"}})
 
 
 def train_for(args: argparse.Namespace, data: str, minutes: float, run_dir: Path,

@@ -86,22 +86,14 @@ def simulate(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
 
 
 def run_config(args: argparse.Namespace, scan: Path, gridsize: int) -> Any:
-    from ptycho_torch.config import (
-        DataConfig,
-        LoggingConfig,
-        ModelConfig,
-        OptimizerConfig,
-        RunConfig,
-        TrainerConfig,
-        TrainingConfig,
-    )
+    from ptycho_torch.config import RunConfig
 
-    return RunConfig(
-        data=DataConfig(path=str(scan), val_fraction=0.1, neighbor_count=args.neighbor_count),
-        model=ModelConfig(N=args.N, gridsize=gridsize, n_filters_scale=args.n_filters_scale),
-        training=TrainingConfig(batch_size=args.batch_size, seed=args.seed),
-        trainer=TrainerConfig(max_epochs=100_000, max_time=args.budget_minutes, enable_progress_bar=False),
-        optimizer=OptimizerConfig(learning_rate=args.learning_rate), logging=LoggingConfig(logger="csv"))
+    return RunConfig.from_dict({
+        "data": {"path": str(scan), "val_fraction": 0.1, "neighbor_count": args.neighbor_count},
+        "model": {"N": args.N, "gridsize": gridsize, "n_filters_scale": args.n_filters_scale},
+        "training": {"batch_size": args.batch_size, "seed": args.seed},
+        "trainer": {"max_epochs": 100_000, "max_time": args.budget_minutes, "enable_progress_bar": False},
+        "optimizer": {"learning_rate": args.learning_rate}, "logging": {"logger": "csv"}})
 
 
 def truth_loss(scan_path: Path, gridsize: int) -> float:

@@ -32,7 +32,7 @@ from ptycho_dist.config import (
 from ptycho_dist.sweeps.sweep_config import SweepConfig, load_sweep_config, sweep_config_from_dict
 from ptycho_torch.config import ConfigError, RunConfig
 
-__all__ = ["demo", "reconstruct", "resolve_run", "train", "tune"]
+__all__ = ["demo", "live", "reconstruct", "resolve_run", "train", "tune"]
 
 RayLike = Union[RayConfig, Mapping[str, Any], None]
 
@@ -235,6 +235,32 @@ def reconstruct(model: Any, data: Any, out: str | Path, *, concurrency: int | No
     if full_result:
         return result
     return (result.object, result.weight) if with_weight else result.object
+
+
+def live(model: Any, watch: str | Path, out: str | Path, *, publish_seconds: float = 5.0, idle_seconds: float = 30.0,
+         start_timeout_s: float = 120.0, inference_batch_size: int | None = None, refine_seconds: float = 0.0,
+         fit_patterns: int = 256, concurrency: int | None = None, num_cpus_per_actor: float = 1.0,
+         num_gpus_per_actor: float = 0.0, ray: RayLike = None, progress: bool | None = None, **flags: Any) -> Any:
+    """`pt.live` with the network on `concurrency` Ray actors (`ptycho-dist live`): reads the growing HDF5 file
+    `watch`, publishes the picture so far into out/live/ every `publish_seconds`, and writes `reconstruct`'s
+    products into `out` when the scan is over. `flags` are the Ray session flags. Returns a LiveResult."""
+    from ptycho_dist.live import live_distributed
+    from ptycho_torch.api import check_batch_size, model_source
+    from ptycho_torch.live.loop import LiveOptions
+    from ptycho_torch.model.bundle import LoadedBundle
+
+    rest, ray_fields = _split_flags(dict(flags), SESSION_FLAGS)
+    if rest:
+        raise ConfigError(f"{', '.join(sorted(rest))}: unknown keyword(s); see help(ptycho_dist.live)")
+    check_batch_size(inference_batch_size)
+    model = model_source(model)
+    model = model.path if isinstance(model, LoadedBundle) else model
+    options = LiveOptions(publish_seconds=publish_seconds, idle_seconds=idle_seconds, start_timeout_s=start_timeout_s,
+                          batch_size=inference_batch_size, refine_seconds=refine_seconds, fit_patterns=fit_patterns,
+                          progress=progress)
+    ray_config = RayConfig.from_dict({**_ray_fields(ray), **ray_fields})
+    return live_distributed(model, watch, out, options, ray_config, actors=concurrency,
+                            num_cpus_per_actor=num_cpus_per_actor, num_gpus_per_actor=num_gpus_per_actor)
 
 
 def demo(out: str | Path, *, epochs: int | None = None, minutes: float | None = None, n_positions: int = 1000,

@@ -368,3 +368,37 @@ def test_help_documents_every_flag_with_default():
             assert "default" in action.help or "required" in action.help, action.option_strings
     args = p.parse_args(["--model", "m", "--data", "a.h5", "b.npz", "--out", "o"])
     assert args.data == ["a.h5", "b.npz"] and args.concurrency is None and args.num_cpus_per_actor == 1.0
+
+
+# ------------------------------------------------------------------ live reconstruction on Ray actors
+
+def _acquire(path: str, hz: float) -> None:
+    from ptycho_torch.config import SimulationConfig
+    from ptycho_torch.data.simulate import simulate_scan
+    from ptycho_torch.live.acquisition import acquire
+
+    acquire(simulate_scan(SimulationConfig(N=32, n_positions=256, seed=5, nphotons=1e5)), path, hz)
+
+
+@pytest.mark.parametrize("gridsize", [1, 2])
+def test_live_on_ray_actors_publishes_and_ends_as_reconstruct(ray_local, bundles, tmp_path, gridsize, capsys):
+    """A writer process streams 256 frames at 64 Hz; `ptycho-dist live` runs the network on 2 actors,
+    publishes pictures on the way and ends with reconstruct's object of the finished file."""
+    import multiprocessing
+
+    from ptycho_dist.cli import main
+
+    acq = tmp_path / "scan.h5"
+    writer = multiprocessing.get_context("spawn").Process(target=_acquire, args=(str(acq), 64.0))
+    writer.start()
+    try:
+        rc = main(["live", "--model", str(bundles[gridsize]), "--watch", str(acq), "--out", str(tmp_path / "out"),
+                   "--publish-seconds", "0.5", "--concurrency", "2", "--inference-batch-size", "16"])
+    finally:
+        writer.join(60)
+    assert rc == 0 and writer.exitcode == 0
+    assert "live: 256 frames (end mark)" in capsys.readouterr().out
+    assert len(list((tmp_path / "out" / "live" / "history").glob("phase_*.png"))) >= 2
+    offline = reconstruct(bundles[gridsize], acq, tmp_path / "offline", progress=False)
+    with np.load(tmp_path / "out" / "object.npz") as z:
+        np.testing.assert_allclose(z["object"], offline.object, atol=TOL, rtol=0)

@@ -13,7 +13,7 @@ ptycho_torch, bottom to top:
     9  api                                      the Python front door: resolves configs, checks inputs
     10 cli                                      argparse and printing only
 ptycho_dist (over any floor of ptycho_torch below its cli):
-    0  config      1  cluster      2  training      3  inference, sweeps      4  demo      5  api
+    0  config      1  cluster      2  training      3  inference, sweeps, live      4  demo      5  api
     6  cli         (the cli may use ptycho_torch's cli: run_cli, the run flags)
 
 Every import counts, also those inside functions (a lazy import still couples two floors), and no
@@ -36,7 +36,7 @@ FLOORS = {
         "training": 7, "reconstruction": 7, "demo": 8, "live": 8, "api": 9, "cli": 10,
     },
     "ptycho_dist": {
-        "__init__": 0, "config": 0, "cluster": 1, "training": 2, "inference": 3, "sweeps": 3, "demo": 4,
+        "__init__": 0, "config": 0, "cluster": 1, "training": 2, "inference": 3, "sweeps": 3, "live": 3, "demo": 4,
         "api": 5, "cli": 6,
     },
 }

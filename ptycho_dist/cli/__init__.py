@@ -1,10 +1,10 @@
-"""`ptycho-dist`: train, tune, reconstruct and demo on Ray (embedded local Ray or a cluster).
+"""`ptycho-dist`: train, tune, reconstruct, live and demo on Ray (embedded local Ray or a cluster).
 
-Argparse and printing only: each command's module here (train, tune, reconstruct, demo) declares its
+Argparse and printing only: each command's module here (train, tune, reconstruct, live, demo) declares its
 flags and turns them into one call of the Python API (ptycho_dist.api); the Ray flags they share are
 in ptycho_dist.cli.flags. This module assembles them and turns user errors into one line.
 
-    train.py, tune.py, reconstruct.py, demo.py  one command each: add_parser, cmd_*
+    train.py, tune.py, reconstruct.py, live.py, demo.py  one command each: add_parser, cmd_*
     flags.py                                    the Ray flags on the command line (ray_overrides)
 """
 
@@ -22,9 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptycho-dist", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and Ray's own logs (default: off)")
     sub = parser.add_subparsers(dest="command", required=True)
-    from ptycho_dist.cli import demo, reconstruct, train, tune
+    from ptycho_dist.cli import demo, live, reconstruct, train, tune
 
-    for add_parser in (train.add_parser, tune.add_parser, reconstruct.add_parser, demo.add_parser):
+    for add_parser in (train.add_parser, tune.add_parser, reconstruct.add_parser, live.add_parser, demo.add_parser):
         add_parser(sub)
     return parser
 

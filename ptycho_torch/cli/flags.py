@@ -114,6 +114,31 @@ def add_probe_normalization_flags(parser: argparse.ArgumentParser) -> None:
                              "the network work) (default: the model's inference.grouping, normally cover)")
 
 
+def add_live_flags(parser: argparse.ArgumentParser) -> None:
+    """--model, --watch, --out and the timing flags of a live command (local and Ray)."""
+    parser.add_argument("--model", required=True, type=Path, help="training run directory or model.pt (required)")
+    parser.add_argument("--watch", required=True, type=Path,
+                        help="the scan being written: an HDF5 file in the data contract's layout, growing in SWMR "
+                             "mode (docs/live.md) (required)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="reconstruction directory; the pictures so far in OUT/live/ (required)")
+    parser.add_argument("--publish-seconds", type=float, default=5.0,
+                        help="publish the picture so far this often (default: 5)")
+    parser.add_argument("--idle-timeout", type=float, default=30.0,
+                        help="seconds without a new frame (and no end mark) after which the writer counts as gone "
+                             "and the frames received are finished (default: 30)")
+    parser.add_argument("--start-timeout", type=float, default=120.0,
+                        help="seconds to wait for the file to appear (default: 120)")
+    parser.add_argument("--inference-batch-size", type=int, default=None,
+                        help="patterns per batch (default: the model's inference.batch_size or batch_size)")
+    parser.add_argument("--fit-patterns", type=int, default=256,
+                        help="data fit of each published picture on this many of the frames so far (0 = none) "
+                             "(default: 256)")
+    parser.add_argument("--refine-seconds", type=float, default=0.0,
+                        help="at the end, refine the network's object with the iterative solver this long "
+                             "(default: 0)")
+
+
 def add_run_dir_flags(parser: argparse.ArgumentParser) -> None:
     """--overwrite and --allow-other-data of a train command (local and Ray)."""
     parser.add_argument("--overwrite", action="store_true",

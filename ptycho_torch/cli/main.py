@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ptycho_torch.cli.flags import (
         add_config_arguments,
         add_data_arguments,
+        add_live_flags,
         add_probe_normalization_flags,
         add_run_dir_flags,
     )
@@ -238,26 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("live", help="reconstruct a scan while it is acquired: pictures every few seconds, "
                                      "reconstruct's products at the end")
-    p.add_argument("--model", required=True, type=Path, help="training run directory or model.pt")
-    p.add_argument("--watch", required=True, type=Path,
-                   help="the scan being written: an HDF5 file in the data contract's layout, growing in SWMR mode "
-                        "(docs/live.md) (required)")
-    p.add_argument("--out", required=True, type=Path, help="reconstruction directory; pictures so far in OUT/live/")
-    p.add_argument("--publish-seconds", type=float, default=5.0,
-                   help="publish the picture so far this often (default: 5)")
-    p.add_argument("--idle-timeout", type=float, default=30.0,
-                   help="seconds without a new frame (and no end mark) after which the writer counts as gone and "
-                        "the frames received are finished (default: 30)")
-    p.add_argument("--start-timeout", type=float, default=120.0,
-                   help="seconds to wait for the file to appear (default: 120)")
-    p.add_argument("--inference-batch-size", type=int, default=None,
-                   help="patterns per batch (default: the model's inference.batch_size or batch_size)")
+    add_live_flags(p)
     p.add_argument("--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0 "
                                                    "(default: auto)")
-    p.add_argument("--fit-patterns", type=int, default=256,
-                   help="data fit of each published picture on this many of the frames so far (0 = none) (default: 256)")
-    p.add_argument("--refine-seconds", type=float, default=0.0,
-                   help="at the end, refine the network's object with the iterative solver this long (default: 0)")
     p.set_defaults(func=cmd_live)
 
     p = sub.add_parser("solve", help="reconstruct object and probe iteratively (no model): a measured scan's "

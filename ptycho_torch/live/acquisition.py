@@ -5,7 +5,8 @@ The file is in the data contract's layout from the start (probeGuess, objectGues
 first; diffraction (0 -> M, N, N), xcoords, ycoords grown frame by frame), plus `acquisition` =
 [frames complete, scan over], updated after each frame's bytes are flushed, so a reader
 (`sources.H5FrameSource`) never takes a frame that is half written. When the scan is over the file is an
-ordinary contract file: `reconstruct` and `train` read it as any other.
+ordinary contract file: `reconstruct` and `train` read it as any other. `frame_time` (M,) float64 holds
+each frame's write time (Unix seconds), from which the live run measures its latency.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ptycho_torch.errors import UserError
-from ptycho_torch.live.sources import STATUS_KEY
+from ptycho_torch.live.sources import STATUS_KEY, TIME_KEY
 
 log = logging.getLogger("ptycho_torch")
 
@@ -50,14 +51,14 @@ def acquire(scan: Mapping[str, Any], out: str | Path, hz: float, *, stop_after: 
         f.create_dataset("metadata", data=json.dumps({**dict(scan.get("metadata") or {}), "acquired_at_hz": hz}))
         f.create_dataset("diffraction", shape=(0, N, N), maxshape=(None, N, N), chunks=(1, N, N),
                          dtype=diffraction.dtype)
-        for key in ("xcoords", "ycoords"):
+        for key in ("xcoords", "ycoords", TIME_KEY):
             f.create_dataset(key, shape=(0,), maxshape=(None,), chunks=(1024,), dtype=np.float64)
         f.create_dataset(STATUS_KEY, data=np.zeros(2, np.int64))
     tmp.replace(out)
     start = time.perf_counter()
     with h5py.File(out, "r+", libver="latest") as f:
         f.swmr_mode = True
-        d, xs, ys, status = f["diffraction"], f["xcoords"], f["ycoords"], f[STATUS_KEY]
+        d, xs, ys, status, stamps = f["diffraction"], f["xcoords"], f["ycoords"], f[STATUS_KEY], f[TIME_KEY]
         for i in range(stop):
             if hz > 0:
                 delay = start + i / hz - time.perf_counter()
@@ -66,6 +67,9 @@ def acquire(scan: Mapping[str, Any], out: str | Path, hz: float, *, stop_after: 
             d.resize((i + 1, N, N))
             d[i] = diffraction[i]
             d.flush()
+            stamps.resize((i + 1,))
+            stamps[i] = time.time()  # when the frame's bytes were flushed (latency is measured from here)
+            stamps.flush()
             have = max(0, i + 1 - positions_lag) if i + 1 < stop else stop
             if have > xs.shape[0]:
                 for ds, values in ((xs, x), (ys, y)):

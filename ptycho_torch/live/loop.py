@@ -40,7 +40,7 @@ from ptycho_torch.data.grouping import cover_groups
 from ptycho_torch.data.scan import ScanData
 from ptycho_torch.errors import UserError
 from ptycho_torch.live.running import FrameStore, RunningCanvas
-from ptycho_torch.live.sources import FrameSource, SourceHeader, open_source
+from ptycho_torch.live.sources import Frames, FrameSource, SourceHeader, open_source
 from ptycho_torch.physics.forward import normalization_factor
 from ptycho_torch.physics.stitching import stitch_weight
 from ptycho_torch.reconstruction.reconstruct import PatchPredictor, ReconResult, choose_probe, reconstruct
@@ -84,7 +84,8 @@ class LiveResult:
     ended_by: str  # 'end mark' or 'writer gone'
     publications: list[dict[str, Any]] = field(default_factory=list)
     live_frames_per_second: float = 0.0  # frames reconstructed per second of network + stitching while live
-    latency_s: list[float] = field(default_factory=list)  # per frame: received -> in a published picture
+    latency_s: list[float] = field(default_factory=list)  # per frame: written (else received) -> published
+    live_seconds: float = 0.0  # from the first frame received until every frame was on the running canvas
 
 
 class LiveReconstruction:
@@ -107,11 +108,20 @@ class LiveReconstruction:
         self.live_dir = out_dir / LIVE_DIR
         self.publications: list[dict[str, Any]] = []
         self.start = time.monotonic()
+        self.first_frame_at: float | None = None  # monotonic time of the first frame received
+        self.caught_up_at: float | None = None  # ... and of the last catch-up that left nothing behind
 
     # ------------------------------------------------------------------ frames in
-    def receive(self, amplitudes: np.ndarray, positions: np.ndarray) -> None:
-        self.store.append(amplitudes, positions)
-        self.received_at.extend([time.monotonic()] * len(amplitudes))
+    def receive(self, frames: Frames) -> None:
+        """Keep new frames; each one's time (monotonic) is when it was written, if the source says, else now."""
+        self.store.append(frames.amplitudes, frames.positions)
+        now, wall = time.monotonic(), time.time()
+        if self.first_frame_at is None:
+            self.first_frame_at = now
+        if frames.written_at is not None:
+            self.received_at.extend(now - np.maximum(wall - frames.written_at, 0.0))
+        else:
+            self.received_at.extend([now] * len(frames))
 
     def groups_of(self, a: int, b: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Batches (indices (B, C), stitched (B, C) bool) that stitch each of frames [a, b) once: single
@@ -157,6 +167,7 @@ class LiveReconstruction:
         self.reconstruct_batches(self.groups_of(a, b))
         self.network_seconds += time.perf_counter() - t
         self.done = b
+        self.caught_up_at = time.monotonic()
 
     def _last_publish(self) -> float:
         return self.publications[-1]["at_monotonic"] if self.publications else self.start
@@ -204,7 +215,8 @@ class LiveReconstruction:
         return row
 
     def status_line(self) -> str:
-        lag = time.monotonic() - self.received_at[self.done - 1] if self.done else 0.0
+        newest = self.received_at[self.store.n - 1] if self.store.n else 0.0  # how far the picture trails the detector
+        lag = newest - self.received_at[self.done - 1] if self.done else (time.monotonic() - newest if self.store.n else 0.0)
         fit = self.publications[-1]["data_fit"] if self.publications else None
         return (f"received {self.store.n} | reconstructed {self.done} | lag {lag:.1f} s"
                 + (f" | data fit {fit:.2f}x" if fit is not None and math.isfinite(fit) else ""))
@@ -257,7 +269,7 @@ def _follow(source: FrameSource, run: LiveReconstruction, options: LiveOptions) 
             got = source.poll(4096)
             now = time.monotonic()
             if len(got):
-                run.receive(got.amplitudes, got.positions)
+                run.receive(got)
                 last_frame = now
             over = source.finished and not len(got)
             gone = now - last_frame > options.idle_seconds
@@ -265,7 +277,7 @@ def _follow(source: FrameSource, run: LiveReconstruction, options: LiveOptions) 
                 source.writer_gone()  # its last frame counts as whole now
                 tail = source.poll(1 << 30)
                 if len(tail):
-                    run.receive(tail.amplitudes, tail.positions)
+                    run.receive(tail)
             run.catch_up(final=over or gone)
             if now - run._last_publish() >= options.publish_seconds and run.done > run.published_upto:
                 row = run.publish()
@@ -309,7 +321,8 @@ def _finish(run: LiveReconstruction, header: SourceHeader, out_dir: Path, option
             {"frames_received": run.store.n, "frames_reconstructed": run.store.n, "final": True, "ended_by": ended_by,
              "final_object": str(out_dir / "object.npz"), "probe": probe_used}, indent=1))
     rate = run.done / run.network_seconds if run.network_seconds > 0 else 0.0
+    span = (run.caught_up_at - run.first_frame_at) if run.caught_up_at and run.first_frame_at else 0.0
     log.info("live: %d frames (%s); %d pictures published; final reconstruction in %s", run.store.n, ended_by,
              len(run.publications), out_dir)
     return LiveResult(final, run.store.n, ended_by, [{k: v for k, v in r.items() if k != "at_monotonic"}
-                                                       for r in run.publications], rate, run.latency)
+                                                       for r in run.publications], rate, run.latency, span)

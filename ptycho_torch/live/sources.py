@@ -32,6 +32,7 @@ import numpy as np
 from ptycho_torch.errors import UserError
 
 STATUS_KEY = "acquisition"  # int64 (2,): [frames complete, scan over (0/1)], written by the acquisition writer
+TIME_KEY = "frame_time"  # float64 (M,): when each frame was written (Unix seconds), optional
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Frames:
     start: int
     amplitudes: np.ndarray
     positions: np.ndarray
+    written_at: np.ndarray | None = None  # (k,) Unix seconds each frame was written, when the source says
 
     def __len__(self) -> int:
         return len(self.amplitudes)
@@ -150,8 +152,13 @@ class H5FrameSource:
         raw = f["diffraction"][start:stop]
         amp = np.sqrt(raw.astype(np.float32)) if self._counts else raw.astype(np.float32, copy=False)
         positions = np.stack([f["xcoords"][start:stop], f["ycoords"][start:stop]], axis=1).astype(np.float64)
+        written = None
+        if TIME_KEY in f:
+            f[TIME_KEY].refresh()
+            if f[TIME_KEY].shape[0] >= stop:
+                written = np.asarray(f[TIME_KEY][start:stop], np.float64)
         self._next = stop
-        return Frames(start, amp, positions)
+        return Frames(start, amp, positions, written)
 
     def writer_gone(self) -> None:
         """The writer went quiet for good: its last frame counts as whole (for writers without a counter)."""

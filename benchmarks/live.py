@@ -1,0 +1,135 @@
+"""Live reconstruction on this machine: how many frames per second the live loop sustains, and how long a frame
+waits from being written to being in a published picture (issue 31).
+
+For each engine (`ptycho-torch live`, and `ptycho-dist live` with 1 and 2 actors) two acquisitions of the same
+simulated scan are read while a writer process writes them into an SWMR HDF5 file:
+  * capacity: the writer as fast as it can (the whole scan is there almost at once), so the live loop runs
+    flat out: sustained rate = frames / (first frame received -> every frame on the running canvas);
+  * latency: the writer at --hz frames/s (below capacity): written -> published, p50 / p95, and the
+    rate kept (reconstructed vs written).
+Offline `reconstruct` of the finished file, on the same model, is the reference rate (measured in the same
+run). Results: benchmarks/results/live.json and docs/benchmarks.md ("## Live reconstruction").
+
+    .venv/bin/python benchmarks/live.py                      # N=64, 1024 frames, writer at 60 Hz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bundles import one_epoch_bundle
+from docs_page import load_note, write_section
+
+RESULTS = Path(__file__).resolve().parent / "results" / "live.json"
+TITLE = "## Live reconstruction"
+
+
+def _write(path: str, N: int, positions: int, hz: float) -> None:
+    from ptycho_torch.config import SimulationConfig
+    from ptycho_torch.data.simulate import simulate_scan
+    from ptycho_torch.live.acquisition import acquire
+
+    acquire(simulate_scan(SimulationConfig(N=N, n_positions=positions, seed=7)), path, hz)
+
+
+def one_run(engine: str, bundle: Path, work: Path, args: argparse.Namespace, hz: float, tag: str) -> dict[str, Any]:
+    """One acquisition read live by `engine` ('local', 'ray1', 'ray2')."""
+    from ptycho_torch.live.loop import LiveOptions, live_reconstruct
+
+    acq = work / f"{engine}_{tag}.h5"
+    out = work / f"{engine}_{tag}"
+    options = LiveOptions(publish_seconds=args.publish_seconds, idle_seconds=30, progress=False,
+                          fit_patterns=args.fit_patterns)
+    writer = multiprocessing.get_context("spawn").Process(target=_write, args=(str(acq), args.N, args.positions, hz))
+    writer.start()
+    try:
+        if engine == "local":
+            result = live_reconstruct(bundle, acq, out, options)
+        else:
+            from ptycho_dist.live import actor_batches
+
+            result = live_reconstruct(bundle, acq, out, options,
+                                      reconstruct_batches=actor_batches(str(bundle), int(engine[-1]), 1.0, 0.0))
+    finally:
+        writer.join(120)
+    lat = np.asarray(result.latency_s)
+    return {"engine": engine, "writer_hz": hz, "frames": result.frames, "publications": len(result.publications),
+            "live_seconds": round(result.live_seconds, 3),
+            "frames_per_second": round(result.frames / max(result.live_seconds, 1e-9), 1),
+            "network_frames_per_second": round(result.live_frames_per_second, 1),
+            "latency_p50_s": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
+            "latency_p95_s": round(float(np.percentile(lat, 95)), 3) if lat.size else None,
+            "data_fit": [p["data_fit"] for p in result.publications]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--N", type=int, default=64)
+    parser.add_argument("--positions", type=int, default=1024)
+    parser.add_argument("--scale", type=float, default=0.5, help="n_filters_scale of the model (default: 0.5)")
+    parser.add_argument("--hz", type=float, default=60.0, help="writer rate of the latency runs (default: 60)")
+    parser.add_argument("--publish-seconds", type=float, default=2.0)
+    parser.add_argument("--fit-patterns", type=int, default=256)
+    parser.add_argument("--engines", nargs="+", default=["local", "ray1", "ray2"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    load_start = os.getloadavg()[0]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="live-bench-") as tmp:
+        work = Path(tmp)
+        bundle = one_epoch_bundle(work, args.N, args.scale)
+        from ptycho_torch.reconstruction.reconstruct import reconstruct
+
+        reference = work / "reference.h5"
+        _write(str(reference), args.N, args.positions, 0)
+        offline = reconstruct(bundle, reference, work / "offline", progress=False)
+        if any(e.startswith("ray") for e in args.engines):
+            import ray
+
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            for engine in args.engines:
+                for tag, hz in (("capacity", 0.0), ("latency", args.hz)):
+                    rows.append(one_run(engine, bundle, work, args, hz, tag))
+                    print(json.dumps(rows[-1]))
+        finally:
+            if any(e.startswith("ray") for e in args.engines):
+                ray.shutdown()
+    note = load_note(load_start, os.getloadavg()[0], os.cpu_count())
+    result = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "N": args.N,
+              "positions": args.positions, "n_filters_scale": args.scale, "gridsize": 2,
+              "offline_patterns_per_second": round(offline.patterns_per_second, 1), "runs": rows, "load": note}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1))
+    lines = [TITLE, "", f"`.venv/bin/python benchmarks/live.py` on {os.cpu_count()} CPU cores: N={args.N}, "
+             f"{args.positions} frames, gridsize 2, n_filters_scale {args.scale}; a writer process writes an SWMR "
+             f"HDF5 file, the live loop reads it (publishing every {args.publish_seconds:g} s, data fit on "
+             f"{args.fit_patterns} frames). Offline `reconstruct` of the finished file in the same run: "
+             f"{offline.patterns_per_second:.0f} patterns/s. {note}", "",
+             "| engine | writer | frames/s sustained (live) | network only | vs offline | latency p50 / p95 (s) | pictures |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        writer = "as fast as it can" if r["writer_hz"] == 0 else f"{r['writer_hz']:g} Hz"
+        lat = f"{r['latency_p50_s']} / {r['latency_p95_s']}" if r["writer_hz"] else "—"
+        lines.append(f"| {r['engine']} | {writer} | {r['frames_per_second']:.0f} | {r['network_frames_per_second']:.0f} | "
+                     f"{r['frames_per_second'] / max(offline.patterns_per_second, 1e-9):.0%} | {lat} | "
+                     f"{r['publications']} |")
+    lines += ["", "Sustained = frames / (first frame received -> every frame on the running canvas), publishing "
+              "included; latency = a frame's write time (the writer's clock) -> the first published picture that "
+              "holds it. ray1 / ray2: the network on 1 / 2 Ray actors of 1 CPU each, the driver stitching and "
+              "publishing on the same 2 cores.", ""]
+    write_section(TITLE, "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
