@@ -47,8 +47,10 @@ def one_run(engine: str, bundle: Path, work: Path, args: argparse.Namespace, hz:
 
     acq = work / f"{engine}_{tag}.h5"
     out = work / f"{engine}_{tag}"
-    options = LiveOptions(publish_seconds=args.publish_seconds, idle_seconds=30, progress=False,
-                          fit_patterns=args.fit_patterns)
+    # capacity runs publish at the default interval; latency runs at --publish-seconds (latency >= its half)
+    publish = args.publish_seconds if hz > 0 else LiveOptions.publish_seconds
+    options = LiveOptions(publish_seconds=publish, idle_seconds=30, progress=False,
+                          fit_patterns=args.fit_patterns, device=args.device)
     writer = multiprocessing.get_context("spawn").Process(target=_write, args=(str(acq), args.N, args.positions, hz))
     writer.start()
     try:
@@ -58,7 +60,8 @@ def one_run(engine: str, bundle: Path, work: Path, args: argparse.Namespace, hz:
             from ptycho_dist.live import actor_batches
 
             result = live_reconstruct(bundle, acq, out, options,
-                                      reconstruct_batches=actor_batches(str(bundle), int(engine[-1]), 1.0, 0.0))
+                                      reconstruct_batches=actor_batches(str(bundle), int(engine[-1]), 1.0,
+                                                                        args.gpus_per_actor))
     finally:
         writer.join(120)
     lat = np.asarray(result.latency_s)
@@ -66,6 +69,7 @@ def one_run(engine: str, bundle: Path, work: Path, args: argparse.Namespace, hz:
             "live_seconds": round(result.live_seconds, 3),
             "frames_per_second": round(result.frames / max(result.live_seconds, 1e-9), 1),
             "network_frames_per_second": round(result.live_frames_per_second, 1),
+            "network_reads_per_frame": round(result.network_reads_per_frame, 2),
             "latency_p50_s": round(float(np.percentile(lat, 50)), 3) if lat.size else None,
             "latency_p95_s": round(float(np.percentile(lat, 95)), 3) if lat.size else None,
             "data_fit": [p["data_fit"] for p in result.publications]}
@@ -80,7 +84,13 @@ def main() -> None:
     parser.add_argument("--publish-seconds", type=float, default=2.0)
     parser.add_argument("--fit-patterns", type=int, default=256)
     parser.add_argument("--engines", nargs="+", default=["local", "ray1", "ray2"])
+    parser.add_argument("--device", default="cpu", help="device of the local engine and the final pass (default: cpu)")
+    parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per Ray actor (default: 0)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default: results/live.json)")
+    parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     args = parser.parse_args()
+    from ptycho_torch.live.loop import LiveOptions
+
     logging.basicConfig(level=logging.WARNING)
     load_start = os.getloadavg()[0]
     rows = []
@@ -91,7 +101,7 @@ def main() -> None:
 
         reference = work / "reference.h5"
         _write(str(reference), args.N, args.positions, 0)
-        offline = reconstruct(bundle, reference, work / "offline", progress=False)
+        offline = reconstruct(bundle, reference, work / "offline", progress=False, device=args.device)
         if any(e.startswith("ray") for e in args.engines):
             import ray
 
@@ -108,26 +118,30 @@ def main() -> None:
     result = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(), "N": args.N,
               "positions": args.positions, "n_filters_scale": args.scale, "gridsize": 2,
               "offline_patterns_per_second": round(offline.patterns_per_second, 1), "runs": rows, "load": note}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
     lines = [TITLE, "", f"`.venv/bin/python benchmarks/live.py` on {os.cpu_count()} CPU cores: N={args.N}, "
              f"{args.positions} frames, gridsize 2, n_filters_scale {args.scale}; a writer process writes an SWMR "
-             f"HDF5 file, the live loop reads it (publishing every {args.publish_seconds:g} s, data fit on "
+             f"HDF5 file, the live loop reads it (publishing every {LiveOptions.publish_seconds:g} s in the capacity "
+             f"runs, every {args.publish_seconds:g} s in the latency runs; data fit on "
              f"{args.fit_patterns} frames). Offline `reconstruct` of the finished file in the same run: "
              f"{offline.patterns_per_second:.0f} patterns/s. {note}", "",
-             "| engine | writer | frames/s sustained (live) | network only | vs offline | latency p50 / p95 (s) | pictures |",
-             "|---|---|---|---|---|---|---|"]
+             "| engine | writer | frames/s sustained (live) | network only | vs offline | network reads / frame | "
+             "latency p50 / p95 (s) | pictures |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         writer = "as fast as it can" if r["writer_hz"] == 0 else f"{r['writer_hz']:g} Hz"
         lat = f"{r['latency_p50_s']} / {r['latency_p95_s']}" if r["writer_hz"] else "—"
         lines.append(f"| {r['engine']} | {writer} | {r['frames_per_second']:.0f} | {r['network_frames_per_second']:.0f} | "
-                     f"{r['frames_per_second'] / max(offline.patterns_per_second, 1e-9):.0%} | {lat} | "
+                     f"{r['frames_per_second'] / max(offline.patterns_per_second, 1e-9):.0%} | {r['network_reads_per_frame']:.2f} | "
+                     f"{lat} | "
                      f"{r['publications']} |")
     lines += ["", "Sustained = frames / (first frame received -> every frame on the running canvas), publishing "
               "included; latency = a frame's write time (the writer's clock) -> the first published picture that "
               "holds it. ray1 / ray2: the network on 1 / 2 Ray actors of 1 CPU each, the driver stitching and "
               "publishing on the same 2 cores.", ""]
-    write_section(TITLE, "\n".join(lines))
+    if not args.no_docs:
+        write_section(TITLE, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -48,6 +48,7 @@ from ptycho_torch.reconstruction.batch_predictor import (
 from ptycho_torch.reconstruction.reconstruct import (
     PatchPredictor,
     ReconResult,
+    network_dtype,
     scan_for_model,
     write_reconstruction,
 )
@@ -55,7 +56,7 @@ from ptycho_torch.safe_output import writes_whole_dir
 
 log = logging.getLogger("ptycho_dist")
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")
 
 
 def streaming_norm_factor(reader: RowReader, block_size: int) -> float:
@@ -171,7 +172,8 @@ def reconstruct_distributed(
             "norm_factor": float(norm_factor), "patterns_per_second": rate,
             "engine": "ray_data", "concurrency": actors, "batch_size": batch,
             "num_cpus_per_actor": num_cpus_per_actor, "num_gpus_per_actor": num_gpus_per_actor,
-            "dtype": dtype or config.inference.dtype, "block_size": rows_per_block, "n_blocks": n_blocks,
+            "dtype": network_dtype(dtype or config.inference.dtype, "cuda" if num_gpus_per_actor > 0 else "cpu"),
+            "block_size": rows_per_block, "n_blocks": n_blocks,
             "seconds": seconds, "first_result_seconds": first, "compute_seconds": compute,
             "patterns_per_second_compute": steady, "probe": probe_used, "normalization": normalization}
     photon_scale = PatchPredictor(bundle, norm_factor=norm_factor, probe=chosen).photon_scale  # the actors' scale

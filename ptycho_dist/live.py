@@ -3,16 +3,17 @@
 The live loop is ptycho_torch's (ptycho_torch.live.loop: the source, the growing canvas, the published
 pictures, the final `reconstruct`); only its network pass changes: each batch of new frames goes to one of
 K `LivePredictor` actors (the bundle loaded once per actor, on a GPU with `num_gpus_per_actor`), all
-batches of a catch-up are in flight at once, and their patches are stitched on the driver as they come
-back (the canvas sums add up in any order). The actors start when the first frames have set the
-normalisation factor and the probe; the pool goes with the Ray session when the run ends.
+batches of a catch-up are queued at once, round robin, and their patches are stitched on the driver as they come
+back (the canvas sums add up in any order). The actors start as soon as the probe is chosen, so they load
+the model while the first frames arrive (the normalisation factor travels with each batch); the pool goes
+with the Ray session when the run ends.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,27 +46,30 @@ class LivePredictor:
 
 def actor_batches(model: str, actors: int, num_cpus_per_actor: float, num_gpus_per_actor: float
                   ) -> Callable[[LiveReconstruction], Callable[[list], None]]:
-    """The network pass of a LiveReconstruction on `actors` LivePredictor actors (started on first use)."""
+    """The network pass of a LiveReconstruction on `actors` LivePredictor actors (started with the run)."""
     import ray
-    from ray.util import ActorPool
 
     def for_run(run: LiveReconstruction) -> Callable[[list], None]:
-        pool: list[Any] = []
+        # started now (the probe is chosen), so they load the model while the first frames arrive
+        remote = ray.remote(num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor)(LivePredictor)
+        device = "cuda" if num_gpus_per_actor > 0 else "cpu"
+        probe = run.predictor.probe.numpy()
+        pool = [remote.remote(model, device, probe, max(1, int(num_cpus_per_actor))) for _ in range(actors)]
 
         def reconstruct_batches(batches: list[tuple[np.ndarray, np.ndarray]]) -> None:
-            if not pool:
-                remote = ray.remote(num_cpus=num_cpus_per_actor, num_gpus=num_gpus_per_actor)(LivePredictor)
-                device = "cuda" if num_gpus_per_actor > 0 else "cpu"
-                probe = run.predictor.probe.numpy()
-                pool.extend(remote.remote(model, device, probe, max(1, int(num_cpus_per_actor)))
-                            for _ in range(actors))
             amplitudes, positions = run.store.frames()
             jobs = []
             for tag, (idx, _) in enumerate(batches):
+                run.network_patterns += idx.size
                 pos = positions[idx].astype(np.float32)
                 offsets = None if run.C == 1 else pos - pos.mean(axis=1, keepdims=True)
                 jobs.append((amplitudes[idx], offsets, run.predictor.norm_factor, tag))
-            for tag, patches in ActorPool(pool).map_unordered(lambda actor, job: actor.predict.remote(*job), jobs):
+            # every batch queued at once, round robin (an actor runs its queue back to back: no idle gaps
+            # while the driver stitches), stitched in the order they finish
+            pending = [pool[k % len(pool)].predict.remote(*job) for k, job in enumerate(jobs)]
+            while pending:
+                ready, pending = ray.wait(pending, num_returns=1)
+                tag, patches = ray.get(ready[0])
                 idx, stitched = batches[tag]
                 run.canvas.add(torch.from_numpy(patches[stitched]), positions[idx][stitched])  # a copy: writable
 

@@ -326,7 +326,8 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
                 inference_batch_size: int | None = None, device: str = "cpu", probe: Any = "auto",
                 normalization: str = "scan", renormalize: bool = False, align_phases: bool = False,
                 refine_seconds: float = 0.0, progress: bool | None = False, with_weight: bool = False,
-                grouping: str | None = None, refine_probe: bool = False, full_result: bool = False) -> Any:
+                grouping: str | None = None, refine_probe: bool = False, full_result: bool = False,
+                dtype: str | None = None) -> Any:
     """Reconstruct a scan with a trained model (`ptycho-torch reconstruct`) and return the object,
     (H, W) complex64 in the positions' pixel frame (object[y, x]); zero where no patch reached.
 
@@ -341,7 +342,8 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     their 'scan' probe; arrays without one take the model's), normalization ('scan' = r of these
     patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s), refine_probe,
     grouping ('cover',
-    'every_pattern'; None = the model's inference.grouping). `with_weight` also
+    'every_pattern'; None = the model's inference.grouping), dtype ('auto', 'float32', 'bfloat16'; None = the
+    model's inference.dtype). `with_weight` also
     returns the stitching weight (H, W) float32 (its support is the scanned region; pt.evaluate uses
     it); `full_result` returns the whole ReconResult instead (object, weight, metrics, the files
     written, `summary_lines()`: what the command prints)."""
@@ -349,6 +351,8 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
 
     check_batch_size(inference_batch_size)
     check_device(device)
+    if dtype not in (None, "auto", "float32", "bfloat16"):
+        raise UserError(f"--dtype: got {dtype!r}; choose auto, float32 or bfloat16")
     if refine_seconds < 0:
         raise UserError(f"--refine-seconds must be >= 0 (0 = no refinement), got {refine_seconds:g}")
     model = model_source(model)
@@ -381,7 +385,7 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
                               renormalize=renormalize, progress=progress, refine_seconds=refine_seconds,
                               refine_probe=refine_probe,
                               align_phases=align_phases, probe=probe, normalization=normalization,
-                              grouping=grouping)
+                              grouping=grouping, dtype=dtype)
     if full_result:
         return result
     return (result.object, result.weight) if with_weight else result.object

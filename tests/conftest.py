@@ -44,7 +44,8 @@ def tiny_config(scan: Path, **sections) -> RunConfig:
                        training=TrainingConfig(batch_size=16), trainer=TrainerConfig(max_epochs=2))
     from ptycho_torch.config import apply_overrides
 
-    base = {"trainer.enable_progress_bar": False, "optimizer.learning_rate": 1e-3}  # the tests' lr arithmetic
+    # the tests' lr arithmetic; float32 inference: the machinery tests compare paths to 1e-5
+    base = {"trainer.enable_progress_bar": False, "optimizer.learning_rate": 1e-3, "inference.dtype": "float32"}
     base.update(sections)
     return apply_overrides(config, base)
 

@@ -150,3 +150,26 @@ def test_simulate_a_corpus(tmp_path):
     assert energies[1] > 10 * energies[0]  # the doses spread over the range
     with pytest.raises(ConfigError, match="add --n-scans K"):
         pt.simulate(tmp_path / "x.npz", nphotons_range=(1e4, 1e6))
+
+
+def test_network_dtype_auto_is_bfloat16_only_where_the_device_computes_it(run, tiny_scan, tmp_path):
+    """'auto' (the default inference.dtype) takes bfloat16 on CPUs with AVX512-BF16 / AMX and CUDA GPUs with
+    bf16, float32 elsewhere; the object stays what float32 gives (bfloat16 rounding only) and the metadata
+    says which ran."""
+    import json
+
+    import torch
+
+    from ptycho_torch.reconstruction.reconstruct import network_dtype
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert network_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert network_dtype("float32", "cpu") == "float32" and network_dtype("bfloat16", "cpu") == "bfloat16"
+    full = pt.reconstruct(run, tiny_scan, tmp_path / "f32", dtype="float32", full_result=True)
+    auto = pt.reconstruct(run, tiny_scan, tmp_path / "auto", dtype="auto", full_result=True)
+    scale = float(np.abs(full.object).max())
+    assert np.abs(auto.object - full.object).max() <= 0.02 * scale
+    with np.load(tmp_path / "auto" / "object.npz") as z:
+        assert json.loads(str(z["metadata"]))["dtype"] == network_dtype("auto", "cpu")
+    with pytest.raises(UserError, match="--dtype: got 'float16'"):
+        pt.reconstruct(run, tiny_scan, tmp_path / "bad", dtype="float16")

@@ -89,6 +89,13 @@ def test_a_frame_is_read_only_when_whole_and_with_its_position(tmp_path):
     source.writer_gone()  # silent for good: the last frame counts as whole
     assert len(source.poll(1000)) == 1
     source.close()
+    # an end mark is "finished" only once every frame it counts has been handed out
+    acquire(scan, tmp_path / "whole.h5", 0)
+    source = H5FrameSource(tmp_path / "whole.h5")
+    source.header(5)
+    assert len(source.poll(25)) == 25 and not source.finished
+    assert len(source.poll(25)) == 15 and source.finished
+    source.close()
 
 
 def test_a_writer_that_dies_ends_the_run_with_what_arrived(model, tmp_path, caplog):

@@ -120,7 +120,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> None:
     result = api.reconstruct(args.model, args.data, args.out, inference_batch_size=args.inference_batch_size,
                              device=args.device, renormalize=args.renormalize, refine_seconds=args.refine_seconds,
                              align_phases=args.align_phases, probe=args.probe, normalization=args.normalization,
-                             grouping=args.grouping, refine_probe=args.refine_probe, progress=None, full_result=True)
+                             grouping=args.grouping, refine_probe=args.refine_probe, progress=None, full_result=True,
+                             dtype=args.dtype)
     print("\n".join(result.summary_lines()))
 
 
@@ -225,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inference-batch-size", type=int, default=None,
                    help="patterns per batch (default: the model's inference.batch_size or batch_size)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                   help="network dtype: auto = bfloat16 where the device computes it natively, else float32 "
+                        "(default: the model's inference.dtype)")
     add_probe_normalization_flags(p)
     p.add_argument("--align-phases", action="store_true",
                    help="give every patch the global phase that agrees with its overlapping neighbours before "

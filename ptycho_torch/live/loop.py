@@ -86,6 +86,7 @@ class LiveResult:
     live_frames_per_second: float = 0.0  # frames reconstructed per second of network + stitching while live
     latency_s: list[float] = field(default_factory=list)  # per frame: written (else received) -> published
     live_seconds: float = 0.0  # from the first frame received until every frame was on the running canvas
+    network_reads_per_frame: float = 0.0  # patterns through the network per frame (offline 'cover': about 1)
 
 
 class LiveReconstruction:
@@ -105,6 +106,7 @@ class LiveReconstruction:
         self.published_upto = 0  # frames [0, published_upto) are in a published picture
         self.latency: list[float] = []
         self.network_seconds = 0.0
+        self.network_patterns = 0  # patterns through the network (a frame read as a partner counts again)
         self.live_dir = out_dir / LIVE_DIR
         self.publications: list[dict[str, Any]] = []
         self.start = time.monotonic()
@@ -144,6 +146,7 @@ class LiveReconstruction:
         """Run the network on each batch and stitch its marked patches onto the canvas."""
         amplitudes, positions = self.store.frames()
         for idx, stitched in batches:
+            self.network_patterns += idx.size
             amp = torch.from_numpy(amplitudes[idx])  # (B, C, N, N)
             pos = positions[idx].astype(np.float32)  # (B, C, 2)
             offsets = None if self.C == 1 else torch.from_numpy(pos - pos.mean(axis=1, keepdims=True))
@@ -157,7 +160,10 @@ class LiveReconstruction:
         a, b = self.done, self.store.n
         if b <= a or (not final and b - a < self.C):
             return
-        if not final and b - a < self.batch * self.C and time.monotonic() - self._last_publish() < self.options.publish_seconds:
+        # groups of a few new frames need partners from outside them (read twice): wait for a chunk of several
+        # batches unless a publication is due (gridsize 1: no partners, a batch is enough)
+        chunk = self.batch * self.C * (8 if self.C > 1 else 1)
+        if not final and b - a < chunk and time.monotonic() - self._last_publish() < self.options.publish_seconds:
             return
         if self.done == 0:  # r of the first frames (offline: of all of them; the final pass uses that)
             amplitudes, _ = self.store.frames()
@@ -271,7 +277,7 @@ def _follow(source: FrameSource, run: LiveReconstruction, options: LiveOptions) 
             if len(got):
                 run.receive(got)
                 last_frame = now
-            over = source.finished and not len(got)
+            over = source.finished
             gone = now - last_frame > options.idle_seconds
             if gone:
                 source.writer_gone()  # its last frame counts as whole now
@@ -325,4 +331,5 @@ def _finish(run: LiveReconstruction, header: SourceHeader, out_dir: Path, option
     log.info("live: %d frames (%s); %d pictures published; final reconstruction in %s", run.store.n, ended_by,
              len(run.publications), out_dir)
     return LiveResult(final, run.store.n, ended_by, [{k: v for k, v in r.items() if k != "at_monotonic"}
-                                                       for r in run.publications], rate, run.latency, span)
+                                                       for r in run.publications], rate, run.latency, span,
+                     run.network_patterns / max(run.store.n, 1))

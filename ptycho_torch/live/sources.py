@@ -62,7 +62,8 @@ class Frames:
 
 
 class FrameSource(Protocol):
-    finished: bool
+    @property
+    def finished(self) -> bool: ...
 
     def header(self, timeout_s: float) -> SourceHeader: ...
 
@@ -81,11 +82,11 @@ class H5FrameSource:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.finished = False
         self._file: Any = None
         self._next = 0
         self._counts = False
         self._gone = False
+        self._total: int | None = None  # the frame count the writer's end mark gave
 
     def _open(self) -> bool:
         import h5py
@@ -126,16 +127,25 @@ class H5FrameSource:
         truth = np.asarray(f["objectGuess"][()], dtype=np.complex64) if "objectGuess" in f else None
         return SourceHeader(probe, int(d.shape[-1]), metadata, truth, str(self.path))
 
+    @property
+    def finished(self) -> bool:
+        """The writer marked the scan over and every frame it wrote has been handed out."""
+        return self._total is not None and self._next >= self._total
+
     def _complete(self) -> int:
-        """How many frames are whole and have positions."""
+        """How many frames are whole and have positions. The writer's status is read first, so the frames and
+        positions read after it are at least as new (an end mark never hides the last frames)."""
         f = self._file
-        for key in ("diffraction", "xcoords", "ycoords", STATUS_KEY):
-            if key in f:
-                f[key].refresh()
-        n_pos = min(f["xcoords"].shape[0], f["ycoords"].shape[0])
+        status = None
         if STATUS_KEY in f:
-            done, over = (int(v) for v in f[STATUS_KEY][:2])
-            self.finished = bool(over)
+            f[STATUS_KEY].refresh()
+            status = np.array(f[STATUS_KEY][:2])
+        for key in ("diffraction", "xcoords", "ycoords"):
+            f[key].refresh()
+        n_pos = min(f["xcoords"].shape[0], f["ycoords"].shape[0])
+        if status is not None:
+            done, over = int(status[0]), bool(status[1])
+            self._total = done if over else None
             return min(done, n_pos)
         # no writer's counter: the last frame of the dataset may still be written
         n = f["diffraction"].shape[0]

@@ -56,7 +56,7 @@ class PatchPredictor:
         self.bundle = model if isinstance(model, LoadedBundle) else load_bundle(model)
         self.config = self.bundle.config
         self.device = torch.device(device)
-        self.dtype = dtype or self.config.inference.dtype
+        self.dtype = network_dtype(dtype or self.config.inference.dtype, self.device)
         self.norm_factor = float(norm_factor) if norm_factor is not None else self.bundle.norm_factor
         self.module = self.bundle.module.to(self.device).eval()
         self.probe = self.bundle.module.probe.detach().cpu()
@@ -90,6 +90,21 @@ class PatchPredictor:
         offs = None if offsets is None else torch.as_tensor(offsets, dtype=torch.float32).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16"):
             return self.module(x, offs).to(torch.complex64).cpu()
+
+
+def network_dtype(dtype: str, device: torch.device | str) -> str:
+    """inference.dtype resolved for `device`: 'auto' -> 'bfloat16' where it computes bfloat16 natively (a CUDA GPU
+    with bf16; a CPU with AVX512-BF16 or AMX, as oneDNN uses them), else 'float32'; others as given."""
+    if dtype != "auto":
+        return dtype
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu":
+        native = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported",
+                                                                         "_is_amx_tile_supported")]
+        return "bfloat16" if any(check() for check in native) else "float32"
+    return "float32"
 
 
 PROBE_CHOICES = ("auto", "scan", "model")
@@ -271,7 +286,8 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
                 batch_size: int | None = None,
                 device: str = "cpu", renormalize: bool = False, progress: bool | None = None,
                 refine_seconds: float = 0.0, align_phases: bool = False, probe: str = "auto",
-                normalization: str = "scan", grouping: str | None = None, refine_probe: bool = False) -> ReconResult:
+                normalization: str = "scan", grouping: str | None = None, refine_probe: bool = False,
+                dtype: str | None = None) -> ReconResult:
     """Reconstruct the scan `data` (a file, a glob, or several files of one scan) with the bundle
     `model` into `out_dir` (local, one process). With `refine_seconds` > 0 the network's stitched
     object (kept in out_dir/network/) is then refined by the iterative solver on the same patterns
@@ -281,8 +297,9 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
     (stitching.align_phases; the patches are held in memory for it). `data` may also be a scan
     already read or built in memory (ScanData / ScanFiles: the in-memory path of ptycho_torch.api);
     with `out_dir` None nothing is written (a refinement then keeps no network/ copy). `grouping`
-    (None = the bundle's inference.grouping) chooses the groups of gridsize > 1 (inference_groups)."""
-    predictor = PatchPredictor(model, device=device)
+    (None = the bundle's inference.grouping) chooses the groups of gridsize > 1 (inference_groups). `dtype`
+    (None = the bundle's inference.dtype) is the network's: 'auto', 'float32' or 'bfloat16' (network_dtype)."""
+    predictor = PatchPredictor(model, device=device, dtype=dtype)
     config = predictor.config
     ready = scan_for_model(predictor.bundle, data, probe=probe, normalization=normalization, renormalize=renormalize,
                            grouping=grouping)
@@ -325,6 +342,7 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
             "grouping": ready.grouping,
             "data": scan_paths(scan) if scan.path is not None else "in-memory arrays",
             "norm_factor": predictor.norm_factor, "patterns_per_second": rate, "engine": "local",
+            "dtype": predictor.dtype,
             "align_phases": align_phases, "probe": probe_used, "normalization": normalization}
     probe_out = predictor.probe.numpy()
     if refine_seconds > 0:
