@@ -75,6 +75,36 @@ def one_run(engine: str, bundle: Path, work: Path, args: argparse.Namespace, hz:
             "data_fit": [p["data_fit"] for p in result.publications]}
 
 
+def section(result: dict[str, Any], publish_seconds: float, fit_patterns: int) -> str:
+    """The docs/benchmarks.md section of a result (`--docs-only` rebuilds it from results/live.json)."""
+    from ptycho_torch.live.loop import LiveOptions
+
+    offline = result["offline_patterns_per_second"]
+    lines = [TITLE, "", f"`.venv/bin/python benchmarks/live.py --positions {result['positions']}` on {result['cores']} CPU "
+             f"cores: N={result['N']}, {result['positions']} frames, gridsize 2, n_filters_scale "
+             f"{result['n_filters_scale']}; a writer process writes an SWMR HDF5 file on the same cores, the live loop "
+             f"reads it (publishing every {LiveOptions.publish_seconds:g} s in the capacity runs, every "
+             f"{publish_seconds:g} s in the latency runs; data fit on {fit_patterns} frames). Offline `reconstruct` of "
+             f"the finished file in the same run: {offline:.0f} patterns/s. {result['load']}", "",
+             "| engine | writer | frames/s sustained (live) | network only | vs offline | network reads / frame | "
+             "latency p50 / p95 (s) | pictures |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        capacity = r["writer_hz"] == 0
+        writer = "as fast as it can" if capacity else f"{r['writer_hz']:g} Hz"
+        lat = "—" if capacity else f"{r['latency_p50_s']:.1f} / {r['latency_p95_s']:.1f}"
+        versus = f"{r['frames_per_second'] / max(offline, 1e-9):.0%}" if capacity else "(the writer's rate)"
+        lines.append(f"| {r['engine']} | {writer} | {r['frames_per_second']:.0f} | {r['network_frames_per_second']:.0f} | "
+                     f"{versus} | {r['network_reads_per_frame']:.2f} | {lat} | {r['publications']} |")
+    lines += ["", "Sustained = frames / (first frame received -> every frame on the running canvas), publishing "
+              "included; network only = frames / seconds in the network pass and stitching; network reads / frame: "
+              "patterns through the network per frame (a frame read again as a partner of a later group counts "
+              "again; offline 'cover' grouping of the whole scan reads 1.17 on this scan's raster); latency = a frame's write time (the writer's clock) -> "
+              "the first published picture that holds it. ray1 / ray2: the network on 1 / 2 Ray actors of 1 CPU each; "
+              "the driver (reading, stitching, publishing) and the writer share the same 2 cores, so on this machine "
+              "actors add processes, not cores: two actors are slower than one (oversubscribed threads).", ""]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--N", type=int, default=64)
@@ -88,8 +118,11 @@ def main() -> None:
     parser.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per Ray actor (default: 0)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default: results/live.json)")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--docs-only", action="store_true", help="rebuild the docs section from --out, run nothing")
     args = parser.parse_args()
-    from ptycho_torch.live.loop import LiveOptions
+    if args.docs_only:
+        write_section(TITLE, section(json.loads(args.out.read_text()), args.publish_seconds, args.fit_patterns))
+        return
 
     logging.basicConfig(level=logging.WARNING)
     load_start = os.getloadavg()[0]
@@ -120,29 +153,10 @@ def main() -> None:
               "offline_patterns_per_second": round(offline.patterns_per_second, 1), "runs": rows, "load": note}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    lines = [TITLE, "", f"`.venv/bin/python benchmarks/live.py` on {os.cpu_count()} CPU cores: N={args.N}, "
-             f"{args.positions} frames, gridsize 2, n_filters_scale {args.scale}; a writer process writes an SWMR "
-             f"HDF5 file, the live loop reads it (publishing every {LiveOptions.publish_seconds:g} s in the capacity "
-             f"runs, every {args.publish_seconds:g} s in the latency runs; data fit on "
-             f"{args.fit_patterns} frames). Offline `reconstruct` of the finished file in the same run: "
-             f"{offline.patterns_per_second:.0f} patterns/s. {note}", "",
-             "| engine | writer | frames/s sustained (live) | network only | vs offline | network reads / frame | "
-             "latency p50 / p95 (s) | pictures |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        writer = "as fast as it can" if r["writer_hz"] == 0 else f"{r['writer_hz']:g} Hz"
-        lat = f"{r['latency_p50_s']} / {r['latency_p95_s']}" if r["writer_hz"] else "—"
-        lines.append(f"| {r['engine']} | {writer} | {r['frames_per_second']:.0f} | {r['network_frames_per_second']:.0f} | "
-                     f"{r['frames_per_second'] / max(offline.patterns_per_second, 1e-9):.0%} | {r['network_reads_per_frame']:.2f} | "
-                     f"{lat} | "
-                     f"{r['publications']} |")
-    lines += ["", "Sustained = frames / (first frame received -> every frame on the running canvas), publishing "
-              "included; latency = a frame's write time (the writer's clock) -> the first published picture that "
-              "holds it. ray1 / ray2: the network on 1 / 2 Ray actors of 1 CPU each, the driver stitching and "
-              "publishing on the same 2 cores.", ""]
+    text = section(result, args.publish_seconds, args.fit_patterns)
     if not args.no_docs:
-        write_section(TITLE, "\n".join(lines))
-    print("\n".join(lines))
+        write_section(TITLE, text)
+    print(text)
 
 
 if __name__ == "__main__":
