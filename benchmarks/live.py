@@ -6,7 +6,9 @@ simulated scan are read while a writer process writes them into an SWMR HDF5 fil
   * capacity: the writer as fast as it can (the whole scan is there almost at once), so the live loop runs
     flat out: sustained rate = frames / (first frame received -> every frame on the running canvas);
   * latency: the writer at --hz frames/s (below capacity): written -> published, p50 / p95, and the
-    rate kept (reconstructed vs written).
+    rate kept (reconstructed vs written);
+  * written (local engine): the file whole before the live loop starts, the loop's own rate without the
+    writer on the same cores.
 Offline `reconstruct` of the finished file, on the same model, is the reference rate (measured in the same
 run). Results: benchmarks/results/live.json and docs/benchmarks.md ("## Live reconstruction").
 
@@ -53,6 +55,8 @@ def one_run(engine: str, bundle: Path, work: Path, args: argparse.Namespace, hz:
                           fit_patterns=args.fit_patterns, device=args.device)
     writer = multiprocessing.get_context("spawn").Process(target=_write, args=(str(acq), args.N, args.positions, hz))
     writer.start()
+    if tag == "written":  # the file is whole before the live loop starts: its own rate, no writer beside it
+        writer.join()
     try:
         if engine == "local":
             result = live_reconstruct(bundle, acq, out, options)
@@ -65,7 +69,7 @@ def one_run(engine: str, bundle: Path, work: Path, args: argparse.Namespace, hz:
     finally:
         writer.join(120)
     lat = np.asarray(result.latency_s)
-    return {"engine": engine, "writer_hz": hz, "frames": result.frames, "publications": len(result.publications),
+    return {"engine": engine, "writer_hz": hz, "mode": tag, "frames": result.frames, "publications": len(result.publications),
             "live_seconds": round(result.live_seconds, 3),
             "frames_per_second": round(result.frames / max(result.live_seconds, 1e-9), 1),
             "network_frames_per_second": round(result.live_frames_per_second, 1),
@@ -91,6 +95,8 @@ def section(result: dict[str, Any], publish_seconds: float, fit_patterns: int) -
     for r in result["runs"]:
         capacity = r["writer_hz"] == 0
         writer = "as fast as it can" if capacity else f"{r['writer_hz']:g} Hz"
+        if r.get("mode") == "written":
+            writer = "done before (no writer beside it)"
         lat = "—" if capacity else f"{r['latency_p50_s']:.1f} / {r['latency_p95_s']:.1f}"
         versus = f"{r['frames_per_second'] / max(offline, 1e-9):.0%}" if capacity else "(the writer's rate)"
         lines.append(f"| {r['engine']} | {writer} | {r['frames_per_second']:.0f} | {r['network_frames_per_second']:.0f} | "
@@ -141,7 +147,8 @@ def main() -> None:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
         try:
             for engine in args.engines:
-                for tag, hz in (("capacity", 0.0), ("latency", args.hz)):
+                runs = [("capacity", 0.0), ("latency", args.hz)] + ([("written", 0.0)] if engine == "local" else [])
+                for tag, hz in runs:
                     rows.append(one_run(engine, bundle, work, args, hz, tag))
                     print(json.dumps(rows[-1]))
         finally:

@@ -52,9 +52,9 @@ def tiny_config(scan: Path, **sections) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def ray_local(request):
-    """One local Ray for a test module (4 logical CPUs: room for a driver function plus 2 workers);
-    yields its GCS address. A module that sets RAY_DASHBOARD = True gets the dashboard (on
-    127.0.0.1), which Tune's early stopping needs."""
+    """One local Ray for a test module (4 logical CPUs: room for a driver function plus 2 workers), with its
+    dashboard on 127.0.0.1 (the State API: Tune's early stopping, Ray Train's placement-group cleaner);
+    yields its GCS address."""
     import logging
 
     import ray
@@ -67,7 +67,10 @@ def ray_local(request):
         runtime_env_naming_cluster,
     )
 
-    dashboard = bool(getattr(request.module, "RAY_DASHBOARD", False))
+    # the dashboard (on 127.0.0.1), as the product's sessions have: Ray Train's PlacementGroupCleaner asks the
+    # State API whether its controller lives; without a dashboard on its own cluster an answer from another
+    # cluster on the machine removed a live run's placement group (full suite, -n 2)
+    dashboard = True
     # address 'local': a Ray of its own even while another `ray start` cluster runs on this machine;
     # started as the product starts its embedded Ray (loopback, workers told their cluster's address:
     # other modules' clusters run beside this one under pytest -n 2)
@@ -75,6 +78,7 @@ def ray_local(request):
     with loopback_only():
         with gcs_server_port(port):
             ray.init(address="local", num_cpus=4, include_dashboard=dashboard, dashboard_host=LOOPBACK,
+                     dashboard_port=free_loopback_port(),  # another module's cluster may hold 8265
                      logging_level=logging.WARNING, _node_ip_address=LOOPBACK,
                      runtime_env=runtime_env_naming_cluster(f"{LOOPBACK}:{port}", None))
         yield ray.get_runtime_context().gcs_address
@@ -83,16 +87,17 @@ def ray_local(request):
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """A 2-node Ray cluster on this machine (ray.cluster_utils.Cluster, 1 CPU per node, no dashboard),
+    """A 2-node Ray cluster on this machine (ray.cluster_utils.Cluster, 1 CPU per node, a dashboard),
     connected for the test module; yields the Cluster."""
     import logging
 
     import ray
     from ray.cluster_utils import Cluster
 
-    from ptycho_dist.cluster.session import runtime_env_naming_cluster
+    from ptycho_dist.cluster.session import free_loopback_port, runtime_env_naming_cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={  # a dashboard (see ray_local) on a port of its own
+        "num_cpus": 1, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": free_loopback_port()})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()

@@ -12,7 +12,6 @@ import ptycho_torch as pt
 from ptycho_torch.config import ConfigError
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]  # 80-150 s: a Ray Train run, a Ray Data run, a one-trial sweep
-RAY_DASHBOARD = True  # Tune (conftest.ray_local)
 
 TINY = {"N": 32, "epochs": 1, "batch_size": 16, "progress_bar": False, "overrides": {"model.n_filters_scale": 0.25}}
 

@@ -39,7 +39,6 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 
 
-RAY_DASHBOARD = True  # ASHA's early stopping needs the State API (conftest.ray_local)
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory) -> Path:
