@@ -205,11 +205,9 @@ def simulate(out: str | Path | None = None, *, config: SimulationConfig | None =
 def live(model: Any, watch: str | Path, out: str | Path, *, publish_seconds: float = 5.0, idle_seconds: float = 30.0,
          start_timeout_s: float = 120.0, inference_batch_size: int | None = None, device: str = "auto",
          refine_seconds: float = 0.0, fit_patterns: int = 256, progress: bool | None = None) -> Any:
-    """Reconstruct a scan while it is acquired (`ptycho-torch live`): `watch` is an HDF5 file growing in SWMR
-    mode (docs/live.md). Every `publish_seconds` the picture so far is published into out/live/ (each file
-    whole); at the writer's end mark, or after `idle_seconds` without a frame (a writer that died), the
-    frames received get `reconstruct`'s products in `out`. Returns a LiveResult (final ReconResult,
-    frames, how it ended, one row per publication, the live rate and per-frame latencies)."""
+    """Reconstruct a scan while it is acquired (`ptycho-torch live`, docs/live.md): `watch`, an HDF5 file growing in
+    SWMR mode; the picture so far into out/live/ every `publish_seconds`, and at the end mark (or after
+    `idle_seconds` without a frame) `reconstruct`'s products into `out`. Returns a LiveResult."""
     from ptycho_torch.live.loop import LiveOptions, live_reconstruct
 
     check_batch_size(inference_batch_size)
@@ -340,10 +338,9 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     flags: inference_batch_size (patterns per batch), device ('cpu', 'cuda:0'), probe ('auto', 'scan',
     'model'; with arrays also the probe of those frames, (N, N) or (P, N, N) complex, which then is
     their 'scan' probe; arrays without one take the model's), normalization ('scan' = r of these
-    patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s), refine_probe,
-    grouping ('cover',
-    'every_pattern'; None = the model's inference.grouping), dtype ('auto', 'float32', 'bfloat16'; None = the
-    model's inference.dtype). `with_weight` also
+    patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s), refine_probe, grouping
+    ('cover', 'every_pattern'; None = the model's inference.grouping), dtype ('auto', 'float32', 'bfloat16';
+    None = the model's inference.dtype). `with_weight` also
     returns the stitching weight (H, W) float32 (its support is the scanned region; pt.evaluate uses
     it); `full_result` returns the whole ReconResult instead (object, weight, metrics, the files
     written, `summary_lines()`: what the command prints)."""

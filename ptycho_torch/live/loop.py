@@ -170,6 +170,7 @@ class LiveReconstruction:
             energy = float(np.mean(np.sum(np.square(amplitudes[:b], dtype=np.float64), axis=(1, 2))))
             self.predictor.norm_factor = normalization_factor(energy, self.N)
         t = time.perf_counter()
+        self.canvas.reserve(self.store.frames()[1][:b])  # one growth per catch-up, to the exact extent
         self.reconstruct_batches(self.groups_of(a, b))
         self.network_seconds += time.perf_counter() - t
         self.done = b

@@ -2,7 +2,8 @@
 grows with the positions, and the frames kept for the final pass.
 
 Positions are (x, y) object pixels of the data contract (the patch of (x, y) starts at floor(x) - N/2), so
-the canvas only grows towards larger x and y; it grows by at least a quarter each time (amortised copies).
+the canvas only grows towards larger x and y. It is sized exactly to the positions so far (each batch's
+placement costs in proportion to the canvas area), grown once per catch-up by `reserve`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ptycho_torch.physics.stitching import StitchAccumulator
 
 class RunningCanvas:
     """Sums of w*O and w (physics.stitching.StitchAccumulator) on a canvas that grows to hold every patch
-    added; `snapshot()` is the object and weight so far, cut to the canvas the positions so far imply."""
+    added; `snapshot()` is the object and weight so far, on the canvas the positions so far imply."""
 
     def __init__(self, N: int, weight: torch.Tensor) -> None:
         self.N = N
@@ -24,15 +25,14 @@ class RunningCanvas:
         self.acc: StitchAccumulator | None = None
         self.extent = (0, 0)  # (H, W) the positions so far need
 
-    def _fit(self, positions: np.ndarray) -> None:
+    def reserve(self, positions: np.ndarray) -> None:
+        """Grow the canvas (copying the sums) to hold every patch at positions (K, 2) (x, y) object pixels."""
         need = canvas_shape(positions[:, 0], positions[:, 1], self.N)
         self.extent = (max(self.extent[0], need[0]), max(self.extent[1], need[1]))
         if self.acc is not None and all(n <= h for n, h in zip(self.extent, self.acc.canvas_hw)):
             return
         old = self.acc
-        size = self.extent if old is None else tuple(
-            max(n, h + h // 4) if n > h else h for n, h in zip(self.extent, old.canvas_hw))
-        self.acc = StitchAccumulator(size, self.weight)
+        self.acc = StitchAccumulator(self.extent, self.weight)
         if old is not None:
             self.acc.add_partial(0, 0, old.obj_sum, old.w_sum, old.count)
 
@@ -40,7 +40,7 @@ class RunningCanvas:
         """patches (K, N, N) complex at positions (K, 2) (x, y) object pixels."""
         if len(patches) == 0:
             return
-        self._fit(positions)
+        self.reserve(positions)
         self.acc.add(patches, torch.from_numpy(np.asarray(positions, np.float64)))
 
     @property
@@ -51,9 +51,7 @@ class RunningCanvas:
         """(object (H, W) complex64, weight (H, W) float32) so far; empty before the first patch."""
         if self.acc is None:
             return np.zeros((0, 0), np.complex64), np.zeros((0, 0), np.float32)
-        obj, weight = self.acc.result(threshold)
-        H, W = self.extent
-        return obj[:H, :W], weight[:H, :W]
+        return self.acc.result(threshold)
 
 
 class FrameStore:
