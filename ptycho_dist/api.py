@@ -164,7 +164,8 @@ def tune(sweep: SweepConfig | Mapping[str, Any] | str | Path | None, out: str | 
     """A Ray Tune sweep (`ptycho-dist tune`): `sweep` a sweep YAML, a dict or a SweepConfig (None only
     with `resume=NAME`), `out` the results directory, `config` the run every trial starts from (YAML,
     RunConfig or dict), `data` its scan. `flags` are the Ray session flags (address, num_cpus,
-    worker_start_timeout). Returns ptycho_dist.sweeps.results.SweepResult (table, best_config, files)."""
+    worker_start_timeout). Returns ptycho_dist.sweeps.results.SweepResult (table, best_config, files, and
+    `result_grid`: Ray Tune's own ResultGrid, e.g. `.get_best_result(metric, mode)`, `.get_dataframe()`)."""
     from ptycho_dist.sweeps.tuner import run_sweep
     from ptycho_torch.api import run_config
     from ptycho_torch.safe_output import check_output_dir
@@ -197,9 +198,9 @@ def tune(sweep: SweepConfig | Mapping[str, Any] | str | Path | None, out: str | 
 
 
 def reconstruct(model: Any, data: Any, out: str | Path, *, concurrency: int | None = None,
-                inference_batch_size: int | None = None, num_gpus_per_actor: float = 0.0,
+                inference_batch_size: int | None = None, num_gpus_per_actor: float | str = "auto",
                 num_cpus_per_actor: float = 1.0, dtype: str | None = None, block_size: int | None = None,
-                renormalize: bool = False, validate: bool = True, ray: RayLike = None, progress: bool | None = False,
+                renormalize: bool = False, validate: bool = True, ray: RayLike = None, progress: bool | None = None,
                 with_weight: bool = False, probe: str = "auto", normalization: str = "scan", grouping: str | None = None,
                 full_result: bool = False, **flags: Any) -> Any:
     """Reconstruct scan file(s) on Ray Data (`ptycho-dist reconstruct`) into `out` and return the
@@ -240,7 +241,7 @@ def reconstruct(model: Any, data: Any, out: str | Path, *, concurrency: int | No
 def live(model: Any, watch: str | Path, out: str | Path, *, publish_seconds: float = 5.0, idle_seconds: float = 30.0,
          start_timeout_s: float = 120.0, inference_batch_size: int | None = None, refine_seconds: float = 0.0,
          fit_patterns: int = 256, concurrency: int | None = None, num_cpus_per_actor: float = 1.0,
-         num_gpus_per_actor: float = 0.0, ray: RayLike = None, progress: bool | None = None, **flags: Any) -> Any:
+         num_gpus_per_actor: float | str = "auto", ray: RayLike = None, progress: bool | None = None, **flags: Any) -> Any:
     """`pt.live` with the network on `concurrency` Ray actors (`ptycho-dist live`): reads the growing HDF5 file
     `watch`, publishes the picture so far into out/live/ every `publish_seconds`, and writes `reconstruct`'s
     products into `out` when the scan is over. `flags` are the Ray session flags. Returns a LiveResult."""

@@ -35,6 +35,7 @@ from ptycho_dist.config import RayConfig
 from ptycho_dist.training.ingest import pattern_ids
 from ptycho_torch.config import ConfigError
 from ptycho_torch.data.scan_files import scan_paths
+from ptycho_torch.logging_setup import show_progress
 from ptycho_torch.model.bundle import load_bundle, resolve_bundle_path
 from ptycho_torch.physics.forward import normalization_factor
 from ptycho_torch.physics.stitching import CanvasSum, stitch_weight
@@ -78,7 +79,7 @@ def reconstruct_distributed(
     *,
     concurrency: int | None = None,
     batch_size: int | None = None,
-    num_gpus_per_actor: float = 0.0,
+    num_gpus_per_actor: float | str = "auto",
     num_cpus_per_actor: float = 1.0,
     dtype: str | None = None,
     block_size: int | None = None,
@@ -103,15 +104,15 @@ def reconstruct_distributed(
     the old spelling of normalization 'scan'), and `grouping` the groups of gridsize > 1 (None = the
     bundle's inference.grouping).
     """
-    from ptycho_dist.cluster.scaling import actor_pool_size
+    from ptycho_dist.cluster.scaling import actor_pool_size, gpus_per_actor
 
     bundle_path = resolve_bundle_path(model).resolve()
     bundle = load_bundle(bundle_path)
     config = bundle.config
     if dtype is not None and dtype not in DTYPES:
         raise ConfigError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
-    if num_cpus_per_actor <= 0 or num_gpus_per_actor < 0:
-        raise ConfigError("--num-cpus-per-actor must be > 0 and --num-gpus-per-actor >= 0")
+    if not num_cpus_per_actor > 0:
+        raise ConfigError(f"--num-cpus-per-actor: got {num_cpus_per_actor}; must be > 0")
     batch = batch_size or config.inference_batch_size
     if batch < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch}")
@@ -133,7 +134,9 @@ def reconstruct_distributed(
 
     with ray_session(ray_config):
         quiet_ray_data(ray_config.verbose)
-        actors = actor_pool_size(ClusterResources.from_ray(), concurrency, num_cpus_per_actor, num_gpus_per_actor)
+        resources = ClusterResources.from_ray()
+        num_gpus_per_actor = gpus_per_actor(num_gpus_per_actor, resources)
+        actors = actor_pool_size(resources, concurrency, num_cpus_per_actor, num_gpus_per_actor)
         n_groups = len(groups)
         rows_per_block = block_size or default_block_size(n_groups, groups.indices.shape[1], scan.N, actors)
         n_blocks = math.ceil(n_groups / rows_per_block)
@@ -156,7 +159,7 @@ def reconstruct_distributed(
         start = time.perf_counter()
         first: float | None = None
         with tqdm(total=n, unit="pattern", desc="reconstruct",
-                  disable=None if progress is None else not progress) as bar:
+                  disable=not show_progress(progress)) as bar:
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 first = first if first is not None else time.perf_counter() - start
                 bar.update(total.add_batch(out))

@@ -80,10 +80,11 @@ def actor_batches(model: str, actors: int, num_cpus_per_actor: float, num_gpus_p
 
 def live_distributed(model: str | Path, watch: str | Path, out: str | Path, options: LiveOptions,
                      ray_config: RayConfig, actors: int | None = None, num_cpus_per_actor: float = 1.0,
-                     num_gpus_per_actor: float = 0.0) -> LiveResult:
+                     num_gpus_per_actor: float | str = "auto") -> LiveResult:
     """`live_reconstruct` with the network pass on Ray actors (`actors` None = as many as the cluster's
-    CPUs (GPUs with num_gpus_per_actor) hold, at most 8)."""
-    from ptycho_dist.cluster.scaling import ClusterResources, actor_pool_size
+    CPUs (GPUs with num_gpus_per_actor) hold, at most 8; num_gpus_per_actor 'auto' = one GPU each when the
+    cluster has GPUs, else CPU)."""
+    from ptycho_dist.cluster.scaling import ClusterResources, actor_pool_size, gpus_per_actor
     from ptycho_dist.cluster.session import ray_session
     from ptycho_torch.model.bundle import resolve_bundle_path
 
@@ -91,7 +92,9 @@ def live_distributed(model: str | Path, watch: str | Path, out: str | Path, opti
     if actors is not None and actors < 1:
         raise ConfigError(f"--concurrency: got {actors}; must be >= 1 (actors running the network)")
     with ray_session(ray_config):
-        k = actor_pool_size(ClusterResources.from_ray(), actors, num_cpus_per_actor, num_gpus_per_actor)
+        resources = ClusterResources.from_ray()
+        num_gpus_per_actor = gpus_per_actor(num_gpus_per_actor, resources)
+        k = actor_pool_size(resources, actors, num_cpus_per_actor, num_gpus_per_actor)
         k = k if actors is not None else min(k, 8)
         log.info("live: the network runs on %d Ray actor(s) (%g CPU, %g GPU each)", k, num_cpus_per_actor,
                  num_gpus_per_actor)

@@ -228,14 +228,15 @@ def read_scan(data: ScanPaths, *, validate: bool = True) -> Scan:
 
 def train(data: ScanPaths | None = None, out: str | Path | None = None, *, config: ConfigLike = None,
           resume: bool | str | Path = False, overwrite: bool = False, allow_other_data: bool = False,
-          callbacks: Sequence[Any] = (), overrides: Mapping[str, Any] | None = None, **flags: Any) -> Any:
+          callbacks: Sequence[Any] = (), loggers: Sequence[Any] = (), overrides: Mapping[str, Any] | None = None,
+          **flags: Any) -> Any:
     """Train on this machine (`ptycho-torch train`): `data` the scan (or data.path of `config`), `out`
     the run directory to create. `resume=True` continues `out` (or `resume=RUN_DIR` that run) from its
     last checkpoint up to the configured epochs, its config.yaml under `config`/`flags`
     (`allow_other_data` lets it continue on other scan files). `flags` are the CLI's run flags as
     keywords (epochs, batch_size, N, gridsize, learning_rate, logger, seed, ...), `overrides` any dotted
-    config field; `callbacks` extra Lightning callbacks. Returns the training.train.TrainResult (run_dir,
-    bundle_path, metrics, history, seconds)."""
+    config field; `callbacks` / `loggers` Lightning Callback / Logger objects added to the configured ones.
+    Returns the training.train.TrainResult (run_dir, bundle_path, metrics, history, seconds)."""
     from ptycho_torch.training.train import train as train_run
 
     base = None
@@ -265,7 +266,7 @@ def train(data: ScanPaths | None = None, out: str | Path | None = None, *, confi
         raise ConfigError("train needs --data SCAN (data=: a scan file, glob or list of files) or data.path in the "
                           "--config file")
     return train_run(resolved, run_dir, resume=base is not None, overwrite=overwrite, callbacks=callbacks,
-                     allow_other_data=allow_other_data)
+                     loggers=loggers, allow_other_data=allow_other_data)
 
 
 # ------------------------------------------------------------------ reconstruct
@@ -321,9 +322,9 @@ def model_source(model: Any) -> Any:
 
 def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Path | None = None, *,
                 diffraction: Any = None, positions: Any = None, object_guess: Any = None,
-                inference_batch_size: int | None = None, device: str = "cpu", probe: Any = "auto",
+                inference_batch_size: int | None = None, device: str = "auto", probe: Any = "auto",
                 normalization: str = "scan", renormalize: bool = False, align_phases: bool = False,
-                refine_seconds: float = 0.0, progress: bool | None = False, with_weight: bool = False,
+                refine_seconds: float = 0.0, progress: bool | None = None, with_weight: bool = False,
                 grouping: str | None = None, refine_probe: bool = False, full_result: bool = False,
                 dtype: str | None = None) -> Any:
     """Reconstruct a scan with a trained model (`ptycho-torch reconstruct`) and return the object,
@@ -335,7 +336,7 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     pixels (with optional `object_guess` (H, W), see scan_from_arrays). Both give the same numbers for
     the same patterns. With `out` the reconstruction directory is written as on the command line
     (object.npz, PNGs, products, metrics.json with a ground truth). The other keywords are the CLI
-    flags: inference_batch_size (patterns per batch), device ('cpu', 'cuda:0'), probe ('auto', 'scan',
+    flags: inference_batch_size (patterns per batch), device ('auto' = a GPU when there is one, 'cpu', 'cuda:0'), probe ('auto', 'scan',
     'model'; with arrays also the probe of those frames, (N, N) or (P, N, N) complex, which then is
     their 'scan' probe; arrays without one take the model's), normalization ('scan' = r of these
     patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s), refine_probe, grouping
@@ -347,7 +348,7 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     from ptycho_torch.reconstruction.reconstruct import reconstruct as reconstruct_scan
 
     check_batch_size(inference_batch_size)
-    check_device(device)
+    device = resolve_device(device)
     if dtype not in (None, "auto", "float32", "bfloat16"):
         raise UserError(f"--dtype: got {dtype!r}; choose auto, float32 or bfloat16")
     if refine_seconds < 0:
@@ -435,7 +436,7 @@ def evaluate(recon: Any, truth: Any, *, weight: Any = None, out: str | Path | No
 def solve(data: ScanPaths | Scan | None, out: str | Path | None = None, *, seconds: float | None = 60.0,
           epochs: int | None = None, probe: str = "file", modes: int = 1, positions: bool = False,
           fixed_probe: bool = False, half_scan: bool = False, batch: int = 16, seed: int = 0, device: str = "auto",
-          progress: bool | None = False, fit_patterns: int | None = None, config: ConfigLike = None,
+          progress: bool | None = None, fit_patterns: int | None = None, config: ConfigLike = None,
           overrides: Mapping[str, Any] | None = None) -> Any:
     """Reconstruct object and probe iteratively (`ptycho-torch solve`): no model, the first answer on
     a measured scan, the probe to train with, the resolution by half-scan FRC.

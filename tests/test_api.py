@@ -173,3 +173,43 @@ def test_network_dtype_auto_is_bfloat16_only_where_the_device_computes_it(run, t
         assert json.loads(str(z["metadata"]))["dtype"] == network_dtype("auto", "cpu")
     with pytest.raises(UserError, match="--dtype: got 'float16'"):
         pt.reconstruct(run, tiny_scan, tmp_path / "bad", dtype="float16")
+
+
+def test_train_takes_lightning_logger_and_callback_objects(tiny_scan, tmp_path):
+    """`pt.train(loggers=[...], callbacks=[...])`: a user's own Lightning Logger receives the run's
+    metrics next to the configured csv logger, a user's Callback runs; other objects are one line."""
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.loggers import Logger
+
+    class Recording(Logger):
+        name, version = "recording", 0
+
+        def __init__(self):
+            super().__init__()
+            self.metrics: list[dict] = []
+            self.params = None
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.append(dict(metrics))
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            self.params = params
+
+    class CountEpochs(Callback):
+        epochs = 0
+
+        def on_train_epoch_end(self, trainer, module):
+            CountEpochs.epochs += 1
+
+    mine = Recording()
+    result = pt.train(tiny_scan, tmp_path / "run", loggers=[mine], callbacks=[CountEpochs()],
+                      **{**TINY, "logger": "csv", "epochs": 2})
+    assert CountEpochs.epochs == 2
+    assert any("train_loss" in m for m in mine.metrics) and any("val_loss" in m for m in mine.metrics)
+    assert mine.params is not None  # the run's hyper-parameters (the RunConfig)
+    assert list((result.run_dir / "logs").glob("version_*/metrics.csv"))  # the configured logger kept
+    with pytest.raises(ConfigError, match="loggers: expected Logger objects.*the class Recording"):
+        pt.train(tiny_scan, tmp_path / "bad", loggers=[Recording], **TINY)
+    with pytest.raises(ConfigError, match="callbacks: expected Callback objects.*a Recording"):
+        pt.train(tiny_scan, tmp_path / "bad", callbacks=[mine], **TINY)
+    assert not (tmp_path / "bad").exists()

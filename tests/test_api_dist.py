@@ -37,6 +37,9 @@ def test_train_reconstruct_and_tune_over_ray(ray_local, tiny_scan, tmp_path):
                      config=pt.api.run_config(None, **TINY))
     assert result.complete and len(result.trials) == 1 and result.best_config is not None
     assert result.best_config.trainer.max_epochs == 1
+    # Ray Tune's own ResultGrid, for users who know Tune's API: the same trial, the same best metric
+    best = result.result_grid.get_best_result(metric="val_loss", mode="min")
+    assert len(result.result_grid) == 1 and best.metrics["val_loss"] == pytest.approx(result.best.last_value)
 
 
 def test_unknown_keywords_are_one_clear_error(tmp_path):

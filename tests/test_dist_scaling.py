@@ -19,9 +19,11 @@ from ptycho_dist.cluster.scaling import (
     POLL_INTERVAL_ENV,
     START_TIMEOUT_ENV,
     ClusterResources,
+    actor_pool_size,
     check_request,
     checkpoint_config,
     failure_config,
+    gpus_per_actor,
     lightning_strategy,
     plan_scaling,
     run_config,
@@ -291,3 +293,26 @@ def test_embedded_ray_is_a_new_local_one_even_beside_a_running_cluster(monkeypat
         pass
     assert calls[0]["address"] == "local" and calls[0]["num_cpus"] == 2
     assert calls[1]["address"] == "auto" and "num_cpus" not in calls[1]
+
+
+def test_inference_actors_take_a_gpu_each_when_the_cluster_has_one():
+    """--num-gpus-per-actor auto (the default of `ptycho-dist reconstruct` and `live`): CUDA when the
+    cluster has GPUs, the CPU otherwise; numbers pass through; anything else is one clear line."""
+    from ptycho_dist.cli import build_parser
+    from ptycho_dist.cli.flags import gpu_count
+
+    cpu_only, with_gpus = ClusterResources.single_node(8), ClusterResources.single_node(8, gpus=2)
+    assert gpus_per_actor("auto", cpu_only) == 0.0 and gpus_per_actor("auto", with_gpus) == 1.0
+    assert gpus_per_actor(0.5, with_gpus) == 0.5 and gpus_per_actor("0.25", cpu_only) == 0.25
+    assert actor_pool_size(with_gpus, None, 1.0, gpus_per_actor("auto", with_gpus)) == 2
+    for bad in ("many", -1.0, float("nan")):
+        with pytest.raises(ConfigError, match="--num-gpus-per-actor"):
+            gpus_per_actor(bad, with_gpus)
+    assert gpu_count("AUTO") == "auto" and gpu_count("0.5") == 0.5
+    parser = build_parser()
+    for command in ("reconstruct", "live"):
+        args = parser.parse_args([command, "--model", "m", "--out", "o",
+                                  *(["--data", "s.h5"] if command == "reconstruct" else ["--watch", "s.h5"])])
+        assert args.num_gpus_per_actor == "auto", command
+    with pytest.raises(SystemExit):
+        parser.parse_args(["reconstruct", "--model", "m", "--out", "o", "--data", "s", "--num-gpus-per-actor", "x"])

@@ -181,3 +181,45 @@ def test_evaluate_clear_errors(tmp_path):
         evaluate(small, tmp_path / "two.npz")
     with pytest.raises(FileNotFoundError):
         evaluate(tmp_path / "missing.npz", tmp_path / "truth.npz")
+
+
+def test_frc_in_nm_when_the_object_pixel_size_is_known(tmp_path):
+    """An object.npz that records its pixel size gives the FRC resolutions in nm (metrics.json, the
+    plot's labels); one without it stays in pixels."""
+    rng = np.random.default_rng(5)
+    truth = smooth_object()
+    weight = scanned_weight(truth.shape)
+    recon = (truth + 0.05 * (rng.standard_normal(truth.shape) + 1j * rng.standard_normal(truth.shape)))
+    recon = recon.astype(np.complex64)
+    np.save(tmp_path / "truth.npy", truth)
+    pixel_m = 12.5e-9
+    (tmp_path / "nm").mkdir()
+    path = tmp_path / "nm" / "object.npz"
+    np.savez(path, object=recon, weight=weight, pixel_size_m=np.float64(pixel_m))
+    with_nm = evaluate(path, tmp_path / "truth.npy", None)
+    stored = json.loads((tmp_path / "nm" / "metrics.json").read_text())
+    for key in ("half", "17"):
+        px = stored[f"frc_{key}_resolution_px"]
+        assert stored[f"frc_{key}_resolution_nm"] == pytest.approx(px * 12.5)
+        assert stored["frc"][f"resolution_{key}_nm"] == pytest.approx(px * 12.5)
+    assert with_nm["frc"]["pixel_size_m"] == pytest.approx(pixel_m)
+    (tmp_path / "px").mkdir()
+    plain = write_recon(tmp_path / "px" / "object.npz", recon, weight)
+    without = evaluate(plain, tmp_path / "truth.npy", None)
+    assert "frc_half_resolution_nm" not in without and "pixel_size_m" not in without["frc"]
+    assert without["frc_half_resolution_px"] == pytest.approx(with_nm["frc_half_resolution_px"])
+    labels = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.legend
+
+    def keep_labels(self, *args, **kwargs):
+        labels.extend(h.get_label() for h in self.get_legend_handles_labels()[0])
+        return original(self, *args, **kwargs)
+
+    matplotlib.axes.Axes.legend = keep_labels
+    try:
+        plots.save_frc_plot(with_nm["frc"], tmp_path / "frc_nm.png")
+    finally:
+        matplotlib.axes.Axes.legend = original
+    assert any(" nm)" in label for label in labels), labels

@@ -26,3 +26,16 @@ def ray_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "verbose", False):
         out["verbose"] = True
     return out
+
+
+def gpu_count(text: str) -> float | str:
+    """--num-gpus-per-actor: 'auto' or a number >= 0 (argparse type)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number >= 0, got {text!r}")
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ptycho_dist.cli.flags import add_ray_flags, ray_overrides
+from ptycho_dist.cli.flags import add_ray_flags, gpu_count, ray_overrides
 
 
 def cmd_live(args: argparse.Namespace) -> None:
@@ -36,8 +36,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="actors running the network (default: as many as the cluster's CPUs/GPUs fit, at most 8)")
     p.add_argument("--num-cpus-per-actor", type=float, default=1.0,
                    help="CPUs per actor, also its torch threads (default: 1)")
-    p.add_argument("--num-gpus-per-actor", type=float, default=0.0,
-                   help="GPUs per actor; > 0 runs the network on CUDA (default: 0)")
+    p.add_argument("--num-gpus-per-actor", type=gpu_count, default="auto",
+                   help="GPUs per actor: auto = one each when the cluster has GPUs (the network on CUDA), else "
+                        "0 (CPU); fractions share a GPU (default: auto)")
     add_ray_flags(p)
     p.set_defaults(func=cmd_live)
     return p

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ptycho_dist.cli.flags import add_ray_flags, ray_overrides
+from ptycho_dist.cli.flags import add_ray_flags, gpu_count, ray_overrides
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> None:
@@ -50,8 +50,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--inference-batch-size", dest="batch_size", type=_positive_int, default=None,
                    help="patterns per network batch (default: the bundle's inference.batch_size, "
                         "else training.batch_size)")
-    p.add_argument("--num-gpus-per-actor", type=float, default=0.0,
-                   help="GPUs per actor; > 0 runs the network on CUDA, fractions share a GPU (default: 0)")
+    p.add_argument("--num-gpus-per-actor", type=gpu_count, default="auto",
+                   help="GPUs per actor: auto = one each when the cluster has GPUs (the network on CUDA), else "
+                        "0 (CPU); fractions share a GPU (default: auto)")
     p.add_argument("--num-cpus-per-actor", type=float, default=1.0,
                    help="CPUs per actor, also its torch threads (default: 1)")
     p.add_argument("--dtype", choices=DTYPES, default=None,

@@ -125,6 +125,27 @@ def fit_count(available: Mapping[str, float], need: Mapping[str, float]) -> int:
     return min(counts) if counts else 10**6
 
 
+GpuRequest = Any  # float >= 0 GPUs per actor, or the string "auto"
+
+
+def gpus_per_actor(asked: GpuRequest, resources: ClusterResources) -> float:
+    """GPUs per inference actor: 'auto' = one GPU each when the cluster has a whole GPU (the network on
+    CUDA), else 0 (CPU); a number is taken as given (checked >= 0, and against the cluster by
+    `actor_pool_size`)."""
+    if isinstance(asked, str):
+        if asked.strip().lower() != "auto":
+            try:
+                asked = float(asked)
+            except ValueError:
+                raise ConfigError(f"--num-gpus-per-actor: got {asked!r}; give auto or a number >= 0") from None
+        else:
+            return 1.0 if resources.gpus >= 1 else 0.0
+    value = float(asked)
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"--num-gpus-per-actor: got {asked!r}; give auto or a number >= 0 (0 = CPU)")
+    return value
+
+
 def actor_pool_size(resources: ClusterResources, asked: int | None, cpus: float, gpus: float) -> int:
     """Inference actors of (cpus, gpus) each: `asked`, checked against the nodes, or as many as fit
     (an actor pool that cannot be placed waits forever in Ray, so it is refused here)."""

@@ -70,6 +70,9 @@ class SweepResult:
     best: TrialRecord | None = None  # the best trial (None if no trial completed)
     best_config: RunConfig | None = None
     files: dict[str, Path] = field(default_factory=dict)  # trials.csv, best_config.yaml, best/, trials.png
+    # Ray Tune's own ray.tune.ResultGrid of the sweep (get_best_result, get_dataframe, errors, each
+    # Result's checkpoint and metrics_dataframe), for users who know Tune's API; None when not run by Tune
+    result_grid: Any = field(default=None, repr=False)
 
 
 def rows_by_trial(frame: Any) -> dict[str, dict[str, Any]]:

@@ -291,8 +291,10 @@ def run_sweep(base_config: RunConfig | None, sweep: SweepConfig | None, out_dir:
 def write_results(result_grid: Any, base: RunConfig, sweep: SweepConfig, experiment: str,
                   out_dir: Path) -> SweepResult:
     """trials.csv, trials.png, best_config.yaml and best/ in `out_dir` from a Tune ResultGrid
-    (ptycho_dist.sweeps.results.write_sweep_results)."""
+    (ptycho_dist.sweeps.results.write_sweep_results); the result keeps the ResultGrid (`result_grid`)."""
     from ptycho_dist.sweeps.report import collect_trials, copy_run
 
     records = collect_trials(result_grid, sweep.metric, sweep.mode, sweep.epochs_per_trial(base), experiment)
-    return write_sweep_results(records, base, sweep, experiment, out_dir, copy_run)
+    result = write_sweep_results(records, base, sweep, experiment, out_dir, copy_run)
+    result.result_grid = result_grid
+    return result

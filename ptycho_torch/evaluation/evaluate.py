@@ -48,6 +48,17 @@ def load_recon(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return obj.astype(np.complex64, copy=False), weight.astype(np.float32, copy=False)
 
 
+def recon_pixel_size(path: Path) -> float | None:
+    """The object pixel size in metres an object.npz records (`pixel_size_m`), or None."""
+    from ptycho_torch.data.npz_files import open_npz
+
+    with open_npz(Path(path)) as z:
+        if "pixel_size_m" not in z.files:
+            return None
+        value = float(np.asarray(z["pixel_size_m"]).reshape(-1)[0])
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def _no_truth(path: Path) -> ValueError:
     return ValueError(f"the scan {path} has no ground truth (objectGuess); evaluate needs a simulated scan "
                       "or a reference object (.npy, or .npz with objectGuess/object)")
@@ -128,20 +139,22 @@ def evaluate(recon_path: Path, truth_path: Path, out: Path | None = None, plane_
     recon_path, truth_path = Path(recon_path), Path(truth_path)
     obj, weight = load_recon(recon_path)
     return score(obj, weight, load_truth(truth_path), recon_path, truth_path, out, plane_fit,
-                 weight_threshold=weight_threshold, erode_px=erode_px, plots=plots)
+                 weight_threshold=weight_threshold, erode_px=erode_px, plots=plots,
+                 pixel_size_m=recon_pixel_size(recon_path))
 
 
 def score(obj: np.ndarray, weight: np.ndarray, truth: np.ndarray, recon_path: Path, truth_path: Path | None,
           out: Path | None = None, plane_fit: bool = False, *, weight_threshold: float = 0.1, erode_px: int = 0,
-          plots: bool = True) -> dict[str, Any]:
+          plots: bool = True, pixel_size_m: float | None = None) -> dict[str, Any]:
     """`evaluate` on arrays already in memory: object and weight (H, W) of a reconstruction, truth
-    (H, W) complex; the paths only label the result (and place metrics.json when `out` is None)."""
+    (H, W) complex; the paths only label the result (and place metrics.json when `out` is None). With
+    the object pixel size (metres) the FRC resolutions are in nm as well (metrics and frc.png)."""
     recon_path = Path(recon_path)
     if obj.shape != truth.shape:
         raise UserError(f"reconstruction {recon_path} has shape {obj.shape} but the ground truth {truth_path} "
                          f"has shape {truth.shape}; both must be in the scan's pixel frame (docs/data_format.md)")
     metrics = evaluate_reconstruction(obj, truth, weight, plane_fit, weight_threshold=weight_threshold,
-                                      erode_px=erode_px)
+                                      erode_px=erode_px, pixel_size_m=pixel_size_m)
     metrics = {**metrics, "recon": str(recon_path), "truth": str(truth_path)}
     out = Path(out) if out is not None else recon_path.parent / "metrics.json"
     from ptycho_torch.safe_output import atomic_write_text
@@ -154,6 +167,15 @@ def score(obj: np.ndarray, weight: np.ndarray, truth: np.ndarray, recon_path: Pa
                       title=f"FRC of the reconstruction vs ground truth ({metrics['n_pixels']} px)")
         save_comparison(obj, truth, out.parent / "comparison.png", weight=weight, plane_fit=plane_fit,
                         weight_threshold=weight_threshold, erode_px=erode_px)
-    log.info("evaluated %s: amplitude SSIM %.3f, phase SSIM %.3f, FRC(0.5) %.1f px", recon_path,
-             metrics["amplitude_ssim"], metrics["phase_ssim"], metrics["frc_half_resolution_px"])
+    log.info("evaluated %s: amplitude SSIM %.3f, phase SSIM %.3f, FRC(0.5) %s", recon_path,
+             metrics["amplitude_ssim"], metrics["phase_ssim"], frc_text(metrics))
     return metrics
+
+
+def frc_text(metrics: dict[str, Any], key: str = "half") -> str:
+    """'3.2 px' or '3.2 px = 41.0 nm': the FRC resolution at threshold `key` ('half', '17') of a metrics dict."""
+    px = metrics.get(f"frc_{key}_resolution_px")
+    if px is None:
+        return "n/a"
+    nm = metrics.get(f"frc_{key}_resolution_nm")
+    return f"{px:.1f} px" + (f" = {nm:.1f} nm" if nm is not None else "")

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 __all__ = [
     "align_phase", "match_amplitude_scale", "psnr", "ssim", "frc", "scanned_region", "AlignedPair",
-    "align_pair", "evaluate_reconstruction",
+    "align_pair", "evaluate_reconstruction", "resolution_in_nm",
 ]
 
 FRC_HALF = 0.5
@@ -353,9 +353,19 @@ def _data_range(values: np.ndarray, fallback: float, fallback_kind: str) -> tupl
     return (span, "span") if span > 1e-6 * float(np.abs(values).max()) else (fallback, fallback_kind)
 
 
+def resolution_in_nm(result: dict[str, Any], pixel_size_m: float | None) -> dict[str, Any]:
+    """`result` with `resolution_<key>_nm` added for every `resolution_<key>_px` (one full period)
+    when the object pixel size (metres) is known; unchanged otherwise."""
+    if not pixel_size_m:
+        return result
+    nm = {k[:-3] + "_nm": float(v) * pixel_size_m * 1e9 for k, v in result.items()
+          if k.startswith("resolution_") and k.endswith("_px")}
+    return {**result, **nm, "pixel_size_m": float(pixel_size_m)}
+
+
 def evaluate_reconstruction(recon: np.ndarray, truth: np.ndarray, weight: np.ndarray | None = None,
                             plane_fit: bool = False, *, weight_threshold: float = 0.1, erode_px: int = 0,
-                            frc_taper_px: float = 8.0) -> dict[str, Any]:
+                            frc_taper_px: float = 8.0, pixel_size_m: float | None = None) -> dict[str, Any]:
     """Score a complex reconstruction (H, W) against the ground truth (H, W), same pixel frame.
 
     Steps: restrict to the scanned region (weight > weight_threshold * max, eroded by `erode_px`;
@@ -365,7 +375,8 @@ def evaluate_reconstruction(recon: np.ndarray, truth: np.ndarray, weight: np.nda
         max when the truth amplitude is uniform to 1e-6 relative, e.g. a pure phase object);
       phase PSNR/SSIM (rad) with data_range = max - min of the truth phase in the region (or 2 pi
         when the truth phase is uniform); phase errors are wrapped to (-pi, pi];
-      FRC of the aligned complex images (see `frc`).
+      FRC of the aligned complex images (see `frc`), in nm as well when `pixel_size_m` (the object
+        pixel size, metres) is known (frc_half_resolution_nm, frc_17_resolution_nm).
     Returns a JSON-friendly dict of floats/ints/bools/lists; PSNR is inf for a perfect match.
     """
     p = align_pair(recon, truth, weight, plane_fit, weight_threshold, erode_px)
@@ -375,8 +386,10 @@ def evaluate_reconstruction(recon: np.ndarray, truth: np.ndarray, weight: np.nda
         raise ValueError("the ground-truth amplitude is zero everywhere in the scanned region")
     ph_range, ph_kind = _data_range(p.truth_phase[m], 2 * np.pi, "2pi")
     phase_err = p.recon_phase[m] - p.truth_phase[m]
-    f = frc(p.recon, p.truth, m, taper_px=frc_taper_px)
-    return {
+    f = resolution_in_nm(frc(p.recon, p.truth, m, taper_px=frc_taper_px), pixel_size_m)
+    nm = {f"frc_{key}_resolution_nm": f[f"resolution_{key}_nm"] for key in ("half", "17")
+          if f"resolution_{key}_nm" in f}
+    return {**nm,
         "amplitude_psnr": psnr(p.recon_amp, p.truth_amp, amp_range, m),
         "amplitude_ssim": ssim(p.recon_amp, p.truth_amp, amp_range, m),
         "phase_psnr": psnr(p.recon_phase, p.truth_phase, ph_range, m),

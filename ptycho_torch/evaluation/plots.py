@@ -156,9 +156,16 @@ def save_comparison(recon: np.ndarray, truth: np.ndarray, path: str | Path, weig
 
 
 def save_frc_plot(frc_result: Mapping[str, Any], path: str | Path, title: str = "Fourier ring correlation") -> Path:
-    """FRC curve (from `metrics.frc`) against frequency (cycles/px) with the 0.5 and 1/7 thresholds."""
+    """FRC curve (from `metrics.frc`) against frequency (cycles/px) with the 0.5 and 1/7 thresholds;
+    when the result carries `pixel_size_m` (metrics.resolution_in_nm), the resolutions read in nm too
+    and a top axis gives the frequency in 1/um."""
     freq = np.asarray(frc_result["freq"], dtype=float)
     curve = np.asarray(frc_result["curve"], dtype=float)
+    pixel_m = frc_result.get("pixel_size_m")
+
+    def period(px: float) -> str:
+        return f"{px:.1f} px" + (f" = {px * pixel_m * 1e9:.0f} nm" if pixel_m else "")
+
     fig, ax = _figure(size=(6.5, 4.5))
     a = ax[0, 0]
     a.plot(freq, curve, color="C0", lw=1.5, label="FRC")
@@ -167,14 +174,18 @@ def save_frc_plot(frc_result: Mapping[str, Any], path: str | Path, title: str = 
         f = frc_result.get(f"threshold_{key}")
         if f is not None and frc_result.get(f"crossed_{key}", True):
             a.axvline(f, color=color, ls=":", lw=1,
-                      label=f"{name}: {f:.3f} cycles/px ({1 / f:.1f} px)")
+                      label=f"{name}: {f:.3f} cycles/px ({period(1 / f)})")
         elif f is not None:
-            a.plot([], [], " ", label=f"{name}: not reached (resolution <= {1 / f:.1f} px)")
+            a.plot([], [], " ", label=f"{name}: not reached (resolution <= {period(1 / f)})")
     if "threshold_halfbit" in frc_result:  # a half-scan FRC: the half-bit curve and its crossing
         halfbit = np.asarray(frc_result["threshold_halfbit"], dtype=float)[: len(freq)]
         a.plot(freq[: len(halfbit)], halfbit, color="C3", ls="--", lw=1, label="half-bit threshold")
         a.axvline(1 / frc_result["resolution_halfbit_px"], color="C3", ls=":", lw=1,
-                  label=f"half-bit: {frc_result['resolution_halfbit_px']:.1f} px")
+                  label=f"half-bit: {period(frc_result['resolution_halfbit_px'])}")
+    if pixel_m:  # cycles/px -> cycles/um
+        per_um = 1.0 / (pixel_m * 1e6)
+        top = a.secondary_xaxis("top", functions=(lambda f: f * per_um, lambda g: g / per_um))
+        top.set_xlabel(f"spatial frequency (1/um; object pixel {pixel_m * 1e9:.3g} nm)")
     a.set_xlim(0, max(0.5, float(freq.max()) if freq.size else 0.5))
     a.set_ylim(min(-0.1, float(np.nanmin(curve)) if curve.size else 0.0), 1.05)
     a.set_xlabel("spatial frequency (cycles/pixel)")

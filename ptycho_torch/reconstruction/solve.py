@@ -25,6 +25,7 @@ from ptycho_torch.data.beamline import ReadOptions
 from ptycho_torch.data.scan import ScanData
 from ptycho_torch.data.scan_files import Scan, ScanPaths, read_scans, scan_paths
 from ptycho_torch.errors import UserError
+from ptycho_torch.logging_setup import show_progress
 from ptycho_torch.reconstruction.solver import PROBE_CHOICES
 from ptycho_torch.reconstruction.solver.engine import Solution, SolverOptions, canvas_weight, solve
 from ptycho_torch.safe_output import writes_whole_dir
@@ -109,7 +110,7 @@ def _run(scan: Scan, probe: np.ndarray, options: SolverOptions, seconds: float |
          device: str, progress: bool | None, desc: str, shape: tuple[int, int] | None = None) -> Solution:
     total = epochs if epochs is not None else seconds
     unit = "epoch" if epochs is not None else "s"
-    with tqdm(total=total, unit=unit, desc=desc, disable=None if progress is None else not progress,
+    with tqdm(total=total, unit=unit, desc=desc, disable=not show_progress(progress),
               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]") as bar:
         def report(epoch: int, error: float, elapsed: float) -> None:
             bar.n = epoch if epochs is not None else min(elapsed, total)

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from ptycho_torch.config import ConfigError, RunConfig, save_run_config
 from ptycho_torch.data.dataset import PtychoDataModule
+from ptycho_torch.logging_setup import show_progress
 from ptycho_torch.model.bundle import BUNDLE_NAME, save_bundle
 from ptycho_torch.model.checkpoints import (
     CHECKPOINT_DIR,
@@ -126,6 +126,23 @@ def build_logger(config: RunConfig, run_dir: Path) -> Any:
                         tracking_uri=f"sqlite:///{store / 'mlflow.db'}", artifact_location=store.as_uri())
 
 
+def check_extensions(callbacks: Sequence[Any], loggers: Sequence[Any]) -> None:
+    """One line when `callbacks` are not Lightning Callback objects or `loggers` not Lightning Logger
+    objects (a class instead of an instance, a string, a logger among the callbacks)."""
+    from lightning.pytorch.loggers import Logger
+
+    for label, items, kind, where in (("callbacks", callbacks, Callback, "lightning.pytorch.callbacks"),
+                                      ("loggers", loggers, Logger, "lightning.pytorch.loggers")):
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise ConfigError(f"{label}: expected a list of {kind.__name__} objects ({where}), got "
+                              f"{type(items).__name__}")
+        for item in items:
+            if not isinstance(item, kind):
+                what = f"the class {item.__name__} (instantiate it)" if isinstance(item, type) else \
+                    f"a {type(item).__name__}"
+                raise ConfigError(f"{label}: expected {kind.__name__} objects ({where}.*), got {what}")
+
+
 def build_callbacks(config: RunConfig, run_dir: Path) -> list[Callback]:
     """LearningRate (Lightning's LearningRateMonitor), History, EpochSummary, ReconstructionImages
     (every logging.log_images_every_n_epochs, with a logger), ModelCheckpoint (top-k by the
@@ -159,7 +176,7 @@ def trainer_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
         **t.to_dict(),
         "accelerator": resolve_accelerator(t.accelerator),
         "max_time": t.max_time_delta,
-        "enable_progress_bar": t.enable_progress_bar if t.enable_progress_bar is not None else sys.stderr.isatty(),
+        "enable_progress_bar": show_progress(t.enable_progress_bar),
         "logger": build_logger(config, run_dir),
         "callbacks": build_callbacks(config, run_dir),
         "default_root_dir": str(run_dir),
@@ -171,12 +188,16 @@ def trainer_kwargs(config: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 def build_trainer(config: RunConfig, run_dir: Path, **overrides: Any) -> L.Trainer:
     """The Lightning Trainer of a run. `overrides` replace derived arguments (the Ray adapter passes
-    its strategy, plugins and devices); `extra_callbacks` are appended to the derived callbacks."""
+    its strategy, plugins and devices); `extra_callbacks` are appended to the derived callbacks and
+    `extra_loggers` to the configured logger (which stays first: trainer.logger and logs/ keep it)."""
     if os.environ.get("PTYCHO_QUIET_LIGHTNING") == "1":
         for name in ("lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).setLevel(logging.WARNING)
     kwargs = trainer_kwargs(config, Path(run_dir))
     kwargs["callbacks"] = kwargs["callbacks"] + list(overrides.pop("extra_callbacks", []))
+    extra_loggers = list(overrides.pop("extra_loggers", []))
+    if extra_loggers:
+        kwargs["logger"] = ([kwargs["logger"]] if kwargs["logger"] else []) + extra_loggers
     if "plugins" in overrides:  # e.g. Ray's cluster environment: keep the atomic checkpoint writer
         overrides["plugins"] = list(overrides["plugins"]) + kwargs["plugins"]
     kwargs.update(overrides)
@@ -311,7 +332,7 @@ class Launch:
 
 
 def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          callbacks: Sequence[Callback] = (), launch: Launch | None = None,
+          callbacks: Sequence[Callback] = (), loggers: Sequence[Any] = (), launch: Launch | None = None,
           allow_other_data: bool = False) -> TrainResult:
     """Train on `config.data.path`, writing everything into `run_dir` (see module docstring).
 
@@ -320,12 +341,15 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
     (continue from its newest intact checkpoint, optimizer, scheduler and epoch counter restored, up
     to `config.trainer.max_epochs`) or `overwrite` (the old run is moved aside, never deleted).
     SIGTERM/SIGINT save a resumable checkpoint and raise `TrainingInterrupted`. `callbacks` are extra
-    Lightning callbacks (e.g. benchmark timers), appended after the derived ones. With `launch`, a
+    Lightning callbacks (e.g. benchmark timers), appended after the derived ones; `loggers` extra
+    Lightning loggers (W&B, Comet, a custom one) that receive the same metrics as the configured
+    logging.logger (check_extensions says in one line when an object is neither). With `launch`, a
     launcher owns the processes and `run_dir` (see Launch); `resume` and `overwrite` are then unused.
     The data paths are made absolute, a new run records its scan files (data_files.json) and a resume on
     other files is refused unless `allow_other_data` (training.data_binding).
     """
     run_dir = Path(run_dir)
+    check_extensions(callbacks, loggers)
     with interruptible() as signals:
         if launch is None:
             check_local_execution(config)
@@ -365,7 +389,7 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, overw
                     bind_run_to_data(run_dir, config)
             saver = SaveOnInterrupt(signals, run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT, resume_hint(run_dir))
             trainer = build_trainer(config, run_dir, extra_callbacks=[*callbacks, *([saver] if launch is None else [])],
-                                    **(launch.trainer if launch is not None else {}))
+                                    extra_loggers=list(loggers), **(launch.trainer if launch is not None else {}))
             log.info("training on %d groups (%d for validation), r = %.4g, %s x %s on %s",
                      len(datamodule.train_groups), len(datamodule.val_groups or []), datamodule.norm_factor,
                      trainer.num_devices, trainer.num_nodes, trainer.accelerator.__class__.__name__)

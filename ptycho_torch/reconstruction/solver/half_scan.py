@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ptycho_torch.evaluation.metrics import FRC_17, align_phase, frc, scanned_region
+from ptycho_torch.evaluation.metrics import FRC_17, align_phase, frc, resolution_in_nm, scanned_region
 
 
 def interleaved_halves(n_patterns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +90,4 @@ def half_scan_frc(obj_a: np.ndarray, obj_b: np.ndarray, weight_a: np.ndarray, we
     out = {**result, "shift_px": [dy, dx], "threshold_halfbit": halfbit.tolist(), "threshold_17_value": FRC_17,
            "resolution_halfbit_px": 1.0 / f_hb, "crossed_halfbit": bool(below.size),
            "region_pixels": int(region.sum())}
-    if pixel_size_m:
-        out["resolution_17_nm"] = out["resolution_17_px"] * pixel_size_m * 1e9
-        out["resolution_halfbit_nm"] = out["resolution_halfbit_px"] * pixel_size_m * 1e9
-    return out
+    return resolution_in_nm(out, pixel_size_m)
