@@ -63,10 +63,16 @@ class DataConfig(ConfigSection):
         None, "HDF5 dataset path of each role, for any layout (and over what CXI / NeXus discovery finds), e.g. "
         "{frames: /scan/ccd, x: /scan/samx, y: /scan/samy, energy: /scan/energy, distance: /scan/det_z, "
         "detector_pixel: /scan/pixel}; roles: frames, translation, x, y, xcoords, ycoords, energy, wavelength, "
-        "distance, detector_pixel, detector_pixel_y, probe, mask")
+        "distance, detector_pixel, detector_pixel_y, probe, mask. A role may live in another file (a relative "
+        "path starts at the scan file's folder): OTHER.h5::/path (any role but frames; a `units` attribute as in "
+        "the scan file), a text table of positions for translation / x / y (metres) or xcoords / ycoords (object "
+        "pixels): positions.csv (.txt, .dat; a header such as `x_um,y_um` or a `# units: um` line says the unit; "
+        "options after '::': x=COLUMN y=COLUMN units=UNIT), or a Ptychodus product.h5 (its probe_position_x_m / "
+        "probe_position_y_m)")
     probe: Optional[str] = config_field(
-        None, "probe to use instead of the file's: a .npy file or FILE.h5::/dataset, complex (N, N), (P, N, N) or "
-        "sampled for the full detector frames")
+        None, "probe to use instead of the file's: a .npy file, FILE.h5::/dataset, or a Ptychodus product file "
+        "(product.h5: its probe, the first OPR mode), complex (N, N), (P, N, N) or sampled for the full detector "
+        "frames")
     mask: Optional[str] = config_field(
         None, "detector mask, nonzero = excluded pixel (bad pixel, beamstop): a .npy file or FILE.h5::/dataset of "
         "the detector's frame shape (replaces a mask in the file); masked pixels read as 0 and are left out of "
@@ -103,6 +109,14 @@ class DataConfig(ConfigSection):
             unknown = sorted(set(self.datasets) - set(ROLES))
             if unknown:
                 self._fail("datasets", f"unknown role(s) {', '.join(map(str, unknown))}; roles are {', '.join(ROLES)}")
+            for role, where in self.datasets.items():
+                head, sep, tail = where.partition("::")
+                if not where.strip() or sep and not (head.strip() and tail.strip()):
+                    self._fail("datasets", f"{role}: got {where!r}; give a dataset path, OTHER.h5::/path/in/it or "
+                               "positions.csv[::units=um]")
+                if role == "frames" and sep:
+                    self._fail("datasets", f"frames: got {where!r}; frames are read from the scan file itself: give "
+                               f"--data {where}, and the other roles as FIRST.h5::/path")
         if self.beam_center is not None and len(self.beam_center) != 2:
             self._fail("beam_center", f"got {self.beam_center}; expected [row, column]")
         for name in ("energy_ev", "distance_m", "detector_pixel_m"):

@@ -13,6 +13,8 @@ network reads (groups, datasets); simulated scans.
     beamline.py           beamline HDF5 (CXI, NeXus, any layout by dataset paths) read as a ScanData
     cxi_files.py          where each role lives in a CXI file
     nexus_files.py        where each role lives in a NeXus file (NX_class attributes)
+    ptychodus_files.py    Ptychodus product files (product.h5): is_product, read_product (data.probe takes one)
+    position_files.py     roles in another file: OTHER.h5::/path, a positions table, a Ptychodus product
     detector.py           detector frames as the model reads them (counts -> amplitudes, flips, crop/bin, mask)
     scan_writer.py        write_scan: NPZ or HDF5 by suffix, validated first, written atomically
     corpus.py             read_training_scans: files as one scan or as separate scans (ScanCorpus)

@@ -14,6 +14,9 @@ A finder (cxi_files, nexus_files, or none) says where each *role* lives in the f
     probe           (Fr, Fc), (N, N) or (P, ., .) complex probe
     mask            (Fr, Fc) detector mask, nonzero = excluded pixel (CXI / NeXus pixel_mask convention)
 
+A data.datasets value may name another file (position_files.py): OTHER.h5::/path (any role but frames),
+a text table of positions (positions.csv[::x=COL y=COL units=um]) or a Ptychodus product (product.h5).
+
 What is converted: frames are cropped around the beam centre (`data.beam_center`, else the centroid
 of the mean pattern) or binned then cropped (`data.frame_fit`) to N x N, lazily as rows are read;
 counts become sqrt(counts); positions in metres become object pixels of size lambda z / (N b Delta)
@@ -32,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ptycho_torch.data.detector import (
+    LENGTH_UNITS,
     LIGHT_M_S,
     PLANCK_J_S,
     FrameMap,
@@ -47,6 +51,7 @@ from ptycho_torch.data.detector import (
     to_metres,
     wavelength_m,
 )
+from ptycho_torch.data.position_files import OtherFiles, names_a_file
 from ptycho_torch.data.validation import ScanValidationError, check_arrays
 from ptycho_torch.errors import UserError
 
@@ -109,21 +114,36 @@ class ReadOptions:
 
 
 def read_array_source(spec: str, what: str) -> np.ndarray:
-    """An array from a .npy file or 'FILE.h5::/dataset' (`what` names the config key in errors)."""
+    """An array from a .npy file or 'FILE.h5::/dataset' (`what` names the config key in errors). A
+    Ptychodus product file (product.h5, no '::'; data/ptychodus_files.py) gives its probe (P, N, N)
+    complex64, the first OPR mode, where `what` is a probe ('data.probe'); so does
+    'product.h5::/probe'. Other keys (data.mask) refuse a product with one line."""
+    from ptycho_torch.data.ptychodus_files import is_product, read_product_probe
+
     path, inner = split_source(spec)
     p = Path(path).expanduser()
+    wants_probe = what.endswith("probe")
+    hint = "give a .npy file or FILE.h5::/dataset" + (" or a Ptychodus product .h5" if wants_probe else "")
     if not p.is_file():
-        raise UserError(f"{what}: {path} does not exist; give a .npy file or FILE.h5::/dataset")
+        raise UserError(f"{what}: {path} does not exist; {hint}")
     if inner is None:
-        if p.suffix.lower() != ".npy":
-            raise UserError(f"{what}: {path} is not a .npy file; give a .npy file or FILE.h5::/dataset")
-        return np.load(p, allow_pickle=False)
+        if p.suffix.lower() == ".npy":
+            return np.load(p, allow_pickle=False)
+        if is_product(p):
+            if not wants_probe:
+                raise UserError(f"{what}: {path} is a Ptychodus product (object, probe, positions), which holds "
+                                f"no {what.rsplit('.', 1)[-1]}; give a .npy file or FILE.h5::/dataset")
+            return read_product_probe(p, what)
+        raise UserError(f"{what}: {path} is neither a .npy file nor a Ptychodus product; {hint}")
     import h5py
 
     with h5py.File(p, "r") as f:
         if inner not in f or not hasattr(f[inner], "dtype"):
             raise UserError(f"{what}: {p} has no dataset {inner}; check the path after '::'")
-        return np.asarray(f[inner][()])
+        product_probe = wants_probe and inner.strip("/") == "probe" and is_product(f)
+        if not product_probe:
+            return np.asarray(f[inner][()])
+    return read_product_probe(p, what)  # (O, P, N, N) in the file: the first OPR mode
 
 
 # ------------------------------------------------------------------ reading one file
@@ -138,15 +158,39 @@ def _attr_text(obj: Any, name: str) -> str | None:
 
 
 class _Roles:
-    """Role lookups in an open file with problems collected (one line each)."""
+    """Role lookups in an open file with problems collected (one line each). A `data.datasets` value
+    (`given`) naming another file is read whole from it (position_files.OtherFiles, relative to the
+    scan file's folder `base`); those files stay open until `close` (a `with` block)."""
 
-    def __init__(self, f: Any, found: dict[str, list[str]], kind: str) -> None:
-        self.f, self.found, self.kind = f, found, kind
+    def __init__(self, f: Any, found: dict[str, list[str]], kind: str, given: dict[str, str] | None = None,
+                 base: Path = Path(".")) -> None:
+        self.f, self.found, self.kind, self.given = f, found, kind, dict(given or {})
         self.problems: list[str] = []
+        self.other = OtherFiles(base)
+
+    def __enter__(self) -> "_Roles":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.other.close()
+
+    def _other_file(self, role: str, path: str) -> tuple[str, str | None] | None:
+        """(file, path in it or options) where data.datasets.`role` names another file, else None."""
+        head, inner = split_source(path)
+        if self.given.get(role) != path or not names_a_file(head, inner) or (inner is None and path in self.f):
+            return None
+        return head, inner
 
     def dataset(self, role: str) -> Any:
-        """The first existing dataset of `role`'s candidate paths, or None."""
+        """The first existing dataset of `role`'s candidate paths (an h5py dataset, or a LoadedArray of
+        another file), or None."""
         for path in self.found.get(role, []):
+            other = self._other_file(role, path)
+            if other is not None:
+                got = self.other.read(role, *other)
+                if isinstance(got, str) and got not in self.problems:
+                    self.problems.append(got)
+                return None if isinstance(got, str) else got
             obj = self.f.get(path)
             if obj is not None and hasattr(obj, "dtype"):
                 return obj
@@ -158,7 +202,7 @@ class _Roles:
 
     def exists(self, role: str) -> bool:
         """Whether any candidate path of `role` exists in the file."""
-        return any(path in self.f for path in self.found.get(role, []))
+        return any(self._other_file(role, path) is not None or path in self.f for path in self.found.get(role, []))
 
     def where(self, role: str) -> str:
         paths = self.found.get(role, [])
@@ -184,15 +228,21 @@ class _Roles:
 def read_beamline(path: str | Path, f: Any, found: dict[str, list[str]], kind: str, options: ReadOptions,
                   validate: bool = True) -> Any:
     """A ScanData of the open h5py file `f` whose roles live at `found` (role -> candidate paths,
-    first existing wins); `options.datasets` / `options.frames` take precedence. See module doc."""
-    from ptycho_torch.data.scan import ScanData
-
+    first existing wins); `options.datasets` / `options.frames` take precedence (a data.datasets value
+    may name another file: position_files.py; those are closed when this returns). See module doc."""
     found = {k: list(v) for k, v in found.items()}
     for role, where in options.datasets.items():
         found[role] = [where]
     if options.frames:
         found["frames"] = [options.frames]
-    roles = _Roles(f, found, kind)
+    with _Roles(f, found, kind, options.datasets, Path(path).parent) as roles:
+        return _read(path, roles, kind, options, validate)
+
+
+def _read(path: str | Path, roles: _Roles, kind: str, options: ReadOptions, validate: bool) -> Any:
+    """read_beamline's ScanData of the roles `roles` finds (their problems raised once)."""
+    from ptycho_torch.data.scan import ScanData
+
     p = roles.problems
     frames = roles.dataset("frames")
     if frames is None:
@@ -301,6 +351,7 @@ def _positions(roles: _Roles, options: ReadOptions, M: int, N: int, pixel_m: flo
                meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(xcoords, ycoords) (M,) object pixels from pixel positions or positions in metres."""
     p = roles.problems
+    known = len(p)  # a position role that failed to read already said why: no generic line then
     xc, yc = roles.dataset("xcoords"), roles.dataset("ycoords")
     if xc is not None and yc is not None:
         meta["positions_from"] = f"{xc.name}, {yc.name} (object pixels)"
@@ -310,8 +361,9 @@ def _positions(roles: _Roles, options: ReadOptions, M: int, N: int, pixel_m: flo
     if trans is not None:
         t = np.asarray(trans[()], np.float64)
         if t.ndim != 2 or t.shape[0] != M or t.shape[1] < 2:
+            rows = f" ({t.shape[0]} rows for {M} frames)" if t.ndim == 2 and t.shape[1] >= 2 else ""
             p.append(f"translation: expected (M, 3) = ({M}, 3) positions in metres at {trans.name}, found shape "
-                     f"{t.shape}; one row per frame")
+                     f"{t.shape}{rows}; give one row per frame, in the frames' order")
             return np.zeros(M), np.zeros(M)
         units = _attr_text(trans, "units")
         x_m, y_m = to_metres(t[:, 0], units), to_metres(t[:, 1], units)
@@ -321,19 +373,20 @@ def _positions(roles: _Roles, options: ReadOptions, M: int, N: int, pixel_m: flo
         y_m = to_metres(_vector(ys, M, p, "y"), _attr_text(ys, "units"))
         source = f"{xs.name}, {ys.name}"
     else:
-        p.append(f"positions: no scan positions found (translation: {roles.where('translation')}; x/y: "
-                 f"{roles.where('x')}); give data.datasets.translation, or x and y (metres), or xcoords and "
-                 "ycoords (object pixels)")
+        if len(p) == known:
+            p.append(f"positions: no scan positions found (translation: {roles.where('translation')}; x/y: "
+                     f"{roles.where('x')}); give data.datasets.translation, or x and y (metres), or xcoords and "
+                     "ycoords (object pixels)")
         return np.zeros(M), np.zeros(M)
     if x_m is None or y_m is None:
-        p.append(f"positions: unknown length units at {source}; use m, mm, um or nm")
+        p.append(f"positions: unknown length units at {source}; use one of {', '.join(LENGTH_UNITS)}")
         return np.zeros(M), np.zeros(M)
     if not (np.isfinite(x_m).all() and np.isfinite(y_m).all()):
         p.append(f"positions: expected finite values at {source}, found NaN/Inf; drop those frames")
         return np.zeros(M), np.zeros(M)
     if pixel_m is None:
         fixes = {"energy": "data.energy_ev", "distance": "data.distance_m", "detector_pixel": "data.detector_pixel_m"}
-        missing = meta.get("geometry_missing", [])
+        missing = [m for m in meta.get("geometry_missing", []) if not any(q.startswith(f"{m}:") for q in p)]
         if missing:
             p.append("positions: given in metres, but the object pixel size lambda z / (N Delta) needs "
                      + ", ".join(f"{m} ({roles.where(m)}; or set {fixes[m]})" for m in missing))
@@ -349,7 +402,9 @@ def _positions(roles: _Roles, options: ReadOptions, M: int, N: int, pixel_m: flo
 def _vector(ds: Any, M: int, p: list[str], role: str) -> np.ndarray:
     v = np.asarray(ds[()], np.float64)
     if v.ndim != 1 or v.shape[0] != M:
-        p.append(f"{role}: expected ({M},) values, one per frame, at {ds.name}, found shape {v.shape}")
+        rows = f" ({v.shape[0]} values for {M} frames)" if v.ndim == 1 else ""
+        p.append(f"{role}: expected ({M},) values, one per frame, at {ds.name}, found shape {v.shape}{rows}; "
+                 "give one value per frame, in the frames' order")
         return np.zeros(M)
     return v
 

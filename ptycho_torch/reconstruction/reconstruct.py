@@ -33,6 +33,7 @@ from ptycho_torch.data.plausibility import check_canvas
 from ptycho_torch.data.scan import ScanData
 from ptycho_torch.data.scan_files import Scan, ScanFiles, ScanPaths, read_scans, scan_parts, scan_paths
 from ptycho_torch.errors import UserError
+from ptycho_torch.logging_setup import show_progress
 from ptycho_torch.model.bundle import LoadedBundle, load_bundle
 from ptycho_torch.physics.stitching import StitchAccumulator, stitch_weight
 from ptycho_torch.safe_output import writes_whole_dir
@@ -209,7 +210,7 @@ def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarra
                          photon_scale: float | None = None, fit_patterns: int = 0) -> dict[str, Any]:
     """Write object.npz (with `pixel_size_m` when the scan's metadata knows it), amplitude.png,
     phase.png (axes in um / nm then), the products of ptycho_torch.reconstruction.exports (probe.npy when `probe`
-    (P, N, N) is given, amplitude.tif, phase.tif, reconstruction.cxi) and, with a ground truth (the
+    (P, N, N) is given, amplitude.tif, phase.tif, reconstruction.cxi, product.h5 for Ptychodus) and, with a ground truth (the
     scan's objectGuess, already in memory), metrics.json: scored from the arrays, nothing is read back.
     With `probe`, `photon_scale` (obj times it is in the probe's photon units) and `fit_patterns` > 0,
     also the data fit (ptycho_torch.evaluation.data_fit) on that many patterns: metadata 'data_fit' and fit.png."""
@@ -239,7 +240,8 @@ def write_reconstruction(out_dir: str | Path, obj: np.ndarray, weight: np.ndarra
         from ptycho_torch.evaluation.evaluate import score
 
         truth_path = getattr(scan, "truth_part", scan).path
-        result["metrics"] = score(obj, weight, truth, out_dir / "object.npz", truth_path, out_dir / "metrics.json")
+        result["metrics"] = score(obj, weight, truth, out_dir / "object.npz", truth_path, out_dir / "metrics.json",
+                                  pixel_size_m=pixel)
     result["data_fit"] = metadata.get("data_fit")
     return result
 
@@ -277,6 +279,10 @@ class ReconResult:
             lines.append(f"data fit: Poisson deviance {self.data_fit['ratio']:.2f}x the counting-noise floor on "
                          f"{self.data_fit['n_patterns']} patterns (1 = explained to the noise; map: fit.png)")
         if self.metrics:
+            from ptycho_torch.evaluation.evaluate import frc_text
+
+            lines.append(f"FRC against the ground truth: {frc_text(self.metrics, 'half')} (0.5), "
+                         f"{frc_text(self.metrics, '17')} (1/7)")
             lines.append(json.dumps({k: v for k, v in self.metrics.items() if isinstance(v, (int, float))}, indent=1))
         return lines
 
@@ -315,7 +321,7 @@ def reconstruct(model: str | Path | LoadedBundle, data: ScanPaths | Scan, out_di
     held: list[tuple[torch.Tensor, torch.Tensor]] = []  # (patches, positions) when aligning phases
     n = scan.n_patterns
     start = time.perf_counter()
-    with tqdm(total=n, unit="pattern", desc="reconstruct", disable=None if progress is None else not progress) as bar:
+    with tqdm(total=n, unit="pattern", desc="reconstruct", disable=not show_progress(progress)) as bar:
         for batch in loader:
             patches = predictor(batch["amp"], batch["offsets"])  # (B, C, N, N), constrained for groups
             mask = stitch_mask[batch["index"]]  # (B, C) -> the K stitched patches and positions
