@@ -242,8 +242,8 @@ def live(model: Any, watch: str | Path, out: str | Path, *, publish_seconds: flo
          start_timeout_s: float = 120.0, inference_batch_size: int | None = None, refine_seconds: float = 0.0,
          fit_patterns: int = 256, concurrency: int | None = None, num_cpus_per_actor: float = 1.0,
          num_gpus_per_actor: float | str = "auto", ray: RayLike = None, progress: bool | None = None, **flags: Any) -> Any:
-    """`pt.live` with the network on `concurrency` Ray actors (`ptycho-dist live`): reads the growing HDF5 file
-    `watch`, publishes the picture so far into out/live/ every `publish_seconds`, and writes `reconstruct`'s
+    """`pt.live` with the network on `concurrency` Ray actors (`ptycho-dist live`): reads `watch` (a growing HDF5
+    file, a directory of frame files or a ZMQ stream tcp://HOST:PORT), publishes the picture so far into out/live/ every `publish_seconds`, and writes `reconstruct`'s
     products into `out` when the scan is over. `flags` are the Ray session flags. Returns a LiveResult."""
     from ptycho_dist.live import live_distributed
     from ptycho_torch.api import check_batch_size, model_source

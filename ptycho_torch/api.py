@@ -150,8 +150,8 @@ def simulate(out: str | Path | None = None, *, config: SimulationConfig | None =
     (P, N, N), object_guess (H, W) complex64). `n_scans` K writes a corpus of K scans into the folder
     `out` (out/scan_000.npz, ...; other objects, probes spread over `defocus_range` (rad) and
     `diameter_range` (px), doses over `nphotons_range`, as --n-scans does) and returns their paths.
-    `acquire_hz` writes `out` (.h5) frame by frame at that rate in SWMR mode, as a detector's file grows
-    (ptycho_torch.live.acquisition; what `live` watches); it returns when the last frame is written."""
+    `acquire_hz` writes `out` frame by frame at that rate, as a detector does: SCAN.h5 in SWMR mode, DIR/ (frame
+    files) or tcp://*:PORT (ZMQ) (live.acquisition; what `live` watches); it returns after the last frame."""
     import dataclasses
 
     from ptycho_torch.data.simulate import simulate_scan, simulate_to_file
@@ -182,13 +182,14 @@ def simulate(out: str | Path | None = None, *, config: SimulationConfig | None =
     if any(v is not None for v in ranges.values()):
         raise ConfigError("--defocus-range, --diameter-range and --nphotons-range vary the scans of a corpus; "
                           "add --n-scans K (or set --probe-defocus / --probe-diameter-px / --nphotons)")
-    if acquire_hz is not None:
-        if out is None or Path(out).suffix.lower() not in (".h5", ".hdf5"):
-            raise ConfigError(f"--acquire-hz: an acquisition is written into an HDF5 file; give --out SCAN.h5 "
-                              f"(got {out})")
+    if acquire_hz is not None:  # SCAN.h5, a directory of frame files (a name without suffix, DIR/) or tcp://
+        if out is None:
+            raise ConfigError("--acquire-hz: give --out SCAN.h5, --out DIR/ (frame files) or --out tcp://*:PORT")
         from ptycho_torch.live.acquisition import acquire
 
-        return acquire(simulate_scan(sim, noise=noise), out, acquire_hz, progress=True)
+        stream = str(out).startswith(("tcp://", "ipc://"))
+        target = str(out) if stream or Path(out).suffix else str(out).rstrip("/") + "/"
+        return acquire(simulate_scan(sim, noise=noise), target, acquire_hz, progress=True)
     if out is not None:
         from ptycho_torch.safe_output import check_output_dir
 
@@ -205,9 +206,9 @@ def simulate(out: str | Path | None = None, *, config: SimulationConfig | None =
 def live(model: Any, watch: str | Path, out: str | Path, *, publish_seconds: float = 5.0, idle_seconds: float = 30.0,
          start_timeout_s: float = 120.0, inference_batch_size: int | None = None, device: str = "auto",
          refine_seconds: float = 0.0, fit_patterns: int = 256, progress: bool | None = None) -> Any:
-    """Reconstruct a scan while it is acquired (`ptycho-torch live`, docs/live.md): `watch`, an HDF5 file growing in
-    SWMR mode; the picture so far into out/live/ every `publish_seconds`, and at the end mark (or after
-    `idle_seconds` without a frame) `reconstruct`'s products into `out`. Returns a LiveResult."""
+    """Reconstruct a scan while it is acquired (`ptycho-torch live`, docs/live.md): `watch` an HDF5 file growing in
+    SWMR mode, a directory where frame files appear or a ZMQ stream (tcp://HOST:PORT); the picture so far into
+    out/live/ every `publish_seconds`, at the end mark (or `idle_seconds` without a frame) `reconstruct`'s products."""
     from ptycho_torch.live.loop import LiveOptions, live_reconstruct
 
     check_batch_size(inference_batch_size)
@@ -330,21 +331,20 @@ def reconstruct(model: Any, data: ScanPaths | Scan | None = None, out: str | Pat
     """Reconstruct a scan with a trained model (`ptycho-torch reconstruct`) and return the object,
     (H, W) complex64 in the positions' pixel frame (object[y, x]); zero where no patch reached.
 
-    `model`: a run directory or model.pt, a loaded bundle (model.bundle.load_bundle) or a train
-    result. The scan is either `data` (file(s)/glob, or a scan from pt.read_scan / pt.simulate) or the
-    arrays `diffraction` (n, N, N) amplitudes or integer counts and `positions` (n, 2) (x, y) object
-    pixels (with optional `object_guess` (H, W), see scan_from_arrays). Both give the same numbers for
-    the same patterns. With `out` the reconstruction directory is written as on the command line
-    (object.npz, PNGs, products, metrics.json with a ground truth). The other keywords are the CLI
-    flags: inference_batch_size (patterns per batch), device ('auto' = a GPU when there is one, 'cpu', 'cuda:0'), probe ('auto', 'scan',
-    'model'; with arrays also the probe of those frames, (N, N) or (P, N, N) complex, which then is
-    their 'scan' probe; arrays without one take the model's), normalization ('scan' = r of these
-    patterns, 'model' = the model's), renormalize, align_phases, refine_seconds (s), refine_probe, grouping
-    ('cover', 'every_pattern'; None = the model's inference.grouping), dtype ('auto', 'float32', 'bfloat16';
-    None = the model's inference.dtype). `with_weight` also
-    returns the stitching weight (H, W) float32 (its support is the scanned region; pt.evaluate uses
-    it); `full_result` returns the whole ReconResult instead (object, weight, metrics, the files
-    written, `summary_lines()`: what the command prints)."""
+    `model`: a run directory or model.pt, a loaded bundle (model.bundle.load_bundle) or a train result. The
+    scan is either `data` (file(s)/glob, or a scan from pt.read_scan / pt.simulate) or the arrays
+    `diffraction` (n, N, N) amplitudes or integer counts and `positions` (n, 2) (x, y) object pixels (with
+    optional `object_guess` (H, W), see scan_from_arrays). Both give the same numbers for the same patterns.
+    With `out` the reconstruction directory is written as on the command line (object.npz, PNGs, products,
+    metrics.json with a ground truth). The other keywords are the CLI flags: inference_batch_size (patterns
+    per batch), device ('auto' = a GPU when there is one, 'cpu', 'cuda:0'), probe ('auto', 'scan', 'model';
+    with arrays also the probe of those frames, (N, N) or (P, N, N) complex, which then is their 'scan' probe;
+    arrays without one take the model's), normalization ('scan' = r of these patterns, 'model' = the model's),
+    renormalize, align_phases, refine_seconds (s), refine_probe, grouping ('cover', 'every_pattern'; None =
+    the model's inference.grouping), dtype ('auto', 'float32', 'bfloat16'; None = the model's
+    inference.dtype). `with_weight` also returns the stitching weight (H, W) float32 (its support is the
+    scanned region; pt.evaluate uses it); `full_result` returns the whole ReconResult instead (object, weight,
+    metrics, the files written, `summary_lines()`: what the command prints)."""
     from ptycho_torch.reconstruction.reconstruct import reconstruct as reconstruct_scan
 
     check_batch_size(inference_batch_size)

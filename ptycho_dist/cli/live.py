@@ -28,8 +28,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "live", help="reconstruct a scan while it is acquired, the network on Ray actors",
-        description="Reads frames as the detector writes them (a growing SWMR HDF5 file), runs the network on a "
-                    "pool of Ray actors, publishes the picture so far into OUT/live/ every --publish-seconds and "
+        description="Reads frames as the detector writes them (a growing SWMR HDF5 file, a directory of frame "
+                    "files or a ZMQ stream), runs the network on a pool of Ray actors, publishes the picture so far into OUT/live/ every --publish-seconds and "
                     "writes reconstruct's products into OUT when the scan is over.")
     add_live_flags(p)
     p.add_argument("--concurrency", type=int, default=None,

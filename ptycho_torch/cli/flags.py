@@ -117,9 +117,10 @@ def add_probe_normalization_flags(parser: argparse.ArgumentParser) -> None:
 def add_live_flags(parser: argparse.ArgumentParser) -> None:
     """--model, --watch, --out and the timing flags of a live command (local and Ray)."""
     parser.add_argument("--model", required=True, type=Path, help="training run directory or model.pt (required)")
-    parser.add_argument("--watch", required=True, type=Path,
-                        help="the scan being written: an HDF5 file in the data contract's layout, growing in SWMR "
-                             "mode (docs/live.md) (required)")
+    parser.add_argument("--watch", required=True,
+                        help="the scan being acquired: SCAN.h5 (the data contract's layout, growing in SWMR mode), "
+                             "DIR/ (header.npz + frame_<index>.npz files renamed into place) or tcp://host:port "
+                             "(a ZMQ stream; tcp://*:port listens; needs pyzmq) (docs/live.md) (required)")
     parser.add_argument("--out", required=True, type=Path,
                         help="reconstruction directory; the pictures so far in OUT/live/ (required)")
     parser.add_argument("--publish-seconds", type=float, default=5.0,
@@ -128,7 +129,8 @@ def add_live_flags(parser: argparse.ArgumentParser) -> None:
                         help="seconds without a new frame (and no end mark) after which the writer counts as gone "
                              "and the frames received are finished (default: 30)")
     parser.add_argument("--start-timeout", type=float, default=120.0,
-                        help="seconds to wait for the file to appear (default: 120)")
+                        help="seconds to wait for the source to appear (the file, the directory's header, the "
+                             "stream's header message) (default: 120)")
     parser.add_argument("--inference-batch-size", type=int, default=None,
                         help="patterns per batch (default: the model's inference.batch_size or batch_size)")
     parser.add_argument("--fit-patterns", type=int, default=256,

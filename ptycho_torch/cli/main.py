@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("simulate", help="write a synthetic scan (NPZ or HDF5 by suffix), or a corpus of scans")
-    p.add_argument("--out", required=True, type=Path, help="output scan file (.npz/.h5); with --n-scans a directory")
+    p.add_argument("--out", required=True, help="output scan file (.npz/.h5); with --n-scans a directory; with "
+                   "--acquire-hz also a directory of frame files (DIR/) or a ZMQ stream (tcp://*:PORT)")
     p.add_argument("--n-scans", type=int, default=None, metavar="K",
                    help="write K scans OUT/scan_000.npz ... with seeds seed..seed+K-1 (other objects), a training "
                         "corpus (default: one scan)")
@@ -201,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "--nphotons for all)")
     p.add_argument("--acquire-hz", type=float, default=None, metavar="RATE",
                    help="write the scan into --out (.h5) frame by frame at RATE frames/s in SWMR mode, as a detector "
-                        "does during a scan (what `live --watch` reads; 0 = as fast as possible) (default: off, the "
+                        "does during a scan, or into a directory (--out DIR: header.npz + frame_<index>.npz files) "
+                        "(what `live --watch` reads; 0 = as fast as possible) (default: off, the "
                         "whole file at once)")
     add_simulation_arguments(p)
     p.set_defaults(func=cmd_simulate)
@@ -225,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="reconstruction directory")
     p.add_argument("--inference-batch-size", type=int, default=None,
                    help="patterns per batch (default: the model's inference.batch_size or batch_size)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto (a GPU when there is one), cpu, cuda:0 "
+                                                   "(default: auto)")
     p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default=None,
                    help="network dtype: auto = bfloat16 where the device computes it natively, else float32 "
                         "(default: the model's inference.dtype)")

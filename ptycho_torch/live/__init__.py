@@ -1,7 +1,11 @@
 """Live reconstruction while the scan is acquired (`ptycho-torch live`, `pt.live`).
 
-    sources.py      where frames come from: the FrameSource interface, the growing SWMR HDF5 source
-    acquisition.py  a simulated acquisition: a scan written into SWMR HDF5 frame by frame at a rate
-    running.py      the running canvas that grows with the positions, and the frames kept
-    loop.py         the live loop: read, reconstruct, publish; at the end `reconstruct`'s products
+    sources.py           where frames come from: the FrameSource interface, open_source, the growing SWMR HDF5 source
+    frames.py            what a source hands out (SourceHeader, Frames) and the buffer that orders frames
+    directory_source.py  a directory of frame files renamed into place whole (--watch DIR/)
+    zmq_source.py        a ZMQ stream of frames (--watch tcp://host:port): the protocol and its reader
+    acquisition.py       a simulated acquisition: a scan written frame by frame at a rate (SWMR HDF5, a
+                         directory of frame files, or a ZMQ stream)
+    running.py           the running canvas that grows with the positions, and the frames kept
+    loop.py              the live loop: read, reconstruct, publish; at the end `reconstruct`'s products
 """

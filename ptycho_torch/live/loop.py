@@ -41,6 +41,7 @@ from ptycho_torch.data.scan import ScanData
 from ptycho_torch.errors import UserError
 from ptycho_torch.live.running import FrameStore, RunningCanvas
 from ptycho_torch.live.sources import Frames, FrameSource, SourceHeader, open_source
+from ptycho_torch.logging_setup import show_progress
 from ptycho_torch.physics.forward import normalization_factor
 from ptycho_torch.physics.stitching import stitch_weight
 from ptycho_torch.reconstruction.reconstruct import PatchPredictor, ReconResult, choose_probe, reconstruct
@@ -271,7 +272,7 @@ def live_reconstruct(model: Any, watch: str | Path | FrameSource, out_dir: str |
 def _follow(source: FrameSource, run: LiveReconstruction, options: LiveOptions) -> str:
     """Read, reconstruct and publish until the end mark or the writer's silence; how it ended."""
     last_frame = time.monotonic()
-    with tqdm(unit="frame", desc="live", disable=None if options.progress is None else not options.progress) as bar:
+    with tqdm(unit="frame", desc="live", disable=not show_progress(options.progress)) as bar:
         while True:
             got = source.poll(4096)
             now = time.monotonic()

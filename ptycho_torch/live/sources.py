@@ -5,60 +5,44 @@ A `FrameSource` hands out the frames that are complete *and* have their position
     source.header(timeout_s)  -> SourceHeader   the probe, the pattern size, metadata (waits for the source)
     source.poll(max_frames)   -> Frames         the next complete frames (maybe none), never one twice
     source.finished           -> bool           the writer said the scan is over (its end mark)
-    source.writer_gone()                        no frame for the idle time: the last frame counts as whole
+    source.writer_gone()                        no frame for the idle time: the last frame counts as whole,
+                                                frames that never arrived are given up
     source.close()
 
 `poll` never returns a frame whose bytes may still be changing: an HDF5 frame counts once the writer's
 frame counter passed it (or, for writers without a counter, once a later frame exists or the scan is
 marked over); a frame without its position waits for it. An adaptor for a stream (ZMQ, EPICS PVA) is the
-same four calls over its messages.
+same four calls over its messages. Sources whose frames may arrive out of order (files, messages) keep
+them in a `FrameBuffer`, which hands them out in scan order without a gap; when the writer is gone, the
+frames that never arrived are given up and the rest handed out (`Frames.indices` then says which).
 
-Sources:
-    H5FrameSource    a growing HDF5 scan in the data contract's layout, written in SWMR mode (what
-                     `ptycho_torch.live.acquisition` and `ptycho-torch simulate --acquire-hz` write;
-                     the layout a detector writes with a position dataset beside it)
+Sources (`open_source(watch)` picks one from `--watch`):
+    H5FrameSource         SCAN.h5: a growing HDF5 scan in the data contract's layout, written in SWMR mode
+                          (what `ptycho_torch.live.acquisition` and `ptycho-torch simulate --acquire-hz` write;
+                          the layout a detector writes with a position dataset beside it)
+    DirectoryFrameSource  DIR/: a header file and one file per frame or block of frames, each renamed into
+                          place when whole (directory_source.py)
+    ZmqFrameSource        tcp://host:port, ipc://path: a ZMQ PUSH stream of JSON + raw-bytes messages
+                          (zmq_source.py; needs pyzmq)
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from ptycho_torch.errors import UserError
+from ptycho_torch.live.frames import Frames, SourceHeader
+
+__all__ = ["STATUS_KEY", "TIME_KEY", "FrameSource", "Frames", "H5FrameSource", "SourceHeader", "open_source"]
 
 STATUS_KEY = "acquisition"  # int64 (2,): [frames complete, scan over (0/1)], written by the acquisition writer
 TIME_KEY = "frame_time"  # float64 (M,): when each frame was written (Unix seconds), optional
-
-
-@dataclass
-class SourceHeader:
-    """What is known before the frames: probe (P, N, N) complex64 (photon units, as the contract),
-    the pattern size N, the scan's metadata, and the ground truth when the source carries one."""
-
-    probe: np.ndarray
-    N: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-    object_guess: np.ndarray | None = None
-    name: str = ""
-
-
-@dataclass
-class Frames:
-    """Frames start .. start + k - 1 of the scan: amplitudes (k, N, N) float32 sqrt(photon counts) and
-    positions (k, 2) float64 (x, y) object pixels."""
-
-    start: int
-    amplitudes: np.ndarray
-    positions: np.ndarray
-    written_at: np.ndarray | None = None  # (k,) Unix seconds each frame was written, when the source says
-
-    def __len__(self) -> int:
-        return len(self.amplitudes)
 
 
 class FrameSource(Protocol):
@@ -180,10 +164,27 @@ class H5FrameSource:
             self._file = None
 
 
+HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
+STREAM_SCHEMES = ("tcp://", "ipc://")
+
+
 def open_source(watch: str | Path) -> FrameSource:
-    """The source for `--watch`: an .h5 / .hdf5 / .cxi / .nxs file (growing in SWMR mode)."""
+    """The source for `--watch`: tcp://host:port or ipc://path (a ZMQ stream), an existing directory or a path
+    ending in '/' (a directory of frame files), an .h5 / .hdf5 / .cxi / .nxs file (growing in SWMR mode)."""
+    text = str(watch)
+    if text.startswith(STREAM_SCHEMES):
+        from ptycho_torch.live.zmq_source import ZmqFrameSource
+
+        return ZmqFrameSource(text)
     path = Path(watch)
-    if path.suffix.lower() in (".h5", ".hdf5", ".cxi", ".nxs", ".hdf"):
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        from ptycho_torch.live.directory_source import DirectoryFrameSource
+
+        return DirectoryFrameSource(path)
+    if path.suffix.lower() in HDF5_SUFFIXES:
         return H5FrameSource(path)
-    raise UserError(f"--watch {watch}: not an HDF5 file (.h5, .hdf5, .cxi, .nxs); a live source is a growing "
-                    "HDF5 scan written in SWMR mode (docs/live.md)")
+    if "://" in text:
+        raise UserError(f"--watch {watch}: not a stream address this source reads; a ZMQ stream is tcp://host:port "
+                        "or ipc://path (docs/live.md)")
+    raise UserError(f"--watch {watch}: not an HDF5 file (.h5, .hdf5, .cxi, .nxs), a directory (DIR/) or a ZMQ "
+                    "address (tcp://host:port); a live source is one of these (docs/live.md)")
