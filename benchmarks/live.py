@@ -8,7 +8,9 @@ simulated scan are read while a writer process writes them into an SWMR HDF5 fil
   * latency: the writer at --hz frames/s (below capacity): written -> published, p50 / p95, and the
     rate kept (reconstructed vs written);
   * written (local engine): the file whole before the live loop starts, the loop's own rate without the
-    writer on the same cores.
+    writer on the same cores;
+  * keep-up (local engine): the writer at --keep-up of offline's rate (a detector that fast): does the live loop,
+    sharing the cores with the writer, keep up (sustained rate = the writer's), and with what latency.
 Offline `reconstruct` of the finished file, on the same model, is the reference rate (measured in the same
 run). Results: benchmarks/results/live.json and docs/benchmarks.md ("## Live reconstruction").
 
@@ -94,18 +96,22 @@ def section(result: dict[str, Any], publish_seconds: float, fit_patterns: int) -
              "latency p50 / p95 (s) | pictures |", "|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
         capacity = r["writer_hz"] == 0
+        keep_up = r.get("mode") == "keep-up"
         writer = "as fast as it can" if capacity else f"{r['writer_hz']:g} Hz"
         if r.get("mode") == "written":
             writer = "done before (no writer beside it)"
+        if keep_up:
+            writer += f" ({r['writer_hz'] / max(offline, 1e-9):.0%} of offline's rate)"
         lat = "—" if capacity else f"{r['latency_p50_s']:.1f} / {r['latency_p95_s']:.1f}"
-        versus = f"{r['frames_per_second'] / max(offline, 1e-9):.0%}" if capacity else "(the writer's rate)"
+        versus = f"{r['frames_per_second'] / max(offline, 1e-9):.0%}" if capacity or keep_up else "(the writer's rate)"
         lines.append(f"| {r['engine']} | {writer} | {r['frames_per_second']:.0f} | {r['network_frames_per_second']:.0f} | "
                      f"{versus} | {r['network_reads_per_frame']:.2f} | {lat} | {r['publications']} |")
     lines += ["", "Sustained = frames / (first frame received -> every frame on the running canvas), publishing "
               "included; network only = frames / seconds in the network pass and stitching; network reads / frame: "
               "patterns through the network per frame (a frame read again as a partner of a later group counts "
               "again; offline 'cover' grouping of the whole scan reads 1.17 on this scan's raster); latency = a frame's write time (the writer's clock) -> "
-              "the first published picture that holds it. ray1 / ray2: the network on 1 / 2 Ray actors of 1 CPU each; "
+              "the first published picture that holds it. keep-up: the writer at a set fraction of offline's rate, "
+              "on the same cores; the live loop keeps up when its sustained rate is the writer's. ray1 / ray2: the network on 1 / 2 Ray actors of 1 CPU each; "
               "the driver (reading, stitching, publishing) and the writer share the same 2 cores, so on this machine "
               "actors add processes, not cores: two actors are slower than one (oversubscribed threads).", ""]
     return "\n".join(lines)
@@ -118,6 +124,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.5, help="n_filters_scale of the model (default: 0.5)")
     parser.add_argument("--hz", type=float, default=60.0, help="writer rate of the latency runs (default: 60)")
     parser.add_argument("--publish-seconds", type=float, default=2.0)
+    parser.add_argument("--keep-up", type=float, default=0.9,
+                        help="writer rate of the keep-up run, a fraction of offline's rate (default: 0.9)")
     parser.add_argument("--fit-patterns", type=int, default=256)
     parser.add_argument("--engines", nargs="+", default=["local", "ray1", "ray2"])
     parser.add_argument("--device", default="cpu", help="device of the local engine and the final pass (default: cpu)")
@@ -147,7 +155,9 @@ def main() -> None:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
         try:
             for engine in args.engines:
-                runs = [("capacity", 0.0), ("latency", args.hz)] + ([("written", 0.0)] if engine == "local" else [])
+                runs = [("capacity", 0.0), ("latency", args.hz)]
+                if engine == "local":
+                    runs += [("written", 0.0), ("keep-up", round(args.keep_up * offline.patterns_per_second))]
                 for tag, hz in runs:
                     rows.append(one_run(engine, bundle, work, args, hz, tag))
                     print(json.dumps(rows[-1]))
