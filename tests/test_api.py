@@ -213,3 +213,30 @@ def test_train_takes_lightning_logger_and_callback_objects(tiny_scan, tmp_path):
     with pytest.raises(ConfigError, match="callbacks: expected Callback objects.*a Recording"):
         pt.train(tiny_scan, tmp_path / "bad", callbacks=[mine], **TINY)
     assert not (tmp_path / "bad").exists()
+
+
+def test_reconstruct_defaults_to_a_gpu_when_there_is_one_and_bars_show_in_notebooks(monkeypatch):
+    """`reconstruct --device auto` (the default, like train's) resolves to CUDA only where CUDA is; progress
+    bars default to on in a Jupyter kernel, whose stderr is no terminal."""
+    import types
+
+    import torch
+
+    from ptycho_torch.api import resolve_device
+    from ptycho_torch.cli.main import build_parser
+    from ptycho_torch.logging_setup import in_notebook, show_progress
+
+    args = build_parser().parse_args(["reconstruct", "--model", "run", "--data", "scan.npz", "--out", "recon"])
+    assert args.device == "auto"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert show_progress(True) and not show_progress(False)
+    assert not in_notebook() and show_progress(None) is sys.stderr.isatty()  # no kernel: a terminal decides
+
+    class ZMQInteractiveShell:  # what get_ipython() returns inside a Jupyter kernel
+        pass
+
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = ZMQInteractiveShell  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    assert in_notebook() and show_progress(None) is True
