@@ -230,13 +230,32 @@ def read_beamline(path: str | Path, f: Any, found: dict[str, list[str]], kind: s
     """A ScanData of the open h5py file `f` whose roles live at `found` (role -> candidate paths,
     first existing wins); `options.datasets` / `options.frames` take precedence (a data.datasets value
     may name another file: position_files.py; those are closed when this returns). See module doc."""
+    with _Roles(f, _given_first(found, options), kind, options.datasets, Path(path).parent) as roles:
+        return _read(path, roles, kind, options, validate)
+
+
+def _given_first(found: dict[str, list[str]], options: ReadOptions) -> dict[str, list[str]]:
+    """The layout's candidate paths with options.datasets / options.frames in their place."""
     found = {k: list(v) for k, v in found.items()}
     for role, where in options.datasets.items():
         found[role] = [where]
     if options.frames:
         found["frames"] = [options.frames]
-    with _Roles(f, found, kind, options.datasets, Path(path).parent) as roles:
-        return _read(path, roles, kind, options, validate)
+    return found
+
+
+def read_position_rows(path: str | Path, f: Any, found: dict[str, list[str]], kind: str, options: ReadOptions,
+                       N: int, pixel_m: float | None, origin: dict[str, float] | None, start: int,
+                       stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """(xcoords, ycoords) (stop - start,) object pixels of rows [start, stop) of a file's positions (a growing
+    file read live), converted as read_beamline converts them, with `origin` (an earlier read's metadata
+    `position_origin_m`) in place of the smallest position: rows beyond the first read's may lie below N/2.
+    Problems (rows not written yet included) raise one ScanValidationError."""
+    with _Roles(f, _given_first(found, options), kind, options.datasets, Path(path).parent) as roles:
+        x, y = _positions(roles, options, stop - start, N, pixel_m, {}, rows=slice(start, stop), origin=origin)
+        if roles.problems:
+            raise ScanValidationError(roles.problems, str(path))
+    return x, y
 
 
 def _read(path: str | Path, roles: _Roles, kind: str, options: ReadOptions, validate: bool) -> Any:
@@ -348,18 +367,20 @@ def _geometry(roles: _Roles, options: ReadOptions, N: int, b: int, meta: dict[st
 
 
 def _positions(roles: _Roles, options: ReadOptions, M: int, N: int, pixel_m: float | None,
-               meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(xcoords, ycoords) (M,) object pixels from pixel positions or positions in metres."""
+               meta: dict[str, Any], rows: slice | None = None,
+               origin: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(xcoords, ycoords) (M,) object pixels from pixel positions or positions in metres (only `rows` of the
+    datasets when given; metres relative to `origin` when given, else to the smallest position)."""
     p = roles.problems
     known = len(p)  # a position role that failed to read already said why: no generic line then
     xc, yc = roles.dataset("xcoords"), roles.dataset("ycoords")
     if xc is not None and yc is not None:
         meta["positions_from"] = f"{xc.name}, {yc.name} (object pixels)"
-        return _vector(xc, M, p, "xcoords"), _vector(yc, M, p, "ycoords")
+        return _vector(xc, M, p, "xcoords", rows), _vector(yc, M, p, "ycoords", rows)
     trans = roles.dataset("translation")
     xs, ys = roles.dataset("x"), roles.dataset("y")
     if trans is not None:
-        t = np.asarray(trans[()], np.float64)
+        t = np.asarray(trans[()] if rows is None else trans[rows], np.float64)
         if t.ndim != 2 or t.shape[0] != M or t.shape[1] < 2:
             rows = f" ({t.shape[0]} rows for {M} frames)" if t.ndim == 2 and t.shape[1] >= 2 else ""
             p.append(f"translation: expected (M, 3) = ({M}, 3) positions in metres at {trans.name}, found shape "
@@ -369,8 +390,8 @@ def _positions(roles: _Roles, options: ReadOptions, M: int, N: int, pixel_m: flo
         x_m, y_m = to_metres(t[:, 0], units), to_metres(t[:, 1], units)
         source = trans.name
     elif xs is not None and ys is not None:
-        x_m = to_metres(_vector(xs, M, p, "x"), _attr_text(xs, "units"))
-        y_m = to_metres(_vector(ys, M, p, "y"), _attr_text(ys, "units"))
+        x_m = to_metres(_vector(xs, M, p, "x", rows), _attr_text(xs, "units"))
+        y_m = to_metres(_vector(ys, M, p, "y", rows), _attr_text(ys, "units"))
         source = f"{xs.name}, {ys.name}"
     else:
         if len(p) == known:
@@ -392,15 +413,15 @@ def _positions(roles: _Roles, options: ReadOptions, M: int, N: int, pixel_m: flo
                      + ", ".join(f"{m} ({roles.where(m)}; or set {fixes[m]})" for m in missing))
         return np.zeros(M), np.zeros(M)
     x, y, origin = positions_px(x_m, y_m, pixel_m, N, transpose=options.positions_transpose,
-                                flip_x=options.positions_flip_x, flip_y=options.positions_flip_y)
+                                flip_x=options.positions_flip_x, flip_y=options.positions_flip_y, origin=origin)
     meta.update(positions_from=f"{source} (metres)", position_origin_m=origin,
                 positions_transpose=options.positions_transpose, positions_flip_x=options.positions_flip_x,
                 positions_flip_y=options.positions_flip_y)
     return x, y
 
 
-def _vector(ds: Any, M: int, p: list[str], role: str) -> np.ndarray:
-    v = np.asarray(ds[()], np.float64)
+def _vector(ds: Any, M: int, p: list[str], role: str, rows: slice | None = None) -> np.ndarray:
+    v = np.asarray(ds[()] if rows is None else ds[rows], np.float64)
     if v.ndim != 1 or v.shape[0] != M:
         rows = f" ({v.shape[0]} values for {M} frames)" if v.ndim == 1 else ""
         p.append(f"{role}: expected ({M},) values, one per frame, at {ds.name}, found shape {v.shape}{rows}; "

@@ -216,17 +216,20 @@ def fit_probe(probe: np.ndarray, frame: tuple[int, int], N: int, b: int) -> np.n
 
 
 def positions_px(x_m: np.ndarray, y_m: np.ndarray, pixel_m: float, N: int, *, transpose: bool = False,
-                 flip_x: bool = False, flip_y: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+                 flip_x: bool = False, flip_y: bool = False, origin: dict[str, float] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Scan positions in metres (M,) -> object pixels (x = column, y = row), shifted so the smallest
     lies at N/2 (every patch starts inside the object frame). `transpose` swaps x and y first, then
     `flip_x` / `flip_y` negate an axis. Returns (xcoords, ycoords, origin) where origin holds the
-    metres of pixel (N/2, N/2): x_m = (xcoords - N/2) * pixel_m + origin['x_m'] (after the flips)."""
+    metres of pixel (N/2, N/2): x_m = (xcoords - N/2) * pixel_m + origin['x_m'] (after the flips).
+    A given `origin` is used instead of the smallest positions (later rows of a growing scan in the
+    frame of its first rows; they may then lie below N/2)."""
     x, y = np.asarray(x_m, np.float64), np.asarray(y_m, np.float64)
     if transpose:
         x, y = y, x
     x = -x if flip_x else x
     y = -y if flip_y else y
-    ox, oy = float(x.min()), float(y.min())
+    ox, oy = (float(x.min()), float(y.min())) if origin is None else (float(origin["x_m"]), float(origin["y_m"]))
     half = N / 2
     return (x - ox) / pixel_m + half, (y - oy) / pixel_m + half, {"x_m": ox, "y_m": oy}
 

@@ -102,6 +102,7 @@ class LiveReconstruction:
         self.batch = options.batch_size or self.config.inference_batch_size
         self.canvas = RunningCanvas(self.N, stitch_weight(predictor.probe, self.config.inference.stitch_weight))
         self.store = FrameStore(self.N)
+        self.moved = np.zeros(2)  # (x, y) whole pixels every position was moved by (receive)
         self.received_at: list[float] = []
         self.done = 0  # frames [0, done) are on the canvas
         self.published_upto = 0  # frames [0, published_upto) are in a published picture
@@ -116,8 +117,18 @@ class LiveReconstruction:
 
     # ------------------------------------------------------------------ frames in
     def receive(self, frames: Frames) -> None:
-        """Keep new frames; each one's time (monotonic) is when it was written, if the source says, else now."""
-        self.store.append(frames.amplitudes, frames.positions)
+        """Keep new frames; each one's time (monotonic) is when it was written, if the source says, else now. A
+        frame whose patch would start left of or above the canvas moves every position and the canvas by whole
+        pixels (a beamline file read live: positions relative to its first frames)."""
+        positions = frames.positions + self.moved
+        low = np.floor(positions.min(axis=0)) - self.N // 2 if len(positions) else np.zeros(2)
+        if (low < 0).any():
+            dx, dy = (int(-v) if v < 0 else 0 for v in low)
+            self.moved += (dx, dy)
+            positions = positions + (dx, dy)
+            self.store.positions[:self.store.n] += (dx, dy)
+            self.canvas.move(dy, dx)
+        self.store.append(frames.amplitudes, positions)
         now, wall = time.monotonic(), time.time()
         if self.first_frame_at is None:
             self.first_frame_at = now
@@ -249,7 +260,10 @@ def live_reconstruct(model: Any, watch: str | Path | FrameSource, out_dir: str |
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     predictor = PatchPredictor(model, device=options.device)
-    source = open_source(watch) if isinstance(watch, (str, Path)) else watch
+    from ptycho_torch.data.beamline import ReadOptions
+
+    source = open_source(watch, ReadOptions.from_config(predictor.config)) if isinstance(watch, (str, Path)) else watch
+    final_data = getattr(source, "final_data", None)  # a file the final pass reads as reconstruct does
     try:
         header = source.header(options.start_timeout_s)
         if header.N != predictor.config.model.N:
@@ -266,7 +280,7 @@ def live_reconstruct(model: Any, watch: str | Path | FrameSource, out_dir: str |
     finally:
         source.close()
     run.publish()
-    return _finish(run, header, out_dir, options, ended_by, probe_used)
+    return _finish(run, header, out_dir, options, ended_by, probe_used, final_data() if final_data else None)
 
 
 def _follow(source: FrameSource, run: LiveReconstruction, options: LiveOptions) -> str:
@@ -304,8 +318,10 @@ def _follow(source: FrameSource, run: LiveReconstruction, options: LiveOptions) 
 
 
 def _finish(run: LiveReconstruction, header: SourceHeader, out_dir: Path, options: LiveOptions, ended_by: str,
-            probe_used: str) -> LiveResult:
-    """The frames received, reconstructed as `reconstruct` does, into out_dir (the previews kept in live/)."""
+            probe_used: str, final_data: Path | None = None) -> LiveResult:
+    """The frames received, reconstructed as `reconstruct` does, into out_dir (the previews kept in live/); with
+    `final_data` (a beamline file, read live through a provisional window and origin) that file, as
+    `reconstruct` reads it."""
     if run.store.n == 0:
         raise UserError(f"live: {header.name or 'the source'} ended ({ended_by}) before a whole frame arrived; "
                         "nothing to reconstruct")
@@ -316,8 +332,8 @@ def _finish(run: LiveReconstruction, header: SourceHeader, out_dir: Path, option
     if run.live_dir.is_dir():
         os.replace(run.live_dir, previews)  # kept out of the way of the whole-directory write
     try:
-        final = reconstruct(run.predictor.bundle, scan, out_dir, batch_size=options.batch_size, device=options.device,
-                            refine_seconds=options.refine_seconds, progress=False)
+        final = reconstruct(run.predictor.bundle, final_data or scan, out_dir, batch_size=options.batch_size,
+                            device=options.device, refine_seconds=options.refine_seconds, progress=False)
     finally:
         if previews.is_dir():
             out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """The running reconstruction of a scan still being acquired: network patches stitched onto a canvas that
 grows with the positions, and the frames kept for the final pass.
 
-Positions are (x, y) object pixels of the data contract (the patch of (x, y) starts at floor(x) - N/2), so
-the canvas only grows towards larger x and y. It is sized exactly to the positions so far (each batch's
+Positions are (x, y) object pixels of the data contract (the patch of (x, y) starts at floor(x) - N/2); the
+canvas grows towards larger x and y, and `move` shifts it when positions further up or left arrive. It is sized exactly to the positions so far (each batch's
 placement costs in proportion to the canvas area), grown once per catch-up by `reserve`.
 """
 
@@ -35,6 +35,15 @@ class RunningCanvas:
         self.acc = StitchAccumulator(self.extent, self.weight)
         if old is not None:
             self.acc.add_partial(0, 0, old.obj_sum, old.w_sum, old.count)
+
+    def move(self, dy: int, dx: int) -> None:
+        """Move everything added so far by (dy, dx) >= 0 whole pixels (positions further up or left arrived)."""
+        self.extent = (self.extent[0] + dy, self.extent[1] + dx) if self.extent != (0, 0) else self.extent
+        if self.acc is None:
+            return
+        old = self.acc
+        self.acc = StitchAccumulator((old.canvas_hw[0] + dy, old.canvas_hw[1] + dx), self.weight)
+        self.acc.add_partial(dy, dx, old.obj_sum, old.w_sum, old.count)
 
     def add(self, patches: torch.Tensor, positions: np.ndarray) -> None:
         """patches (K, N, N) complex at positions (K, 2) (x, y) object pixels."""

@@ -168,9 +168,11 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".cxi", ".nxs", ".hdf")
 STREAM_SCHEMES = ("tcp://", "ipc://")
 
 
-def open_source(watch: str | Path) -> FrameSource:
+def open_source(watch: str | Path, options: Any = None) -> FrameSource:
     """The source for `--watch`: tcp://host:port or ipc://path (a ZMQ stream), an existing directory or a path
-    ending in '/' (a directory of frame files), an .h5 / .hdf5 / .cxi / .nxs file (growing in SWMR mode)."""
+    ending in '/' (a directory of frame files), an .h5 / .hdf5 / .cxi / .nxs file (growing in SWMR mode): in a
+    beamline layout (CXI, NeXus, or dataset paths in `options`, the model's data.ReadOptions) read as the
+    offline reader reads it (live.beamline_source), else in the data contract's layout."""
     text = str(watch)
     if text.startswith(STREAM_SCHEMES):
         from ptycho_torch.live.zmq_source import ZmqFrameSource
@@ -182,9 +184,31 @@ def open_source(watch: str | Path) -> FrameSource:
 
         return DirectoryFrameSource(path)
     if path.suffix.lower() in HDF5_SUFFIXES:
+        if options is not None and _beamline_file(path, options):
+            from ptycho_torch.live.beamline_source import BeamlineFrameSource
+
+            return BeamlineFrameSource(path, options)
         return H5FrameSource(path)
     if "://" in text:
         raise UserError(f"--watch {watch}: not a stream address this source reads; a ZMQ stream is tcp://host:port "
                         "or ipc://path (docs/live.md)")
     raise UserError(f"--watch {watch}: not an HDF5 file (.h5, .hdf5, .cxi, .nxs), a directory (DIR/) or a ZMQ "
                     "address (tcp://host:port); a live source is one of these (docs/live.md)")
+
+
+def _beamline_file(path: Path, options: Any) -> bool:
+    """Whether `path` is read in a beamline layout: dataset paths given, a .cxi / .nxs name, or (a file already
+    there) a CXI / NeXus layout without the contract's root `diffraction`."""
+    if options.explicit or path.suffix.lower() in (".cxi", ".nxs"):
+        return True
+    if not path.is_file():
+        return False
+    import h5py
+
+    from ptycho_torch.data.beamline import beamline_layout
+
+    try:
+        with h5py.File(path, "r", libver="latest", swmr=True) as f:
+            return beamline_layout(f, options) is not None
+    except OSError:
+        return False
