@@ -102,7 +102,8 @@ def test_live_follows_a_growing_cxi_file_and_ends_as_reconstruct_of_it(model, tm
     np.testing.assert_allclose(result.final.object, offline.object, atol=1e-5)
     # the live picture is the same object: its canvas moved to hold the frames further up and left
     live = np.load(tmp_path / "live" / "live" / "object.npz")
-    assert live["object"].shape == offline.object.shape
+    # (its origin is the first frames', a fraction of a pixel from the whole scan's: a row or column more or less)
+    assert all(abs(a - b) <= 1 for a, b in zip(live["object"].shape, offline.object.shape))
     assert np.abs(live["object"]).max() > 0 and int(live["frames"]) == SIM["n_positions"]
 
 

@@ -42,7 +42,7 @@ from ptycho_torch.data.beamline import (
 from ptycho_torch.data.detector import MappedFrames
 from ptycho_torch.data.validation import ScanValidationError
 from ptycho_torch.errors import UserError
-from ptycho_torch.live.frames import Frames, SourceHeader
+from ptycho_torch.live.frames import Frames, SourceHeader, open_swmr
 
 STATUS_KEY = "acquisition"  # int64 (2,): [frames complete, scan over (0/1)], as in the contract layout
 ROW_ROLES = ("frames", "translation", "x", "y", "xcoords", "ycoords")  # one row per frame
@@ -72,15 +72,8 @@ class BeamlineFrameSource:
 
     # ------------------------------------------------------------------ the file
     def _open(self) -> bool:
-        import h5py
-
-        if not self.path.is_file():
-            return False
-        try:
-            self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
-        except OSError:
-            return False
-        return True
+        self._file = open_swmr(self.path)
+        return self._file is not None
 
     def _dataset(self, role: str) -> Any:
         """The first existing dataset of `role` (data.datasets first), refreshed; None when not there yet."""

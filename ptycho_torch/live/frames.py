@@ -4,6 +4,7 @@
     Frames         a run of frames: amplitudes (k, N, N) float32, positions (k, 2) (x, y) object pixels
     FrameBuffer    frames and positions by index, from files or messages in any order; handed out in scan
                    order without a gap (the directory and ZMQ sources keep theirs in one)
+    open_swmr      an HDF5 file a writer may still be growing, opened for SWMR reading (both HDF5 sources)
 
 The `FrameSource` interface and `open_source` are in sources.py (which re-exports SourceHeader and Frames).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,3 +137,16 @@ def amplitudes_of(frames: np.ndarray) -> np.ndarray:
     if np.issubdtype(frames.dtype, np.integer):
         return np.sqrt(frames.astype(np.float32))
     return np.asarray(frames, np.float32)
+
+
+def open_swmr(path: Path) -> Any:
+    """The h5py File at `path` opened for SWMR reading, or None while it does not exist or cannot be opened yet
+    (being created, or held by a writer that has not switched to SWMR mode)."""
+    import h5py
+
+    if not path.is_file():
+        return None
+    try:
+        return h5py.File(path, "r", libver="latest", swmr=True)
+    except OSError:
+        return None

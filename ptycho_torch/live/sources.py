@@ -37,7 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ptycho_torch.errors import UserError
-from ptycho_torch.live.frames import Frames, SourceHeader
+from ptycho_torch.live.frames import Frames, SourceHeader, open_swmr
 
 __all__ = ["STATUS_KEY", "TIME_KEY", "FrameSource", "Frames", "H5FrameSource", "SourceHeader", "open_source"]
 
@@ -73,15 +73,8 @@ class H5FrameSource:
         self._total: int | None = None  # the frame count the writer's end mark gave
 
     def _open(self) -> bool:
-        import h5py
-
-        if not self.path.is_file():
-            return False
-        try:
-            self._file = h5py.File(self.path, "r", libver="latest", swmr=True)
-        except OSError:
-            return False  # being created, or held by a writer that has not switched to SWMR yet
-        return True
+        self._file = open_swmr(self.path)
+        return self._file is not None
 
     def header(self, timeout_s: float = 60.0) -> SourceHeader:
         deadline = time.monotonic() + timeout_s
